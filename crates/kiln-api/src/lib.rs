@@ -1,0 +1,337 @@
+//! Kiln's HTTP wire types, shared by the server and the clients (CLI, bench, tests).
+//!
+//! Field names are snake_case, states lowercase, timestamps RFC 3339 UTC with milliseconds.
+//! Conversions from domain types live here so every surface renders a job the same way.
+#![warn(missing_docs)]
+
+pub mod ts;
+
+use kiln_domain::{Failure, Job, JobState, Role, Timestamp, User};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `POST /api/v1/jobs` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// Job type name.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Payload for the type's schema (default `null`).
+    #[serde(default)]
+    pub payload: Value,
+    /// -100..=100, higher first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// Queue name (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Run at this instant (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<Timestamp>,
+    /// Run after this many ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Optional name to filter by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// UUIDv7.
+    pub id: String,
+    /// Type name.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Queue.
+    pub queue: String,
+    /// Name.
+    pub name: Option<String>,
+    /// State.
+    pub state: JobState,
+    /// Priority.
+    pub priority: i16,
+    /// Payload.
+    pub payload: Value,
+    /// Result.
+    pub result: Option<Value>,
+    /// Last failure.
+    pub error: Option<Failure>,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Attempt budget.
+    pub max_attempts: u32,
+    /// 0.0–1.0.
+    pub progress: f32,
+    /// Cancel requested while running.
+    pub cancel_requested: bool,
+    /// Submitted.
+    #[serde(with = "ts")]
+    pub created_at: Timestamp,
+    /// (Next) run time.
+    #[serde(with = "ts")]
+    pub run_at: Timestamp,
+    /// Latest attempt's start.
+    #[serde(with = "ts::option")]
+    pub started_at: Option<Timestamp>,
+    /// Terminal time.
+    #[serde(with = "ts::option")]
+    pub finished_at: Option<Timestamp>,
+    /// Last change.
+    #[serde(with = "ts")]
+    pub updated_at: Timestamp,
+}
+
+impl From<Job> for JobView {
+    fn from(job: Job) -> Self {
+        Self {
+            id: job.id.to_string(),
+            job_type: job.job_type,
+            queue: job.queue,
+            name: job.name,
+            state: job.state,
+            priority: job.priority,
+            payload: job.payload,
+            result: job.result,
+            error: job.error,
+            attempts: job.attempts,
+            max_attempts: job.max_attempts,
+            progress: job.progress,
+            cancel_requested: job.cancel_requested,
+            created_at: job.created_at,
+            run_at: job.run_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            updated_at: job.updated_at,
+        }
+    }
+}
+
+/// `GET /api/v1/jobs/{id}/status`: what a poller needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Id.
+    pub id: String,
+    /// State.
+    pub state: JobState,
+    /// 0.0–1.0.
+    pub progress: f32,
+    /// Last change.
+    #[serde(with = "ts")]
+    pub updated_at: Timestamp,
+    /// Result, once there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Error, once there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+}
+
+impl From<Job> for StatusView {
+    fn from(job: Job) -> Self {
+        Self {
+            id: job.id.to_string(),
+            state: job.state,
+            progress: job.progress,
+            updated_at: job.updated_at,
+            result: job.result,
+            error: job.error,
+        }
+    }
+}
+
+/// One entry of `GET /api/v1/jobs/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    /// Order, from 1.
+    pub seq: i64,
+    /// State entered.
+    pub state: JobState,
+    /// When.
+    #[serde(with = "ts")]
+    pub at: Timestamp,
+    /// Attempt number then.
+    pub attempt: u32,
+    /// Node involved.
+    pub node: Option<String>,
+    /// What happened.
+    pub message: Option<String>,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// Items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// `PATCH /api/v1/jobs/{id}` body: an `external` job's state report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchJob {
+    /// New state.
+    pub state: JobState,
+    /// Result (with `succeeded`).
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// Error message or object (with `failed`/`dead`).
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+/// `POST /api/v1/auth/login` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// Username.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// `POST /api/v1/auth/login` response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    /// Bearer token.
+    pub token: String,
+    /// Expiry.
+    #[serde(with = "ts")]
+    pub expires_at: Timestamp,
+    /// Who logged in.
+    pub user: UserView,
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserView {
+    /// Id.
+    pub id: i64,
+    /// Username.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+    /// Disabled.
+    pub disabled: bool,
+    /// Created.
+    #[serde(with = "ts")]
+    pub created_at: Timestamp,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id.0,
+            username: user.username,
+            role: user.role,
+            disabled: user.disabled,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// `POST /api/v1/admin/users` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// Username.
+    pub username: String,
+    /// Password (at least 8 characters).
+    pub password: String,
+    /// Role (default client).
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+/// `PATCH /api/v1/admin/users/{id}` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchUser {
+    /// New role.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// New password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Disable or enable.
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+/// `POST /api/v1/tokens` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// Label.
+    pub name: String,
+    /// Lifetime in days (default: never expires).
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+/// An API token's metadata; `token` (the secret) only in the creation response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    /// Id.
+    pub id: i64,
+    /// Label.
+    pub name: String,
+    /// Created.
+    #[serde(with = "ts")]
+    pub created_at: Timestamp,
+    /// Expiry.
+    #[serde(with = "ts::option")]
+    pub expires_at: Option<Timestamp>,
+    /// The secret, shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `GET /metrics` with `Accept: application/json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSummary {
+    /// Jobs ever submitted.
+    pub total_submitted: u64,
+    /// Now scheduled.
+    pub scheduled: u64,
+    /// Now queued.
+    pub queued: u64,
+    /// Now running.
+    pub running: u64,
+    /// Now failed (retry pending).
+    pub failed: u64,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Dead.
+    pub dead: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// Mean run time of succeeded jobs.
+    pub avg_duration_ms: f64,
+    /// p95 of `started_at − created_at`.
+    pub p95_start_latency_ms: f64,
+}
+
+/// An RFC 9457 problem document with Kiln's extensions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// Short summary of the type.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// This occurrence, in words.
+    pub detail: String,
+    /// Stable snake_case code.
+    pub code: String,
+    /// The request's id, as in the server log.
+    pub request_id: String,
+    /// The offending field, for validation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}

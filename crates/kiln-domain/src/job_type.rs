@@ -1,0 +1,315 @@
+//! The catalogue of predefined job types: names, payload schemas, limits and policies.
+//!
+//! Users cannot add types. The API validates a payload here before a job is stored; the
+//! worker executes it through the kernel registered under the same [`JobType`]. The JSON
+//! Schema served at `GET /api/v1/job-types` is written next to the typed payload that
+//! enforces it, and a test checks the two agree on their bounds.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{Backoff, Invalid, Role};
+
+/// A predefined job type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobType {
+    /// Returns its payload.
+    Echo,
+    /// Sleeps `{ms}` milliseconds (at most an hour), then returns `"ok"`.
+    Sleep,
+    /// Tracks work done outside Kiln; its owner reports its state.
+    External,
+}
+
+impl JobType {
+    /// Every type, in catalogue order.
+    pub const ALL: [JobType; 3] = [JobType::Echo, JobType::Sleep, JobType::External];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::Echo => "echo",
+            JobType::Sleep => "sleep",
+            JobType::External => "external",
+        }
+    }
+
+    /// Whether Kiln's workers execute it (`external` jobs are driven by their owner).
+    pub fn is_executed(self) -> bool {
+        !matches!(self, JobType::External)
+    }
+
+    /// Checks a payload against the type's schema; the error names the offending field.
+    pub fn validate(self, payload: &Value) -> Result<(), Invalid> {
+        match self {
+            JobType::Echo => Ok(()),
+            JobType::Sleep => parse_payload::<SleepPayload>(payload).map(drop),
+            JobType::External => parse_payload::<ExternalPayload>(payload).map(drop),
+        }
+    }
+
+    fn describe(self) -> (&'static str, Value) {
+        match self {
+            JobType::Echo => ("Returns its payload unchanged.", json!({})),
+            JobType::Sleep => (
+                "Sleeps for `ms` milliseconds (at most one hour), then returns \"ok\".",
+                json!({
+                    "type": "object",
+                    "required": ["ms"],
+                    "additionalProperties": false,
+                    "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": SleepPayload::MAX_MS}},
+                }),
+            ),
+            JobType::External => (
+                "Tracks work done outside Kiln; its owner reports state changes with PATCH.",
+                json!({
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": false,
+                    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}},
+                }),
+            ),
+        }
+    }
+
+    fn default_policy(self) -> Policy {
+        let backoff = Backoff {
+            base_ms: 1_000,
+            cap_ms: 300_000,
+        };
+        match self {
+            JobType::Echo => Policy {
+                max_attempts: 3,
+                timeout_ms: 30_000,
+                backoff,
+            },
+            JobType::Sleep => Policy {
+                max_attempts: 3,
+                // The longest sleep plus a minute of slack.
+                timeout_ms: SleepPayload::MAX_MS + 60_000,
+                backoff,
+            },
+            JobType::External => Policy {
+                max_attempts: 1,
+                timeout_ms: 0,
+                backoff,
+            },
+        }
+    }
+}
+
+impl fmt::Display for JobType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Payload of `sleep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepPayload {
+    /// Milliseconds to sleep, 0..=3,600,000.
+    pub ms: u64,
+}
+
+impl SleepPayload {
+    /// One hour.
+    pub const MAX_MS: u64 = 3_600_000;
+}
+
+/// Payload of `external`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalPayload {
+    /// What the external work is called.
+    pub name: String,
+}
+
+trait Bounded {
+    fn check(&self) -> Result<(), Invalid>;
+}
+
+impl Bounded for SleepPayload {
+    fn check(&self) -> Result<(), Invalid> {
+        if self.ms > Self::MAX_MS {
+            return Err(Invalid::new(
+                "payload.ms",
+                "must be at most 3600000 (one hour)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Bounded for ExternalPayload {
+    fn check(&self) -> Result<(), Invalid> {
+        if self.name.is_empty() || self.name.len() > 200 {
+            return Err(Invalid::new("payload.name", "must be 1-200 bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Deserialises a typed payload, naming the offending field on error, then checks bounds.
+fn parse_payload<T: DeserializeOwned + Bounded>(payload: &Value) -> Result<T, Invalid> {
+    let parsed: T = serde_path_to_error::deserialize(payload).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "payload".to_owned()
+        } else {
+            format!("payload.{path}")
+        };
+        Invalid::new(field, e.into_inner().to_string())
+    })?;
+    parsed.check()?;
+    Ok(parsed)
+}
+
+/// Parses a payload the API already validated, for the kernel that runs it.
+pub fn payload<T: DeserializeOwned>(payload: &Value) -> Result<T, Invalid> {
+    T::deserialize(payload).map_err(|e| Invalid::new("payload", e.to_string()))
+}
+
+/// Server-side execution policy of a type. Clients cannot change it; operators can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Attempts before a retryable failure becomes `dead`.
+    pub max_attempts: u32,
+    /// Per-attempt timeout; 0 means none.
+    pub timeout_ms: u64,
+    /// Delay between attempts.
+    pub backoff: Backoff,
+}
+
+impl Policy {
+    /// The timeout as a duration, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        (self.timeout_ms > 0).then(|| Duration::from_millis(self.timeout_ms))
+    }
+}
+
+/// A type's full description, as `GET /api/v1/job-types` serves it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobTypeSpec {
+    /// The type.
+    #[serde(skip)]
+    pub job_type: JobType,
+    /// Its name.
+    pub name: &'static str,
+    /// One line on what it does.
+    pub description: &'static str,
+    /// JSON Schema of the payload.
+    pub schema: Value,
+    /// Retry and timeout policy.
+    pub policy: Policy,
+    /// The least role that may submit it.
+    pub min_role: Role,
+}
+
+/// Every job type with its policy; operators may override policies at start-up.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    specs: Vec<JobTypeSpec>,
+}
+
+impl Default for Catalogue {
+    fn default() -> Self {
+        let specs = JobType::ALL
+            .into_iter()
+            .map(|job_type| {
+                let (description, schema) = job_type.describe();
+                JobTypeSpec {
+                    job_type,
+                    name: job_type.as_str(),
+                    description,
+                    schema,
+                    policy: job_type.default_policy(),
+                    min_role: Role::Client,
+                }
+            })
+            .collect();
+        Self { specs }
+    }
+}
+
+impl Catalogue {
+    /// All specs in catalogue order.
+    pub fn iter(&self) -> impl Iterator<Item = &JobTypeSpec> {
+        self.specs.iter()
+    }
+
+    /// The spec of `job_type`.
+    pub fn get(&self, job_type: JobType) -> &JobTypeSpec {
+        // Every variant is in `specs` by construction (see `Default`).
+        self.specs
+            .iter()
+            .find(|s| s.job_type == job_type)
+            .unwrap_or(&self.specs[0])
+    }
+
+    /// The spec named `name`, or an error naming the field `type`.
+    pub fn get_by_name(&self, name: &str) -> Result<&JobTypeSpec, Invalid> {
+        self.specs.iter().find(|s| s.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.specs.iter().map(|s| s.name).collect();
+            Invalid::new(
+                "type",
+                format!("unknown job type `{name}` (known: {})", known.join(", ")),
+            )
+        })
+    }
+
+    /// Replaces the policy of `job_type`.
+    pub fn set_policy(&mut self, job_type: JobType, policy: Policy) {
+        if let Some(spec) = self.specs.iter_mut().find(|s| s.job_type == job_type) {
+            spec.policy = policy;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_is_in_the_catalogue_under_its_name() {
+        let catalogue = Catalogue::default();
+        for job_type in JobType::ALL {
+            assert_eq!(catalogue.get(job_type).job_type, job_type);
+            assert_eq!(
+                catalogue.get_by_name(job_type.as_str()).unwrap().job_type,
+                job_type
+            );
+        }
+        assert!(catalogue.get_by_name("fork_bomb").is_err());
+    }
+
+    #[test]
+    fn sleep_schema_bounds_match_the_validator() {
+        let spec = Catalogue::default().get(JobType::Sleep).clone();
+        let max = spec.schema["properties"]["ms"]["maximum"].as_u64().unwrap();
+        assert!(JobType::Sleep.validate(&json!({"ms": max})).is_ok());
+        let err = JobType::Sleep
+            .validate(&json!({"ms": max + 1}))
+            .unwrap_err();
+        assert_eq!(err.field, "payload.ms");
+    }
+
+    #[test]
+    fn payload_errors_name_the_field() {
+        let missing = JobType::Sleep.validate(&json!({})).unwrap_err();
+        assert_eq!(missing.field, "payload");
+        assert!(missing.reason.contains("ms"), "{missing}");
+        let wrong = JobType::Sleep.validate(&json!({"ms": "soon"})).unwrap_err();
+        assert_eq!(wrong.field, "payload.ms");
+        let extra = JobType::Sleep
+            .validate(&json!({"ms": 1, "x": 2}))
+            .unwrap_err();
+        assert!(extra.reason.contains('x'), "{extra}");
+        assert!(JobType::External.validate(&json!({"name": ""})).is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! Kiln's kernels: the code that executes one attempt of a job, behind the [`Kernel`] trait.
+//!
+//! # Layout
+//! - this file: [`Kernel`], [`JobContext`] (cancel token, progress and log sinks),
+//!   [`KernelError`] and the [`Registry`] that maps each executed [`JobType`] to its kernel.
+//! - [`echo`], [`sleep`]: the built-in kernels.
+//!
+//! A kernel knows nothing of leases, retries or storage: it gets a validated payload and
+//! returns a result or a classified error. The worker adds timeouts, fencing and retries.
+#![warn(missing_docs)]
+
+pub mod echo;
+pub mod sleep;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use kiln_domain::{Failure, JobId, JobType};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A boxed source error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why an attempt did not produce a result.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// Another attempt may succeed (transient I/O, upstream 429/5xx).
+    #[error("{code}: {source}")]
+    Retryable {
+        /// Stable snake_case code.
+        code: &'static str,
+        /// The cause.
+        source: BoxError,
+    },
+    /// No retry can succeed (invalid input found at run time, upstream 4xx).
+    #[error("{code}: {source}")]
+    Permanent {
+        /// Stable snake_case code.
+        code: &'static str,
+        /// The cause.
+        source: BoxError,
+    },
+    /// The cancel token fired and the kernel stopped.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl KernelError {
+    /// The failure users see. `Cancelled` has none (the job becomes `cancelled`).
+    pub fn to_failure(&self) -> Option<Failure> {
+        match self {
+            KernelError::Retryable { code, source } => {
+                Some(Failure::retryable(*code, source.to_string()))
+            }
+            KernelError::Permanent { code, source } => {
+                Some(Failure::permanent(*code, source.to_string()))
+            }
+            KernelError::Cancelled => None,
+        }
+    }
+}
+
+/// Tags a foreign error as retryable or permanent at the call site, keeping it as source.
+pub trait Classify<T> {
+    /// Another attempt may succeed.
+    fn retryable(self, code: &'static str) -> Result<T, KernelError>;
+    /// No retry can succeed.
+    fn permanent(self, code: &'static str) -> Result<T, KernelError>;
+}
+
+impl<T, E: Into<BoxError>> Classify<T> for Result<T, E> {
+    fn retryable(self, code: &'static str) -> Result<T, KernelError> {
+        self.map_err(|e| KernelError::Retryable {
+            code,
+            source: e.into(),
+        })
+    }
+
+    fn permanent(self, code: &'static str) -> Result<T, KernelError> {
+        self.map_err(|e| KernelError::Permanent {
+            code,
+            source: e.into(),
+        })
+    }
+}
+
+/// Progress of the running attempt, 0.0–1.0, shared with the worker (which throttles the
+/// writes to the store: a kernel may call [`Progress::set`] as often as it likes).
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<AtomicU32>);
+
+impl Progress {
+    /// Records progress, clamped to 0.0–1.0.
+    pub fn set(&self, fraction: f32) {
+        let clamped = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        self.0.store(clamped.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The last value set.
+    pub fn get(&self) -> f32 {
+        f32::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Where a kernel writes its log lines; the worker appends them to the job's log.
+#[derive(Debug, Clone)]
+pub struct LogSink(mpsc::UnboundedSender<String>);
+
+impl LogSink {
+    /// A sink and the receiver the worker drains.
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
+    /// Appends one line (a newline is added). Lost silently if the attempt is over.
+    pub fn line(&self, line: impl Into<String>) {
+        let mut line = line.into();
+        line.push('\n');
+        let _ = self.0.send(line);
+    }
+}
+
+/// Everything one attempt gets.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The job.
+    pub job_id: JobId,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The payload, already validated against the type's schema.
+    pub payload: Value,
+    /// Fires on cancel, timeout or shutdown; check it at least every ~10 ms of work.
+    pub cancel: CancellationToken,
+    /// Progress sink.
+    pub progress: Progress,
+    /// Log sink.
+    pub log: LogSink,
+}
+
+/// Executes one attempt of one job type.
+#[async_trait]
+pub trait Kernel: Send + Sync + 'static {
+    /// The type this kernel runs.
+    fn job_type(&self) -> JobType;
+    /// Runs the attempt to a result, an error, or `Cancelled` when `ctx.cancel` fires.
+    async fn run(&self, ctx: JobContext) -> Result<Value, KernelError>;
+}
+
+/// The kernels a node can run, by type.
+#[derive(Clone)]
+pub struct Registry {
+    kernels: HashMap<JobType, Arc<dyn Kernel>>,
+}
+
+impl Default for Registry {
+    /// Every built-in kernel.
+    fn default() -> Self {
+        let mut registry = Self::empty();
+        registry.register(Arc::new(echo::Echo));
+        registry.register(Arc::new(sleep::Sleep));
+        registry
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kernels.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// No kernels.
+    pub fn empty() -> Self {
+        Self {
+            kernels: HashMap::new(),
+        }
+    }
+
+    /// Adds or replaces the kernel of its type.
+    pub fn register(&mut self, kernel: Arc<dyn Kernel>) {
+        self.kernels.insert(kernel.job_type(), kernel);
+    }
+
+    /// The kernel of `job_type`.
+    pub fn get(&self, job_type: JobType) -> Option<Arc<dyn Kernel>> {
+        self.kernels.get(&job_type).cloned()
+    }
+
+    /// The kernel registered under a type name.
+    pub fn get_by_name(&self, name: &str) -> Option<Arc<dyn Kernel>> {
+        self.kernels
+            .iter()
+            .find(|(t, _)| t.as_str() == name)
+            .map(|(_, k)| Arc::clone(k))
+    }
+
+    /// Names of the types this registry runs (what a node claims).
+    pub fn type_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.kernels.keys().map(|t| t.as_str().to_owned()).collect();
+        names.sort();
+        names
+    }
+}
+
+/// A context for tests: a fresh job id, attempt 1, and the log receiver.
+pub fn test_context(payload: Value) -> (JobContext, mpsc::UnboundedReceiver<String>) {
+    let (log, rx) = LogSink::channel();
+    let ctx = JobContext {
+        job_id: JobId::new(),
+        attempt: 1,
+        payload,
+        cancel: CancellationToken::new(),
+        progress: Progress::default(),
+        log,
+    };
+    (ctx, rx)
+}

@@ -1,0 +1,58 @@
+//! [`StoreError`]: what a store operation can fail with, independent of the backend.
+//!
+//! Each backend maps its driver's errors in exactly one function (`sqlite::map_err`):
+//! unique violations become [`StoreError::Conflict`], busy/locked/serialisation failures
+//! [`StoreError::Transient`], anything else [`StoreError::Backend`].
+
+use kiln_domain::IllegalTransition;
+
+/// A boxed driver error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No such row (or not visible to this owner).
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule or a precondition refused the write.
+    #[error("conflict: {what}")]
+    Conflict {
+        /// What conflicted, for the user (`username already taken`, `job is not terminal`).
+        what: String,
+    },
+    /// The state machine refused the event.
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    /// A fenced write named a lease the job no longer holds.
+    #[error("lease lost: the attempt no longer holds the job")]
+    LeaseLost,
+    /// `MAX_QUEUED` non-terminal jobs exist already.
+    #[error("queue full: {limit} jobs are waiting")]
+    QueueFull {
+        /// The configured capacity.
+        limit: u64,
+    },
+    /// Worth retrying: busy database, serialisation failure, lost connection.
+    #[error("transient storage error")]
+    Transient(#[source] BoxError),
+    /// Anything else the backend reported.
+    #[error("storage error")]
+    Backend(#[source] BoxError),
+}
+
+impl StoreError {
+    /// A conflict described in words.
+    pub fn conflict(what: impl Into<String>) -> Self {
+        Self::Conflict { what: what.into() }
+    }
+
+    /// Whether retrying the same call may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+/// `Result` with a [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

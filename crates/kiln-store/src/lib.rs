@@ -1,0 +1,152 @@
+//! Kiln's storage: the [`Store`] trait every backend implements, and the SQLite backend.
+//!
+//! # Layout
+//! - [`error`]: [`StoreError`] and the one place each backend maps driver errors.
+//! - [`model`]: the rows and queries the trait speaks in (users, tokens, list queries,
+//!   claims, outcomes, signals).
+//! - [`sqlite`]: the embedded backend (WAL, one writer thread with group commit, a pool
+//!   of readers).
+//!
+//! # Rules every backend keeps
+//! - A state change and its event row commit in one transaction.
+//! - Legality comes from [`kiln_domain::transition`]; a refused event is
+//!   [`StoreError::Illegal`], a write that matched no row is `NotFound`, `LeaseLost` or
+//!   `Conflict`, never `Ok`.
+//! - Fenced writes (progress, completion, renewal) match `(id, state = running, attempts,
+//!   node)`, so a stale attempt cannot overwrite a newer one.
+//! - `now` is always passed in: the store never reads a clock.
+//! - Owner-scoped calls take `owner: Option<UserId>`; `Some` hides other users' jobs as
+//!   `NotFound`, `None` is for operators and the worker.
+//! - After each commit, the backend publishes [`Signal`]s to every subscriber (in-process
+//!   here; `LISTEN/NOTIFY` across nodes for PostgreSQL).
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, UserId};
+use tokio::sync::broadcast;
+
+pub use error::{Result, StoreError};
+pub use model::*;
+
+/// Durable storage of users, tokens, jobs, their events and logs.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- users -------------------------------------------------------------------------
+
+    /// Creates a user; `Conflict` if the username is taken.
+    async fn user_insert(&self, user: NewUser, now: Timestamp) -> Result<kiln_domain::User>;
+    /// A user with their password hash, by username (for login).
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
+    /// A user by id.
+    async fn user_get(&self, id: UserId) -> Result<kiln_domain::User>;
+    /// All users, by id.
+    async fn user_list(&self) -> Result<Vec<kiln_domain::User>>;
+    /// Changes role, password or disabled flag; `NotFound` if no such user.
+    async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<kiln_domain::User>;
+    /// How many users exist (0 on first start).
+    async fn user_count(&self) -> Result<u64>;
+
+    // ---- tokens ------------------------------------------------------------------------
+
+    /// Stores a token (only its SHA-256 hash).
+    async fn token_insert(&self, token: NewToken, now: Timestamp) -> Result<TokenInfo>;
+    /// The live token with this hash and its enabled user, if any (expired → `None`).
+    async fn token_lookup(
+        &self,
+        hash: &[u8],
+        now: Timestamp,
+    ) -> Result<Option<(kiln_domain::User, TokenInfo)>>;
+    /// The user's tokens of `kind`, newest first.
+    async fn token_list(&self, user: UserId, kind: TokenKind) -> Result<Vec<TokenInfo>>;
+    /// Deletes one of the user's tokens; `NotFound` if it is not theirs.
+    async fn token_delete(&self, user: UserId, id: i64) -> Result<()>;
+    /// Deletes the token with this hash (logout). Deleting nothing is fine.
+    async fn token_delete_hash(&self, hash: &[u8]) -> Result<()>;
+
+    // ---- jobs: client side -------------------------------------------------------------
+
+    /// Stores a new job and its first event. With an idempotency key already used by the same
+    /// owner: the same request hash returns [`Inserted::Existing`], another hash is
+    /// `Conflict`. With `max_queued`, refuses with `QueueFull` when that many non-terminal
+    /// jobs exist.
+    async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted>;
+    /// One job; `NotFound` if absent or not `owner`'s.
+    async fn job_get(&self, owner: Option<UserId>, id: JobId) -> Result<Job>;
+    /// A page of jobs matching `query`, with a keyset cursor for the next page.
+    async fn job_list(&self, query: &ListQuery) -> Result<Page>;
+    /// Applies [`kiln_domain::Event::Cancel`]: non-running jobs become `cancelled` at once;
+    /// a running one gets `cancel_requested` and a [`Signal::CancelRequested`]; terminal
+    /// jobs are untouched. Returns the job after the write and what happened.
+    async fn job_cancel(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        now: Timestamp,
+    ) -> Result<(Job, Step)>;
+    /// Manual retry of a `failed` or `dead` job: `queued` now, with `extra_attempts` more
+    /// attempts allowed (`attempts` never goes back: it is the fencing token).
+    async fn job_retry(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        extra_attempts: u32,
+        now: Timestamp,
+    ) -> Result<Job>;
+    /// A state report for an `external` job; `Conflict` for other types, `Illegal` for an
+    /// illegal move.
+    async fn job_report(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        report: Report,
+        now: Timestamp,
+    ) -> Result<Job>;
+    /// Hard-deletes a terminal job with its events, logs and idempotency keys; `Conflict` if
+    /// it is not terminal.
+    async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()>;
+    /// The job's state history, oldest first.
+    async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>>;
+    /// The job's log text (bounded; a marker shows where old lines were dropped).
+    async fn log_get(&self, owner: Option<UserId>, id: JobId) -> Result<String>;
+
+    // ---- jobs: worker side -------------------------------------------------------------
+
+    /// Claims up to `req.limit` ready jobs (`queued`, or `scheduled`/`failed` already due),
+    /// highest priority first, then earliest `run_at`, then id. Each becomes `running` with
+    /// `attempts + 1`, `started_at = now` and a lease for `req.node` until `req.lease_until`.
+    async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>>;
+    /// Fenced completion of an attempt: `LeaseLost` unless the job is still running under
+    /// `lease`.
+    async fn job_complete(&self, lease: &Lease, outcome: Outcome, now: Timestamp) -> Result<Job>;
+    /// Fenced progress report (0.0–1.0).
+    async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()>;
+    /// Appends to a job's log, dropping the oldest text beyond `log_limit` bytes.
+    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<()>;
+    /// Extends the given leases to `until`; reports which are lost and which have a cancel
+    /// request pending (the polling fallback for cancel signals).
+    async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal>;
+    /// Leases of running jobs that match `filter` (expired ones, or one node's).
+    async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>>;
+
+    // ---- maintenance -------------------------------------------------------------------
+
+    /// Moves due `scheduled` and `failed` jobs to `queued` (with events); returns how many.
+    async fn job_promote_due(&self, now: Timestamp) -> Result<u64>;
+    /// The earliest `run_at` of a `scheduled` or `failed` job, to sleep until.
+    async fn job_next_due(&self) -> Result<Option<Timestamp>>;
+    /// Deletes terminal jobs finished before `finished_before`, and the oldest terminal
+    /// jobs beyond `keep_max`; returns how many.
+    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<u64>;
+    /// Counts and timings for `/metrics`.
+    async fn job_stats(&self) -> Result<Stats>;
+
+    // ---- signals -----------------------------------------------------------------------
+
+    /// Subscribes to signals published after each commit. A lagging receiver should treat
+    /// `Lagged` as "something changed" and re-read.
+    fn subscribe(&self) -> broadcast::Receiver<Signal>;
+}

@@ -1,0 +1,132 @@
+//! Handing out work: promotion of due `scheduled`/`failed` jobs to `queued`, the claim, and
+//! the next instant something falls due.
+//!
+//! A claim is one writer command: promote what is due, pick the best queued jobs from the
+//! `jobs_claim` partial index (priority DESC, run_at, id), and move each to `running` under
+//! a fresh lease. The writer runs commands one at a time, so two claims can never pick the
+//! same job; the `state = 'queued'` guard on the `UPDATE` keeps that true even against
+//! another process writing the same file.
+
+use kiln_domain::{Event, Job, JobId, JobState, Step, Timestamp, UserId, transition};
+use rusqlite::{Connection, OptionalExtension};
+
+use super::event;
+use super::row::{self, id_bytes, job_columns, ms};
+use super::writer::Tx;
+use crate::error::Result;
+use crate::model::ClaimRequest;
+
+/// Most jobs promoted per writer command, so a burst of jobs all due at once is spread
+/// over several short transactions instead of holding the writer for one long one.
+pub(super) const PROMOTE_CHUNK: usize = 1000;
+
+/// Moves up to `max` due `scheduled`/`failed` jobs to `queued`, earliest `run_at` first,
+/// each with a `due` event; returns how many.
+pub(super) fn promote_due(tx: &mut Tx<'_>, now: Timestamp, max: usize) -> Result<u64> {
+    let db = tx.db;
+    let due = db
+        .prepare_cached(
+            "SELECT id, owner_id, state, attempts FROM jobs
+             WHERE state IN ('scheduled', 'failed') AND run_at <= ?1
+             ORDER BY run_at LIMIT ?2",
+        )?
+        .query_map((ms(now), i64::try_from(max).unwrap_or(i64::MAX)), |r| {
+            Ok((
+                row::job_id(r, 0)?,
+                UserId(r.get(1)?),
+                row::state(r, 2)?,
+                r.get::<_, u32>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut update =
+        db.prepare_cached("UPDATE jobs SET state = ?2, updated_at = ?3 WHERE id = ?1")?;
+    for &(id, owner, from, attempt) in &due {
+        let Step::To(state) = transition(from, Event::Due)? else {
+            continue;
+        };
+        update.execute((id_bytes(id), state.as_str(), ms(now)))?;
+        event::append(
+            db,
+            &event::New {
+                job: id,
+                state,
+                at: ms(now),
+                attempt,
+                node: None,
+                message: "due",
+            },
+        )?;
+        event::changed(tx, id, owner, state);
+    }
+    Ok(due.len() as u64)
+}
+
+/// Promotes due work, then claims up to `req.limit` queued jobs for `req.node`.
+pub(super) fn claim(tx: &mut Tx<'_>, req: &ClaimRequest) -> Result<Vec<Job>> {
+    if req.limit == 0 || req.types.is_empty() {
+        return Ok(Vec::new());
+    }
+    promote_due(tx, req.now, PROMOTE_CHUNK)?;
+    let db = tx.db;
+    let ids = pick(db, req)?;
+    let Step::To(running) = transition(JobState::Queued, Event::Claim)? else {
+        return Ok(Vec::new());
+    };
+    let mut take = db.prepare_cached(concat!(
+        "UPDATE jobs SET state = ?5, attempts = attempts + 1, started_at = ?2,
+             node = ?3, lease_expires_at = ?4, cancel_requested = 0, progress = 0,
+             updated_at = ?2
+         WHERE id = ?1 AND state = 'queued'
+         RETURNING ",
+        job_columns!()
+    ))?;
+    let message = format!("claimed by {}", req.node);
+    let mut claimed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let job = take
+            .query_row(
+                (
+                    id_bytes(id),
+                    ms(req.now),
+                    &req.node,
+                    ms(req.lease_until),
+                    running.as_str(),
+                ),
+                row::job,
+            )
+            .optional()?;
+        if let Some(job) = job {
+            event::record(tx, &job, Some(&req.node), &message)?;
+            claimed.push(job);
+        }
+    }
+    Ok(claimed)
+}
+
+/// The ids of the best claimable jobs. Type and queue lists travel as JSON arrays so the
+/// statement text (and its cached plan) is the same whatever their lengths.
+fn pick(db: &Connection, req: &ClaimRequest) -> Result<Vec<JobId>> {
+    let types = serde_json::to_string(&req.types).unwrap_or_else(|_| "[]".to_owned());
+    let excluded = serde_json::to_string(&req.exclude_queues).unwrap_or_else(|_| "[]".to_owned());
+    let ids = db
+        .prepare_cached(
+            "SELECT id FROM jobs INDEXED BY jobs_claim
+             WHERE state = 'queued'
+               AND type IN (SELECT value FROM json_each(?1))
+               AND queue NOT IN (SELECT value FROM json_each(?2))
+             ORDER BY priority DESC, run_at, id
+             LIMIT ?3",
+        )?
+        .query_map((types, excluded, req.limit), |r| row::job_id(r, 0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids)
+}
+
+/// The earliest `run_at` of a `scheduled` or `failed` job.
+pub(super) fn next_due(db: &Connection) -> Result<Option<Timestamp>> {
+    let at: Option<i64> = db
+        .prepare_cached("SELECT min(run_at) FROM jobs WHERE state IN ('scheduled', 'failed')")?
+        .query_row([], |r| r.get(0))?;
+    Ok(at.map(kiln_domain::clock::from_millis))
+}

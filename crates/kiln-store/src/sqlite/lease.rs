@@ -1,0 +1,188 @@
+//! Fenced writes of a running attempt (completion, progress, lease renewal) and the lookup
+//! of leases to rescue.
+//!
+//! Every fenced statement matches `id AND state = 'running' AND attempts = <attempt> AND
+//! node = <node>`: a worker whose lease was rescued (and the job claimed again, so
+//! `attempts` moved on) matches nothing and gets `LeaseLost`, so it can never overwrite the
+//! newer attempt.
+
+use kiln_domain::{Event, Failure, Job, JobState, Lease, Step, Timestamp, transition};
+use rusqlite::{Connection, OptionalExtension};
+
+use super::event;
+use super::row::{self, id_bytes, job_columns, ms, to_json};
+use super::writer::Tx;
+use crate::error::{Result, StoreError};
+use crate::model::{LeaseFilter, Outcome, Renewal};
+
+/// The fence every attempt's write matches (parameters ?1 id, ?2 attempt, ?3 node).
+macro_rules! fenced {
+    () => {
+        " WHERE id = ?1 AND state = 'running' AND attempts = ?2 AND node = ?3"
+    };
+}
+
+/// Ends the attempt held by `lease` with `outcome`, at `now`.
+pub(super) fn complete(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    outcome: Outcome,
+    now: Timestamp,
+) -> Result<Job> {
+    let event = match &outcome {
+        Outcome::Succeeded(_) => Event::Succeed,
+        Outcome::Failed { retry_at, .. } => Event::Fail {
+            retry: retry_at.is_some(),
+        },
+        Outcome::Cancelled => Event::Abort,
+    };
+    let Step::To(state) = transition(JobState::Running, event)? else {
+        return Err(StoreError::LeaseLost);
+    };
+    let fence = (id_bytes(lease.job_id), lease.attempt, lease.node.as_str());
+    let (now_ms, to) = (ms(now), state.as_str());
+    let found = match &outcome {
+        Outcome::Succeeded(result) => tx
+            .db
+            .prepare_cached(concat!(
+                "UPDATE jobs SET state = ?4, result = ?5, progress = 1.0, finished_at = ?6,
+                     updated_at = ?6, node = NULL, lease_expires_at = NULL",
+                fenced!(),
+                " RETURNING ",
+                job_columns!()
+            ))?
+            .query_row(
+                (fence.0, fence.1, fence.2, to, to_json(result)?, now_ms),
+                row::job,
+            ),
+        Outcome::Failed { failure, retry_at } => tx
+            .db
+            .prepare_cached(concat!(
+                "UPDATE jobs SET state = ?4, error = ?5, run_at = coalesce(?7, run_at),
+                     finished_at = CASE WHEN ?7 IS NULL THEN ?6 END,
+                     updated_at = ?6, node = NULL, lease_expires_at = NULL",
+                fenced!(),
+                " RETURNING ",
+                job_columns!()
+            ))?
+            .query_row(
+                (
+                    fence.0,
+                    fence.1,
+                    fence.2,
+                    to,
+                    to_json(failure)?,
+                    now_ms,
+                    retry_at.map(ms),
+                ),
+                row::job,
+            ),
+        Outcome::Cancelled => tx
+            .db
+            .prepare_cached(concat!(
+                "UPDATE jobs SET state = ?4, finished_at = ?5, updated_at = ?5,
+                     node = NULL, lease_expires_at = NULL",
+                fenced!(),
+                " RETURNING ",
+                job_columns!()
+            ))?
+            .query_row((fence.0, fence.1, fence.2, to, now_ms), row::job),
+    }
+    .optional()?;
+    let job = found.ok_or(StoreError::LeaseLost)?;
+    let message = match &outcome {
+        Outcome::Succeeded(_) => "succeeded".to_owned(),
+        Outcome::Failed { failure, .. } => failure_message(failure),
+        Outcome::Cancelled => "cancelled".to_owned(),
+    };
+    event::record(tx, &job, Some(&lease.node), &message)?;
+    Ok(job)
+}
+
+/// The event message of a failure: `<code>: <message>`.
+fn failure_message(failure: &Failure) -> String {
+    format!("{}: {}", failure.code, failure.message)
+}
+
+/// Records the attempt's progress (clamped to 0.0–1.0; NaN counts as 0).
+pub(super) fn progress(tx: &Tx<'_>, lease: &Lease, progress: f32, now: Timestamp) -> Result<()> {
+    let progress = if progress.is_nan() {
+        0.0
+    } else {
+        progress.clamp(0.0, 1.0)
+    };
+    let changed = tx
+        .db
+        .prepare_cached(concat!(
+            "UPDATE jobs SET progress = ?4, updated_at = ?5",
+            fenced!()
+        ))?
+        .execute((
+            id_bytes(lease.job_id),
+            lease.attempt,
+            lease.node.as_str(),
+            progress,
+            ms(now),
+        ))?;
+    if changed == 0 {
+        return Err(StoreError::LeaseLost);
+    }
+    Ok(())
+}
+
+/// Extends each held lease to `until`; reports the lost ones and the pending cancels.
+pub(super) fn renew(tx: &Tx<'_>, leases: &[Lease], until: Timestamp) -> Result<Renewal> {
+    let mut stmt = tx.db.prepare_cached(concat!(
+        "UPDATE jobs SET lease_expires_at = ?4",
+        fenced!(),
+        " RETURNING cancel_requested"
+    ))?;
+    let mut renewal = Renewal::default();
+    for lease in leases {
+        let cancel: Option<bool> = stmt
+            .query_row(
+                (
+                    id_bytes(lease.job_id),
+                    lease.attempt,
+                    lease.node.as_str(),
+                    ms(until),
+                ),
+                |r| r.get(0),
+            )
+            .optional()?;
+        match cancel {
+            None => renewal.lost.push(lease.job_id),
+            Some(true) => renewal.cancel_requested.push(lease.job_id),
+            Some(false) => {}
+        }
+    }
+    Ok(renewal)
+}
+
+/// Leases of running jobs matching `filter`.
+pub(super) fn find(db: &Connection, filter: &LeaseFilter) -> Result<Vec<Lease>> {
+    let map = |r: &rusqlite::Row<'_>| {
+        Ok(Lease {
+            job_id: row::job_id(r, 0)?,
+            attempt: r.get(1)?,
+            node: r.get(2)?,
+        })
+    };
+    let leases = match filter {
+        LeaseFilter::ExpiredAt(at) => db
+            .prepare_cached(
+                "SELECT id, attempts, node FROM jobs
+                 WHERE state = 'running' AND lease_expires_at < ?1 AND node IS NOT NULL
+                 ORDER BY lease_expires_at",
+            )?
+            .query_map([ms(*at)], map)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        LeaseFilter::Node(node) => db
+            .prepare_cached(
+                "SELECT id, attempts, node FROM jobs WHERE state = 'running' AND node = ?1",
+            )?
+            .query_map([node], map)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+    };
+    Ok(leases)
+}

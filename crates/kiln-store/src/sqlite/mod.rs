@@ -1,0 +1,271 @@
+//! The embedded SQLite backend: [`SqliteStore`].
+//!
+//! # Shape
+//! - **One writer thread** ([`writer`]) owns the only write connection. Every write is a
+//!   closure sent to it over a channel; the thread runs whatever is waiting (up to 512
+//!   commands) in one `BEGIN IMMEDIATE` transaction, each command inside its own savepoint so
+//!   a failing command rolls back alone, commits once (one fsync for the whole group), then
+//!   publishes the batch's [`Signal`](crate::Signal)s and answers each caller. Nobody hears
+//!   of a write before it is durable.
+//! - **Readers** ([`reader`]): a small pool of read connections used through
+//!   `spawn_blocking`; WAL lets them read beside the writer. A private in-memory database is
+//!   invisible to other connections, so in memory mode reads go through the writer too.
+//! - SQL lives next to the function that runs it: [`jobs`] (submit, get, cancel, retry,
+//!   report, delete), [`list`], [`claim`] (claim and promotion of due work), [`lease`]
+//!   (fenced completion, progress, renewal, rescue lookup), [`event`], [`log`], [`users`]
+//!   (users and tokens), [`retention`] (prune and stats). [`row`] maps rows to domain types;
+//!   [`schema`] opens connections and applies the embedded migrations.
+//!
+//! This module owns the options, the URL syntax and the one place driver errors are mapped
+//! ([`map_err`]); it does not decide legality (that is [`kiln_domain::transition`]).
+
+mod claim;
+mod event;
+mod jobs;
+mod lease;
+mod list;
+mod log;
+mod reader;
+mod retention;
+mod row;
+mod schema;
+mod store;
+mod users;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rusqlite::ErrorCode;
+use tokio::sync::broadcast;
+
+use crate::error::{BoxError, Result, StoreError};
+use crate::model::Signal;
+use reader::ReaderPool;
+use writer::{Tx, Writer};
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlitePath {
+    /// A database file (WAL mode; `-wal` and `-shm` files appear beside it).
+    File(PathBuf),
+    /// A private in-memory database (`sqlite::memory:`): gone when the store is dropped.
+    Memory,
+}
+
+/// How hard a commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// `synchronous = NORMAL` in WAL mode: a commit survives a crash of the process, and the
+    /// last commits may be lost if the operating system crashes or power fails.
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: a commit also survives an OS crash, at one more fsync per
+    /// group commit.
+    Full,
+}
+
+/// Options of [`SqliteStore::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// The database; default `./kiln-data/kiln.db`.
+    pub path: SqlitePath,
+    /// Durability of commits; default [`Synchronous::Normal`].
+    pub synchronous: Synchronous,
+    /// Bytes of log kept per job; older text is dropped at a line boundary. Default 64 KiB.
+    pub log_limit_bytes: usize,
+    /// Read connections; default 4. With 0 (and always in memory mode) reads queue behind
+    /// the writer.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            path: SqlitePath::File(PathBuf::from("./kiln-data/kiln.db")),
+            synchronous: Synchronous::Normal,
+            log_limit_bytes: 64 * 1024,
+            readers: 4,
+        }
+    }
+}
+
+/// Parses a database URL: `sqlite::memory:`, `sqlite://path`, `sqlite:path`, or a bare path
+/// ending in `.db` (also `.sqlite`, `.sqlite3`). A `?query` after a `sqlite:` path is
+/// ignored. Anything else (a `postgres://` URL, an empty path) is `None`.
+pub fn parse_database_url(url: &str) -> Option<SqlitePath> {
+    let url = url.trim();
+    if matches!(url, "sqlite::memory:" | "sqlite://:memory:" | ":memory:") {
+        return Some(SqlitePath::Memory);
+    }
+    let path = if let Some(rest) = url.strip_prefix("sqlite:") {
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        rest.split_once('?').map_or(rest, |(path, _)| path)
+    } else if [".db", ".sqlite", ".sqlite3"]
+        .iter()
+        .any(|ext| url.ends_with(ext))
+        && !url.contains("://")
+    {
+        url
+    } else {
+        return None;
+    };
+    if path.is_empty() {
+        return None;
+    }
+    Some(SqlitePath::File(PathBuf::from(path)))
+}
+
+/// The SQLite implementation of [`Store`](crate::Store).
+///
+/// Dropping the last handle stops the writer thread after it has finished the commands
+/// already sent, and closes every connection.
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Option<Arc<ReaderPool>>,
+    signals: broadcast::Sender<Signal>,
+}
+
+/// Signals buffered per subscriber before it sees `Lagged`.
+const SIGNAL_CAPACITY: usize = 4096;
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directories if needed) the database, applies the
+    /// embedded migrations, starts the writer thread and opens the readers. Blocking: call
+    /// it at start-up.
+    pub fn open(opts: SqliteOptions) -> Result<Arc<SqliteStore>> {
+        let conn = schema::open_writer(&opts.path, opts.synchronous)?;
+        schema::migrate(&conn)?;
+        let readers = match &opts.path {
+            SqlitePath::File(path) if opts.readers > 0 => {
+                Some(Arc::new(ReaderPool::open(path, opts.readers)?))
+            }
+            _ => None,
+        };
+        let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
+        let writer = Writer::spawn(conn, signals.clone(), opts.log_limit_bytes)?;
+        Ok(Arc::new(SqliteStore {
+            writer,
+            readers,
+            signals,
+        }))
+    }
+
+    /// Applies the embedded migrations that `path` lacks (what `kiln migrate` does) and
+    /// returns their versions; empty when the schema is current.
+    pub fn migrate(path: &SqlitePath) -> Result<Vec<u32>> {
+        let conn = schema::open_writer(path, Synchronous::Full)?;
+        schema::migrate(&conn)
+    }
+
+    /// Runs `work` in the writer's next group commit.
+    async fn write<R, F>(&self, work: F) -> Result<R>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.writer.call(work).await
+    }
+
+    /// Runs `work` on a read connection (or behind the writer when there are none).
+    async fn read<R, F>(&self, work: F) -> Result<R>
+    where
+        F: FnOnce(&rusqlite::Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        match &self.readers {
+            Some(pool) => pool.run(work).await,
+            None => self.writer.call(move |tx| work(tx.db)).await,
+        }
+    }
+}
+
+/// Whether an error class is worth retrying, kept apart so a failed commit can hand every
+/// caller in its batch an error of the same class.
+fn is_transient(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// The one place SQLite errors become [`StoreError`]s: a unique or primary-key violation is
+/// `Conflict`, busy/locked is `Transient`, anything else `Backend`. Callers that know what
+/// was duplicated replace the generic conflict text.
+pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(failure, _) = &e
+        && matches!(
+            failure.extended_code,
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        )
+    {
+        return StoreError::conflict("a record with the same key already exists");
+    }
+    if is_transient(&e) {
+        StoreError::Transient(Box::new(e))
+    } else {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// Lets `?` map driver errors inside the backend; it defers to [`map_err`].
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        map_err(e)
+    }
+}
+
+/// A backend error described in words (a corrupt row, a stopped writer).
+fn backend(what: impl Into<String>) -> StoreError {
+    StoreError::Backend(BoxError::from(what.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_name_memory_or_a_file() {
+        assert_eq!(
+            parse_database_url("sqlite::memory:"),
+            Some(SqlitePath::Memory)
+        );
+        let file = |p: &str| Some(SqlitePath::File(PathBuf::from(p)));
+        assert_eq!(
+            parse_database_url("sqlite://data/kiln.db"),
+            file("data/kiln.db")
+        );
+        assert_eq!(
+            parse_database_url("sqlite:///var/kiln.db"),
+            file("/var/kiln.db")
+        );
+        assert_eq!(parse_database_url("sqlite:kiln.db"), file("kiln.db"));
+        assert_eq!(parse_database_url("sqlite://k.db?mode=rwc"), file("k.db"));
+        assert_eq!(
+            parse_database_url("./kiln-data/kiln.db"),
+            file("./kiln-data/kiln.db")
+        );
+        assert_eq!(parse_database_url("postgres://u@h/db"), None);
+        assert_eq!(parse_database_url("kiln.txt"), None);
+        assert_eq!(parse_database_url("sqlite://"), None);
+    }
+
+    #[test]
+    fn unique_violations_are_conflicts_and_busy_is_transient() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, u TEXT UNIQUE)")
+            .unwrap();
+        conn.execute("INSERT INTO t VALUES (1, 'a')", []).unwrap();
+        let dup = conn
+            .execute("INSERT INTO t VALUES (2, 'a')", [])
+            .unwrap_err();
+        assert!(matches!(map_err(dup), StoreError::Conflict { .. }));
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(map_err(busy).is_transient());
+        let other = conn.execute("SELECT nope FROM t", []).unwrap_err();
+        assert!(matches!(map_err(other), StoreError::Backend(_)));
+    }
+}

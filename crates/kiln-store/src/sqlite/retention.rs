@@ -1,0 +1,105 @@
+//! Retention (pruning terminal jobs by age and by count) and the numbers behind `/metrics`.
+//!
+//! Only terminal jobs have `finished_at`, so the partial index `jobs_finished` lists exactly
+//! the prunable jobs, oldest first. Deleting a job cascades to its events, log and
+//! idempotency keys; the trigger-kept counters keep `total_submitted` across pruning.
+
+use kiln_domain::{JobState, Timestamp};
+use rusqlite::Connection;
+
+use super::row::ms;
+use super::writer::Tx;
+use crate::error::Result;
+use crate::model::Stats;
+
+/// Most jobs deleted per writer command: a prune of a large backlog runs as many short
+/// transactions, so submissions are never stuck behind one long delete.
+pub(super) const PRUNE_CHUNK: usize = 1000;
+
+/// Deletes up to `PRUNE_CHUNK` prunable jobs: first those finished before `before`, then the
+/// oldest terminal jobs beyond the newest `keep_max`. Returns how many.
+pub(super) fn prune_chunk(tx: &Tx<'_>, before: Timestamp, keep_max: Option<u64>) -> Result<u64> {
+    let chunk = PRUNE_CHUNK as i64;
+    let old = tx
+        .db
+        .prepare_cached(
+            "DELETE FROM jobs WHERE rowid IN (
+                 SELECT rowid FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1
+                 LIMIT ?2)",
+        )?
+        .execute((ms(before), chunk))?;
+    let mut deleted = old as i64;
+    if let Some(keep) = keep_max
+        && deleted < chunk
+    {
+        let beyond = tx
+            .db
+            .prepare_cached(
+                "DELETE FROM jobs WHERE rowid IN (
+                     SELECT rowid FROM jobs WHERE finished_at IS NOT NULL
+                     ORDER BY finished_at DESC LIMIT ?2 OFFSET ?1)",
+            )?
+            .execute((i64::try_from(keep).unwrap_or(i64::MAX), chunk - deleted))?;
+        deleted += beyond as i64;
+    }
+    Ok(deleted as u64)
+}
+
+/// Jobs ever submitted, current counts per state, mean run time, p95 start latency.
+pub(super) fn stats(db: &Connection) -> Result<Stats> {
+    let total_submitted: i64 = db
+        .prepare_cached("SELECT value FROM counters WHERE name = 'total_submitted'")?
+        .query_row([], |r| r.get(0))?;
+    let mut by_state = Vec::with_capacity(JobState::ALL.len());
+    let mut count = db.prepare_cached("SELECT n FROM job_counts WHERE state = ?1")?;
+    for state in JobState::ALL {
+        let n: i64 = count.query_row([state.as_str()], |r| r.get(0))?;
+        by_state.push((state, u64::try_from(n).unwrap_or(0)));
+    }
+    let avg_duration_ms: Option<f64> = db
+        .prepare_cached(
+            "SELECT avg(finished_at - started_at) FROM jobs INDEXED BY jobs_finished
+             WHERE finished_at IS NOT NULL AND state = 'succeeded' AND started_at IS NOT NULL",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let latencies = db
+        .prepare_cached(
+            "SELECT started_at - created_at FROM jobs INDEXED BY jobs_started
+             WHERE started_at IS NOT NULL ORDER BY started_at DESC LIMIT ?1",
+        )?
+        .query_map([LATENCY_SAMPLE], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Stats {
+        total_submitted: u64::try_from(total_submitted).unwrap_or(0),
+        by_state,
+        avg_duration_ms: avg_duration_ms.unwrap_or(0.0),
+        p95_start_latency_ms: p95(latencies),
+    })
+}
+
+/// Started jobs the start-latency percentile looks at: recent enough to follow changes in
+/// load, many enough for a stable p95.
+const LATENCY_SAMPLE: i64 = 1000;
+
+/// The 95th percentile (nearest rank); 0 for no samples.
+fn p95(mut samples: Vec<i64>) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable();
+    let rank = (samples.len() * 95).div_ceil(100).max(1);
+    samples[rank - 1] as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p95_is_the_nearest_rank() {
+        assert_eq!(p95(vec![]), 0.0);
+        assert_eq!(p95(vec![7]), 7.0);
+        assert_eq!(p95((1..=100).rev().collect()), 95.0);
+        assert_eq!(p95((1..=20).collect()), 19.0);
+    }
+}

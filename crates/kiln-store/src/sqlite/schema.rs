@@ -1,0 +1,129 @@
+//! Opening connections (pragmas for the writer and the readers) and applying the embedded
+//! migrations in order, each recorded in `schema_migrations`.
+//!
+//! Migrations are plain SQL files under `migrations/sqlite/`, compiled into the binary; a
+//! version once applied is never run again, so re-running is a no-op.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use super::{SqlitePath, Synchronous, backend};
+use crate::error::Result;
+
+/// Every migration, in order: (version, SQL).
+const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// How long a connection waits for another process's lock before reporting busy. Only a
+/// second process (say `kiln user add` beside a running server) ever contends: within one
+/// process there is a single writer.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements kept per connection. Lists build a few dozen SQL variants (filters ×
+/// sorts), the rest are fixed; 256 keeps every hot statement prepared.
+const STATEMENT_CACHE: usize = 256;
+
+/// Opens the write connection: WAL, foreign keys, the chosen `synchronous`, and the parent
+/// directory created if missing.
+pub(super) fn open_writer(path: &SqlitePath, sync: Synchronous) -> Result<Connection> {
+    let conn = match path {
+        SqlitePath::Memory => Connection::open_in_memory()?,
+        SqlitePath::File(file) => {
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    backend(format!("cannot create directory {}: {e}", dir.display()))
+                })?;
+            }
+            let conn = Connection::open(file)?;
+            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(backend(format!(
+                    "{} cannot use WAL (journal mode {mode})",
+                    file.display()
+                )));
+            }
+            conn
+        }
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let sync = match sync {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// Opens a read connection to `file` (which the writer has already created and migrated).
+pub(super) fn open_reader(file: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(file, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Read-write open (a read-only one cannot create the WAL index if it is missing), but
+    // refusing writes: every write must go through the writer thread.
+    conn.pragma_update(None, "query_only", "ON")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// Applies the migrations `conn` lacks, each in its own transaction; returns their versions.
+pub(super) fn migrate(conn: &Connection) -> Result<Vec<u32>> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER NOT NULL PRIMARY KEY,
+             applied_at INTEGER NOT NULL
+         )",
+    )?;
+    let mut applied = Vec::new();
+    for &(version, sql) in MIGRATIONS {
+        // Checked inside the transaction, so two processes migrating at once cannot both
+        // apply the same version.
+        let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+        let done = tx
+            .query_row(
+                "SELECT 1 FROM schema_migrations WHERE version = ?1",
+                [version],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if done {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            (version, chrono::Utc::now().timestamp_millis()),
+        )?;
+        tx.commit()?;
+        applied.push(version);
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once() {
+        let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
+        assert_eq!(migrate(&conn).unwrap(), vec![1]);
+        assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
+        let versions: i64 = conn
+            .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(versions, 1);
+    }
+
+    #[test]
+    fn migration_versions_increase() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+}

@@ -1,0 +1,194 @@
+//! [`Store`] for [`SqliteStore`]: each method picks the writer (any write) or a reader and
+//! hands it the function that does the work. Nothing else happens here, except splitting
+//! long maintenance work (promotion, pruning) into chunks so each is one short command.
+
+use async_trait::async_trait;
+use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId};
+use tokio::sync::broadcast;
+
+use super::{SqliteStore, claim, event, jobs, lease, list, log, retention, users};
+use crate::Store;
+use crate::error::Result;
+use crate::model::*;
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn user_insert(&self, user: NewUser, now: Timestamp) -> Result<User> {
+        self.write(move |tx| users::insert(tx, user, now)).await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.read(move |db| users::by_name(db, &username)).await
+    }
+
+    async fn user_get(&self, id: UserId) -> Result<User> {
+        self.read(move |db| users::get(db, id)).await
+    }
+
+    async fn user_list(&self) -> Result<Vec<User>> {
+        self.read(users::list).await
+    }
+
+    async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<User> {
+        self.write(move |tx| users::update(tx, id, patch)).await
+    }
+
+    async fn user_count(&self) -> Result<u64> {
+        self.read(users::count).await
+    }
+
+    async fn token_insert(&self, token: NewToken, now: Timestamp) -> Result<TokenInfo> {
+        self.write(move |tx| users::token_insert(tx, token, now))
+            .await
+    }
+
+    async fn token_lookup(&self, hash: &[u8], now: Timestamp) -> Result<Option<(User, TokenInfo)>> {
+        let hash = hash.to_vec();
+        self.read(move |db| users::token_lookup(db, &hash, now))
+            .await
+    }
+
+    async fn token_list(&self, user: UserId, kind: TokenKind) -> Result<Vec<TokenInfo>> {
+        self.read(move |db| users::token_list(db, user, kind)).await
+    }
+
+    async fn token_delete(&self, user: UserId, id: i64) -> Result<()> {
+        self.write(move |tx| users::token_delete(tx, user, id))
+            .await
+    }
+
+    async fn token_delete_hash(&self, hash: &[u8]) -> Result<()> {
+        let hash = hash.to_vec();
+        self.write(move |tx| users::token_delete_hash(tx, &hash))
+            .await
+    }
+
+    async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {
+        self.write(move |tx| jobs::insert(tx, job, opts)).await
+    }
+
+    async fn job_get(&self, owner: Option<UserId>, id: JobId) -> Result<Job> {
+        self.read(move |db| jobs::get(db, owner, id)).await
+    }
+
+    async fn job_list(&self, query: &ListQuery) -> Result<Page> {
+        let query = query.clone();
+        self.read(move |db| list::list(db, &query)).await
+    }
+
+    async fn job_cancel(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        now: Timestamp,
+    ) -> Result<(Job, Step)> {
+        self.write(move |tx| jobs::cancel(tx, owner, id, now)).await
+    }
+
+    async fn job_retry(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        extra_attempts: u32,
+        now: Timestamp,
+    ) -> Result<Job> {
+        self.write(move |tx| jobs::retry(tx, owner, id, extra_attempts, now))
+            .await
+    }
+
+    async fn job_report(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        report: Report,
+        now: Timestamp,
+    ) -> Result<Job> {
+        self.write(move |tx| jobs::report(tx, owner, id, report, now))
+            .await
+    }
+
+    async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()> {
+        self.write(move |tx| jobs::delete(tx, owner, id)).await
+    }
+
+    async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {
+        self.read(move |db| event::list(db, owner, id)).await
+    }
+
+    async fn log_get(&self, owner: Option<UserId>, id: JobId) -> Result<String> {
+        self.read(move |db| log::get(db, owner, id)).await
+    }
+
+    async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>> {
+        let req = req.clone();
+        self.write(move |tx| claim::claim(tx, &req)).await
+    }
+
+    async fn job_complete(&self, lease: &Lease, outcome: Outcome, now: Timestamp) -> Result<Job> {
+        let lease = lease.clone();
+        self.write(move |tx| lease::complete(tx, &lease, outcome, now))
+            .await
+    }
+
+    async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()> {
+        let lease = lease.clone();
+        self.write(move |tx| lease::progress(tx, &lease, progress, now))
+            .await
+    }
+
+    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<()> {
+        let text = text.to_owned();
+        self.write(move |tx| log::append(tx, id, &text, now)).await
+    }
+
+    async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal> {
+        if leases.is_empty() {
+            return Ok(Renewal::default());
+        }
+        let leases = leases.to_vec();
+        self.write(move |tx| lease::renew(tx, &leases, until)).await
+    }
+
+    async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>> {
+        self.read(move |db| lease::find(db, &filter)).await
+    }
+
+    async fn job_promote_due(&self, now: Timestamp) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .write(move |tx| claim::promote_due(tx, now, claim::PROMOTE_CHUNK))
+                .await?;
+            total += n;
+            if n < claim::PROMOTE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn job_next_due(&self) -> Result<Option<Timestamp>> {
+        self.read(claim::next_due).await
+    }
+
+    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .write(move |tx| retention::prune_chunk(tx, finished_before, keep_max))
+                .await?;
+            total += n;
+            if n < retention::PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn job_stats(&self) -> Result<Stats> {
+        self.read(retention::stats).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Signal> {
+        self.signals.subscribe()
+    }
+}

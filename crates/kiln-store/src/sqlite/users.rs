@@ -1,0 +1,228 @@
+//! Users and their tokens.
+//!
+//! Tokens are stored as the SHA-256 of the secret, never the secret; a lookup finds a token
+//! only while it has not expired and its user is enabled.
+
+use kiln_domain::{Timestamp, User, UserId};
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use super::row::{self, ms, opt_ms, user_columns};
+use super::writer::Tx;
+use crate::error::{Result, StoreError};
+use crate::model::{NewToken, NewUser, TokenInfo, TokenKind, UserPatch, UserRecord};
+
+/// Creates a user; `Conflict` if the name is taken.
+pub(super) fn insert(tx: &Tx<'_>, user: NewUser, now: Timestamp) -> Result<User> {
+    let id: i64 = tx
+        .db
+        .prepare_cached(
+            "INSERT INTO users (username, password_hash, role, disabled, created_at)
+             VALUES (?1, ?2, ?3, 0, ?4) RETURNING id",
+        )?
+        .query_row(
+            (
+                &user.username,
+                &user.password_hash,
+                user.role.as_str(),
+                ms(now),
+            ),
+            |r| r.get(0),
+        )
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict { .. } => StoreError::conflict("username already taken"),
+            other => other,
+        })?;
+    Ok(User {
+        id: UserId(id),
+        username: user.username,
+        role: user.role,
+        disabled: false,
+        created_at: kiln_domain::clock::truncate_ms(now),
+    })
+}
+
+/// A user and their password hash, by name.
+pub(super) fn by_name(db: &Connection, username: &str) -> Result<Option<UserRecord>> {
+    let record = db
+        .prepare_cached(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", password_hash FROM users WHERE username = ?1"
+        ))?
+        .query_row([username], |r| {
+            Ok(UserRecord {
+                user: row::user(r, 0)?,
+                password_hash: r.get(5)?,
+            })
+        })
+        .optional()?;
+    Ok(record)
+}
+
+/// A user by id.
+pub(super) fn get(db: &Connection, id: UserId) -> Result<User> {
+    db.prepare_cached(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = ?1"
+    ))?
+    .query_row([id.0], |r| row::user(r, 0))
+    .optional()?
+    .ok_or(StoreError::NotFound)
+}
+
+/// Every user, by id.
+pub(super) fn list(db: &Connection) -> Result<Vec<User>> {
+    let users = db
+        .prepare_cached(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users ORDER BY id"
+        ))?
+        .query_map([], |r| row::user(r, 0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(users)
+}
+
+/// Applies the fields of `patch` that are set.
+pub(super) fn update(tx: &Tx<'_>, id: UserId, patch: UserPatch) -> Result<User> {
+    tx.db
+        .prepare_cached(concat!(
+            "UPDATE users SET role = coalesce(?2, role),
+                 password_hash = coalesce(?3, password_hash),
+                 disabled = coalesce(?4, disabled)
+             WHERE id = ?1 RETURNING ",
+            user_columns!()
+        ))?
+        .query_row(
+            (
+                id.0,
+                patch.role.map(|r| r.as_str()),
+                patch.password_hash,
+                patch.disabled,
+            ),
+            |r| row::user(r, 0),
+        )
+        .optional()?
+        .ok_or(StoreError::NotFound)
+}
+
+/// How many users exist.
+pub(super) fn count(db: &Connection) -> Result<u64> {
+    let n: i64 = db
+        .prepare_cached("SELECT count(*) FROM users")?
+        .query_row([], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The token columns [`token`] reads.
+macro_rules! token_columns {
+    () => {
+        "t.id, t.user_id, t.kind, t.name, t.created_at, t.expires_at"
+    };
+}
+
+fn token(r: &Row<'_>, at: usize) -> rusqlite::Result<TokenInfo> {
+    let kind: String = r.get(at + 2)?;
+    let kind = [TokenKind::Session, TokenKind::Api]
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                at + 2,
+                rusqlite::types::Type::Text,
+                format!("unknown token kind `{kind}`").into(),
+            )
+        })?;
+    Ok(TokenInfo {
+        id: r.get(at)?,
+        user: UserId(r.get(at + 1)?),
+        kind,
+        name: r.get(at + 3)?,
+        created_at: row::time(r, at + 4)?,
+        expires_at: row::opt_time(r, at + 5)?,
+    })
+}
+
+/// Stores a token's hash; `Conflict` if that hash is already stored.
+pub(super) fn token_insert(tx: &Tx<'_>, token: NewToken, now: Timestamp) -> Result<TokenInfo> {
+    let id: i64 = tx
+        .db
+        .prepare_cached(
+            "INSERT INTO tokens (user_id, hash, kind, name, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        )?
+        .query_row(
+            (
+                token.user.0,
+                &token.hash,
+                token.kind.as_str(),
+                &token.name,
+                ms(now),
+                opt_ms(token.expires_at),
+            ),
+            |r| r.get(0),
+        )?;
+    Ok(TokenInfo {
+        id,
+        user: token.user,
+        kind: token.kind,
+        name: token.name,
+        created_at: kiln_domain::clock::truncate_ms(now),
+        expires_at: token.expires_at.map(kiln_domain::clock::truncate_ms),
+    })
+}
+
+/// The live token with this hash and its enabled user.
+pub(super) fn token_lookup(
+    db: &Connection,
+    hash: &[u8],
+    now: Timestamp,
+) -> Result<Option<(User, TokenInfo)>> {
+    let found = db
+        .prepare_cached(concat!(
+            "SELECT ",
+            token_columns!(),
+            ", u.id, u.username, u.role, u.disabled, u.created_at
+             FROM tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.hash = ?1 AND (t.expires_at IS NULL OR t.expires_at > ?2)
+               AND u.disabled = 0"
+        ))?
+        .query_row((hash, ms(now)), |r| Ok((row::user(r, 6)?, token(r, 0)?)))
+        .optional()?;
+    Ok(found)
+}
+
+/// The user's tokens of `kind`, newest first.
+pub(super) fn token_list(db: &Connection, user: UserId, kind: TokenKind) -> Result<Vec<TokenInfo>> {
+    let tokens = db
+        .prepare_cached(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM tokens t WHERE t.user_id = ?1 AND t.kind = ?2
+             ORDER BY t.created_at DESC, t.id DESC"
+        ))?
+        .query_map((user.0, kind.as_str()), |r| token(r, 0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(tokens)
+}
+
+/// Deletes one of the user's tokens; `NotFound` if it is not theirs.
+pub(super) fn token_delete(tx: &Tx<'_>, user: UserId, id: i64) -> Result<()> {
+    let n = tx
+        .db
+        .prepare_cached("DELETE FROM tokens WHERE id = ?1 AND user_id = ?2")?
+        .execute((id, user.0))?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Deletes the token with this hash, if any.
+pub(super) fn token_delete_hash(tx: &Tx<'_>, hash: &[u8]) -> Result<()> {
+    tx.db
+        .prepare_cached("DELETE FROM tokens WHERE hash = ?1")?
+        .execute([hash])?;
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! A small HTTP/1.1 client for tests: keep-alive, bearer tokens, JSON in and out.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// A client bound to one server.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+/// A fully read response.
+#[derive(Debug, Clone)]
+pub struct TestResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    /// The body as JSON (panics with the body text if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One request being built.
+pub struct RequestBuilder<'a> {
+    client: &'a Client,
+    method: Method,
+    path: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+}
+
+impl Client {
+    /// A client for `http://addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            inner: HyperClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Starts a request to `path` (e.g. `/api/v1/jobs`).
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder<'_> {
+        RequestBuilder {
+            client: self,
+            method,
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// `GET path` with an optional token.
+    pub async fn get(&self, token: Option<&str>, path: &str) -> TestResponse {
+        self.request(Method::GET, path).bearer(token).send().await
+    }
+
+    /// `method path` with a JSON body and an optional token.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        token: Option<&str>,
+        path: &str,
+        body: &Value,
+    ) -> TestResponse {
+        self.request(method, path)
+            .bearer(token)
+            .json(body)
+            .send()
+            .await
+    }
+
+    /// Logs in and returns the bearer token (panics unless 200).
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let body = serde_json::json!({"username": username, "password": password});
+        let resp = self
+            .send_json(Method::POST, None, "/api/v1/auth/login", &body)
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "login failed: {}", resp.text());
+        resp.json()["token"].as_str().expect("a token").to_owned()
+    }
+}
+
+impl RequestBuilder<'_> {
+    /// Adds `Authorization: Bearer token` when a token is given.
+    pub fn bearer(self, token: Option<&str>) -> Self {
+        match token {
+            Some(t) => self.header(AUTHORIZATION.as_str(), &format!("Bearer {t}")),
+            None => self,
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        let name = HeaderName::from_bytes(name.as_bytes()).expect("a valid header name");
+        let value = HeaderValue::from_str(value).expect("a valid header value");
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Sets a JSON body.
+    pub fn json(self, body: &Value) -> Self {
+        let bytes = serde_json::to_vec(body).expect("serialisable JSON");
+        self.header(CONTENT_TYPE.as_str(), "application/json")
+            .raw(bytes)
+    }
+
+    /// Sets a raw body.
+    pub fn raw(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sends it and reads the whole response.
+    pub async fn send(self) -> TestResponse {
+        let mut req = Request::builder()
+            .method(self.method)
+            .uri(format!("{}{}", self.client.base, self.path));
+        for (name, value) in self.headers {
+            req = req.header(name, value);
+        }
+        let req = req.body(Full::new(self.body)).expect("a valid request");
+        let resp = self
+            .client
+            .inner
+            .request(req)
+            .await
+            .expect("the server answers");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("a readable body").to_bytes();
+        TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Test helpers shared by Kiln's test suites (a dev-dependency only).
+//!
+//! # Layout
+//! - [`wait`]: [`wait_until`], polling with a deadline instead of bare sleeps.
+//! - [`http`]: a small keep-alive HTTP/1.1 client over a real socket, with JSON helpers.
+//! - [`db`]: a SQLite store on a WAL file in a fresh temp dir.
+//! - [`factory`]: valid jobs and users in one line.
+#![warn(missing_docs)]
+
+pub mod db;
+pub mod factory;
+pub mod http;
+pub mod wait;
+
+pub use db::TempSqlite;
+pub use http::{Client, TestResponse};
+pub use wait::wait_until;

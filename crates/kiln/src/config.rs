@@ -1,0 +1,344 @@
+//! Configuration of `kiln serve` / `kiln worker`: flags with environment fallbacks, an
+//! optional `kiln.toml`, and [`Config::validate`], which lists every problem at once.
+//!
+//! Only this crate reads flags and the environment; the library crates get typed structs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use kiln_domain::job_type::Catalogue;
+use kiln_domain::{Backoff, Policy};
+use serde::Deserialize;
+
+/// Where the default SQLite database lives.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./kiln-data/kiln.db";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// SQLite durability mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteSync {
+    /// WAL + `synchronous=NORMAL`: every accepted job survives a crash of the process; an OS
+    /// crash or power loss may lose the last transactions before the WAL is synced.
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced; accepted jobs survive an OS crash too.
+    Full,
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Options shared by `kiln serve` and `kiln worker`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// TCP port of the HTTP API.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "KILN_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Database: `sqlite://PATH`, `sqlite::memory:` (nothing kept) or `postgres://…`.
+    #[arg(long = "database", env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Attempts running at once on this node.
+    #[arg(long, env = "MAX_CONCURRENCY", default_value_t = 4)]
+    pub max_concurrency: usize,
+    /// Keep at most this many finished jobs (the oldest are pruned).
+    #[arg(long, env = "MAX_JOBS")]
+    pub max_jobs: Option<u64>,
+    /// Refuse submissions (429) while this many jobs are waiting or running.
+    #[arg(long, env = "MAX_QUEUED")]
+    pub max_queued: Option<u64>,
+    /// Log filter, e.g. `info` or `kiln=debug,tower_http=info`.
+    #[arg(long, env = "KILN_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Password of the `admin` user created on first start (else one is generated and printed once).
+    #[arg(long, env = "KILN_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+    /// Finished jobs older than this are pruned.
+    #[arg(long, env = "KILN_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// Origins allowed by CORS (comma-separated); none by default.
+    #[arg(long, env = "KILN_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// This node's id in leases (default: the host name). Must be stable across restarts.
+    #[arg(long, env = "KILN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Optional TOML file with per-queue limits and per-type policies.
+    #[arg(long = "config", env = "KILN_CONFIG")]
+    pub config_file: Option<PathBuf>,
+    /// On SIGINT/SIGTERM, how long running jobs may finish before they are interrupted.
+    #[arg(long, env = "KILN_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Lease of a running attempt; renewed every third of it.
+    #[arg(long, env = "KILN_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+    /// Lifetime of a login token.
+    #[arg(long, env = "KILN_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+    /// SQLite durability mode.
+    #[arg(long, env = "KILN_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Normal)]
+    pub sqlite_sync: SqliteSync,
+}
+
+/// `kiln.toml`: per-queue concurrency caps and per-type policy overrides.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[queues.<name>] concurrency = N`.
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueConfig>,
+    /// `[types.<name>] max_attempts / timeout_ms / backoff_base_ms / backoff_cap_ms`.
+    #[serde(default)]
+    pub types: BTreeMap<String, TypeConfig>,
+}
+
+/// One queue's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Attempts of this queue running at once on a node.
+    pub concurrency: usize,
+}
+
+/// One type's policy overrides.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypeConfig {
+    /// Attempt budget.
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout (0: none).
+    pub timeout_ms: Option<u64>,
+    /// Backoff base.
+    pub backoff_base_ms: Option<u64>,
+    /// Backoff cap.
+    pub backoff_cap_ms: Option<u64>,
+}
+
+/// A configuration that passed validation.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The flags.
+    pub config: Config,
+    /// The file's contents (empty without a file).
+    pub file: FileConfig,
+    /// The catalogue with the file's policies applied.
+    pub catalogue: Catalogue,
+    /// The node id to use.
+    pub node_id: String,
+}
+
+impl Config {
+    /// Reads the TOML file and checks everything, listing every problem found.
+    pub fn validate(self) -> Result<Validated, Vec<String>> {
+        let mut problems = Vec::new();
+        if self.max_concurrency == 0 || self.max_concurrency > 1024 {
+            problems.push("MAX_CONCURRENCY must be between 1 and 1024".to_owned());
+        }
+        if self.max_queued == Some(0) {
+            problems.push("MAX_QUEUED must be at least 1".to_owned());
+        }
+        if self.lease < Duration::from_secs(1) {
+            problems.push("KILN_LEASE must be at least 1s".to_owned());
+        }
+        if self.session_ttl < Duration::from_secs(60) {
+            problems.push("KILN_SESSION_TTL must be at least 1m".to_owned());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            problems.push(format!(
+                "KILN_LOG `{}` is not a valid filter: {e}",
+                self.log
+            ));
+        }
+        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres"))
+        {
+            problems.push(format!(
+                "DATABASE_URL `{}` must start with sqlite: or postgres://",
+                self.database_url
+            ));
+        }
+        if let Some(Secret(p)) = &self.admin_password
+            && let Err(e) = kiln_domain::user::check_password(p)
+        {
+            problems.push(format!("KILN_ADMIN_PASSWORD {}", e.reason));
+        }
+        let file = self.read_file(&mut problems);
+        let catalogue = catalogue(&file, &mut problems);
+        for (name, queue) in &file.queues {
+            if let Err(e) = kiln_domain::QueueName::parse(name) {
+                problems.push(format!("kiln.toml [queues.{name}]: {}", e.reason));
+            }
+            if queue.concurrency == 0 {
+                problems.push(format!(
+                    "kiln.toml [queues.{name}]: concurrency must be at least 1"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let node_id = self.node_id.clone().unwrap_or_else(default_node_id);
+        Ok(Validated {
+            config: self,
+            file,
+            catalogue,
+            node_id,
+        })
+    }
+
+    fn read_file(&self, problems: &mut Vec<String>) -> FileConfig {
+        let (path, required) = match &self.config_file {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from("kiln.toml"), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
+                problems.push(format!("{}: {e}", path.display()));
+                FileConfig::default()
+            }),
+            Err(e) if required || e.kind() != std::io::ErrorKind::NotFound => {
+                problems.push(format!("cannot read {}: {e}", path.display()));
+                FileConfig::default()
+            }
+            Err(_) => FileConfig::default(),
+        }
+    }
+}
+
+/// The default catalogue with the file's policy overrides applied.
+fn catalogue(file: &FileConfig, problems: &mut Vec<String>) -> Catalogue {
+    let mut catalogue = Catalogue::default();
+    for (name, overrides) in &file.types {
+        let Ok(spec) = catalogue.get_by_name(name) else {
+            problems.push(format!("kiln.toml [types.{name}]: unknown job type"));
+            continue;
+        };
+        let (job_type, base) = (spec.job_type, spec.policy);
+        let policy = Policy {
+            max_attempts: overrides.max_attempts.unwrap_or(base.max_attempts),
+            timeout_ms: overrides.timeout_ms.unwrap_or(base.timeout_ms),
+            backoff: Backoff {
+                base_ms: overrides.backoff_base_ms.unwrap_or(base.backoff.base_ms),
+                cap_ms: overrides.backoff_cap_ms.unwrap_or(base.backoff.cap_ms),
+            },
+        };
+        if policy.max_attempts == 0 {
+            problems.push(format!(
+                "kiln.toml [types.{name}]: max_attempts must be at least 1"
+            ));
+        }
+        catalogue.set_policy(job_type, policy);
+    }
+    catalogue
+}
+
+/// The host name, or `kiln` when it cannot be read.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kiln".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        let mut argv = vec!["kiln"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().config
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = parse(&[]);
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.max_concurrency, 4);
+        assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+    }
+
+    #[test]
+    fn validation_lists_every_problem_at_once() {
+        let c = parse(&[
+            "--max-concurrency",
+            "0",
+            "--max-queued",
+            "0",
+            "--database",
+            "mysql://x",
+            "--log",
+            "=[bad",
+        ]);
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+    }
+
+    #[test]
+    fn the_toml_file_overrides_type_policies_and_sets_queue_caps() {
+        let dir = std::env::temp_dir().join(format!("kiln-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kiln.toml");
+        std::fs::write(
+            &path,
+            "[queues.slow]\nconcurrency = 1\n[types.sleep]\ntimeout_ms = 100\nmax_attempts = 2\n",
+        )
+        .unwrap();
+        let v = parse(&["--config", path.to_str().unwrap()])
+            .validate()
+            .unwrap();
+        assert_eq!(v.file.queues["slow"].concurrency, 1);
+        let policy = v.catalogue.get(kiln_domain::JobType::Sleep).policy;
+        assert_eq!((policy.timeout_ms, policy.max_attempts), (100, 2));
+        std::fs::write(&path, "[types.nope]\n[queues.Bad]\nconcurrency = 0\n").unwrap();
+        let problems = parse(&["--config", path.to_str().unwrap()])
+            .validate()
+            .unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret("hunter22".into())), "Secret(***)");
+    }
+}

@@ -1,0 +1,14 @@
+//! The `kiln` binary's library: configuration, node assembly and the command line.
+//!
+//! # Layout
+//! - [`config`]: flags with env fallbacks, `kiln.toml`, validation.
+//! - [`node`]: starts the store, worker and HTTP API together and stops them gracefully.
+//! - [`cli`]: subcommands (`serve`, `worker`, `migrate`, `user`).
+//!
+//! Tests start nodes in-process through [`node::start`] with a [`config::Validated`] built
+//! in code.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod node;

@@ -1,0 +1,200 @@
+//! One Kiln node: the store, the worker and (for `kiln serve`) the HTTP API, started
+//! together and stopped gracefully.
+//!
+//! Shutdown order (SPEC §6): new requests get 503 at once; running attempts get
+//! `shutdown_grace` to finish, then are interrupted and stored `failed`, due now, so they
+//! run again after a restart or on another node; then the HTTP listener closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use kiln_domain::{Clock, SystemClock};
+use kiln_kernels::Registry;
+use kiln_server::{AppState, ServerConfig};
+use kiln_store::Store;
+use kiln_store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
+use kiln_worker::{Worker, WorkerConfig, WorkerHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SqliteSync, Validated};
+
+/// A running node.
+pub struct Node {
+    addr: Option<SocketAddr>,
+    state: Option<AppState>,
+    worker: WorkerHandle,
+    http: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
+    grace: std::time::Duration,
+    store: Arc<dyn Store>,
+}
+
+/// What a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Worker and HTTP API (`kiln serve`).
+    Serve,
+    /// Worker only (`kiln worker`).
+    Worker,
+}
+
+/// Opens the database at `url` and applies its migrations.
+pub fn open_store(url: &str, sync: SqliteSync) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("postgres") {
+        bail!("DATABASE_URL: PostgreSQL is not supported by this build yet; use sqlite://PATH");
+    }
+    let path = kiln_store::sqlite::parse_database_url(url)
+        .with_context(|| format!("DATABASE_URL `{url}` is not a SQLite URL"))?;
+    let synchronous = match sync {
+        SqliteSync::Normal => Synchronous::Normal,
+        SqliteSync::Full => Synchronous::Full,
+    };
+    let store = SqliteStore::open(SqliteOptions {
+        path,
+        synchronous,
+        ..SqliteOptions::default()
+    })
+    .with_context(|| format!("while opening the database {url}"))?;
+    Ok(store)
+}
+
+/// Starts a node: opens the store, creates the first admin, starts the worker and, for
+/// [`Role::Serve`], the HTTP listener.
+pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
+    let store = open_store(&v.config.database_url, v.config.sqlite_sync)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let catalogue = Arc::new(v.catalogue.clone());
+    let worker = Worker::new(
+        worker_config(v),
+        Arc::clone(&store),
+        Registry::default(),
+        Arc::clone(&catalogue),
+        Arc::clone(&clock),
+    )
+    .start()
+    .await
+    .context("while starting the worker")?;
+    let mut node = Node {
+        addr: None,
+        state: None,
+        worker,
+        http: None,
+        grace: v.config.shutdown_grace,
+        store: Arc::clone(&store),
+    };
+    if role == Role::Serve {
+        let admin_password = v.config.admin_password.as_ref().map(|s| s.0.as_str());
+        if let Some(generated) =
+            kiln_server::ensure_admin(store.as_ref(), admin_password, clock.now())
+                .await
+                .context("while creating the first admin user")?
+        {
+            println!("Created user `admin` with password: {generated}");
+            println!("(shown once; set KILN_ADMIN_PASSWORD to choose it)");
+        }
+        let state = AppState::new(store, catalogue, clock, server_config(v));
+        let listener = tokio::net::TcpListener::bind((v.config.bind, v.config.port))
+            .await
+            .with_context(|| format!("while binding {}:{}", v.config.bind, v.config.port))?;
+        node.addr = Some(listener.local_addr()?);
+        let stop = CancellationToken::new();
+        let app = kiln_server::router(state.clone());
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        node.http = Some((stop, tokio::spawn(async move { serve.await })));
+        node.state = Some(state);
+    }
+    Ok(node)
+}
+
+fn worker_config(v: &Validated) -> WorkerConfig {
+    WorkerConfig {
+        node_id: v.node_id.clone(),
+        max_concurrency: v.config.max_concurrency,
+        queue_limits: v
+            .file
+            .queues
+            .iter()
+            .map(|(name, q)| (name.clone(), q.concurrency))
+            .collect(),
+        lease_duration: v.config.lease,
+        heartbeat_interval: v.config.lease / 3,
+        retention: v.config.retention,
+        max_jobs: v.config.max_jobs,
+        ..WorkerConfig::default()
+    }
+}
+
+fn server_config(v: &Validated) -> ServerConfig {
+    ServerConfig {
+        max_queued: v.config.max_queued,
+        session_ttl: v.config.session_ttl,
+        cors_origins: v.config.cors_origins.clone(),
+        ..ServerConfig::default()
+    }
+}
+
+impl Node {
+    /// The HTTP API's address, for `kiln serve` nodes.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Stops gracefully (see the module docs).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        if let Some(state) = &self.state {
+            state.begin_shutdown();
+        }
+        tracing::info!(grace_ms = self.grace.as_millis() as u64, "shutting down");
+        self.worker.shutdown(self.grace).await;
+        if let Some((stop, task)) = self.http {
+            stop.cancel();
+            task.await
+                .context("HTTP server task")?
+                .context("HTTP server")?;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM, then shuts it down gracefully.
+pub async fn run(v: Validated, role: Role) -> anyhow::Result<()> {
+    let node = start(&v, role).await?;
+    match node.addr() {
+        Some(addr) => tracing::info!(%addr, node = %v.node_id, "kiln is serving"),
+        None => tracing::info!(node = %v.node_id, "kiln worker is running"),
+    }
+    shutdown_signal().await;
+    node.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: a whole Kiln node over a real socket on a real SQLite file, and the
+//! real `kiln` binary for restart, kill and signal tests.
+
+mod cancel;
+mod helpers;
+mod lifecycle;
+mod process;
+mod retry;
+mod scheduling;

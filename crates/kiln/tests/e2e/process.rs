@@ -1,0 +1,265 @@
+//! The real `kiln` binary: kill it mid-job, stop it with signals, restart it on the same file.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kiln_testkit::Client;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::helpers::{ADMIN_PASSWORD, db_url};
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// A `kiln serve` process on a free port of 127.0.0.1, over the database in `dir`.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(dir: &TempDir) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("serve")
+            .env_clear()
+            .env("PORT", "0")
+            .env("KILN_BIND", "127.0.0.1")
+            .env("DATABASE_URL", db_url(dir))
+            .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("KILN_NODE_ID", "process-test")
+            .env("KILN_LOG_FORMAT", "json")
+            .env("KILN_SHUTDOWN_GRACE", "500ms")
+            .env(
+                "KILN_CONFIG",
+                dir.path().join("absent.toml").display().to_string(),
+            )
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("kiln starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("kiln logs that it is serving")
+                .expect("utf-8 log");
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if entry["message"] == "kiln is serving" {
+                break entry["addr"]
+                    .as_str()
+                    .expect("addr field")
+                    .parse()
+                    .expect("an address");
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.expect("kill runs").success());
+    }
+
+    fn wait_exit(mut self) -> std::process::ExitStatus {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("kiln did not exit within 10 s");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn state_of(client: &Client, token: &str, id: &str) -> Value {
+    client
+        .get(Some(token), &format!("/api/v1/jobs/{id}"))
+        .await
+        .json()
+}
+
+async fn wait_state(client: &Client, token: &str, id: &str, state: &str) -> Value {
+    kiln_testkit::wait_until(&format!("job {id} to be {state}"), LONG, || async {
+        let job = state_of(client, token, id).await;
+        if job["state"] == state {
+            Ok(job)
+        } else {
+            Err(job["state"].clone())
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_job_running_when_the_process_is_killed_is_rescued_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir);
+    let client = Client::new(server.addr);
+    let token = client.login("admin", ADMIN_PASSWORD).await;
+    let body = json!({"type": "sleep", "payload": {"ms": 1500}});
+    let resp = client
+        .send_json(hyper::Method::POST, Some(&token), "/api/v1/jobs", &body)
+        .await;
+    let id = resp.json()["id"].as_str().unwrap().to_owned();
+    let queued = client
+        .send_json(
+            hyper::Method::POST,
+            Some(&token),
+            "/api/v1/jobs",
+            &json!({"type": "echo", "delay_ms": 300}),
+        )
+        .await;
+    let queued = queued.json()["id"].as_str().unwrap().to_owned();
+    wait_state(&client, &token, &id, "running").await;
+    server.signal("KILL");
+    assert!(!server.wait_exit().success());
+
+    let server = Server::start(&dir);
+    let client = Client::new(server.addr);
+    let token = client.login("admin", ADMIN_PASSWORD).await;
+    let job = wait_state(&client, &token, &id, "succeeded").await;
+    assert_eq!(
+        job["attempts"], 2,
+        "the killed attempt was rescued and retried"
+    );
+    let events = client
+        .get(Some(&token), &format!("/api/v1/jobs/{id}/events"))
+        .await
+        .json();
+    let rescued = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["state"] == "failed");
+    assert!(rescued, "the rescue is in the history: {events}");
+    wait_state(&client, &token, &queued, "succeeded").await;
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_stop_the_server_cleanly_without_losing_jobs() {
+    for sig in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir);
+        let client = Client::new(server.addr);
+        let token = client.login("admin", ADMIN_PASSWORD).await;
+        let body = json!({"type": "sleep", "payload": {"ms": 3000}});
+        let id = client
+            .send_json(hyper::Method::POST, Some(&token), "/api/v1/jobs", &body)
+            .await
+            .json()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        wait_state(&client, &token, &id, "running").await;
+        server.signal(sig);
+        let status = server.wait_exit();
+        assert!(status.success(), "SIG{sig}: kiln exited with {status}");
+
+        let server = Server::start(&dir);
+        let client = Client::new(server.addr);
+        let token = client.login("admin", ADMIN_PASSWORD).await;
+        let job = wait_state(&client, &token, &id, "succeeded").await;
+        assert_eq!(job["attempts"], 2, "SIG{sig}: interrupted, then run again");
+    }
+}
+
+fn kiln(dir: &TempDir, args: &[&str], password: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(args)
+        .env_clear()
+        .env("DATABASE_URL", db_url(dir))
+        .current_dir(dir.path());
+    if let Some(p) = password {
+        cmd.env("KILN_USER_PASSWORD", p);
+    }
+    cmd.output().expect("kiln runs")
+}
+
+#[tokio::test]
+async fn users_managed_offline_can_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kiln(&dir, &["migrate"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kiln(
+        &dir,
+        &["user", "add", "olga", "--role", "operator"],
+        Some("olga-password"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = kiln(&dir, &["user", "add", "olga"], Some("olga-password"));
+    assert_eq!(again.status.code(), Some(1), "a taken name is an error");
+    let short = kiln(&dir, &["user", "add", "pat"], Some("short"));
+    assert_eq!(short.status.code(), Some(1), "a short password is refused");
+    let out = kiln(&dir, &["user", "set-role", "olga", "admin"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kiln(&dir, &["user", "list", "--json"], None);
+    let users: Value = serde_json::from_slice(&out.stdout).expect("JSON user list");
+    let olga = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "olga")
+        .expect("olga is listed");
+    assert_eq!(olga["role"], "admin");
+
+    let server = Server::start(&dir);
+    let client = Client::new(server.addr);
+    let token = client.login("olga", "olga-password").await;
+    let me = client.get(Some(&token), "/api/v1/me").await.json();
+    assert_eq!(
+        (me["username"].as_str(), me["role"].as_str()),
+        (Some("olga"), Some("admin"))
+    );
+}
+
+#[test]
+fn a_bad_configuration_lists_every_problem_and_exits_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "serve",
+            "--max-concurrency",
+            "0",
+            "--database",
+            "mysql://nope",
+        ])
+        .env_clear()
+        .output()
+        .expect("kiln runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MAX_CONCURRENCY") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
+}
