@@ -1,1 +1,333 @@
-//! kiln-worker
+//! Kiln's worker runtime: it claims jobs from the [`Store`], runs them through the kernels of
+//! a [`Registry`], and stores how each attempt ended.
+//!
+//! # Layout
+//! - this file: [`WorkerConfig`], [`Worker`] (start-up) and [`WorkerHandle`] (shutdown).
+//! - [`dispatch`]: the loop that claims work when a slot is free, woken by the store's
+//!   in-process signals (not a polling sleep), and routes cancel signals to running attempts.
+//! - [`execute`]: one attempt: timeout, cancel, progress and log flushing, the fenced
+//!   completion, and the retry decision.
+//! - [`upkeep`]: heartbeats (lease renewal, the cancel fallback) and maintenance (rescue of
+//!   expired leases, promotion of due jobs, pruning).
+//!
+//! # Guarantees
+//! Every write an attempt makes is fenced by its [`Lease`] (job, attempt number, node), so an
+//! attempt whose lease was rescued cannot overwrite the newer attempt. At start-up the jobs
+//! this node id still holds from a previous incarnation are failed as `interrupted` and run
+//! again; expired leases of other nodes are rescued by whichever node sees them first.
+#![warn(missing_docs)]
+
+mod dispatch;
+mod execute;
+mod upkeep;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use kiln_domain::job_type::Catalogue;
+use kiln_domain::{Clock, Failure, Job, JobId, Lease, Timestamp};
+use kiln_kernels::Registry;
+use kiln_store::{LeaseFilter, Outcome, Store, StoreError};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This node's id, recorded on every lease. Keep it stable across restarts so the next
+    /// incarnation rescues the jobs this one was running.
+    pub node_id: String,
+    /// Attempts run at once on this node.
+    pub max_concurrency: usize,
+    /// Attempts run at once per queue on this node (queues not named are unlimited).
+    pub queue_limits: HashMap<String, usize>,
+    /// How long a claim or renewal holds a job.
+    pub lease_duration: Duration,
+    /// How often leases are renewed (and pending cancels polled, as the signal fallback).
+    pub heartbeat_interval: Duration,
+    /// The longest the dispatcher waits without a signal before it looks for work anyway
+    /// (work from other processes on the same database).
+    pub poll_interval: Duration,
+    /// How often expired leases are rescued and due jobs promoted.
+    pub rescue_interval: Duration,
+    /// How often old terminal jobs are pruned.
+    pub prune_interval: Duration,
+    /// Terminal jobs older than this are pruned.
+    pub retention: Duration,
+    /// At most this many terminal jobs are kept (the most recent ones).
+    pub max_jobs: Option<u64>,
+    /// How often a running attempt's progress and log lines are written.
+    pub progress_flush: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "kiln".to_owned(),
+            max_concurrency: 4,
+            queue_limits: HashMap::new(),
+            lease_duration: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+            rescue_interval: Duration::from_secs(5),
+            prune_interval: Duration::from_secs(60),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_jobs: None,
+            progress_flush: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Why a running attempt was asked to stop. The first reason wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    /// Its owner cancelled the job.
+    Cancel,
+    /// It ran past its type's timeout.
+    Timeout,
+    /// Its lease is gone: another node rescued the job, so this attempt must not write.
+    LeaseLost,
+    /// The node is shutting down and the grace period is over.
+    Shutdown,
+}
+
+/// The stop switch of one running attempt: the kernel's cancel token plus the reason.
+#[derive(Debug, Clone, Default)]
+struct Stop {
+    token: CancellationToken,
+    reason: Arc<OnceLock<StopReason>>,
+}
+
+impl Stop {
+    fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Option<StopReason> {
+        self.reason.get().copied()
+    }
+}
+
+/// A running attempt, as the dispatcher and the heartbeat see it.
+#[derive(Debug)]
+struct Running {
+    lease: Lease,
+    queue: String,
+    stop: Stop,
+}
+
+/// State shared by the dispatcher, the executors and the upkeep tasks.
+struct Shared {
+    config: WorkerConfig,
+    store: Arc<dyn Store>,
+    registry: Registry,
+    catalogue: Arc<Catalogue>,
+    clock: Arc<dyn Clock>,
+    /// Claim only these types (the ones this node has kernels for).
+    types: Vec<String>,
+    running: Mutex<HashMap<JobId, Running>>,
+    /// An attempt finished: a slot may be free.
+    slot_freed: Notify,
+    /// Renew leases now (after lagging behind the signals).
+    heartbeat_now: Notify,
+    rng: Mutex<StdRng>,
+}
+
+impl Shared {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Running>> {
+        // A panic while holding this lock cannot leave the map inconsistent (every update
+        // is a single insert or remove), so a poisoned lock is still safe to use.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lease_until(&self, now: Timestamp) -> Timestamp {
+        now + chrono::TimeDelta::from_std(self.config.lease_duration)
+            .unwrap_or(chrono::TimeDelta::MAX)
+    }
+
+    /// The outcome of a failed attempt: `failed` with a backoff delay drawn from the type's
+    /// policy while attempts remain and the failure is retryable, `dead` otherwise.
+    fn failed(&self, job: &Job, failure: Failure, now: Timestamp) -> Outcome {
+        let retry_at = (failure.retryable && job.attempts < job.max_attempts).then(|| {
+            let backoff = self
+                .catalogue
+                .get_by_name(&job.job_type)
+                .map(|spec| spec.policy.backoff)
+                .unwrap_or(kiln_domain::Backoff {
+                    base_ms: 1_000,
+                    cap_ms: 300_000,
+                });
+            let delay = {
+                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                backoff.delay(job.attempts, &mut *rng)
+            };
+            now + chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::MAX)
+        });
+        Outcome::Failed { failure, retry_at }
+    }
+}
+
+/// A worker, configured but not started.
+pub struct Worker {
+    shared: Shared,
+}
+
+impl Worker {
+    /// A worker running `registry`'s kernels on `store`, with policies from `catalogue`.
+    pub fn new(
+        config: WorkerConfig,
+        store: Arc<dyn Store>,
+        registry: Registry,
+        catalogue: Arc<Catalogue>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let types = registry.type_names();
+        Self {
+            shared: Shared {
+                config,
+                store,
+                registry,
+                catalogue,
+                clock,
+                types,
+                running: Mutex::new(HashMap::new()),
+                slot_freed: Notify::new(),
+                heartbeat_now: Notify::new(),
+                rng: Mutex::new(StdRng::from_os_rng()),
+            },
+        }
+    }
+
+    /// Rescues the jobs a previous incarnation of this node left running, then starts the
+    /// dispatcher, the heartbeat and maintenance.
+    pub async fn start(self) -> Result<WorkerHandle, StoreError> {
+        let shared = Arc::new(self.shared);
+        // Subscribe before the first claim so no signal published after it is missed.
+        let signals = shared.store.subscribe();
+        rescue_own(&shared).await?;
+        let stop_claiming = CancellationToken::new();
+        let stop_all = CancellationToken::new();
+        let executors = TaskTracker::new();
+        let tasks = vec![
+            tokio::spawn(dispatch::run(
+                Arc::clone(&shared),
+                signals,
+                stop_claiming.clone(),
+                stop_all.clone(),
+                executors.clone(),
+            )),
+            tokio::spawn(upkeep::heartbeat(Arc::clone(&shared), stop_all.clone())),
+            tokio::spawn(upkeep::maintenance(Arc::clone(&shared), stop_all.clone())),
+        ];
+        tracing::info!(
+            node = %shared.config.node_id,
+            max_concurrency = shared.config.max_concurrency,
+            types = ?shared.types,
+            "worker started"
+        );
+        Ok(WorkerHandle {
+            shared,
+            stop_claiming,
+            stop_all,
+            executors,
+            tasks,
+        })
+    }
+}
+
+/// Fails the jobs this node id still holds (its previous incarnation died while running
+/// them), so they run again.
+async fn rescue_own(shared: &Shared) -> Result<(), StoreError> {
+    let leases = shared
+        .store
+        .lease_find(LeaseFilter::Node(shared.config.node_id.clone()))
+        .await?;
+    for lease in leases {
+        let failure = Failure::retryable(
+            "interrupted",
+            "the node stopped while the attempt was running",
+        );
+        rescue(shared, &lease, failure).await;
+    }
+    Ok(())
+}
+
+/// Ends an orphaned attempt as failed (retried per policy), fenced by its lease: if the
+/// attempt finished or was rescued meanwhile, nothing is written.
+async fn rescue(shared: &Shared, lease: &Lease, failure: Failure) {
+    let now = shared.clock.now();
+    let job = match shared.store.job_get(None, lease.job_id).await {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::warn!(job_id = %lease.job_id, error = %e, "cannot read a job to rescue");
+            return;
+        }
+    };
+    let outcome = shared.failed(&job, failure, now);
+    match shared.store.job_complete(lease, outcome, now).await {
+        Ok(job) => tracing::warn!(
+            job_id = %job.id,
+            job_type = %job.job_type,
+            attempt = lease.attempt,
+            from_node = %lease.node,
+            state = %job.state,
+            "rescued an orphaned attempt"
+        ),
+        Err(StoreError::LeaseLost) => {}
+        Err(e) => tracing::warn!(job_id = %lease.job_id, error = %e, "rescue failed"),
+    }
+}
+
+/// A started worker.
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+    stop_claiming: CancellationToken,
+    stop_all: CancellationToken,
+    executors: TaskTracker,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// How many attempts are running now.
+    pub fn running(&self) -> usize {
+        self.shared.running().len()
+    }
+
+    /// Stops claiming, lets running attempts finish for up to `grace`, then interrupts the
+    /// rest: they are stored `failed` and due at once, so they run again after a restart or
+    /// on another node. Returns when every attempt's outcome is stored.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop_claiming.cancel();
+        self.executors.close();
+        if tokio::time::timeout(grace, self.executors.wait())
+            .await
+            .is_err()
+        {
+            let stops: Vec<Stop> = self
+                .shared
+                .running()
+                .values()
+                .map(|r| r.stop.clone())
+                .collect();
+            tracing::warn!(
+                interrupted = stops.len(),
+                "grace period over: interrupting running attempts"
+            );
+            for stop in stops {
+                stop.stop(StopReason::Shutdown);
+            }
+            self.executors.wait().await;
+        }
+        self.stop_all.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        tracing::info!("worker stopped");
+    }
+}

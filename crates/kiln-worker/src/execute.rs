@@ -1,0 +1,211 @@
+//! One attempt: runs the kernel under its timeout and stop switch, flushes progress and log
+//! lines while it runs, and stores the outcome fenced by the attempt's lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_domain::{Failure, Job, Lease};
+use kiln_kernels::{JobContext, KernelError, LogSink, Progress};
+use kiln_store::{Outcome, StoreError};
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinError;
+use tokio::time::{Instant, interval, sleep_until};
+
+use crate::{Shared, Stop, StopReason};
+
+/// How long a kernel may take to honour its cancel token before its task is aborted.
+const ABORT_AFTER: Duration = Duration::from_secs(2);
+/// Attempts at storing an outcome when the store reports a transient error.
+const COMPLETE_TRIES: u32 = 5;
+
+/// Far enough ahead to mean "never" for a timer that must exist in a `select!`.
+fn never() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, job: Job, stop: Stop) {
+    let lease = Lease {
+        job_id: job.id,
+        attempt: job.attempts,
+        node: shared.config.node_id.clone(),
+    };
+    tracing::info!(
+        job_id = %job.id, job_type = %job.job_type, attempt = job.attempts, "job started"
+    );
+    let started = Instant::now();
+    let outcome = attempt(&shared, &job, &lease, &stop).await;
+    if let Some(outcome) = outcome {
+        complete(&shared, &job, &lease, outcome, started.elapsed()).await;
+    }
+    shared.running().remove(&job.id);
+    shared.slot_freed.notify_one();
+}
+
+/// Runs the kernel; `None` when the attempt must not write its outcome (lease lost).
+async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Option<Outcome> {
+    let Some(kernel) = shared.registry.get_by_name(&job.job_type) else {
+        // Claims name only the registry's types, so this is a configuration bug.
+        let failure = Failure::permanent("no_kernel", "this node has no kernel for the type");
+        return Some(shared.failed(job, failure, shared.clock.now()));
+    };
+    let timeout = shared
+        .catalogue
+        .get_by_name(&job.job_type)
+        .ok()
+        .and_then(|spec| spec.policy.timeout());
+    let (log, mut log_rx) = LogSink::channel();
+    let progress = Progress::default();
+    let ctx = JobContext {
+        job_id: job.id,
+        attempt: job.attempts,
+        payload: job.payload.clone(),
+        cancel: stop.token.clone(),
+        progress: progress.clone(),
+        log,
+    };
+    let mut task = tokio::spawn(async move { kernel.run(ctx).await });
+    let timeout_at = timeout.map(|t| Instant::now() + t);
+    let mut abort_at: Option<Instant> = None;
+    let mut flush = interval(shared.config.progress_flush);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    flush.tick().await;
+    let mut flushed_progress = 0.0_f32;
+    let result = loop {
+        tokio::select! {
+            result = &mut task => break result,
+            () = sleep_until(timeout_at.unwrap_or_else(never)), if timeout_at.is_some() && abort_at.is_none() => {
+                stop.stop(StopReason::Timeout);
+            }
+            () = stop.token.cancelled(), if abort_at.is_none() => {
+                abort_at = Some(Instant::now() + ABORT_AFTER);
+            }
+            () = sleep_until(abort_at.unwrap_or_else(never)), if abort_at.is_some() => {
+                tracing::warn!(job_id = %job.id, "kernel ignored its cancel token: aborting it");
+                task.abort();
+                abort_at = Some(never());
+            }
+            _ = flush.tick() => {
+                flush_log(shared, job, &mut log_rx).await;
+                let now = progress.get();
+                if now != flushed_progress && stop.reason().is_none() {
+                    flushed_progress = now;
+                    match shared.store.job_progress(lease, now, shared.clock.now()).await {
+                        Err(StoreError::LeaseLost) => stop.stop(StopReason::LeaseLost),
+                        Err(e) => tracing::debug!(job_id = %job.id, error = %e, "progress not stored"),
+                        Ok(()) => {}
+                    }
+                }
+            }
+        }
+    };
+    flush_log(shared, job, &mut log_rx).await;
+    decide(shared, job, stop.reason(), result, timeout)
+}
+
+/// What the attempt's result means, given why (if at all) it was asked to stop.
+fn decide(
+    shared: &Shared,
+    job: &Job,
+    reason: Option<StopReason>,
+    result: Result<Result<Value, KernelError>, JoinError>,
+    timeout: Option<Duration>,
+) -> Option<Outcome> {
+    let now = shared.clock.now();
+    let error = match result {
+        // A kernel that finished despite a stop request still produced a true result.
+        Ok(Ok(value)) if reason != Some(StopReason::LeaseLost) => {
+            return Some(Outcome::Succeeded(value));
+        }
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_failure()),
+        Err(join) if join.is_panic() => Some(Some(Failure::permanent(
+            "kernel_panic",
+            "the job's kernel panicked; this is a bug in Kiln",
+        ))),
+        Err(_aborted) => Some(None),
+    };
+    match reason {
+        Some(StopReason::LeaseLost) => None,
+        Some(StopReason::Cancel) => Some(Outcome::Cancelled),
+        Some(StopReason::Timeout) => {
+            let ms = timeout.map_or(0, |t| t.as_millis() as u64);
+            Some(shared.failed(job, Failure::timeout(ms), now))
+        }
+        // Interrupted by a shutdown: due again at once whatever the attempt count, since
+        // the job itself did nothing wrong.
+        Some(StopReason::Shutdown) => Some(Outcome::Failed {
+            failure: Failure::interrupted(),
+            retry_at: Some(now),
+        }),
+        None => {
+            let failure = error.flatten().unwrap_or_else(|| {
+                Failure::retryable("cancelled", "the kernel stopped without being asked to")
+            });
+            Some(shared.failed(job, failure, now))
+        }
+    }
+}
+
+/// Stores the outcome, retrying transient store errors a few times; a lost lease means
+/// another node rescued the job and this late completion is rightly refused.
+async fn complete(shared: &Shared, job: &Job, lease: &Lease, outcome: Outcome, took: Duration) {
+    let mut pause = Duration::from_millis(50);
+    for attempt in 1..=COMPLETE_TRIES {
+        match shared
+            .store
+            .job_complete(lease, outcome.clone(), shared.clock.now())
+            .await
+        {
+            Ok(done) => {
+                let error = done.error.as_ref().map(|e| e.code.as_str());
+                tracing::info!(
+                    job_id = %job.id,
+                    job_type = %job.job_type,
+                    attempt = lease.attempt,
+                    state = %done.state,
+                    error,
+                    duration_ms = took.as_millis() as u64,
+                    "job attempt finished"
+                );
+                return;
+            }
+            Err(StoreError::LeaseLost) => {
+                tracing::warn!(
+                    job_id = %job.id, attempt = lease.attempt,
+                    "outcome refused: the lease was lost (the job was rescued)"
+                );
+                return;
+            }
+            Err(e) if attempt < COMPLETE_TRIES => {
+                tracing::warn!(job_id = %job.id, error = %e, "storing the outcome failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => {
+                tracing::error!(
+                    job_id = %job.id, error = %e,
+                    "cannot store the outcome; the lease will expire and the job be rescued"
+                );
+            }
+        }
+    }
+}
+
+/// Appends the lines the kernel logged since the last flush, in one write.
+async fn flush_log(shared: &Shared, job: &Job, rx: &mut UnboundedReceiver<String>) {
+    let mut text = String::new();
+    while let Ok(line) = rx.try_recv() {
+        text.push_str(&line);
+    }
+    if text.is_empty() {
+        return;
+    }
+    if let Err(e) = shared
+        .store
+        .log_append(job.id, &text, shared.clock.now())
+        .await
+    {
+        tracing::warn!(job_id = %job.id, error = %e, "log lines not stored");
+    }
+}

@@ -1,0 +1,109 @@
+//! Background upkeep: the heartbeat that renews this node's leases, and maintenance
+//! (rescue of other nodes' expired leases, promotion of due jobs, pruning).
+//!
+//! Maintenance is idempotent, so every node may run it: a rescue is a fenced completion
+//! that only one node can win, promotion and pruning are single conditional statements.
+
+use std::sync::Arc;
+
+use kiln_domain::{Failure, Lease};
+use kiln_store::LeaseFilter;
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Shared, StopReason, rescue};
+
+/// Renews the leases of running attempts every `heartbeat_interval`. A lost lease stops its
+/// attempt without writing; a pending cancel request stops it as cancelled (the fallback
+/// for a missed cancel signal).
+pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = interval(shared.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            () = shared.heartbeat_now.notified() => {}
+        }
+        let leases: Vec<Lease> = shared.running().values().map(|r| r.lease.clone()).collect();
+        if leases.is_empty() {
+            continue;
+        }
+        let until = shared.lease_until(shared.clock.now());
+        let renewal = match shared.store.lease_renew(&leases, until).await {
+            Ok(renewal) => renewal,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed");
+                continue;
+            }
+        };
+        let running = shared.running();
+        for id in &renewal.lost {
+            if let Some(r) = running.get(id) {
+                tracing::warn!(job_id = %id, "lease lost: stopping the attempt");
+                r.stop.stop(StopReason::LeaseLost);
+            }
+        }
+        for id in &renewal.cancel_requested {
+            if let Some(r) = running.get(id) {
+                r.stop.stop(StopReason::Cancel);
+            }
+        }
+    }
+}
+
+/// Rescues expired leases and promotes due jobs every `rescue_interval`; prunes every
+/// `prune_interval`.
+pub(crate) async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
+    let config = &shared.config;
+    let mut rescue_tick = interval(config.rescue_interval);
+    rescue_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut prune_tick = interval_at(Instant::now(), config.prune_interval);
+    prune_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = rescue_tick.tick() => {
+                rescue_expired(&shared).await;
+                if let Err(e) = shared.store.job_promote_due(shared.clock.now()).await {
+                    tracing::warn!(error = %e, "promotion of due jobs failed");
+                }
+            }
+            _ = prune_tick.tick() => prune(&shared).await,
+        }
+    }
+}
+
+async fn rescue_expired(shared: &Shared) {
+    let now = shared.clock.now();
+    let leases = match shared.store.lease_find(LeaseFilter::ExpiredAt(now)).await {
+        Ok(leases) => leases,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for expired leases");
+            return;
+        }
+    };
+    for lease in leases {
+        let ours = shared
+            .running()
+            .get(&lease.job_id)
+            .is_some_and(|r| r.lease == lease);
+        if ours {
+            // Still running here; the heartbeat renews it (it was late, not lost).
+            shared.heartbeat_now.notify_one();
+            continue;
+        }
+        rescue(shared, &lease, Failure::lease_lost()).await;
+    }
+}
+
+async fn prune(shared: &Shared) {
+    let now = shared.clock.now();
+    let cutoff = now
+        - chrono::TimeDelta::from_std(shared.config.retention).unwrap_or(chrono::TimeDelta::MAX);
+    match shared.store.job_prune(cutoff, shared.config.max_jobs).await {
+        Ok(0) => {}
+        Ok(pruned) => tracing::info!(pruned, "pruned old terminal jobs"),
+        Err(e) => tracing::warn!(error = %e, "pruning failed"),
+    }
+}
