@@ -24,11 +24,18 @@ pub enum JobType {
     Sleep,
     /// Tracks work done outside Kiln; its owner reports its state.
     External,
+    /// The first `n` primes (at most 50,000,000), by a segmented sieve.
+    Primes,
 }
 
 impl JobType {
     /// Every type, in catalogue order.
-    pub const ALL: [JobType; 3] = [JobType::Echo, JobType::Sleep, JobType::External];
+    pub const ALL: [JobType; 4] = [
+        JobType::Echo,
+        JobType::Sleep,
+        JobType::External,
+        JobType::Primes,
+    ];
 
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +43,7 @@ impl JobType {
             JobType::Echo => "echo",
             JobType::Sleep => "sleep",
             JobType::External => "external",
+            JobType::Primes => "primes",
         }
     }
 
@@ -50,6 +58,7 @@ impl JobType {
             JobType::Echo => Ok(()),
             JobType::Sleep => parse_payload::<SleepPayload>(payload).map(drop),
             JobType::External => parse_payload::<ExternalPayload>(payload).map(drop),
+            JobType::Primes => parse_payload::<PrimesPayload>(payload).map(drop),
         }
     }
 
@@ -72,6 +81,15 @@ impl JobType {
                     "required": ["name"],
                     "additionalProperties": false,
                     "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}},
+                }),
+            ),
+            JobType::Primes => (
+                "The first `n` primes: their count, the n-th prime, their sum, the first and last ten.",
+                json!({
+                    "type": "object",
+                    "required": ["n"],
+                    "additionalProperties": false,
+                    "properties": {"n": {"type": "integer", "minimum": 1, "maximum": PrimesPayload::MAX_N}},
                 }),
             ),
         }
@@ -97,6 +115,11 @@ impl JobType {
             JobType::External => Policy {
                 max_attempts: 1,
                 timeout_ms: 0,
+                backoff,
+            },
+            JobType::Primes => Policy {
+                max_attempts: 2,
+                timeout_ms: 300_000,
                 backoff,
             },
         }
@@ -128,6 +151,28 @@ impl SleepPayload {
 pub struct ExternalPayload {
     /// What the external work is called.
     pub name: String,
+}
+
+/// Payload of `primes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrimesPayload {
+    /// How many primes, 1..=50,000,000 (the last one is below 2^32).
+    pub n: u64,
+}
+
+impl PrimesPayload {
+    /// Fifty million.
+    pub const MAX_N: u64 = 50_000_000;
+}
+
+impl Bounded for PrimesPayload {
+    fn check(&self) -> Result<(), Invalid> {
+        if self.n == 0 || self.n > Self::MAX_N {
+            return Err(Invalid::new("payload.n", "must be 1-50000000"));
+        }
+        Ok(())
+    }
 }
 
 trait Bounded {
@@ -297,6 +342,22 @@ mod tests {
             .validate(&json!({"ms": max + 1}))
             .unwrap_err();
         assert_eq!(err.field, "payload.ms");
+    }
+
+    #[test]
+    fn primes_schema_bounds_match_the_validator() {
+        let spec = Catalogue::default().get(JobType::Primes).clone();
+        let props = &spec.schema["properties"]["n"];
+        let (min, max) = (
+            props["minimum"].as_u64().unwrap(),
+            props["maximum"].as_u64().unwrap(),
+        );
+        assert!(JobType::Primes.validate(&json!({"n": min})).is_ok());
+        assert!(JobType::Primes.validate(&json!({"n": max})).is_ok());
+        for bad in [min - 1, max + 1] {
+            let err = JobType::Primes.validate(&json!({"n": bad})).unwrap_err();
+            assert_eq!(err.field, "payload.n");
+        }
     }
 
     #[test]

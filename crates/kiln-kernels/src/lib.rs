@@ -3,13 +3,16 @@
 //! # Layout
 //! - this file: [`Kernel`], [`JobContext`] (cancel token, progress and log sinks),
 //!   [`KernelError`] and the [`Registry`] that maps each executed [`JobType`] to its kernel.
-//! - [`echo`], [`sleep`]: the built-in kernels.
+//! - [`echo`], [`sleep`], [`primes`]: the built-in kernels.
+//! - [`cpu`]: the CPU pool compute kernels run on, and their cancel/progress [`cpu::Check`].
 //!
 //! A kernel knows nothing of leases, retries or storage: it gets a validated payload and
 //! returns a result or a classified error. The worker adds timeouts, fencing and retries.
 #![warn(missing_docs)]
 
+pub mod cpu;
 pub mod echo;
+pub mod primes;
 pub mod sleep;
 
 use std::collections::HashMap;
@@ -168,6 +171,7 @@ impl Default for Registry {
         let mut registry = Self::empty();
         registry.register(Arc::new(echo::Echo));
         registry.register(Arc::new(sleep::Sleep));
+        registry.register(Arc::new(primes::Primes));
         registry
     }
 }

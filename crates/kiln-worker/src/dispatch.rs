@@ -36,10 +36,13 @@ pub(crate) async fn run(
     executors: TaskTracker,
 ) {
     'claim: loop {
-        let next = if stop_claiming.is_cancelled() {
-            Next::WaitUntil(Instant::now() + Duration::from_secs(3600))
-        } else {
-            claim_round(&shared, &executors).await
+        let next = {
+            let _round = shared.claiming.lock().await;
+            if stop_claiming.is_cancelled() {
+                Next::WaitUntil(Instant::now() + Duration::from_secs(3600))
+            } else {
+                claim_round(&shared, &executors).await
+            }
         };
         let deadline = match next {
             Next::Claim => continue,

@@ -136,6 +136,9 @@ struct Shared {
     slot_freed: Notify,
     /// Renew leases now (after lagging behind the signals).
     heartbeat_now: Notify,
+    /// Held for a whole claim round (claim and spawn), so a shutdown that takes it knows no
+    /// claimed job is still on its way to an executor.
+    claiming: tokio::sync::Mutex<()>,
     rng: Mutex<StdRng>,
 }
 
@@ -199,6 +202,7 @@ impl Worker {
                 running: Mutex::new(HashMap::new()),
                 slot_freed: Notify::new(),
                 heartbeat_now: Notify::new(),
+                claiming: tokio::sync::Mutex::new(()),
                 rng: Mutex::new(StdRng::from_os_rng()),
             },
         }
@@ -304,6 +308,8 @@ impl WorkerHandle {
     /// on another node. Returns when every attempt's outcome is stored.
     pub async fn shutdown(self, grace: Duration) {
         self.stop_claiming.cancel();
+        // Wait out a claim round in flight: its jobs must reach the tracker before we wait.
+        drop(self.shared.claiming.lock().await);
         self.executors.close();
         if tokio::time::timeout(grace, self.executors.wait())
             .await
