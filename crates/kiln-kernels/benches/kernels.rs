@@ -1,0 +1,59 @@
+//! Compute kernels as the worker runs them, without the service around them.
+//!
+//! Run: `cargo bench -p kiln-kernels --bench kernels` (`-- primes` to pick one; `--runs N`).
+//! Each figure is the median of the runs, with min and max beside it.
+
+use std::time::Instant;
+
+use kiln_kernels::cpu::Check;
+use kiln_kernels::primes::first_primes;
+
+fn stats(mut ms: Vec<f64>) -> (f64, f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    (ms[ms.len() / 2], ms[0], ms[ms.len() - 1])
+}
+
+fn bench(name: &str, runs: usize, mut once: impl FnMut() -> String) {
+    let mut times = Vec::with_capacity(runs);
+    let mut note = String::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        note = once();
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let (median, min, max) = stats(times);
+    println!("| {name} | {median:.1} | {min:.1}–{max:.1} | {note} |");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let wanted = |name: &str| {
+        args.iter()
+            .filter(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+            .all(|a| name.contains(a.as_str()))
+    };
+    println!(
+        "machine: {} cores\n\n| kernel | median ms | min–max ms | result |\n|---|---|---|---|",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for n in [10_000_000u64, 50_000_000] {
+        let name = format!("primes n={n}");
+        if wanted(&name) {
+            bench(&name, runs, || {
+                let mut bytes = 0usize;
+                let s = first_primes(n, &Check::detached(), |chunk| {
+                    bytes += std::hint::black_box(chunk).len() * 4;
+                    Ok(())
+                })
+                .expect("sieve");
+                format!("nth = {}, {} MB streamed", s.nth, bytes >> 20)
+            });
+        }
+    }
+}
