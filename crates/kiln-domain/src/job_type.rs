@@ -26,15 +26,18 @@ pub enum JobType {
     External,
     /// The first `n` primes (at most 50,000,000), by a segmented sieve.
     Primes,
+    /// The product of two seeded random `n`×`n` matrices (n at most 4096).
+    MatrixMultiply,
 }
 
 impl JobType {
     /// Every type, in catalogue order.
-    pub const ALL: [JobType; 4] = [
+    pub const ALL: [JobType; 5] = [
         JobType::Echo,
         JobType::Sleep,
         JobType::External,
         JobType::Primes,
+        JobType::MatrixMultiply,
     ];
 
     /// The snake_case name.
@@ -44,6 +47,7 @@ impl JobType {
             JobType::Sleep => "sleep",
             JobType::External => "external",
             JobType::Primes => "primes",
+            JobType::MatrixMultiply => "matrix_multiply",
         }
     }
 
@@ -59,6 +63,7 @@ impl JobType {
             JobType::Sleep => parse_payload::<SleepPayload>(payload).map(drop),
             JobType::External => parse_payload::<ExternalPayload>(payload).map(drop),
             JobType::Primes => parse_payload::<PrimesPayload>(payload).map(drop),
+            JobType::MatrixMultiply => parse_payload::<MatrixPayload>(payload).map(drop),
         }
     }
 
@@ -92,6 +97,18 @@ impl JobType {
                     "properties": {"n": {"type": "integer", "minimum": 1, "maximum": PrimesPayload::MAX_N}},
                 }),
             ),
+            JobType::MatrixMultiply => (
+                "Multiplies two seeded random n×n f64 matrices: GFLOP/s, checksum, trace and Frobenius norm of the product.",
+                json!({
+                    "type": "object",
+                    "required": ["n"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "n": {"type": "integer", "minimum": 1, "maximum": MatrixPayload::MAX_N},
+                        "seed": {"type": "integer", "minimum": 0, "description": "same seed, same matrices (default 0)"},
+                    },
+                }),
+            ),
         }
     }
 
@@ -117,7 +134,7 @@ impl JobType {
                 timeout_ms: 0,
                 backoff,
             },
-            JobType::Primes => Policy {
+            JobType::Primes | JobType::MatrixMultiply => Policy {
                 max_attempts: 2,
                 timeout_ms: 300_000,
                 backoff,
@@ -170,6 +187,31 @@ impl Bounded for PrimesPayload {
     fn check(&self) -> Result<(), Invalid> {
         if self.n == 0 || self.n > Self::MAX_N {
             return Err(Invalid::new("payload.n", "must be 1-50000000"));
+        }
+        Ok(())
+    }
+}
+
+/// Payload of `matrix_multiply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixPayload {
+    /// Matrix size, 1..=4096.
+    pub n: u32,
+    /// Seed of the random matrices (default 0).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl MatrixPayload {
+    /// The largest size.
+    pub const MAX_N: u32 = 4096;
+}
+
+impl Bounded for MatrixPayload {
+    fn check(&self) -> Result<(), Invalid> {
+        if self.n == 0 || self.n > Self::MAX_N {
+            return Err(Invalid::new("payload.n", "must be 1-4096"));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use kiln_kernels::cpu::Check;
+use kiln_kernels::matrix::{generate, multiply};
 use kiln_kernels::primes::first_primes;
 
 fn stats(mut ms: Vec<f64>) -> (f64, f64, f64) {
@@ -42,6 +43,30 @@ fn main() {
         "machine: {} cores\n\n| kernel | median ms | min–max ms | result |\n|---|---|---|---|",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    for n in [1024usize, 2048, 4096] {
+        let name = format!("matrix_multiply n={n} (multiply only)");
+        if wanted(&name) {
+            let (a, b) = (generate(n, 1, 0), generate(n, 1, 1));
+            let mut gflops = Vec::new();
+            bench(&name, runs, || {
+                let start = Instant::now();
+                let c = multiply(a.as_ref(), b.as_ref(), &Check::detached()).expect("product");
+                let g = 2.0 * (n as f64).powi(3) / start.elapsed().as_secs_f64() / 1e9;
+                std::hint::black_box(c);
+                gflops.push(g);
+                format!("{g:.1} GFLOP/s")
+            });
+            let (median, min, max) = stats(gflops);
+            println!("| ↳ GFLOP/s | {median:.1} | {min:.1}–{max:.1} | |");
+        }
+        let name = format!("matrix_multiply n={n} (generate both)");
+        if wanted(&name) {
+            bench(&name, runs, || {
+                std::hint::black_box((generate(n, 1, 0), generate(n, 1, 1)));
+                String::new()
+            });
+        }
+    }
     for n in [10_000_000u64, 50_000_000] {
         let name = format!("primes n={n}");
         if wanted(&name) {

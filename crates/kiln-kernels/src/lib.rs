@@ -3,7 +3,7 @@
 //! # Layout
 //! - this file: [`Kernel`], [`JobContext`] (cancel token, progress and log sinks),
 //!   [`KernelError`] and the [`Registry`] that maps each executed [`JobType`] to its kernel.
-//! - [`echo`], [`sleep`], [`primes`]: the built-in kernels.
+//! - [`echo`], [`sleep`], [`primes`], [`matrix`]: the built-in kernels.
 //! - [`cpu`]: the CPU pool compute kernels run on, and their cancel/progress [`cpu::Check`].
 //!
 //! A kernel knows nothing of leases, retries or storage: it gets a validated payload and
@@ -12,6 +12,7 @@
 
 pub mod cpu;
 pub mod echo;
+pub mod matrix;
 pub mod primes;
 pub mod sleep;
 
@@ -172,6 +173,7 @@ impl Default for Registry {
         registry.register(Arc::new(echo::Echo));
         registry.register(Arc::new(sleep::Sleep));
         registry.register(Arc::new(primes::Primes));
+        registry.register(Arc::new(matrix::MatrixMultiply));
         registry
     }
 }
@@ -228,4 +230,23 @@ pub fn test_context(payload: Value) -> (JobContext, mpsc::UnboundedReceiver<Stri
         log,
     };
     (ctx, rx)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::Progress;
+
+    /// Waits until a running kernel has reported some progress (at most 30 s).
+    pub(crate) async fn wait_for_progress(progress: &Progress) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while progress.get() == 0.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no progress within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
