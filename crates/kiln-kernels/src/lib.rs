@@ -149,6 +149,46 @@ pub struct JobContext {
     pub progress: Progress,
     /// Log sink.
     pub log: LogSink,
+    /// Where the attempt writes its artifacts.
+    pub artifacts: Artifacts,
+}
+
+/// The directory holding one job's artifacts (`<root>/<job id>/`), created on first use.
+/// A new attempt starts from an empty directory, so a retried job never serves a
+/// half-written file from an earlier attempt.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    dir: std::path::PathBuf,
+}
+
+impl Artifacts {
+    /// The artifacts of `job_id` under `root`.
+    pub fn new(root: &std::path::Path, job_id: JobId) -> Self {
+        Self {
+            dir: root.join(job_id.0.simple().to_string()),
+        }
+    }
+
+    /// The job's directory (it may not exist yet).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Empties the directory before an attempt writes to it.
+    pub fn reset(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates (or truncates) the artifact `name` and returns its path and file.
+    pub fn create(&self, name: &str) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(name);
+        let file = std::fs::File::create(&path)?;
+        Ok((path, file))
+    }
 }
 
 /// Executes one attempt of one job type.
@@ -218,11 +258,14 @@ impl Registry {
     }
 }
 
-/// A context for tests: a fresh job id, attempt 1, and the log receiver.
+/// A context for tests: a fresh job id, attempt 1, artifacts under the system temp dir
+/// (removed by [`Artifacts::reset`]), and the log receiver.
 pub fn test_context(payload: Value) -> (JobContext, mpsc::UnboundedReceiver<String>) {
     let (log, rx) = LogSink::channel();
+    let job_id = JobId::new();
     let ctx = JobContext {
-        job_id: JobId::new(),
+        artifacts: Artifacts::new(&std::env::temp_dir().join("kiln-test-artifacts"), job_id),
+        job_id,
         attempt: 1,
         payload,
         cancel: CancellationToken::new(),

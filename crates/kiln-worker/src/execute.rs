@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_domain::{Failure, Job, Lease};
-use kiln_kernels::{JobContext, KernelError, LogSink, Progress};
+use kiln_kernels::{Artifacts, JobContext, KernelError, LogSink, Progress};
 use kiln_store::{Outcome, StoreError};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -56,7 +56,16 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
         .and_then(|spec| spec.policy.timeout());
     let (log, mut log_rx) = LogSink::channel();
     let progress = Progress::default();
+    let artifacts = Artifacts::new(&shared.config.artifact_dir, job.id);
+    if let Err(e) = artifacts.reset() {
+        let failure = Failure::retryable(
+            "artifact_dir",
+            format!("cannot clear the artifact directory: {e}"),
+        );
+        return Some(shared.failed(job, failure, shared.clock.now()));
+    }
     let ctx = JobContext {
+        artifacts,
         job_id: job.id,
         attempt: job.attempts,
         payload: job.payload.clone(),

@@ -63,6 +63,8 @@ pub struct WorkerConfig {
     pub max_jobs: Option<u64>,
     /// How often a running attempt's progress and log lines are written.
     pub progress_flush: Duration,
+    /// Where jobs' artifacts are written (`<dir>/<job id>/<name>`).
+    pub artifact_dir: std::path::PathBuf,
 }
 
 impl Default for WorkerConfig {
@@ -79,6 +81,7 @@ impl Default for WorkerConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             max_jobs: None,
             progress_flush: Duration::from_millis(250),
+            artifact_dir: std::env::temp_dir().join("kiln-artifacts"),
         }
     }
 }
