@@ -1,0 +1,103 @@
+//! [`router()`]: the routes and the layers around them.
+//!
+//! Layers, outermost first: request id (set, then echoed back) → `observe` (problem bodies
+//! and the request log line) → catch-panic (a panic is a 500, not a crash) → CORS (only
+//! with an allow-list) → request timeout (408) → the shutdown gate (503) → the routes,
+//! whose body extractors stop at `body_limit` (413).
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::middleware::{fallback, observe, shutdown_gate};
+use crate::routes::{admin, auth, jobs, ops};
+use crate::state::AppState;
+
+/// The whole HTTP API with `state` applied.
+pub fn router(state: AppState) -> Router {
+    let config = state.config().clone();
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(from_fn(observe))
+        .layer(CatchPanicLayer::new())
+        .option_layer(cors(&config.cors_origins))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(from_fn_with_state(state.clone(), shutdown_gate));
+    Router::new()
+        .nest("/api/v1", api())
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(layers)
+        .with_state(state)
+}
+
+fn api() -> Router<AppState> {
+    Router::new()
+        .route("/auth/login", post(auth::login))
+        .route("/auth/logout", post(auth::logout))
+        .route("/me", get(auth::me))
+        .route("/tokens", get(auth::list_tokens).post(auth::create_token))
+        .route("/tokens/{id}", axum::routing::delete(auth::delete_token))
+        .route("/jobs", get(jobs::list).post(jobs::create))
+        .route(
+            "/jobs/{id}",
+            get(jobs::get).patch(jobs::report).delete(jobs::delete),
+        )
+        .route("/jobs/{id}/status", get(jobs::status))
+        .route("/jobs/{id}/events", get(jobs::events))
+        .route("/jobs/{id}/logs", get(jobs::logs))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/retry", post(jobs::retry).put(jobs::retry))
+        .route("/job-types", get(ops::job_types))
+        .route(
+            "/admin/users",
+            get(admin::list_users).post(admin::create_user),
+        )
+        .route(
+            "/admin/users/{id}",
+            axum::routing::patch(admin::update_user),
+        )
+        .route("/admin/jobs", get(admin::list_jobs))
+}
+
+/// CORS for the allowed origins; `None` (no CORS headers) when there are none.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                "idempotency-key".parse().unwrap_or(header::ACCEPT),
+            ])
+            .expose_headers([header::LOCATION, header::RETRY_AFTER]),
+    )
+}
