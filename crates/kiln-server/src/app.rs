@@ -22,6 +22,17 @@ use crate::state::AppState;
 
 /// The whole HTTP API with `state` applied.
 pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .nest("/api/v1", api())
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(fallback);
+    with_layers(routes, state)
+}
+
+/// Wraps `routes` in the layers (module docs) and applies `state`.
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     let config = state.config().clone();
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -34,12 +45,7 @@ pub fn router(state: AppState) -> Router {
             config.request_timeout,
         ))
         .layer(from_fn_with_state(state.clone(), shutdown_gate));
-    Router::new()
-        .nest("/api/v1", api())
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .fallback(fallback)
+    routes
         .layer(DefaultBodyLimit::max(config.body_limit))
         .layer(layers)
         .with_state(state)
@@ -100,4 +106,54 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             ])
             .expose_headers([header::LOCATION, header::RETRY_AFTER]),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use kiln_domain::SystemClock;
+    use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::ServerConfig;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_problem_not_a_crash() {
+        let store = SqliteStore::open(SqliteOptions {
+            path: SqlitePath::Memory,
+            ..SqliteOptions::default()
+        })
+        .expect("an in-memory store");
+        let state = AppState::new(
+            store,
+            Arc::default(),
+            Arc::new(SystemClock),
+            ServerConfig::default(),
+        );
+        async fn boom() -> &'static str {
+            panic!("internal secret")
+        }
+        let routes = Router::new().route("/boom", get(boom));
+        let app = with_layers(routes, state);
+        let req = Request::get("/boom")
+            .body(Body::empty())
+            .expect("a request");
+        let resp = app.oneshot(req).await.expect("a response");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("a body");
+        let problem: kiln_api::Problem = serde_json::from_slice(&body).expect("a problem");
+        assert_eq!(problem.code, "internal_error");
+        assert!(!problem.request_id.is_empty());
+        assert!(!problem.detail.contains("secret"));
+    }
 }

@@ -92,3 +92,24 @@ async fn cors_headers_only_for_allowed_origins() {
         .await;
     assert_eq!(resp.header("access-control-allow-origin"), None);
 }
+
+#[tokio::test]
+async fn a_request_over_the_timeout_is_a_408_problem() {
+    let app = TestApp::spawn_with(ServerConfig {
+        request_timeout: std::time::Duration::from_millis(100),
+        cancel_wait: std::time::Duration::from_secs(10),
+        ..ServerConfig::default()
+    })
+    .await;
+    let id = app.submit_ok(&app.admin, json!({"type": "echo"})).await;
+    app.claim_all().await;
+    // Nobody stops the running job, so the cancel would wait 10 s: the timeout cuts it.
+    let resp = app
+        .call(
+            Method::POST,
+            &app.admin,
+            &format!("/api/v1/jobs/{id}/cancel"),
+        )
+        .await;
+    problem(&resp, 408, "request_timeout");
+}
