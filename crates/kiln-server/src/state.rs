@@ -8,6 +8,7 @@ use kiln_domain::job_type::Catalogue;
 use kiln_domain::{Clock, Timestamp};
 use kiln_store::Store;
 
+use crate::auth::throttle::LoginThrottle;
 use crate::auth::token::TokenCache;
 use crate::config::ServerConfig;
 
@@ -23,6 +24,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     config: ServerConfig,
     tokens: TokenCache,
+    logins: LoginThrottle,
     shutting_down: AtomicBool,
 }
 
@@ -41,6 +43,7 @@ impl AppState {
                 clock,
                 config,
                 tokens: TokenCache::default(),
+                logins: LoginThrottle::default(),
                 shutting_down: AtomicBool::new(false),
             }),
         }
@@ -74,6 +77,11 @@ impl AppState {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// Failed-login counters.
+    pub fn logins(&self) -> &LoginThrottle {
+        &self.inner.logins
     }
 
     /// The bearer-token cache.

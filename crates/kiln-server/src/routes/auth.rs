@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::TimeDelta;
 use kiln_api::{CreateToken, LoginRequest, LoginResponse, TokenView, UserView};
+use kiln_domain::User;
 use kiln_store::{NewToken, TokenKind};
 
 use crate::auth::{CurrentUser, password, token};
@@ -24,17 +25,43 @@ pub async fn login(
     State(state): State<AppState>,
     Json(body): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let record = state.store().user_by_name(&body.username).await?;
+    let user = authenticate(&state, body).await?;
+    session(&state, user).await.map(Json)
+}
+
+/// The user whose name and password these are; 429 while the name is throttled.
+async fn authenticate(state: &AppState, body: LoginRequest) -> Result<User, ApiError> {
+    let LoginRequest { username, password } = body;
+    if let Some(wait) = state.logins().check(&username) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_logins",
+            "too many failed logins for this user; wait before trying again",
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    let record = state.store().user_by_name(&username).await?;
     let phc = record
         .as_ref()
         .map_or_else(|| DUMMY_HASH.clone(), |r| r.password_hash.clone());
-    let ok = tokio::task::spawn_blocking(move || password::verify(&body.password, &phc))
+    let ok = tokio::task::spawn_blocking(move || password::verify(&password, &phc))
         .await
         .map_err(ApiError::internal)?;
-    let user = match record {
-        Some(r) if ok && !r.user.disabled => r.user,
-        _ => return Err(ApiError::unauthorized("wrong username or password")),
-    };
+    match record {
+        Some(r) if ok && !r.user.disabled => {
+            state.logins().succeeded(&username);
+            Ok(r.user)
+        }
+        _ => {
+            state.logins().failed(&username);
+            Err(ApiError::unauthorized("wrong username or password"))
+        }
+    }
+}
+
+/// A new session token for `user`, valid for `session_ttl`.
+async fn session(state: &AppState, user: User) -> Result<LoginResponse, ApiError> {
     let now = state.now();
     let ttl = TimeDelta::from_std(state.config().session_ttl).unwrap_or(TimeDelta::days(1));
     let expires_at = now + ttl;
@@ -47,11 +74,11 @@ pub async fn login(
         expires_at: Some(expires_at),
     };
     state.store().token_insert(new, now).await?;
-    Ok(Json(LoginResponse {
+    Ok(LoginResponse {
         token: secret,
         expires_at,
         user: user.into(),
-    }))
+    })
 }
 
 /// `POST /auth/logout`: the token used for this request stops working.

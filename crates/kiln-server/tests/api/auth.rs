@@ -1,9 +1,16 @@
 //! Login, sessions, API tokens and the admin user API.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
 use hyper::{Method, StatusCode};
+use kiln_domain::{Clock, ManualClock};
+use kiln_server::ServerConfig;
+use kiln_server::auth::throttle::MAX_FAILURES;
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, TestApp, problem};
+use crate::helpers::{ADMIN_PASSWORD, PASSWORD, TestApp, problem};
 
 #[tokio::test]
 async fn login_returns_a_token_that_authenticates_me() {
@@ -227,4 +234,88 @@ async fn admins_create_and_change_users() {
         )
         .await;
     problem(&missing, 404, "not_found");
+}
+
+#[tokio::test]
+async fn a_session_token_expires_after_the_session_ttl() {
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let config = ServerConfig {
+        session_ttl: Duration::from_secs(3600),
+        ..ServerConfig::default()
+    };
+    let app = TestApp::spawn_with_clock(config, clock.clone()).await;
+    let login = app
+        .client
+        .send_json(
+            Method::POST,
+            None,
+            "/api/v1/auth/login",
+            &json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await
+        .json();
+    let expires = chrono::DateTime::parse_from_rfc3339(login["expires_at"].as_str().unwrap())
+        .unwrap()
+        .to_utc();
+    assert_eq!(expires, clock.now() + TimeDelta::hours(1));
+    let token = login["token"].as_str().unwrap();
+    assert_eq!(app.get(token, "/api/v1/me").await.status, StatusCode::OK);
+    clock.advance(TimeDelta::hours(1) + TimeDelta::seconds(1));
+    problem(&app.get(token, "/api/v1/me").await, 401, "unauthorized");
+}
+
+#[tokio::test]
+async fn too_many_failed_logins_are_throttled_with_retry_after() {
+    let app = TestApp::spawn().await;
+    let body = json!({"username": "admin", "password": "not-the-password"});
+    for _ in 0..MAX_FAILURES {
+        let resp = app
+            .client
+            .send_json(Method::POST, None, "/api/v1/auth/login", &body)
+            .await;
+        problem(&resp, 401, "unauthorized");
+    }
+    let good = json!({"username": "admin", "password": ADMIN_PASSWORD});
+    let resp = app
+        .client
+        .send_json(Method::POST, None, "/api/v1/auth/login", &good)
+        .await;
+    problem(&resp, 429, "too_many_logins");
+    let wait: u64 = resp.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait > 0 && wait <= 300, "{wait}");
+    // Tokens issued before keep working; other users can still log in.
+    assert_eq!(
+        app.get(&app.admin, "/api/v1/me").await.status,
+        StatusCode::OK
+    );
+    app.user("zed", "client").await;
+}
+
+#[tokio::test]
+async fn ensure_admin_generates_a_password_once_on_an_empty_store() {
+    let db = kiln_testkit::TempSqlite::new();
+    let now = chrono::Utc::now();
+    let generated = kiln_server::ensure_admin(db.store.as_ref(), None, now)
+        .await
+        .unwrap()
+        .expect("a generated password");
+    assert!(generated.len() >= 16);
+    let again = kiln_server::ensure_admin(db.store.as_ref(), None, now).await;
+    assert_eq!(again.unwrap(), None, "users exist: nothing to do");
+    let record = kiln_store::Store::user_by_name(db.store.as_ref(), "admin")
+        .await
+        .unwrap()
+        .expect("admin exists");
+    assert_eq!(record.user.role, kiln_domain::Role::Admin);
+    assert!(kiln_server::auth::password::verify(
+        &generated,
+        &record.password_hash
+    ));
+    let short = kiln_server::ensure_admin(
+        kiln_testkit::TempSqlite::new().store.as_ref(),
+        Some("short"),
+        now,
+    )
+    .await;
+    assert!(short.is_err(), "a too-short configured password is refused");
 }

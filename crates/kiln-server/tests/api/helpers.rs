@@ -29,9 +29,12 @@ impl TestApp {
     }
 
     pub async fn spawn_with(config: ServerConfig) -> Self {
+        Self::spawn_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn spawn_with_clock(config: ServerConfig, clock: Arc<dyn Clock>) -> Self {
         let db = TempSqlite::new();
         let store: Arc<dyn Store> = db.store.clone();
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let created = kiln_server::ensure_admin(store.as_ref(), Some(ADMIN_PASSWORD), clock.now())
             .await
             .expect("the first admin is created");
