@@ -13,6 +13,8 @@ pub const DEFAULT_LIMIT: u32 = 20;
 pub const MAX_LIMIT: u32 = 100;
 
 /// The raw query string of a job list; every field is parsed here so errors name it.
+/// Unknown parameters are refused (400) so a typo (`?stat=queued`) does not silently list
+/// everything.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
@@ -97,7 +99,8 @@ impl ListParams {
 fn time(field: &str, value: Option<String>) -> Result<Option<Timestamp>, ApiError> {
     value
         .map(|v| {
-            DateTime::parse_from_rfc3339(&v)
+            // An unencoded `+` in an offset arrives as a space.
+            DateTime::parse_from_rfc3339(&v.replace(' ', "+"))
                 .map(|t| t.to_utc())
                 .map_err(|_| ApiError::invalid(field, "must be an RFC 3339 time"))
         })

@@ -13,7 +13,8 @@ pub const WINDOW: Duration = Duration::from_secs(300);
 /// Tracked names beyond which expired windows are swept (bounds memory under a name spray).
 const SWEEP_AT: usize = 10_000;
 
-/// Failed-login counters by username.
+/// Failed-login counters by username (a fixed window per name). Hand-written rather than
+/// `governor`: one counter per name and a reset on success is all it needs.
 #[derive(Default)]
 pub struct LoginThrottle {
     failures: Mutex<HashMap<String, (u32, Instant)>>,

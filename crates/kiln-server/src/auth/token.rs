@@ -45,7 +45,9 @@ struct Entry {
     fetched: Instant,
 }
 
-/// Recently validated tokens by hash.
+/// Recently validated tokens by hash. Hand-written (a mutex around a map, swept when
+/// large) rather than a cache crate: it needs exact invalidation by token id and by user,
+/// and a few dozen lines do not justify another dependency on a 2-core CI.
 #[derive(Default)]
 pub struct TokenCache {
     entries: Mutex<HashMap<[u8; 32], Entry>>,

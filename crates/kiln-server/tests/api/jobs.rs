@@ -202,6 +202,16 @@ async fn bad_list_parameters_are_400_naming_the_parameter() {
             "{query}"
         );
     }
+    let typo = app.get(&app.admin, "/api/v1/jobs?stat=queued").await;
+    let body = problem(&typo, 400, "invalid_query");
+    assert!(body["detail"].as_str().unwrap().contains("stat"), "{body}");
+    let offset = app
+        .get(
+            &app.admin,
+            "/api/v1/jobs?created_after=2000-01-01T00:00:00+00:00",
+        )
+        .await;
+    assert_eq!(offset.status, StatusCode::OK, "{}", offset.text());
     let resp = app.get(&app.admin, "/api/v1/jobs?limit=100").await;
     assert_eq!(resp.status, StatusCode::OK);
 }
