@@ -1,8 +1,8 @@
 //! `POST /jobs/{id}/cancel` (SPEC §1): a running job gets a cancel request, and the
 //! response waits up to `cancel_wait` for the worker to stop it.
 
-use kiln_domain::{Job, JobId, Step, UserId};
-use kiln_store::Signal;
+use kiln_domain::{Job, JobId, JobState, Step, UserId};
+use kiln_store::{Report, Signal};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::problem::ApiError;
@@ -19,6 +19,20 @@ pub async fn cancel(
     let mut signals = state.store().subscribe();
     let (job, step) = state.store().job_cancel(owner, id, state.now()).await?;
     if step != Step::CancelRequested {
+        return Ok((job, false));
+    }
+    if !is_executed(state, &job) {
+        // No Kiln attempt to interrupt (an `external` job): it stops at once, as if its
+        // owner had reported `cancelled`.
+        let report = Report {
+            state: JobState::Cancelled,
+            result: None,
+            error: None,
+        };
+        let job = state
+            .store()
+            .job_report(owner, id, report, state.now())
+            .await?;
         return Ok((job, false));
     }
     let wait = state.config().cancel_wait;
@@ -47,4 +61,11 @@ pub async fn cancel(
     let job = state.store().job_get(owner, id).await?;
     let stopping = !job.state.is_terminal();
     Ok((job, stopping))
+}
+
+fn is_executed(state: &AppState, job: &Job) -> bool {
+    state
+        .catalogue()
+        .get_by_name(&job.job_type)
+        .map_or(true, |spec| spec.job_type.is_executed())
 }

@@ -464,6 +464,30 @@ async fn patch_reports_legal_moves_of_external_jobs_only() {
         .await;
     assert_eq!(dead.json()["error"]["message"], "disk full");
 
+    let stopped = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "external", "payload": {"name": "c"}}),
+        )
+        .await;
+    let spath = format!("/api/v1/jobs/{stopped}");
+    app.send(
+        Method::PATCH,
+        &app.admin,
+        &spath,
+        &json!({"state": "running"}),
+    )
+    .await;
+    let cancelled = app
+        .call(Method::POST, &app.admin, &format!("{spath}/cancel"))
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text());
+    assert_eq!(
+        cancelled.json()["state"],
+        "cancelled",
+        "a running external job has nothing to interrupt: it stops at once"
+    );
+
     let echo = app.submit_ok(&app.admin, json!({"type": "echo"})).await;
     let resp = app
         .send(
