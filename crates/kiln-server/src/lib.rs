@@ -9,6 +9,7 @@
 //! - [`middleware`]: the request log line, problem rendering, the shutdown gate.
 //! - [`auth`]: argon2id passwords, bearer tokens and the [`auth::CurrentUser`] extractor.
 //! - [`bootstrap`]: [`ensure_admin`], the first `admin` user.
+//! - [`metrics`]: `/metrics` as JSON or Prometheus text.
 //! - [`routes`]: the handlers; [`submit`], [`cancel`] and [`list`] hold the logic they
 //!   need beyond one store call; [`view`] maps store rows to wire types.
 //!
@@ -22,6 +23,7 @@ pub mod cancel;
 pub mod config;
 pub mod extract;
 pub mod list;
+pub mod metrics;
 pub mod middleware;
 pub mod problem;
 pub mod routes;

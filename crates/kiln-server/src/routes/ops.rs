@@ -3,15 +3,16 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use kiln_api::MetricsSummary;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use kiln_domain::{JobTypeSpec, Role};
 
 use crate::auth::CurrentUser;
 use crate::extract::Json;
 use crate::problem::ApiError;
 use crate::state::AppState;
-use crate::view;
+use crate::{metrics, view};
 
 /// How long `/readyz` waits for the store before calling it unreachable.
 const READY_PROBE: Duration = Duration::from_secs(2);
@@ -40,13 +41,20 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     }
 }
 
-/// `GET /metrics` (operator or admin): the JSON summary.
+/// `GET /metrics` (operator or admin): the JSON summary, or Prometheus text (see
+/// [`crate::metrics`]).
 pub async fn metrics(
     State(state): State<AppState>,
     me: CurrentUser,
-) -> Result<Json<MetricsSummary>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     me.require(Role::Operator)?;
-    Ok(Json(view::metrics(state.store().job_stats().await?)))
+    let summary = view::metrics(state.store().job_stats().await?);
+    if metrics::wants_text(&headers) {
+        let text = metrics::render_text(&summary);
+        return Ok(([(CONTENT_TYPE, metrics::TEXT_FORMAT)], text).into_response());
+    }
+    Ok(Json(summary).into_response())
 }
 
 /// `GET /api/v1/job-types`: names, descriptions, schemas and policies.

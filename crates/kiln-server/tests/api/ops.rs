@@ -29,6 +29,25 @@ async fn metrics_are_for_operators_and_count_jobs() {
         ),
         (&json!(2), &json!(1), &json!(1), &json!(0))
     );
+    let text = app
+        .client
+        .request(Method::GET, "/metrics")
+        .bearer(Some(&operator))
+        .header("accept", "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+        .send()
+        .await;
+    assert_eq!(text.status, StatusCode::OK);
+    assert!(
+        text.header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let body = text.text();
+    assert!(body.contains("kiln_jobs_submitted_total 2\n"), "{body}");
+    assert!(
+        body.contains("kiln_jobs{state=\"cancelled\"} 1\n"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
