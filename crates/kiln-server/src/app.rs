@@ -7,7 +7,7 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
@@ -16,7 +16,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::middleware::{fallback, observe, shutdown_gate};
+use crate::middleware::{REQUEST_ID, fallback, observe, shutdown_gate};
 use crate::routes::{admin, auth, jobs, ops};
 use crate::state::AppState;
 
@@ -102,9 +102,15 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
-                "idempotency-key".parse().unwrap_or(header::ACCEPT),
+                HeaderName::from_static(crate::submit::IDEMPOTENCY_KEY),
+                HeaderName::from_static(REQUEST_ID),
             ])
-            .expose_headers([header::LOCATION, header::RETRY_AFTER]),
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static(REQUEST_ID),
+                HeaderName::from_static(crate::routes::jobs::REPLAYED),
+            ]),
     )
 }
 

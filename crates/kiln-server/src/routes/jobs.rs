@@ -17,6 +17,9 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 use crate::{cancel, submit, view};
 
+/// Response header set on an idempotent replay of `POST /jobs`.
+pub const REPLAYED: &str = "idempotent-replayed";
+
 /// `POST /jobs` → 202 with the job and its `Location`.
 pub async fn create(
     State(state): State<AppState>,
@@ -37,7 +40,7 @@ pub async fn create(
     }
     if replayed {
         resp.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(resp)
 }
