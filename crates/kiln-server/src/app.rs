@@ -16,7 +16,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::middleware::{REQUEST_ID, fallback, observe, shutdown_gate};
+use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate};
 use crate::routes::{admin, auth, jobs, ops};
 use crate::state::AppState;
 
@@ -38,7 +38,7 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(from_fn(observe))
-        .layer(CatchPanicLayer::new())
+        .layer(CatchPanicLayer::custom(panic_response))
         .option_layer(cors(&config.cors_origins))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -42,12 +42,7 @@ fn render_problem(mut resp: Response, request_id: &str) -> Response {
             tracing::error!(request_id, code = err.code, cause, "request failed");
         }
         let mut out = err.render(request_id);
-        // Keep headers the handler set (e.g. `Allow` on a 405).
-        for (name, value) in resp.headers() {
-            if name != CONTENT_TYPE && name != CONTENT_LENGTH && !out.headers().contains_key(name) {
-                out.headers_mut().insert(name, value.clone());
-            }
-        }
+        copy_headers(&resp, &mut out);
         return out;
     }
     let status = resp.status();
@@ -60,14 +55,32 @@ fn render_problem(mut resp: Response, request_id: &str) -> Response {
             tracing::error!(request_id, status = status.as_u16(), "request failed");
         }
         let mut out = ApiError::from_status(status).render(request_id);
-        for (name, value) in resp.headers() {
-            if name != CONTENT_TYPE && name != CONTENT_LENGTH {
-                out.headers_mut().insert(name, value.clone());
-            }
-        }
+        copy_headers(&resp, &mut out);
         return out;
     }
     resp
+}
+
+/// Keeps the headers layers and handlers set on the replaced response (`Allow` on a 405,
+/// CORS headers), except the body's and those the problem sets itself.
+fn copy_headers(from: &Response, to: &mut Response) {
+    let own: Vec<_> = to.headers().keys().cloned().collect();
+    for (name, value) in from.headers() {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH && !own.contains(name) {
+            to.headers_mut().append(name, value.clone());
+        }
+    }
+}
+
+/// The catch-panic layer's response: a 500 whose cause (the panic message) is logged by
+/// [`observe`] with the request id, and never sent.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned());
+    ApiError::internal(format!("handler panicked: {message}")).into_response()
 }
 
 /// Answers 503 to everything but `/healthz` once shutdown has begun.
