@@ -222,9 +222,30 @@ async fn admins_create_and_change_users() {
         "operator"
     );
 
+    let changed = app
+        .send(
+            Method::PATCH,
+            &app.admin,
+            &path,
+            &json!({"password": "new-password-9"}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text());
+    let token = app.client.login("dave", "new-password-9").await;
+
     app.send(Method::PATCH, &app.admin, &path, &json!({"disabled": true}))
         .await;
     problem(&app.get(&token, "/api/v1/me").await, 401, "unauthorized");
+    let login = app
+        .client
+        .send_json(
+            Method::POST,
+            None,
+            "/api/v1/auth/login",
+            &json!({"username": "dave", "password": "new-password-9"}),
+        )
+        .await;
+    problem(&login, 401, "unauthorized");
     let missing = app
         .send(
             Method::PATCH,
