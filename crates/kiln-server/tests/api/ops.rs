@@ -115,7 +115,7 @@ async fn cors_headers_only_for_allowed_origins() {
 #[tokio::test]
 async fn a_request_over_the_timeout_is_a_408_problem() {
     let app = TestApp::spawn_with(ServerConfig {
-        request_timeout: std::time::Duration::from_millis(100),
+        request_timeout: std::time::Duration::from_secs(1),
         cancel_wait: std::time::Duration::from_secs(10),
         ..ServerConfig::default()
     })
