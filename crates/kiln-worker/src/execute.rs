@@ -36,6 +36,20 @@ pub(crate) async fn run(shared: Arc<Shared>, job: Job, stop: Stop) {
     let started = Instant::now();
     let outcome = attempt(&shared, &job, &lease, &stop).await;
     if let Some(outcome) = outcome {
+        if let Outcome::Failed { failure, .. } = &outcome {
+            // The job's log tells its owner why an attempt failed, beside the error field.
+            let line = format!(
+                "attempt {} failed: {}: {}\n",
+                job.attempts, failure.code, failure.message
+            );
+            if let Err(e) = shared
+                .store
+                .log_append(job.id, &line, shared.clock.now())
+                .await
+            {
+                tracing::debug!(job_id = %job.id, error = %e, "failure line not logged");
+            }
+        }
         complete(&shared, &job, &lease, outcome, started.elapsed()).await;
     }
     shared.running().remove(&job.id);

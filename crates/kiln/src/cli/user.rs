@@ -85,10 +85,7 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
                 let views: Vec<kiln_api::UserView> = users.into_iter().map(Into::into).collect();
                 println!("{}", serde_json::to_string_pretty(&views)?);
             } else {
-                println!(
-                    "{:<6} {:<24} {:<9} {}",
-                    "ID", "USERNAME", "ROLE", "DISABLED"
-                );
+                println!("{:<6} {:<24} {:<9} DISABLED", "ID", "USERNAME", "ROLE");
                 for u in users {
                     println!(
                         "{:<6} {:<24} {:<9} {}",

@@ -1,6 +1,8 @@
 //! End-to-end tests: a whole Kiln node over a real socket on a real SQLite file, and the
 //! real `kiln` binary for restart, kill and signal tests.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
 mod cancel;
 mod helpers;
 mod lifecycle;

@@ -31,10 +31,6 @@ impl Server {
             .env("KILN_NODE_ID", "process-test")
             .env("KILN_LOG_FORMAT", "json")
             .env("KILN_SHUTDOWN_GRACE", "500ms")
-            .env(
-                "KILN_CONFIG",
-                dir.path().join("absent.toml").display().to_string(),
-            )
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,165 @@
+//! [`router()`]: the routes and the layers around them.
+//!
+//! Layers, outermost first: request id (set, then echoed back) → `observe` (problem bodies
+//! and the request log line) → catch-panic (a panic is a 500, not a crash) → CORS (only
+//! with an allow-list) → request timeout (408) → the shutdown gate (503) → the routes,
+//! whose body extractors stop at `body_limit` (413).
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate};
+use crate::routes::{admin, auth, jobs, ops};
+use crate::state::AppState;
+
+/// The whole HTTP API with `state` applied.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .nest("/api/v1", api())
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(fallback);
+    with_layers(routes, state)
+}
+
+/// Wraps `routes` in the layers (module docs) and applies `state`.
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    let config = state.config().clone();
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(from_fn(observe))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .option_layer(cors(&config.cors_origins))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(from_fn_with_state(state.clone(), shutdown_gate));
+    routes
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(layers)
+        .with_state(state)
+}
+
+fn api() -> Router<AppState> {
+    Router::new()
+        .route("/auth/login", post(auth::login))
+        .route("/auth/logout", post(auth::logout))
+        .route("/me", get(auth::me))
+        .route("/tokens", get(auth::list_tokens).post(auth::create_token))
+        .route("/tokens/{id}", axum::routing::delete(auth::delete_token))
+        .route("/jobs", get(jobs::list).post(jobs::create))
+        .route(
+            "/jobs/{id}",
+            get(jobs::get).patch(jobs::report).delete(jobs::delete),
+        )
+        .route("/jobs/{id}/status", get(jobs::status))
+        .route("/jobs/{id}/events", get(jobs::events))
+        .route("/jobs/{id}/logs", get(jobs::logs))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/retry", post(jobs::retry).put(jobs::retry))
+        .route("/job-types", get(ops::job_types))
+        .route(
+            "/admin/users",
+            get(admin::list_users).post(admin::create_user),
+        )
+        .route(
+            "/admin/users/{id}",
+            axum::routing::patch(admin::update_user),
+        )
+        .route("/admin/jobs", get(admin::list_jobs))
+}
+
+/// CORS for the allowed origins; `None` (no CORS headers) when there are none.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static(crate::submit::IDEMPOTENCY_KEY),
+                HeaderName::from_static(REQUEST_ID),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static(REQUEST_ID),
+                HeaderName::from_static(crate::routes::jobs::REPLAYED),
+            ]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use kiln_domain::SystemClock;
+    use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::ServerConfig;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_problem_not_a_crash() {
+        let store = SqliteStore::open(SqliteOptions {
+            path: SqlitePath::Memory,
+            ..SqliteOptions::default()
+        })
+        .expect("an in-memory store");
+        let state = AppState::new(
+            store,
+            Arc::default(),
+            Arc::new(SystemClock),
+            ServerConfig::default(),
+        );
+        async fn boom() -> &'static str {
+            panic!("internal secret")
+        }
+        let routes = Router::new().route("/boom", get(boom));
+        let app = with_layers(routes, state);
+        let req = Request::get("/boom")
+            .body(Body::empty())
+            .expect("a request");
+        let resp = app.oneshot(req).await.expect("a response");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("a body");
+        let problem: kiln_api::Problem = serde_json::from_slice(&body).expect("a problem");
+        assert_eq!(problem.code, "internal_error");
+        assert!(!problem.request_id.is_empty());
+        assert!(!problem.detail.contains("secret"));
+    }
+}

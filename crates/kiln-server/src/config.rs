@@ -1,0 +1,34 @@
+//! [`ServerConfig`]: the HTTP server's typed settings (the binary fills them from flags).
+
+use std::time::Duration;
+
+/// Settings of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Refuse submissions (429) while this many jobs are waiting or running; `None`: no cap.
+    pub max_queued: Option<u64>,
+    /// Lifetime of a login (session) token. Default 24 h.
+    pub session_ttl: Duration,
+    /// Largest accepted request body in bytes; larger ones get 413. Default 1 MiB.
+    pub body_limit: usize,
+    /// How long `POST /jobs/{id}/cancel` waits for a running job to stop before answering
+    /// 202 with `cancel_requested` (SPEC §1: 1 s).
+    pub cancel_wait: Duration,
+    /// Every request is answered within this time (408 problem otherwise). Default 30 s.
+    pub request_timeout: Duration,
+    /// Origins allowed by CORS; empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_queued: None,
+            session_ttl: Duration::from_secs(24 * 3600),
+            body_limit: 1024 * 1024,
+            cancel_wait: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Cross-cutting request handling: the request log line, problem rendering, and the
+//! 503-while-shutting-down gate. (Request ids, CORS, timeouts and panics use tower-http; see
+//! [`crate::app`].)
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// The request id header (set by `SetRequestIdLayer` before this runs).
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Writes the problem body of every error response (with the request id), logs a 5xx cause
+/// once, and logs one INFO line per request.
+pub async fn observe(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let resp = next.run(req).await;
+    let resp = render_problem(resp, &request_id);
+    let status = resp.status().as_u16();
+    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(%method, path, status, latency_ms, request_id, "request");
+    resp
+}
+
+fn render_problem(mut resp: Response, request_id: &str) -> Response {
+    if let Some(err) = resp.extensions_mut().remove::<ApiError>() {
+        if let Some(cause) = &err.cause {
+            tracing::error!(request_id, code = err.code, cause, "request failed");
+        }
+        let mut out = err.render(request_id);
+        copy_headers(&resp, &mut out);
+        return out;
+    }
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_problem {
+        if status.is_server_error() {
+            tracing::error!(request_id, status = status.as_u16(), "request failed");
+        }
+        let mut out = ApiError::from_status(status).render(request_id);
+        copy_headers(&resp, &mut out);
+        return out;
+    }
+    resp
+}
+
+/// Keeps the headers layers and handlers set on the replaced response (`Allow` on a 405,
+/// CORS headers), except the body's and those the problem sets itself.
+fn copy_headers(from: &Response, to: &mut Response) {
+    let own: Vec<_> = to.headers().keys().cloned().collect();
+    for (name, value) in from.headers() {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH && !own.contains(name) {
+            to.headers_mut().append(name, value.clone());
+        }
+    }
+}
+
+/// The catch-panic layer's response: a 500 whose cause (the panic message) is logged by
+/// [`observe`] with the request id, and never sent.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_owned());
+    ApiError::internal(format!("handler panicked: {message}")).into_response()
+}
+
+/// Answers 503 to everything but `/healthz` once shutdown has begun.
+pub async fn shutdown_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.is_shutting_down() && req.uri().path() != "/healthz" {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; try another node or again shortly",
+        );
+        e.retry_after = Some(1);
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+/// Unknown routes.
+pub async fn fallback() -> ApiError {
+    ApiError::not_found("no such route")
+}

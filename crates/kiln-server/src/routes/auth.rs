@@ -1,0 +1,147 @@
+//! `/api/v1/auth/*`, `/me` and `/tokens`: sessions and the caller's API tokens.
+
+use std::sync::LazyLock;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::TimeDelta;
+use kiln_api::{CreateToken, LoginRequest, LoginResponse, TokenView, UserView};
+use kiln_domain::User;
+use kiln_store::{NewToken, TokenKind};
+
+use crate::auth::{CurrentUser, password, token};
+use crate::extract::{Json, Path};
+use crate::problem::ApiError;
+use crate::state::AppState;
+use crate::view;
+
+/// A hash verified when the username is unknown, so that a wrong name and a wrong
+/// password take the same time (no user enumeration by timing).
+static DUMMY_HASH: LazyLock<String> =
+    LazyLock::new(|| password::hash("no user has this password").unwrap_or_default());
+
+/// `POST /auth/login` → a session token.
+pub async fn login(
+    State(state): State<AppState>,
+    Json(body): Json<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let user = authenticate(&state, body).await?;
+    session(&state, user).await.map(Json)
+}
+
+/// The user whose name and password these are; 429 while the name is throttled.
+async fn authenticate(state: &AppState, body: LoginRequest) -> Result<User, ApiError> {
+    let LoginRequest { username, password } = body;
+    if let Some(wait) = state.logins().check(&username) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_logins",
+            "too many failed logins for this user; wait before trying again",
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
+    let record = state.store().user_by_name(&username).await?;
+    let phc = record
+        .as_ref()
+        .map_or_else(|| DUMMY_HASH.clone(), |r| r.password_hash.clone());
+    let ok = tokio::task::spawn_blocking(move || password::verify(&password, &phc))
+        .await
+        .map_err(ApiError::internal)?;
+    match record {
+        Some(r) if ok && !r.user.disabled => {
+            state.logins().succeeded(&username);
+            Ok(r.user)
+        }
+        _ => {
+            state.logins().failed(&username);
+            Err(ApiError::unauthorized("wrong username or password"))
+        }
+    }
+}
+
+/// A new session token for `user`, valid for `session_ttl`.
+async fn session(state: &AppState, user: User) -> Result<LoginResponse, ApiError> {
+    let now = state.now();
+    let ttl = TimeDelta::from_std(state.config().session_ttl).unwrap_or(TimeDelta::days(1));
+    let expires_at = now + ttl;
+    let secret = token::generate();
+    let new = NewToken {
+        user: user.id,
+        hash: token::digest(&secret).to_vec(),
+        kind: TokenKind::Session,
+        name: "login".to_owned(),
+        expires_at: Some(expires_at),
+    };
+    state.store().token_insert(new, now).await?;
+    Ok(LoginResponse {
+        token: secret,
+        expires_at,
+        user: user.into(),
+    })
+}
+
+/// `POST /auth/logout`: the token used for this request stops working.
+pub async fn logout(
+    State(state): State<AppState>,
+    me: CurrentUser,
+) -> Result<StatusCode, ApiError> {
+    state.store().token_delete_hash(&me.token_hash).await?;
+    state.tokens().forget_hash(&me.token_hash);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /me`.
+pub async fn me(me: CurrentUser) -> Json<UserView> {
+    Json(me.user.into())
+}
+
+/// `GET /tokens`: the caller's API tokens (never their secrets).
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    me: CurrentUser,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let tokens = state.store().token_list(me.user.id, TokenKind::Api).await?;
+    Ok(Json(
+        tokens.into_iter().map(|t| view::token(t, None)).collect(),
+    ))
+}
+
+/// `POST /tokens` → 201 with the secret, shown this once.
+pub async fn create_token(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Json(body): Json<CreateToken>,
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError::invalid("name", "must be 1-100 bytes"));
+    }
+    let now = state.now();
+    let expires_at = match body.expires_in_days {
+        Some(0) => return Err(ApiError::invalid("expires_in_days", "must be at least 1")),
+        Some(days) => Some(now + TimeDelta::days(i64::from(days))),
+        None => None,
+    };
+    let secret = token::generate();
+    let new = NewToken {
+        user: me.user.id,
+        hash: token::digest(&secret).to_vec(),
+        kind: TokenKind::Api,
+        name: name.to_owned(),
+        expires_at,
+    };
+    let info = state.store().token_insert(new, now).await?;
+    Ok((StatusCode::CREATED, Json(view::token(info, Some(secret)))))
+}
+
+/// `DELETE /tokens/{id}`: 204; 404 if it is not the caller's.
+pub async fn delete_token(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    state.store().token_delete(me.user.id, id).await?;
+    state.tokens().forget_token(id);
+    Ok(StatusCode::NO_CONTENT)
+}

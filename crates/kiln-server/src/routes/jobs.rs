@@ -1,0 +1,200 @@
+//! `/api/v1/jobs…`: submit, list, read, cancel, retry, report, delete. Every route is
+//! owner-scoped: another user's job answers 404 exactly like an unknown id.
+
+use axum::extract::State;
+use axum::http::header::{CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kiln_api::{EventView, JobView, Page, PatchJob, StatusView, SubmitJob};
+use kiln_domain::{Failure, JobId, JobState};
+use kiln_store::{Inserted, Report};
+use serde_json::Value;
+
+use crate::auth::CurrentUser;
+use crate::extract::{Json, Path, Query};
+use crate::list::ListParams;
+use crate::problem::ApiError;
+use crate::state::AppState;
+use crate::{cancel, submit, view};
+
+/// Response header set on an idempotent replay of `POST /jobs`.
+pub const REPLAYED: &str = "idempotent-replayed";
+
+/// `POST /jobs` → 202 with the job and its `Location`.
+pub async fn create(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    headers: HeaderMap,
+    Json(body): Json<SubmitJob>,
+) -> Result<Response, ApiError> {
+    let (job, opts) = submit::prepare(&state, &me.user, &headers, body)?;
+    let inserted = state.store().job_insert(job, opts).await?;
+    let replayed = matches!(inserted, Inserted::Existing(_));
+    let job = match inserted {
+        Inserted::Created(job) | Inserted::Existing(job) => job,
+    };
+    let location = format!("/api/v1/jobs/{}", job.id);
+    let mut resp = (StatusCode::ACCEPTED, Json(JobView::from(job))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, value);
+    }
+    if replayed {
+        resp.headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// `GET /jobs`: the caller's jobs.
+pub async fn list(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Page<JobView>>, ApiError> {
+    page(&state, params.into_query(Some(me.user.id))?).await
+}
+
+/// One page of a list query, as the wire shows it.
+pub async fn page(
+    state: &AppState,
+    query: kiln_store::ListQuery,
+) -> Result<Json<Page<JobView>>, ApiError> {
+    let page = state.store().job_list(&query).await?;
+    Ok(Json(Page {
+        items: page.items.into_iter().map(JobView::from).collect(),
+        next_cursor: page.next_cursor.map(|c| c.encode()),
+    }))
+}
+
+/// `GET /jobs/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = state.store().job_get(Some(me.user.id), id).await?;
+    Ok(Json(job.into()))
+}
+
+/// `GET /jobs/{id}/status`.
+pub async fn status(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<Json<StatusView>, ApiError> {
+    let job = state.store().job_get(Some(me.user.id), id).await?;
+    Ok(Json(job.into()))
+}
+
+/// `GET /jobs/{id}/events`: the state history, oldest first.
+pub async fn events(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<Json<Vec<EventView>>, ApiError> {
+    let events = state.store().event_list(Some(me.user.id), id).await?;
+    Ok(Json(events.into_iter().map(view::event).collect()))
+}
+
+/// `GET /jobs/{id}/logs` as `text/plain`.
+pub async fn logs(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<Response, ApiError> {
+    let text = state.store().log_get(Some(me.user.id), id).await?;
+    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// `POST /jobs/{id}/cancel`: 200 with the job, or 202 if a running job is still stopping.
+pub async fn cancel(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<Response, ApiError> {
+    let (job, stopping) = cancel::cancel(&state, Some(me.user.id), id).await?;
+    let status = if stopping {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(JobView::from(job))).into_response())
+}
+
+/// `POST|PUT /jobs/{id}/retry`: a failed or dead job is queued with a fresh attempt budget.
+pub async fn retry(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiError> {
+    let owner = Some(me.user.id);
+    let job = state.store().job_get(owner, id).await?;
+    let budget = state
+        .catalogue()
+        .get_by_name(&job.job_type)
+        .map(|spec| spec.policy.max_attempts)
+        .unwrap_or(1);
+    let job = state
+        .store()
+        .job_retry(owner, id, budget, state.now())
+        .await?;
+    Ok(Json(job.into()))
+}
+
+/// `PATCH /jobs/{id}`: an `external` job's state report.
+pub async fn report(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+    Json(body): Json<PatchJob>,
+) -> Result<Json<JobView>, ApiError> {
+    let report = Report {
+        state: body.state,
+        error: body.error.map(|e| failure(body.state, e)).transpose()?,
+        result: body.result,
+    };
+    let job = state
+        .store()
+        .job_report(Some(me.user.id), id, report, state.now())
+        .await?;
+    Ok(Json(job.into()))
+}
+
+/// A reported error: a message string, or `{code?, message, retryable?}`.
+fn failure(state: JobState, error: Value) -> Result<Failure, ApiError> {
+    let retryable = state == JobState::Failed;
+    match error {
+        Value::String(message) => Ok(Failure {
+            code: "external_error".to_owned(),
+            message,
+            retryable,
+        }),
+        Value::Object(map) => {
+            let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
+            let message =
+                text("message").ok_or_else(|| ApiError::invalid("error.message", "is required"))?;
+            Ok(Failure {
+                code: text("code").unwrap_or_else(|| "external_error".to_owned()),
+                message,
+                retryable: map
+                    .get("retryable")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(retryable),
+            })
+        }
+        _ => Err(ApiError::invalid(
+            "error",
+            "must be a message or {code, message}",
+        )),
+    }
+}
+
+/// `DELETE /jobs/{id}`: 204; 409 unless terminal.
+pub async fn delete(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<StatusCode, ApiError> {
+    state.store().job_delete(Some(me.user.id), id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

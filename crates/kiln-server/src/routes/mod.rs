@@ -1,0 +1,6 @@
+//! HTTP handlers, one module per area. Handlers stay thin: parse → store → map.
+
+pub mod admin;
+pub mod auth;
+pub mod jobs;
+pub mod ops;

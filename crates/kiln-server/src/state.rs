@@ -1,0 +1,91 @@
+//! [`AppState`]: what every handler shares (store, catalogue, clock, config, token cache,
+//! shutdown flag).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kiln_domain::job_type::Catalogue;
+use kiln_domain::{Clock, Timestamp};
+use kiln_store::Store;
+
+use crate::auth::throttle::LoginThrottle;
+use crate::auth::token::TokenCache;
+use crate::config::ServerConfig;
+
+/// Shared state of the HTTP API; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    catalogue: Arc<Catalogue>,
+    clock: Arc<dyn Clock>,
+    config: ServerConfig,
+    tokens: TokenCache,
+    logins: LoginThrottle,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    /// State over `store`, serving the types of `catalogue`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        catalogue: Arc<Catalogue>,
+        clock: Arc<dyn Clock>,
+        config: ServerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                catalogue,
+                clock,
+                config,
+                tokens: TokenCache::default(),
+                logins: LoginThrottle::default(),
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// From now on every request except `/healthz` is answered 503 (SPEC §6).
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`AppState::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    /// The job types.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.inner.catalogue
+    }
+
+    /// The current time from the injected clock.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// Failed-login counters.
+    pub fn logins(&self) -> &LoginThrottle {
+        &self.inner.logins
+    }
+
+    /// The bearer-token cache.
+    pub fn tokens(&self) -> &TokenCache {
+        &self.inner.tokens
+    }
+}

@@ -1,0 +1,342 @@
+//! Login, sessions, API tokens and the admin user API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use hyper::{Method, StatusCode};
+use kiln_domain::{Clock, ManualClock};
+use kiln_server::ServerConfig;
+use kiln_server::auth::throttle::MAX_FAILURES;
+use serde_json::json;
+
+use crate::helpers::{ADMIN_PASSWORD, PASSWORD, TestApp, problem};
+
+#[tokio::test]
+async fn login_returns_a_token_that_authenticates_me() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .client
+        .send_json(
+            Method::POST,
+            None,
+            "/api/v1/auth/login",
+            &json!({"username": "admin", "password": "admin-password-1"}),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let body = resp.json();
+    assert!(body["token"].as_str().unwrap().starts_with("kiln_"));
+    assert!(body["expires_at"].is_string());
+    assert_eq!(body["user"]["username"], "admin");
+    let me = app.get(body["token"].as_str().unwrap(), "/api/v1/me").await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(
+        (me.json()["username"].clone(), me.json()["role"].clone()),
+        (json!("admin"), json!("admin"))
+    );
+}
+
+#[tokio::test]
+async fn a_bad_password_or_unknown_user_is_a_401_problem() {
+    let app = TestApp::spawn().await;
+    for (user, password) in [("admin", "wrong-password"), ("nobody", "whatever-1")] {
+        let resp = app
+            .client
+            .send_json(
+                Method::POST,
+                None,
+                "/api/v1/auth/login",
+                &json!({"username": user, "password": password}),
+            )
+            .await;
+        let body = problem(&resp, 401, "unauthorized");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("wrong username or password")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_or_unknown_token_is_401_with_www_authenticate() {
+    let app = TestApp::spawn().await;
+    let none = app.client.get(None, "/api/v1/me").await;
+    problem(&none, 401, "unauthorized");
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+    let bad = app
+        .client
+        .get(Some("kiln_not-a-token"), "/api/v1/jobs")
+        .await;
+    problem(&bad, 401, "unauthorized");
+    let basic = app
+        .client
+        .request(Method::GET, "/api/v1/me")
+        .header("authorization", "Basic YWRtaW46eA==")
+        .send()
+        .await;
+    problem(&basic, 401, "unauthorized");
+}
+
+#[tokio::test]
+async fn logout_revokes_the_session_token_at_once() {
+    let app = TestApp::spawn().await;
+    let token = app.user("alice", "client").await;
+    assert_eq!(app.get(&token, "/api/v1/me").await.status, StatusCode::OK);
+    let out = app.call(Method::POST, &token, "/api/v1/auth/logout").await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    problem(&app.get(&token, "/api/v1/me").await, 401, "unauthorized");
+}
+
+#[tokio::test]
+async fn api_tokens_are_created_once_used_listed_and_deleted() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice", "client").await;
+    let created = app
+        .send(
+            Method::POST,
+            &alice,
+            "/api/v1/tokens",
+            &json!({"name": "ci", "expires_in_days": 30}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let created = created.json();
+    let secret = created["token"].as_str().unwrap().to_owned();
+    let id = created["id"].as_i64().unwrap();
+    assert!(created["expires_at"].is_string());
+
+    let me = app.get(&secret, "/api/v1/me").await;
+    assert_eq!(me.json()["username"], "alice");
+
+    let list = app.get(&alice, "/api/v1/tokens").await.json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "only API tokens are listed, not sessions");
+    assert_eq!(list[0]["name"], "ci");
+    assert!(
+        list[0].get("token").is_none(),
+        "the secret is shown only once"
+    );
+
+    let bob = app.user("bob", "client").await;
+    let not_his = app
+        .call(Method::DELETE, &bob, &format!("/api/v1/tokens/{id}"))
+        .await;
+    problem(&not_his, 404, "not_found");
+
+    let deleted = app
+        .call(Method::DELETE, &alice, &format!("/api/v1/tokens/{id}"))
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    problem(&app.get(&secret, "/api/v1/me").await, 401, "unauthorized");
+    let empty = app
+        .send(
+            Method::POST,
+            &alice,
+            "/api/v1/tokens",
+            &json!({"name": " "}),
+        )
+        .await;
+    assert_eq!(problem(&empty, 400, "invalid_request")["field"], "name");
+}
+
+#[tokio::test]
+async fn the_user_api_is_for_admins_only() {
+    let app = TestApp::spawn().await;
+    let client = app.user("carol", "client").await;
+    let operator = app.user("oscar", "operator").await;
+    for token in [&client, &operator] {
+        problem(
+            &app.get(token, "/api/v1/admin/users").await,
+            403,
+            "forbidden",
+        );
+        let create = app
+            .send(
+                Method::POST,
+                token,
+                "/api/v1/admin/users",
+                &json!({"username": "mallory", "password": PASSWORD, "role": "admin"}),
+            )
+            .await;
+        problem(&create, 403, "forbidden");
+        let patch = app
+            .send(
+                Method::PATCH,
+                token,
+                "/api/v1/admin/users/1",
+                &json!({"role": "admin"}),
+            )
+            .await;
+        problem(&patch, 403, "forbidden");
+    }
+    let users = app.get(&app.admin, "/api/v1/admin/users").await.json();
+    let names: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["admin", "carol", "oscar"]);
+}
+
+#[tokio::test]
+async fn admins_create_and_change_users() {
+    let app = TestApp::spawn().await;
+    let body = json!({"username": "dave", "password": PASSWORD});
+    let created = app
+        .send(Method::POST, &app.admin, "/api/v1/admin/users", &body)
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let dave = created.json();
+    assert_eq!(dave["role"], "client", "the default role");
+    let again = app
+        .send(Method::POST, &app.admin, "/api/v1/admin/users", &body)
+        .await;
+    problem(&again, 409, "conflict");
+    let short = app
+        .send(
+            Method::POST,
+            &app.admin,
+            "/api/v1/admin/users",
+            &json!({"username": "eve", "password": "short"}),
+        )
+        .await;
+    assert_eq!(problem(&short, 400, "invalid_request")["field"], "password");
+
+    let token = app.client.login("dave", PASSWORD).await;
+    let path = format!("/api/v1/admin/users/{}", dave["id"]);
+    let patched = app
+        .send(
+            Method::PATCH,
+            &app.admin,
+            &path,
+            &json!({"role": "operator"}),
+        )
+        .await;
+    assert_eq!(patched.json()["role"], "operator");
+    assert_eq!(
+        app.get(&token, "/api/v1/me").await.json()["role"],
+        "operator"
+    );
+
+    let changed = app
+        .send(
+            Method::PATCH,
+            &app.admin,
+            &path,
+            &json!({"password": "new-password-9"}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text());
+    let token = app.client.login("dave", "new-password-9").await;
+
+    app.send(Method::PATCH, &app.admin, &path, &json!({"disabled": true}))
+        .await;
+    problem(&app.get(&token, "/api/v1/me").await, 401, "unauthorized");
+    let login = app
+        .client
+        .send_json(
+            Method::POST,
+            None,
+            "/api/v1/auth/login",
+            &json!({"username": "dave", "password": "new-password-9"}),
+        )
+        .await;
+    problem(&login, 401, "unauthorized");
+    let missing = app
+        .send(
+            Method::PATCH,
+            &app.admin,
+            "/api/v1/admin/users/999",
+            &json!({"disabled": true}),
+        )
+        .await;
+    problem(&missing, 404, "not_found");
+}
+
+#[tokio::test]
+async fn a_session_token_expires_after_the_session_ttl() {
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let config = ServerConfig {
+        session_ttl: Duration::from_secs(3600),
+        ..ServerConfig::default()
+    };
+    let app = TestApp::spawn_with_clock(config, clock.clone()).await;
+    let login = app
+        .client
+        .send_json(
+            Method::POST,
+            None,
+            "/api/v1/auth/login",
+            &json!({"username": "admin", "password": ADMIN_PASSWORD}),
+        )
+        .await
+        .json();
+    let expires = chrono::DateTime::parse_from_rfc3339(login["expires_at"].as_str().unwrap())
+        .unwrap()
+        .to_utc();
+    assert_eq!(expires, clock.now() + TimeDelta::hours(1));
+    let token = login["token"].as_str().unwrap();
+    assert_eq!(app.get(token, "/api/v1/me").await.status, StatusCode::OK);
+    clock.advance(TimeDelta::hours(1) + TimeDelta::seconds(1));
+    problem(&app.get(token, "/api/v1/me").await, 401, "unauthorized");
+}
+
+#[tokio::test]
+async fn too_many_failed_logins_are_throttled_with_retry_after() {
+    let app = TestApp::spawn().await;
+    let body = json!({"username": "admin", "password": "not-the-password"});
+    for _ in 0..MAX_FAILURES {
+        let resp = app
+            .client
+            .send_json(Method::POST, None, "/api/v1/auth/login", &body)
+            .await;
+        problem(&resp, 401, "unauthorized");
+    }
+    let good = json!({"username": "admin", "password": ADMIN_PASSWORD});
+    let resp = app
+        .client
+        .send_json(Method::POST, None, "/api/v1/auth/login", &good)
+        .await;
+    problem(&resp, 429, "too_many_logins");
+    let wait: u64 = resp.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait > 0 && wait <= 300, "{wait}");
+    // Tokens issued before keep working; other users can still log in.
+    assert_eq!(
+        app.get(&app.admin, "/api/v1/me").await.status,
+        StatusCode::OK
+    );
+    app.user("zed", "client").await;
+}
+
+#[tokio::test]
+async fn ensure_admin_generates_a_password_once_on_an_empty_store() {
+    let db = kiln_testkit::TempSqlite::new();
+    let now = chrono::Utc::now();
+    let generated = kiln_server::ensure_admin(db.store.as_ref(), None, now)
+        .await
+        .unwrap()
+        .expect("a generated password");
+    assert!(generated.len() >= 16);
+    let again = kiln_server::ensure_admin(db.store.as_ref(), None, now).await;
+    assert_eq!(again.unwrap(), None, "users exist: nothing to do");
+    let record = kiln_store::Store::user_by_name(db.store.as_ref(), "admin")
+        .await
+        .unwrap()
+        .expect("admin exists");
+    assert_eq!(record.user.role, kiln_domain::Role::Admin);
+    assert!(kiln_server::auth::password::verify(
+        &generated,
+        &record.password_hash
+    ));
+    let short = kiln_server::ensure_admin(
+        kiln_testkit::TempSqlite::new().store.as_ref(),
+        Some("short"),
+        now,
+    )
+    .await;
+    assert!(short.is_err(), "a too-short configured password is refused");
+}

@@ -1,0 +1,12 @@
+//! The HTTP API over a real socket and a real SQLite store (one test binary).
+//!
+//! No worker runs here: jobs stay where the test puts them (see `helpers::TestApp::run`).
+
+// Tests may unwrap: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod errors;
+mod helpers;
+mod jobs;
+mod ops;
