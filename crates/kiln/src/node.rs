@@ -122,7 +122,20 @@ fn worker_config(v: &Validated) -> WorkerConfig {
         heartbeat_interval: v.config.lease / 3,
         retention: v.config.retention,
         max_jobs: v.config.max_jobs,
+        artifact_dir: artifact_dir(&v.config.database_url, &v.node_id),
         ..WorkerConfig::default()
+    }
+}
+
+/// Artifacts live beside the SQLite file (`<its dir>/artifacts`); an in-memory or remote
+/// database keeps them in the system temp dir, per node.
+fn artifact_dir(database_url: &str, node_id: &str) -> std::path::PathBuf {
+    match kiln_store::sqlite::parse_database_url(database_url) {
+        Some(kiln_store::sqlite::SqlitePath::File(db)) => db
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("artifacts"),
+        _ => std::env::temp_dir().join(format!("kiln-artifacts-{node_id}")),
     }
 }
 
