@@ -28,16 +28,19 @@ pub enum JobType {
     Primes,
     /// The product of two seeded random `n`×`n` matrices (n at most 4096).
     MatrixMultiply,
+    /// Generates a seeded CSV data set and aggregates it (sum, mean or per group).
+    CsvAggregate,
 }
 
 impl JobType {
     /// Every type, in catalogue order.
-    pub const ALL: [JobType; 5] = [
+    pub const ALL: [JobType; 6] = [
         JobType::Echo,
         JobType::Sleep,
         JobType::External,
         JobType::Primes,
         JobType::MatrixMultiply,
+        JobType::CsvAggregate,
     ];
 
     /// The snake_case name.
@@ -48,6 +51,7 @@ impl JobType {
             JobType::External => "external",
             JobType::Primes => "primes",
             JobType::MatrixMultiply => "matrix_multiply",
+            JobType::CsvAggregate => "csv_aggregate",
         }
     }
 
@@ -64,6 +68,7 @@ impl JobType {
             JobType::External => parse_payload::<ExternalPayload>(payload).map(drop),
             JobType::Primes => parse_payload::<PrimesPayload>(payload).map(drop),
             JobType::MatrixMultiply => parse_payload::<MatrixPayload>(payload).map(drop),
+            JobType::CsvAggregate => parse_payload::<CsvPayload>(payload).map(drop),
         }
     }
 
@@ -109,6 +114,21 @@ impl JobType {
                     },
                 }),
             ),
+            JobType::CsvAggregate => (
+                "Generates a seeded CSV (id, group, value, timestamp), keeps it as the artifact `data.csv`, then parses and aggregates it.",
+                json!({
+                    "type": "object",
+                    "required": ["rows", "groups", "operation"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "rows": {"type": "integer", "minimum": 1, "maximum": CsvPayload::MAX_ROWS},
+                        "groups": {"type": "integer", "minimum": 1, "maximum": CsvPayload::MAX_GROUPS},
+                        "operation": {"type": "string", "enum": ["mean", "sum", "group_by"]},
+                        "column": {"type": "string", "enum": ["value", "id", "timestamp"], "description": "the column aggregated (default value)"},
+                        "seed": {"type": "integer", "minimum": 0, "description": "same seed, same data (default 0)"},
+                    },
+                }),
+            ),
         }
     }
 
@@ -134,7 +154,7 @@ impl JobType {
                 timeout_ms: 0,
                 backoff,
             },
-            JobType::Primes | JobType::MatrixMultiply => Policy {
+            JobType::Primes | JobType::MatrixMultiply | JobType::CsvAggregate => Policy {
                 max_attempts: 2,
                 timeout_ms: 300_000,
                 backoff,
@@ -212,6 +232,79 @@ impl Bounded for MatrixPayload {
     fn check(&self) -> Result<(), Invalid> {
         if self.n == 0 || self.n > Self::MAX_N {
             return Err(Invalid::new("payload.n", "must be 1-4096"));
+        }
+        Ok(())
+    }
+}
+
+/// What `csv_aggregate` computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CsvOperation {
+    /// The mean of the column.
+    Mean,
+    /// The sum of the column.
+    Sum,
+    /// Count, sum, mean, min and max of the column per group.
+    GroupBy,
+}
+
+/// The numeric columns of the generated data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CsvColumn {
+    /// The row number.
+    Id,
+    /// A value in [0, 1000) with three decimals.
+    #[default]
+    Value,
+    /// Unix seconds.
+    Timestamp,
+}
+
+impl CsvColumn {
+    /// The column's header name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CsvColumn::Id => "id",
+            CsvColumn::Value => "value",
+            CsvColumn::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// Payload of `csv_aggregate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvPayload {
+    /// Rows to generate, 1..=10,000,000.
+    pub rows: u64,
+    /// Distinct groups, 1..=10,000.
+    pub groups: u32,
+    /// What to compute.
+    pub operation: CsvOperation,
+    /// The column aggregated (default `value`).
+    #[serde(default)]
+    pub column: CsvColumn,
+    /// Seed of the data (default 0).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl CsvPayload {
+    /// Ten million.
+    pub const MAX_ROWS: u64 = 10_000_000;
+    /// Ten thousand.
+    pub const MAX_GROUPS: u32 = 10_000;
+}
+
+impl Bounded for CsvPayload {
+    fn check(&self) -> Result<(), Invalid> {
+        if self.rows == 0 || self.rows > Self::MAX_ROWS {
+            return Err(Invalid::new("payload.rows", "must be 1-10000000"));
+        }
+        if self.groups == 0 || self.groups > Self::MAX_GROUPS {
+            return Err(Invalid::new("payload.groups", "must be 1-10000"));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use kiln_kernels::cpu::Check;
+use kiln_kernels::csv_aggregate;
 use kiln_kernels::matrix::{generate, multiply};
 use kiln_kernels::primes::first_primes;
 
@@ -67,6 +68,46 @@ fn main() {
             });
         }
     }
+    let rows = 10_000_000u64;
+    let dir = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let csv = dir.join("data.csv");
+    let name = format!("csv_aggregate generate {rows} rows");
+    if wanted(&name) || wanted("csv_aggregate parse") {
+        bench(&name, runs, || {
+            let file = std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(&csv).expect("csv"),
+            );
+            let start = Instant::now();
+            let bytes =
+                csv_aggregate::generate(file, rows, 10_000, 1, &Check::detached(), (0.0, 1.0))
+                    .expect("generate");
+            let s = start.elapsed().as_secs_f64();
+            format!("{:.1} M rows/s, {} MB", rows as f64 / s / 1e6, bytes >> 20)
+        });
+    }
+    let name = format!("csv_aggregate parse + group_by {rows} rows");
+    if wanted(&name) {
+        bench(&name, runs, || {
+            let start = Instant::now();
+            let agg = csv_aggregate::aggregate(
+                &csv,
+                "value",
+                Some("group"),
+                &Check::detached(),
+                (0.0, 1.0),
+            )
+            .expect("aggregate");
+            let s = start.elapsed().as_secs_f64();
+            format!(
+                "{:.1} M rows/s, {} groups",
+                agg.rows as f64 / s / 1e6,
+                agg.groups.len()
+            )
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     for n in [10_000_000u64, 50_000_000] {
         let name = format!("primes n={n}");
         if wanted(&name) {

@@ -3,7 +3,7 @@
 //! # Layout
 //! - this file: [`Kernel`], [`JobContext`] (cancel token, progress and log sinks),
 //!   [`KernelError`] and the [`Registry`] that maps each executed [`JobType`] to its kernel.
-//! - [`echo`], [`sleep`], [`primes`], [`matrix`]: the built-in kernels.
+//! - [`echo`], [`sleep`], [`primes`], [`matrix`], [`csv_aggregate`]: the built-in kernels.
 //! - [`cpu`]: the CPU pool compute kernels run on, and their cancel/progress [`cpu::Check`].
 //!
 //! A kernel knows nothing of leases, retries or storage: it gets a validated payload and
@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+pub mod csv_aggregate;
 pub mod echo;
 pub mod matrix;
 pub mod primes;
@@ -214,6 +215,7 @@ impl Default for Registry {
         registry.register(Arc::new(sleep::Sleep));
         registry.register(Arc::new(primes::Primes));
         registry.register(Arc::new(matrix::MatrixMultiply));
+        registry.register(Arc::new(csv_aggregate::CsvAggregate));
         registry
     }
 }
