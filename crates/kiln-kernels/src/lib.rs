@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod csv_aggregate;
 pub mod echo;
 pub mod matrix;
+pub mod npy;
 pub mod primes;
 pub mod sleep;
 

@@ -7,6 +7,7 @@
 //! milliseconds), so the cancel token is checked and progress reported between panels while
 //! each panel still runs at full speed on every core.
 
+use std::io::{BufWriter, Write};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -19,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cpu::{self, Check};
-use crate::{Classify, JobContext, Kernel, KernelError};
+use crate::{Classify, JobContext, Kernel, KernelError, npy};
 
 /// Floating-point work per panel: about 20 ms on two cores.
 const PANEL_FLOP: f64 = 4e9;
@@ -60,7 +61,17 @@ impl Kernel for MatrixMultiply {
     async fn run(&self, ctx: JobContext) -> Result<Value, KernelError> {
         let MatrixPayload { n, seed } = payload(&ctx.payload).permanent("invalid_input")?;
         let check = Check::new(&ctx);
-        let summary = cpu::run(move || compute(n as usize, seed, &check)).await??;
+        let (_, file) = ctx
+            .artifacts
+            .create("product.npy")
+            .retryable("artifact_write")?;
+        let summary = cpu::run(move || {
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            let summary = compute(n as usize, seed, &check, &mut out)?;
+            out.flush().retryable("artifact_write")?;
+            Ok::<_, KernelError>(summary)
+        })
+        .await??;
         ctx.log.line(format!(
             "n = {}: generated in {:.1} ms, multiplied in {:.1} ms ({:.1} GFLOP/s on {} threads)",
             summary.n, summary.generate_ms, summary.elapsed_ms, summary.gflops, summary.threads
@@ -69,8 +80,14 @@ impl Kernel for MatrixMultiply {
     }
 }
 
-/// Generates both inputs, multiplies them and summarises the product.
-pub fn compute(n: usize, seed: u64, check: &Check) -> Result<Summary, KernelError> {
+/// Generates both inputs, multiplies them, writes the product to `out` as `.npy`
+/// (column-major, as faer stores it) and summarises it.
+pub fn compute(
+    n: usize,
+    seed: u64,
+    check: &Check,
+    out: &mut impl Write,
+) -> Result<Summary, KernelError> {
     let started = Instant::now();
     let a = generate(n, seed, 0);
     let b = generate(n, seed, 1);
@@ -80,6 +97,8 @@ pub fn compute(n: usize, seed: u64, check: &Check) -> Result<Summary, KernelErro
     let c = multiply(a.as_ref(), b.as_ref(), check)?;
     let elapsed = started.elapsed().as_secs_f64();
     let (checksum, trace, frobenius) = summarise(c.as_ref());
+    check.stopped()?;
+    write_npy(c.as_ref(), out).retryable("artifact_write")?;
     Ok(Summary {
         n,
         seed,
@@ -144,6 +163,15 @@ pub fn multiply(
         check.progress(col as f32 / n as f32);
     }
     Ok(c)
+}
+
+/// Writes `c` as a Fortran-ordered `<f8` `.npy` array.
+pub fn write_npy(c: MatRef<'_, f64>, out: &mut impl Write) -> std::io::Result<()> {
+    out.write_all(&npy::header("<f8", true, &[c.nrows(), c.ncols()]))?;
+    for j in 0..c.ncols() {
+        npy::write_f64(out, c.col(j).iter().copied())?;
+    }
+    Ok(())
 }
 
 /// (sum of all elements, trace, Frobenius norm).
@@ -220,7 +248,8 @@ mod tests {
 
     #[test]
     fn the_summary_is_consistent() {
-        let s = compute(64, 3, &Check::detached()).unwrap();
+        let mut npy_bytes = Vec::new();
+        let s = compute(64, 3, &Check::detached(), &mut npy_bytes).unwrap();
         let (a, b) = (generate(64, 3, 0), generate(64, 3, 1));
         let expected = naive(a.as_ref(), b.as_ref());
         let trace: f64 = (0..64).map(|i| expected[i][i]).sum();
@@ -228,12 +257,23 @@ mod tests {
         assert!((s.trace - trace).abs() < 1e-9);
         assert!((s.frobenius - frob).abs() < 1e-9);
         assert!(s.gflops > 0.0);
+        // The artifact: header, then C column by column.
+        let header = npy::header("<f8", true, &[64, 64]);
+        assert_eq!(npy_bytes.len(), header.len() + 64 * 64 * 8);
+        let at = |i: usize, j: usize| {
+            let k = header.len() + (j * 64 + i) * 8;
+            f64::from_le_bytes(npy_bytes[k..k + 8].try_into().unwrap())
+        };
+        for (i, j) in [(0, 0), (5, 17), (63, 1), (63, 63)] {
+            assert!((at(i, j) - expected[i][j]).abs() < 1e-9, "({i},{j})");
+        }
     }
 
     #[tokio::test]
     async fn a_cancel_stops_a_large_product_between_panels() {
         let (ctx, _log) = crate::test_context(serde_json::json!({"n": 4096}));
         let cancel = ctx.cancel.clone();
+        let artifacts = ctx.artifacts.clone();
         let progress = ctx.progress.clone();
         let run = tokio::spawn(async move { MatrixMultiply.run(ctx).await });
         crate::tests::wait_for_progress(&progress).await;
@@ -242,6 +282,7 @@ mod tests {
         let result = run.await.unwrap();
         assert!(matches!(result, Err(KernelError::Cancelled)), "{result:?}");
         assert!(progress.get() < 1.0);
+        artifacts.reset().unwrap();
         // Generous bound for a loaded test machine; the benchmark records the real figure.
         assert!(asked.elapsed() < std::time::Duration::from_secs(2));
     }

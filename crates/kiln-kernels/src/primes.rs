@@ -7,6 +7,7 @@
 //! Written here rather than taken from a crate because it must stream primes in order into
 //! a sink and stop mid-way on cancel, which the sieve crates' APIs do not offer.
 
+use std::io::{BufWriter, Write};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cpu::{self, Check};
-use crate::{Classify, JobContext, Kernel, KernelError};
+use crate::{Classify, JobContext, Kernel, KernelError, npy};
 
 /// Odd numbers per segment: 128 KiB of flags, well inside one core's L2 cache.
 const SEGMENT: usize = 128 * 1024;
@@ -55,8 +56,22 @@ impl Kernel for Primes {
     async fn run(&self, ctx: JobContext) -> Result<Value, KernelError> {
         let PrimesPayload { n } = payload(&ctx.payload).permanent("invalid_input")?;
         let check = Check::new(&ctx);
+        let (_, file) = ctx
+            .artifacts
+            .create("primes.npy")
+            .retryable("artifact_write")?;
         let started = Instant::now();
-        let summary = cpu::run(move || first_primes(n, &check, |_| Ok(()))).await??;
+        let summary = cpu::run(move || {
+            // The list goes to disk segment by segment, never into one big vector.
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            let len = usize::try_from(n).unwrap_or(usize::MAX);
+            out.write_all(&npy::header("<u4", false, &[len]))
+                .retryable("artifact_write")?;
+            let summary = first_primes(n, &check, |chunk| npy::write_u32(&mut out, chunk))?;
+            out.flush().retryable("artifact_write")?;
+            Ok::<_, KernelError>(summary)
+        })
+        .await??;
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         ctx.log.line(format!(
             "sieved {} primes up to {} in {elapsed_ms:.1} ms",
@@ -64,6 +79,7 @@ impl Kernel for Primes {
         ));
         let mut value = serde_json::to_value(&summary).permanent("internal")?;
         value["elapsed_ms"] = Value::from(elapsed_ms);
+        value["artifact"] = Value::from("primes.npy");
         Ok(value)
     }
 }
@@ -382,6 +398,7 @@ mod tests {
     async fn the_kernel_reports_rising_progress_and_stops_on_cancel() {
         let (ctx, _log) = crate::test_context(serde_json::json!({"n": 50_000_000}));
         let (cancel, progress) = (ctx.cancel.clone(), ctx.progress.clone());
+        let artifacts = ctx.artifacts.clone();
         let run = tokio::spawn(async move { Primes.run(ctx).await });
         let mut seen = Vec::new();
         while seen.len() < 5 {
@@ -399,15 +416,25 @@ mod tests {
         assert!(matches!(result, Err(KernelError::Cancelled)), "{result:?}");
         // Generous bound for a loaded test machine; the benchmark records the real figure.
         assert!(asked.elapsed() < std::time::Duration::from_secs(1));
+        artifacts.reset().unwrap();
     }
 
     #[tokio::test]
     async fn the_kernel_returns_the_summary_with_full_progress() {
         let (ctx, _log) = crate::test_context(serde_json::json!({"n": 100_000}));
         let progress = ctx.progress.clone();
+        let artifacts = ctx.artifacts.clone();
         let value = Primes.run(ctx).await.unwrap();
         assert_eq!(value["count"], 100_000);
         assert_eq!(value["nth"], 1_299_709);
         assert_eq!(progress.get(), 1.0);
+        let bytes = std::fs::read(artifacts.dir().join("primes.npy")).unwrap();
+        let header = crate::npy::header("<u4", false, &[100_000]);
+        assert_eq!(&bytes[..header.len()], &header[..]);
+        let (_, expected) = primes(100_000);
+        let mut data = Vec::new();
+        crate::npy::write_u32(&mut data, &expected).unwrap();
+        assert_eq!(&bytes[header.len()..], &data[..]);
+        artifacts.reset().unwrap();
     }
 }

@@ -25,6 +25,7 @@ impl Kernel for Sleep {
 
     async fn run(&self, ctx: JobContext) -> Result<Value, KernelError> {
         let SleepPayload { ms } = payload(&ctx.payload).permanent("invalid_input")?;
+        ctx.log.line(format!("sleeping {ms} ms"));
         let total = Duration::from_millis(ms);
         let start = Instant::now();
         let end = start + total;
