@@ -17,7 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 
 use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate};
-use crate::routes::{admin, auth, jobs, ops};
+use crate::routes::{admin, artifacts, auth, jobs, ops};
 use crate::state::AppState;
 
 /// The whole HTTP API with `state` applied.
@@ -66,6 +66,8 @@ fn api() -> Router<AppState> {
         .route("/jobs/{id}/status", get(jobs::status))
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/jobs/{id}/logs", get(jobs::logs))
+        .route("/jobs/{id}/artifacts", get(artifacts::list))
+        .route("/jobs/{id}/artifacts/{name}", get(artifacts::download))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/retry", post(jobs::retry).put(jobs::retry))
         .route("/job-types", get(ops::job_types))

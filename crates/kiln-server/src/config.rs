@@ -18,6 +18,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Origins allowed by CORS; empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
+    /// Where the worker writes job artifacts (`<dir>/<job id>/<name>`); `None`: no artifacts.
+    pub artifact_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -29,6 +31,7 @@ impl Default for ServerConfig {
             cancel_wait: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
+            artifact_dir: None,
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use kiln_domain::{Failure, Lease};
-use kiln_store::LeaseFilter;
+use kiln_store::{LeaseFilter, StoreError};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 use tokio_util::sync::CancellationToken;
 
@@ -103,7 +103,32 @@ async fn prune(shared: &Shared) {
         - chrono::TimeDelta::from_std(shared.config.retention).unwrap_or(chrono::TimeDelta::MAX);
     match shared.store.job_prune(cutoff, shared.config.max_jobs).await {
         Ok(0) => {}
-        Ok(pruned) => tracing::info!(pruned, "pruned old terminal jobs"),
+        Ok(pruned) => {
+            tracing::info!(pruned, "pruned old terminal jobs");
+            sweep_artifacts(shared).await;
+        }
         Err(e) => tracing::warn!(error = %e, "pruning failed"),
+    }
+}
+
+/// Removes the artifact directories of jobs that no longer exist (pruned).
+async fn sweep_artifacts(shared: &Shared) {
+    let Ok(mut entries) = tokio::fs::read_dir(&shared.config.artifact_dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| uuid::Uuid::try_parse(n).ok())
+            .map(kiln_domain::JobId)
+        else {
+            continue;
+        };
+        if let Err(StoreError::NotFound) = shared.store.job_get(None, id).await
+            && let Err(e) = tokio::fs::remove_dir_all(entry.path()).await
+        {
+            tracing::warn!(job_id = %id, error = %e, "cannot remove a pruned job's artifacts");
+        }
     }
 }

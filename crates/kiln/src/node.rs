@@ -144,6 +144,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         max_queued: v.config.max_queued,
         session_ttl: v.config.session_ttl,
         cors_origins: v.config.cors_origins.clone(),
+        artifact_dir: Some(artifact_dir(&v.config.database_url, &v.node_id)),
         ..ServerConfig::default()
     }
 }

@@ -196,5 +196,6 @@ pub async fn delete(
     Path(id): Path<JobId>,
 ) -> Result<StatusCode, ApiError> {
     state.store().job_delete(Some(me.user.id), id).await?;
+    super::artifacts::remove(&state, id).await;
     Ok(StatusCode::NO_CONTENT)
 }

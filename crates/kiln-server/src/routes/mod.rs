@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per area. Handlers stay thin: parse → store → map.
 
 pub mod admin;
+pub mod artifacts;
 pub mod auth;
 pub mod jobs;
 pub mod ops;
