@@ -6,7 +6,7 @@
 //!   added** (see the `contract!` invocations at the bottom of this file).
 //! - [`helpers`]: fixed timestamps, users, jobs and claim requests in one line.
 //! - the check modules ([`users`], [`submit`], [`list`], [`claim`], [`lease`],
-//!   [`client`], [`maintenance`]): each check is an `async fn(Arc<dyn Store>)` that panics
+//!   [`client`], [`maintenance`], [`races`]): each check is an `async fn(Arc<dyn Store>)` that panics
 //!   on a broken rule.
 //!
 //! The store never reads a clock: every check passes explicit timestamps, so nothing sleeps.
@@ -19,6 +19,7 @@ mod helpers;
 mod lease;
 mod list;
 mod maintenance;
+mod races;
 mod submit;
 mod users;
 
@@ -77,6 +78,10 @@ macro_rules! contract {
             maintenance::prune_by_age_and_keep_max_spares_non_terminal_jobs,
             maintenance::stats_count_jobs_per_state,
             maintenance::subscribe_hears_job_available_and_changed,
+            races::concurrent_idempotent_inserts_create_one_job,
+            races::concurrent_inserts_respect_max_queued,
+            races::concurrent_completions_of_one_attempt_succeed_once,
+            races::claims_racing_cancels_leave_consistent_jobs,
         );
     };
     (@tests $backend:ident; $($module:ident :: $check:ident),* $(,)?) => {
