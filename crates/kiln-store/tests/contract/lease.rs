@@ -346,6 +346,28 @@ pub async fn lease_find_expired_and_by_node(store: Arc<dyn Store>) {
             .is_empty()
     );
 
+    // An external job reported running has no lease for anyone to rescue.
+    let ext = insert(&store, alice, sub("external"), at(0)).await;
+    store
+        .job_report(
+            None,
+            ext.id,
+            kiln_store::Report {
+                state: JobState::Running,
+                result: None,
+                error: None,
+            },
+            at(5),
+        )
+        .await
+        .unwrap();
+    let expired = store
+        .lease_find(LeaseFilter::ExpiredAt(at(10_000_000)))
+        .await
+        .unwrap();
+    assert!(expired.iter().all(|l| l.job_id != ext.id), "{expired:?}");
+    assert_eq!(expired.len(), 3);
+
     // Finished jobs hold no lease.
     store
         .job_complete(&lease_of(&a), Outcome::Succeeded(json!(null)), at(20))

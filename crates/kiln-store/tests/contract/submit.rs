@@ -211,10 +211,24 @@ pub async fn max_queued_refuses_with_queue_full(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
-    store
-        .job_insert(new_job(sub("echo"), alice, at(6)), cap(2))
+    let keyed = InsertOptions {
+        max_queued: Some(2),
+        ..key("k", 1)
+    };
+    let replayed = store
+        .job_insert(new_job(sub("echo"), alice, at(6)), keyed.clone())
         .await
         .expect("room again once a job finished");
+    assert!(matches!(replayed, Inserted::Created(_)));
+    // Full again; a replay of a request already accepted still finds its job.
+    let again = store
+        .job_insert(new_job(sub("echo"), alice, at(7)), keyed)
+        .await
+        .expect("a replay is not refused by a full queue");
+    assert!(
+        matches!(&again, Inserted::Existing(j) if j.id == replayed.job().id),
+        "{again:?}"
+    );
 }
 
 pub async fn other_owner_sees_not_found_everywhere(store: Arc<dyn Store>) {
