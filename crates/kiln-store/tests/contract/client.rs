@@ -521,3 +521,53 @@ pub async fn log_is_bounded_with_a_drop_marker(store: Arc<dyn Store>) {
     assert_eq!(kept, want);
     assert!(kept.len() <= LOG_LIMIT);
 }
+
+/// Splits a bounded log into (bytes dropped, text kept), checking the marker's shape.
+fn split_marker(log: &str) -> (usize, &str) {
+    match log.split_once('\n') {
+        Some((first, rest)) if first.starts_with("[... ") => {
+            let n = first
+                .strip_prefix("[... ")
+                .and_then(|r| r.strip_suffix(" bytes dropped ...]"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a malformed drop marker: {first:?}"));
+            (n, rest)
+        }
+        _ => (0, log),
+    }
+}
+
+pub async fn log_keeps_a_suffix_of_at_most_the_limit_whatever_is_appended(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let job = echo(&store, alice, at(0)).await;
+    let mut full = String::new();
+    // Multi-byte text, a line longer than the limit, many small lines, empty appends.
+    let pieces: Vec<String> = vec![
+        "é".repeat(600),
+        "\nnext\n".to_owned(),
+        "a\n".repeat(300),
+        String::new(),
+        "日本語のログ\n".repeat(40),
+        "x".repeat(LOG_LIMIT + 1),
+        "tail\n".to_owned(),
+    ];
+    for (i, piece) in pieces.iter().enumerate() {
+        store.log_append(job.id, piece, at(i as i64)).await.unwrap();
+        full.push_str(piece);
+        let log = store.log_get(Some(alice), job.id).await.unwrap();
+        let (dropped, kept) = split_marker(&log);
+        assert!(
+            kept.len() <= LOG_LIMIT,
+            "piece {i}: kept {} bytes",
+            kept.len()
+        );
+        assert!(
+            full.ends_with(kept),
+            "piece {i}: kept text is not the log's tail"
+        );
+        assert_eq!(dropped + kept.len(), full.len(), "piece {i}: marker total");
+        assert!(!kept.is_empty(), "piece {i}: something recent is kept");
+    }
+    let log = store.log_get(None, job.id).await.unwrap();
+    assert!(log.ends_with("tail\n"), "{log:?}");
+}

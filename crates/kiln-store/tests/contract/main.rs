@@ -74,6 +74,7 @@ macro_rules! contract {
             client::every_transition_appends_exactly_one_event,
             client::log_append_and_get,
             client::log_is_bounded_with_a_drop_marker,
+            client::log_keeps_a_suffix_of_at_most_the_limit_whatever_is_appended,
             maintenance::promote_due_and_next_due,
             maintenance::prune_by_age_and_keep_max_spares_non_terminal_jobs,
             maintenance::stats_count_jobs_per_state,
