@@ -78,6 +78,8 @@ macro_rules! contract {
             maintenance::promote_due_and_next_due,
             maintenance::prune_by_age_and_keep_max_spares_non_terminal_jobs,
             maintenance::stats_count_jobs_per_state,
+            maintenance::promote_and_prune_work_past_any_internal_chunk_size,
+            maintenance::prune_by_age_and_count_in_one_call,
             maintenance::subscribe_hears_job_available_and_changed,
             races::concurrent_idempotent_inserts_create_one_job,
             races::concurrent_inserts_respect_max_queued,

@@ -296,3 +296,93 @@ pub async fn subscribe_hears_job_available_and_changed(store: Arc<dyn Store>) {
     assert_eq!(got, want);
     assert!(rx.try_recv().is_err(), "no further signals");
 }
+
+/// Inserts `n` jobs from `sub()` concurrently (a backend may batch them) at `now`.
+async fn insert_many(
+    store: &Arc<dyn Store>,
+    owner: kiln_domain::UserId,
+    n: usize,
+    sub: fn() -> kiln_domain::job::Submission,
+    now: kiln_domain::Timestamp,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let store = Arc::clone(store);
+        set.spawn(async move { insert(&store, owner, sub(), now).await });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("insert task");
+    }
+}
+
+pub async fn promote_and_prune_work_past_any_internal_chunk_size(store: Arc<dyn Store>) {
+    const N: usize = 2_500;
+    let alice = user(&store, "alice").await;
+    insert_many(
+        &store,
+        alice,
+        N,
+        || {
+            let mut s = sub("echo");
+            s.delay_ms = Some(1_000);
+            s
+        },
+        at(0),
+    )
+    .await;
+    assert_eq!(store.job_promote_due(at(1_000)).await.unwrap(), N as u64);
+    assert_eq!(store.job_next_due().await.unwrap(), None);
+    let stats = store.job_stats().await.unwrap();
+    assert_eq!(count(&stats, JobState::Queued), N as u64);
+    assert_eq!(count(&stats, JobState::Scheduled), 0);
+
+    // Finish them all: cancelling a queued job is terminal at once.
+    let page = kiln_store::ListQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let mut query = page.clone();
+    loop {
+        let got = store.job_list(&query).await.unwrap();
+        for job in &got.items {
+            store.job_cancel(None, job.id, at(2_000)).await.unwrap();
+        }
+        match got.next_cursor {
+            Some(c) => query.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        count(&store.job_stats().await.unwrap(), JobState::Cancelled),
+        N as u64
+    );
+    insert_many(&store, alice, 3, || sub("echo"), at(3_000)).await;
+
+    assert_eq!(
+        store.job_prune(at(0), Some(100)).await.unwrap(),
+        (N - 100) as u64
+    );
+    let stats = store.job_stats().await.unwrap();
+    assert_eq!(count(&stats, JobState::Cancelled), 100);
+    assert_eq!(count(&stats, JobState::Queued), 3);
+    assert_eq!(store.job_prune(at(2_001), None).await.unwrap(), 100);
+    let stats = store.job_stats().await.unwrap();
+    assert_eq!(count(&stats, JobState::Cancelled), 0);
+    assert_eq!(count(&stats, JobState::Queued), 3);
+    assert_eq!(stats.total_submitted, N as u64 + 3);
+}
+
+pub async fn prune_by_age_and_count_in_one_call(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let mut done = Vec::new();
+    for i in 1..=5_i64 {
+        let job = echo(&store, alice, at(0)).await;
+        store.job_cancel(None, job.id, at(i * 1_000)).await.unwrap();
+        done.push(job.id);
+    }
+    // Two are older than 2500; of the other three, the oldest is beyond the newest two.
+    assert_eq!(store.job_prune(at(2_500), Some(2)).await.unwrap(), 3);
+    for (i, id) in done.iter().enumerate() {
+        assert_eq!(store.job_get(None, *id).await.is_ok(), i >= 3, "job {i}");
+    }
+}
