@@ -35,3 +35,39 @@ pub mod sqlite {
         Some((store, Box::new(dir)))
     }
 }
+
+/// Backend-specific facts the contract checks rely on (not part of the contract itself).
+mod sqlite_setup {
+    use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
+    use kiln_store::{NewUser, Store};
+
+    /// The suite's SQLite store is a real file in WAL mode, so readers and the writer run on
+    /// separate connections as in production.
+    #[tokio::test]
+    async fn sqlite_suite_store_is_a_wal_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        let store = SqliteStore::open(SqliteOptions {
+            path: SqlitePath::File(path.clone()),
+            ..SqliteOptions::default()
+        })
+        .unwrap();
+        store
+            .user_insert(
+                NewUser {
+                    username: "wal".to_owned(),
+                    password_hash: "x".to_owned(),
+                    role: kiln_domain::Role::Client,
+                },
+                crate::helpers::at(0),
+            )
+            .await
+            .unwrap();
+        assert!(path.exists());
+        assert!(
+            dir.path().join("kiln.db-wal").exists(),
+            "a -wal file beside the database"
+        );
+        assert_eq!(store.user_count().await.unwrap(), 1);
+    }
+}
