@@ -388,3 +388,57 @@ pub async fn lease_find_expired_and_by_node(store: Arc<dyn Store>) {
         vec![lease_of(&c)]
     );
 }
+
+pub async fn retryable_failure_after_a_cancel_request_cancels_the_job(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let job = echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(1)).await;
+    let (_, step) = store.job_cancel(Some(alice), job.id, at(2)).await.unwrap();
+    assert_eq!(step, kiln_domain::Step::CancelRequested);
+    // The attempt fails retryably before it noticed the cancel request.
+    let failure = Failure::retryable("io", "interrupted");
+    let ended = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Failed {
+                failure: failure.clone(),
+                retry_at: Some(at(10)),
+            },
+            at(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.state, JobState::Cancelled, "the cancel request wins");
+    assert_eq!(ended.finished_at, Some(at(3)));
+    assert_eq!(ended.error, Some(failure));
+    assert_eq!(get(&store, job.id).await, ended);
+    let last = store.event_list(None, job.id).await.unwrap().pop().unwrap();
+    assert_eq!((last.state, last.at), (JobState::Cancelled, at(3)));
+    // Nothing runs it again.
+    assert_eq!(store.job_next_due().await.unwrap(), None);
+    assert!(
+        store
+            .job_claim(&claim_req("n2", 10, at(100)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Without a cancel request the same failure is an ordinary retry.
+    let other = echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(200)).await;
+    assert_eq!(running.id, other.id);
+    let failed = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Failed {
+                failure: Failure::retryable("io", "x"),
+                retry_at: Some(at(300)),
+            },
+            at(201),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.run_at, at(300));
+}
