@@ -7,7 +7,9 @@
 //!
 //! To add PostgreSQL: write `pub mod postgres { pub async fn open() -> Option<(Arc<dyn
 //! Store>, Guard)> }` here (a `TestDb` per STYLE §5, migrated, dropped WITH (FORCE) in the
-//! guard's `Drop`, with `helpers::LOG_LIMIT` as its log limit), then add `contract!(postgres);` at the bottom of `main.rs`.
+//! guard's `Drop`, with `helpers::LOG_LIMIT` as its log limit), then add
+//! `contract!(postgres);` at the bottom of `main.rs`: every check then also runs as
+//! `postgres::<check>`.
 
 use std::any::Any;
 use std::sync::Arc;

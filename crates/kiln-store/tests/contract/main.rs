@@ -6,8 +6,9 @@
 //!   added** (see the `contract!` invocations at the bottom of this file).
 //! - [`helpers`]: fixed timestamps, users, jobs and claim requests in one line.
 //! - the check modules ([`users`], [`submit`], [`list`], [`claim`], [`lease`],
-//!   [`client`], [`maintenance`], [`races`]): each check is an `async fn(Arc<dyn Store>)` that panics
-//!   on a broken rule.
+//!   [`client`], [`maintenance`], [`races`]): each check is an `async fn(Arc<dyn Store>)`
+//!   that panics on a broken rule. A new check is added to its module and to the list in
+//!   `contract!`; a `Store` change comes with a change here (STYLE §5).
 //!
 //! The store never reads a clock: every check passes explicit timestamps, so nothing sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
