@@ -442,3 +442,62 @@ pub async fn retryable_failure_after_a_cancel_request_cancels_the_job(store: Arc
     assert_eq!(failed.state, JobState::Failed);
     assert_eq!(failed.run_at, at(300));
 }
+
+pub async fn rescue_of_an_expired_lease_fences_out_the_old_worker(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let job = echo(&store, alice, at(0)).await;
+    let running = store
+        .job_claim(&ClaimRequest {
+            lease_until: at(1_000),
+            ..claim_req("dead-node", 1, at(10))
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    // Another node sees the lease expire and fails the attempt (retry due at 2000).
+    let expired = store
+        .lease_find(LeaseFilter::ExpiredAt(at(1_500)))
+        .await
+        .unwrap();
+    assert_eq!(expired, vec![lease_of(&running)]);
+    let rescued = store
+        .job_complete(
+            &expired[0],
+            Outcome::Failed {
+                failure: Failure::lease_lost(),
+                retry_at: Some(at(2_000)),
+            },
+            at(1_500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rescued.state, JobState::Failed);
+    assert_eq!(rescued.error, Some(Failure::lease_lost()));
+    assert!(
+        store
+            .lease_find(LeaseFilter::ExpiredAt(at(1_500)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The next attempt runs elsewhere; the old worker comes back and is fenced out.
+    let second = claim_one(&store, "n2", at(2_000)).await;
+    assert_eq!((second.id, second.attempts), (job.id, 2));
+    let renewal = store
+        .lease_renew(&[lease_of(&running)], at(9_000))
+        .await
+        .unwrap();
+    assert_eq!(renewal.lost, vec![job.id]);
+    assert_lease_lost(
+        store
+            .job_complete(
+                &lease_of(&running),
+                Outcome::Succeeded(json!("late")),
+                at(2_100),
+            )
+            .await,
+    );
+    let stored = get(&store, job.id).await;
+    assert_eq!(stored, second);
+    assert_eq!(stored.lease_expires_at, second.lease_expires_at);
+}
