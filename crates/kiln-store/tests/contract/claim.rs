@@ -286,3 +286,82 @@ pub async fn concurrent_claimers_claim_each_job_exactly_once(store: Arc<dyn Stor
         .map(|(_, n)| *n);
     assert_eq!(running, Some(JOBS as u64));
 }
+
+pub async fn claimers_racing_promotion_and_inserts_claim_each_job_once(store: Arc<dyn Store>) {
+    const SCHEDULED: usize = 200;
+    const LATE: usize = 100;
+    let alice = user(&store, "alice").await;
+    let mut all = HashSet::new();
+    for i in 0..SCHEDULED {
+        let mut s = sub("echo");
+        s.delay_ms = Some(1 + (i as u64 % 50));
+        all.insert(insert(&store, alice, s, at(0)).await.id);
+    }
+    // Jobs keep arriving while the claimers and a promoter run.
+    let inserter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..LATE {
+                ids.push(echo(&store, alice, at(10)).await.id);
+            }
+            ids
+        })
+    };
+    let promoter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut n = 0;
+            for step in 0..60 {
+                n += store.job_promote_due(at(step)).await.expect("promote");
+            }
+            n
+        })
+    };
+    let mut claimers = Vec::new();
+    for c in 0..8 {
+        let store = Arc::clone(&store);
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut idle = 0;
+            // Keep claiming until the work has dried up for a while (time is at 1000,
+            // past every run_at, so all that remains is what is not inserted yet).
+            while idle < 200 {
+                let got = store
+                    .job_claim(&claim_req(&format!("n{c}"), 2, at(1_000)))
+                    .await
+                    .expect("claim");
+                if got.is_empty() {
+                    idle += 1;
+                    tokio::task::yield_now().await;
+                } else {
+                    idle = 0;
+                    mine.extend(got.into_iter().map(|j| j.id));
+                }
+            }
+            mine
+        }));
+    }
+    all.extend(inserter.await.expect("inserter"));
+    let promoted = promoter.await.expect("promoter");
+    assert!(promoted <= SCHEDULED as u64);
+    let mut seen = HashSet::new();
+    for claimer in claimers {
+        for id in claimer.await.expect("claimer") {
+            assert!(seen.insert(id), "claimed twice: {id:?}");
+        }
+    }
+    // Whatever the claimers gave up on before it arrived is still queued, never lost.
+    let leftovers = store
+        .job_claim(&claim_req("sweeper", 1_000, at(1_000)))
+        .await
+        .unwrap();
+    for job in leftovers {
+        assert!(seen.insert(job.id), "claimed twice: {:?}", job.id);
+    }
+    assert_eq!(seen, all);
+    for id in &all {
+        let job = get(&store, *id).await;
+        assert_eq!((job.state, job.attempts), (JobState::Running, 1));
+    }
+}
