@@ -120,7 +120,8 @@ pub trait Store: Send + Sync + 'static {
     /// `attempts + 1`, `started_at = now` and a lease for `req.node` until `req.lease_until`.
     async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>>;
     /// Fenced completion of an attempt: `LeaseLost` unless the job is still running under
-    /// `lease`.
+    /// `lease`. A retryable failure (`retry_at: Some`) of a job with a cancel request
+    /// pending ends it `cancelled`, not `failed`, so the owner's cancel is never dropped.
     async fn job_complete(&self, lease: &Lease, outcome: Outcome, now: Timestamp) -> Result<Job>;
     /// Fenced progress report (0.0–1.0).
     async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()>;

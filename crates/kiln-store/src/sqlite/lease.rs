@@ -39,6 +39,14 @@ pub(super) fn complete(
     let Step::To(state) = transition(JobState::Running, event)? else {
         return Err(StoreError::LeaseLost);
     };
+    // A retryable failure of an attempt whose job has a cancel request pending ends the job
+    // as `cancelled` (the attempt stopped; Event::Abort), not `failed`: otherwise the
+    // retry would run the job again and the claim would clear the request, silently
+    // dropping the owner's cancel (SPEC §1: a running job asked to cancel becomes
+    // `cancelled`). Decided in the same fenced UPDATE, from the row's own flag.
+    let Step::To(aborted) = transition(JobState::Running, Event::Abort)? else {
+        return Err(StoreError::LeaseLost);
+    };
     let fence = (id_bytes(lease.job_id), lease.attempt, lease.node.as_str());
     let (now_ms, to) = (ms(now), state.as_str());
     let found = match &outcome {
@@ -58,8 +66,12 @@ pub(super) fn complete(
         Outcome::Failed { failure, retry_at } => tx
             .db
             .prepare_cached(concat!(
-                "UPDATE jobs SET state = ?4, error = ?5, run_at = coalesce(?7, run_at),
-                     finished_at = CASE WHEN ?7 IS NULL THEN ?6 END,
+                "UPDATE jobs SET
+                     state = CASE WHEN ?7 IS NOT NULL AND cancel_requested THEN ?8 ELSE ?4 END,
+                     error = ?5,
+                     run_at = CASE WHEN cancel_requested THEN run_at
+                                   ELSE coalesce(?7, run_at) END,
+                     finished_at = CASE WHEN ?7 IS NULL OR cancel_requested THEN ?6 END,
                      updated_at = ?6, node = NULL, lease_expires_at = NULL",
                 fenced!(),
                 " RETURNING ",
@@ -74,6 +86,7 @@ pub(super) fn complete(
                     to_json(failure)?,
                     now_ms,
                     retry_at.map(ms),
+                    aborted.as_str(),
                 ),
                 row::job,
             ),
@@ -92,6 +105,9 @@ pub(super) fn complete(
     let job = found.ok_or(StoreError::LeaseLost)?;
     let message = match &outcome {
         Outcome::Succeeded(_) => "succeeded".to_owned(),
+        Outcome::Failed { failure, .. } if job.state == aborted => {
+            format!("cancelled after {}", failure_message(failure))
+        }
         Outcome::Failed { failure, .. } => failure_message(failure),
         Outcome::Cancelled => "cancelled".to_owned(),
     };

@@ -1,0 +1,75 @@
+//! Fresh, empty stores for the suite, one module per backend.
+//!
+//! Each module has `async fn open() -> Option<(Arc<dyn Store>, Guard)>`: the store, and a
+//! guard that cleans up when dropped (a temp dir, a database to drop). `None` skips the
+//! check (a PostgreSQL backend returns it, after a loud `SKIPPED: no PostgreSQL` line, when
+//! no server is reachable and `KILN_REQUIRE_POSTGRES` is not set).
+//!
+//! To add PostgreSQL: write `pub mod postgres { pub async fn open() -> Option<(Arc<dyn
+//! Store>, Guard)> }` here (a `TestDb` per STYLE §5, migrated, dropped WITH (FORCE) in the
+//! guard's `Drop`, with `helpers::LOG_LIMIT` as its log limit), then add
+//! `contract!(postgres);` at the bottom of `main.rs`: every check then also runs as
+//! `postgres::<check>`.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use kiln_store::Store;
+
+/// Whatever must live as long as the store (and cleans up on drop).
+pub type Guard = Box<dyn Any + Send>;
+
+/// SQLite on a real WAL file in a fresh temp dir (not `:memory:`, which hides locking).
+pub mod sqlite {
+    use super::*;
+    use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
+
+    pub async fn open() -> Option<(Arc<dyn Store>, Guard)> {
+        let dir = tempfile::tempdir().expect("a temp dir for the test database");
+        let store = SqliteStore::open(SqliteOptions {
+            path: SqlitePath::File(dir.path().join("kiln.db")),
+            log_limit_bytes: crate::helpers::LOG_LIMIT,
+            ..SqliteOptions::default()
+        })
+        .expect("open a fresh SQLite store");
+        let store: Arc<dyn Store> = store;
+        // Drop order: the store (the writer thread closes its connection) before the dir.
+        Some((store, Box::new(dir)))
+    }
+}
+
+/// Backend-specific facts the contract checks rely on (not part of the contract itself).
+mod sqlite_setup {
+    use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
+    use kiln_store::{NewUser, Store};
+
+    /// The suite's SQLite store is a real file in WAL mode, so readers and the writer run on
+    /// separate connections as in production.
+    #[tokio::test]
+    async fn sqlite_suite_store_is_a_wal_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        let store = SqliteStore::open(SqliteOptions {
+            path: SqlitePath::File(path.clone()),
+            ..SqliteOptions::default()
+        })
+        .unwrap();
+        store
+            .user_insert(
+                NewUser {
+                    username: "wal".to_owned(),
+                    password_hash: "x".to_owned(),
+                    role: kiln_domain::Role::Client,
+                },
+                crate::helpers::at(0),
+            )
+            .await
+            .unwrap();
+        assert!(path.exists());
+        assert!(
+            dir.path().join("kiln.db-wal").exists(),
+            "a -wal file beside the database"
+        );
+        assert_eq!(store.user_count().await.unwrap(), 1);
+    }
+}

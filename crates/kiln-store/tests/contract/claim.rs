@@ -1,0 +1,367 @@
+//! `job_claim`: order, what it skips, what it sets, and a race of many claimers.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use kiln_domain::{Failure, JobId, JobState};
+use kiln_store::{ClaimRequest, Outcome, Store};
+
+use crate::helpers::*;
+
+pub async fn claim_order_is_priority_then_run_at_then_id(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let mk = |priority: i64, delay: Option<u64>| {
+        let mut s = sub("echo");
+        s.priority = Some(priority);
+        s.delay_ms = delay;
+        s
+    };
+    // Inserted in an order unlike the claim order.
+    let low = insert(&store, alice, mk(-10, None), at(0)).await;
+    let mid_late = insert(&store, alice, mk(0, Some(500)), at(0)).await; // run_at 500
+    let mid_early_b = insert(&store, alice, mk(0, None), at(100)).await; // run_at 100
+    let mid_early_a = insert(&store, alice, mk(0, None), at(100)).await; // same run_at
+    let high = insert(&store, alice, mk(50, None), at(200)).await;
+    let (tie_first, tie_second) = if mid_early_a.id.0 < mid_early_b.id.0 {
+        (mid_early_a.id, mid_early_b.id)
+    } else {
+        (mid_early_b.id, mid_early_a.id)
+    };
+
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        order.push(claim_one(&store, "n1", at(1_000)).await.id);
+    }
+    assert_eq!(
+        order,
+        vec![high.id, tie_first, tie_second, mid_late.id, low.id]
+    );
+    assert!(
+        store
+            .job_claim(&claim_req("n1", 10, at(1_000)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn claim_sets_running_attempts_started_at_and_lease(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let job = echo(&store, alice, at(0)).await;
+    let req = ClaimRequest {
+        lease_until: at(60_000),
+        ..claim_req("node-a", 5, at(1_000))
+    };
+    let claimed = store.job_claim(&req).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert_eq!(c.id, job.id);
+    assert_eq!(c.state, JobState::Running);
+    assert_eq!(c.attempts, 1);
+    assert_eq!(c.started_at, Some(at(1_000)));
+    assert_eq!(c.node.as_deref(), Some("node-a"));
+    assert_eq!(c.lease_expires_at, Some(at(60_000)));
+    assert_eq!(c.finished_at, None);
+    assert!(!c.cancel_requested);
+    assert_eq!(
+        &get(&store, job.id).await,
+        c,
+        "returned job is the stored one"
+    );
+
+    let events = store.event_list(None, job.id).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].seq, 2);
+    assert_eq!(events[1].state, JobState::Running);
+    assert_eq!(events[1].attempt, 1);
+    assert_eq!(events[1].at, at(1_000));
+    assert_eq!(events[1].node.as_deref(), Some("node-a"));
+
+    // A second attempt (after a retryable failure) counts up again.
+    store
+        .job_complete(
+            &lease_of(c),
+            Outcome::Failed {
+                failure: Failure::retryable("io", "flaky"),
+                retry_at: Some(at(2_000)),
+            },
+            at(1_500),
+        )
+        .await
+        .unwrap();
+    let again = claim_one(&store, "node-b", at(2_000)).await;
+    assert_eq!(again.id, job.id);
+    assert_eq!(again.attempts, 2);
+    assert_eq!(again.started_at, Some(at(2_000)));
+    assert_eq!(again.node.as_deref(), Some("node-b"));
+}
+
+pub async fn claim_skips_future_jobs_excluded_queues_and_unknown_types(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let mut s = sub("echo");
+    s.delay_ms = Some(10_000);
+    let future = insert(&store, alice, s, at(0)).await;
+    let mut s = sub("echo");
+    s.queue = Some("paused".to_owned());
+    s.priority = Some(100);
+    let paused = insert(&store, alice, s, at(0)).await;
+    let ext = insert(&store, alice, sub("external"), at(0)).await;
+    let mut s = sub("sleep");
+    s.priority = Some(90);
+    let sleeper = insert(&store, alice, s, at(0)).await;
+    let plain = echo(&store, alice, at(0)).await;
+
+    // A failed job whose retry is not yet due.
+    let mut s = sub("echo");
+    s.priority = Some(-100);
+    let flaky = insert(&store, alice, s, at(0)).await;
+    let req = ClaimRequest {
+        types: vec!["echo".to_owned()],
+        exclude_queues: vec!["paused".to_owned()],
+        ..claim_req("n1", 100, at(1_000))
+    };
+    let claimed: Vec<JobId> = store
+        .job_claim(&req)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(claimed, vec![plain.id, flaky.id]);
+    let flaky = get(&store, flaky.id).await;
+    store
+        .job_complete(
+            &lease_of(&flaky),
+            Outcome::Failed {
+                failure: Failure::retryable("io", "flaky"),
+                retry_at: Some(at(50_000)),
+            },
+            at(1_100),
+        )
+        .await
+        .unwrap();
+
+    assert!(store.job_claim(&req).await.unwrap().is_empty());
+    assert_eq!(get(&store, future.id).await.state, JobState::Scheduled);
+    assert_eq!(get(&store, flaky.id).await.state, JobState::Failed);
+    assert_eq!(get(&store, paused.id).await.state, JobState::Queued);
+    assert_eq!(get(&store, ext.id).await.state, JobState::Queued);
+    assert_eq!(get(&store, sleeper.id).await.state, JobState::Queued);
+
+    // Asking for `sleep` (and not excluding `paused`) takes those, never `external`.
+    let req = ClaimRequest {
+        types: vec!["sleep".to_owned(), "echo".to_owned(), "nonsense".to_owned()],
+        ..claim_req("n1", 100, at(2_000))
+    };
+    let claimed: Vec<JobId> = store
+        .job_claim(&req)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(claimed, vec![paused.id, sleeper.id]);
+    assert_eq!(get(&store, ext.id).await.state, JobState::Queued);
+}
+
+pub async fn claim_promotes_due_scheduled_and_failed_jobs(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let mut s = sub("echo");
+    s.delay_ms = Some(5_000);
+    let scheduled = insert(&store, alice, s, at(0)).await;
+    assert!(
+        store
+            .job_claim(&claim_req("n1", 10, at(4_999)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = claim_one(&store, "n1", at(5_000)).await;
+    assert_eq!(claimed.id, scheduled.id);
+    let states: Vec<JobState> = store
+        .event_list(None, scheduled.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(
+        states,
+        vec![JobState::Scheduled, JobState::Queued, JobState::Running]
+    );
+
+    store
+        .job_complete(
+            &lease_of(&claimed),
+            Outcome::Failed {
+                failure: Failure::retryable("io", "flaky"),
+                retry_at: Some(at(9_000)),
+            },
+            at(6_000),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .job_claim(&claim_req("n1", 10, at(8_999)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = claim_one(&store, "n1", at(9_000)).await;
+    assert_eq!(again.id, scheduled.id);
+    assert_eq!(again.attempts, 2);
+}
+
+pub async fn claim_with_zero_limit_or_no_types_claims_nothing(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let job = echo(&store, alice, at(0)).await;
+    assert!(
+        store
+            .job_claim(&claim_req("n1", 0, at(1)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let req = ClaimRequest {
+        types: Vec::new(),
+        ..claim_req("n1", 10, at(1))
+    };
+    assert!(store.job_claim(&req).await.unwrap().is_empty());
+    assert_eq!(get(&store, job.id).await.state, JobState::Queued);
+}
+
+pub async fn concurrent_claimers_claim_each_job_exactly_once(store: Arc<dyn Store>) {
+    const JOBS: usize = 500;
+    const CLAIMERS: usize = 16;
+    let alice = user(&store, "alice").await;
+    let mut all = HashSet::new();
+    for i in 0..JOBS {
+        let mut s = sub("echo");
+        s.priority = Some((i % 7) as i64);
+        all.insert(insert(&store, alice, s, at(0)).await.id);
+    }
+
+    let mut tasks = Vec::new();
+    for c in 0..CLAIMERS {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let node = format!("node-{c}");
+            let mut mine = Vec::new();
+            let mut now = at(1_000);
+            loop {
+                let claimed = store
+                    .job_claim(&claim_req(&node, 1 + (c as u32 % 4), now))
+                    .await
+                    .expect("claim");
+                if claimed.is_empty() {
+                    return mine;
+                }
+                for job in claimed {
+                    assert_eq!(job.state, JobState::Running);
+                    assert_eq!(job.attempts, 1, "claimed twice: {job:?}");
+                    assert_eq!(job.node.as_deref(), Some(node.as_str()));
+                    mine.push(job.id);
+                }
+                now += TimeDelta::milliseconds(1);
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for task in tasks {
+        for id in task.await.expect("claimer task") {
+            total += 1;
+            assert!(seen.insert(id), "job {id:?} claimed more than once");
+        }
+    }
+    assert_eq!(total, JOBS);
+    assert_eq!(seen, all, "every job claimed");
+    let stats = store.job_stats().await.unwrap();
+    let running = stats
+        .by_state
+        .iter()
+        .find(|(s, _)| *s == JobState::Running)
+        .map(|(_, n)| *n);
+    assert_eq!(running, Some(JOBS as u64));
+}
+
+pub async fn claimers_racing_promotion_and_inserts_claim_each_job_once(store: Arc<dyn Store>) {
+    const SCHEDULED: usize = 200;
+    const LATE: usize = 100;
+    let alice = user(&store, "alice").await;
+    let mut all = HashSet::new();
+    for i in 0..SCHEDULED {
+        let mut s = sub("echo");
+        s.delay_ms = Some(1 + (i as u64 % 50));
+        all.insert(insert(&store, alice, s, at(0)).await.id);
+    }
+    // Jobs keep arriving while the claimers and a promoter run.
+    let inserter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..LATE {
+                ids.push(echo(&store, alice, at(10)).await.id);
+            }
+            ids
+        })
+    };
+    let promoter = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut n = 0;
+            for step in 0..60 {
+                n += store.job_promote_due(at(step)).await.expect("promote");
+            }
+            n
+        })
+    };
+    let mut claimers = Vec::new();
+    for c in 0..8 {
+        let store = Arc::clone(&store);
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut idle = 0;
+            // Keep claiming until the work has dried up for a while (time is at 1000,
+            // past every run_at, so all that remains is what is not inserted yet).
+            while idle < 200 {
+                let got = store
+                    .job_claim(&claim_req(&format!("n{c}"), 2, at(1_000)))
+                    .await
+                    .expect("claim");
+                if got.is_empty() {
+                    idle += 1;
+                    tokio::task::yield_now().await;
+                } else {
+                    idle = 0;
+                    mine.extend(got.into_iter().map(|j| j.id));
+                }
+            }
+            mine
+        }));
+    }
+    all.extend(inserter.await.expect("inserter"));
+    let promoted = promoter.await.expect("promoter");
+    assert!(promoted <= SCHEDULED as u64);
+    let mut seen = HashSet::new();
+    for claimer in claimers {
+        for id in claimer.await.expect("claimer") {
+            assert!(seen.insert(id), "claimed twice: {id:?}");
+        }
+    }
+    // Whatever the claimers gave up on before it arrived is still queued, never lost.
+    let leftovers = store
+        .job_claim(&claim_req("sweeper", 1_000, at(1_000)))
+        .await
+        .unwrap();
+    for job in leftovers {
+        assert!(seen.insert(job.id), "claimed twice: {:?}", job.id);
+    }
+    assert_eq!(seen, all);
+    for id in &all {
+        let job = get(&store, *id).await;
+        assert_eq!((job.state, job.attempts), (JobState::Running, 1));
+    }
+}

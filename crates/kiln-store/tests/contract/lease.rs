@@ -1,0 +1,503 @@
+//! Fenced writes of an attempt (completion, progress, renewal) and the lease lookup.
+
+use std::sync::Arc;
+
+use kiln_domain::{Failure, JobState, Lease};
+use kiln_store::{ClaimRequest, LeaseFilter, Outcome, Renewal, Store};
+use serde_json::json;
+
+use crate::helpers::*;
+
+pub async fn stale_attempt_or_wrong_node_is_lease_lost_and_changes_nothing(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let job = echo(&store, alice, at(0)).await;
+    let first = claim_one(&store, "n1", at(10)).await;
+    // The first attempt fails; a second attempt on another node takes over.
+    store
+        .job_complete(
+            &lease_of(&first),
+            Outcome::Failed {
+                failure: Failure::lease_lost(),
+                retry_at: Some(at(20)),
+            },
+            at(15),
+        )
+        .await
+        .unwrap();
+    let second = claim_one(&store, "n2", at(20)).await;
+    assert_eq!(second.attempts, 2);
+    store
+        .job_progress(&lease_of(&second), 0.25, at(21))
+        .await
+        .unwrap();
+    let before = get(&store, job.id).await;
+    let events_before = store.event_list(None, job.id).await.unwrap();
+
+    let stale = lease_of(&first); // attempt 1 on n1
+    let wrong_node = Lease {
+        node: "n1".to_owned(),
+        ..lease_of(&second)
+    };
+    let future_attempt = Lease {
+        attempt: 3,
+        ..lease_of(&second)
+    };
+    for lease in [&stale, &wrong_node, &future_attempt] {
+        assert_lease_lost(
+            store
+                .job_complete(lease, Outcome::Succeeded(json!("stale")), at(30))
+                .await,
+        );
+        assert_lease_lost(
+            store
+                .job_complete(
+                    lease,
+                    Outcome::Failed {
+                        failure: Failure::permanent("x", "y"),
+                        retry_at: None,
+                    },
+                    at(30),
+                )
+                .await,
+        );
+        assert_lease_lost(store.job_complete(lease, Outcome::Cancelled, at(30)).await);
+        assert_lease_lost(store.job_progress(lease, 0.9, at(30)).await);
+    }
+    assert_eq!(get(&store, job.id).await, before, "the row is unchanged");
+    assert_eq!(store.event_list(None, job.id).await.unwrap(), events_before);
+
+    // The current holder still completes; afterwards its own lease is gone too.
+    let done = store
+        .job_complete(&lease_of(&second), Outcome::Succeeded(json!(1)), at(40))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_lease_lost(
+        store
+            .job_complete(&lease_of(&second), Outcome::Succeeded(json!(2)), at(41))
+            .await,
+    );
+    assert_lease_lost(store.job_progress(&lease_of(&second), 0.5, at(41)).await);
+    assert_eq!(get(&store, job.id).await.result, Some(json!(1)));
+}
+
+pub async fn complete_succeeded(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(100)).await;
+    let done = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Succeeded(result_value()),
+            at(350),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.result, Some(result_value()));
+    assert_eq!(done.progress, 1.0);
+    assert_eq!(done.finished_at, Some(at(350)));
+    assert_eq!(done.updated_at, at(350));
+    assert_eq!(done.attempts, 1);
+    assert_eq!(done.node, None);
+    assert_eq!(done.lease_expires_at, None);
+    assert_eq!(get(&store, done.id).await, done);
+    let events = store.event_list(None, done.id).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.seq, last.state, last.at, last.attempt),
+        (3, JobState::Succeeded, at(350), 1)
+    );
+    assert_eq!(last.node.as_deref(), Some("n1"));
+}
+
+pub async fn complete_failed_with_retry_at_is_failed(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(100)).await;
+    let failure = Failure::retryable("upstream_503", "try later");
+    let failed = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Failed {
+                failure: failure.clone(),
+                retry_at: Some(at(5_000)),
+            },
+            at(200),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.error, Some(failure));
+    assert_eq!(failed.run_at, at(5_000));
+    assert_eq!(failed.finished_at, None, "failed is not terminal");
+    assert_eq!(failed.node, None);
+    assert_eq!(failed.lease_expires_at, None);
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(get(&store, failed.id).await, failed);
+    let last = store
+        .event_list(None, failed.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (last.state, last.at, last.attempt),
+        (JobState::Failed, at(200), 1)
+    );
+    assert_eq!(store.job_next_due().await.unwrap(), Some(at(5_000)));
+}
+
+pub async fn complete_failed_without_retry_at_is_dead(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(100)).await;
+    let failure = Failure::permanent("bad_input", "no");
+    let dead = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Failed {
+                failure: failure.clone(),
+                retry_at: None,
+            },
+            at(200),
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.state, JobState::Dead);
+    assert_eq!(dead.error, Some(failure));
+    assert_eq!(dead.finished_at, Some(at(200)));
+    assert_eq!(dead.node, None);
+    assert_eq!(get(&store, dead.id).await, dead);
+    let last = store
+        .event_list(None, dead.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(last.state, JobState::Dead);
+    assert_eq!(store.job_next_due().await.unwrap(), None);
+}
+
+pub async fn complete_cancelled(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(100)).await;
+    let (requested, _) = store
+        .job_cancel(Some(alice), running.id, at(150))
+        .await
+        .unwrap();
+    assert!(requested.cancel_requested);
+    let cancelled = store
+        .job_complete(&lease_of(&running), Outcome::Cancelled, at(200))
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(cancelled.finished_at, Some(at(200)));
+    assert_eq!(cancelled.node, None);
+    assert_eq!(get(&store, cancelled.id).await, cancelled);
+    let last = store
+        .event_list(None, cancelled.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!((last.state, last.at), (JobState::Cancelled, at(200)));
+}
+
+pub async fn progress_is_fenced_and_clamped(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(100)).await;
+    let lease = lease_of(&running);
+    store.job_progress(&lease, 0.5, at(110)).await.unwrap();
+    let job = get(&store, running.id).await;
+    assert_eq!(job.progress, 0.5);
+    assert_eq!(job.updated_at, at(110));
+    store.job_progress(&lease, 7.0, at(120)).await.unwrap();
+    assert_eq!(get(&store, running.id).await.progress, 1.0);
+    store.job_progress(&lease, -3.0, at(130)).await.unwrap();
+    assert_eq!(get(&store, running.id).await.progress, 0.0);
+    // Progress is not a state change: no event.
+    assert_eq!(store.event_list(None, running.id).await.unwrap().len(), 2);
+}
+
+pub async fn lease_renew_extends_and_reports_lost_and_cancel_requested(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    for _ in 0..3 {
+        echo(&store, alice, at(0)).await;
+    }
+    let claimed = store
+        .job_claim(&ClaimRequest {
+            lease_until: at(1_000),
+            ..claim_req("n1", 3, at(10))
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let (keep, cancel, lose) = (&claimed[0], &claimed[1], &claimed[2]);
+    store.job_cancel(None, cancel.id, at(20)).await.unwrap();
+    store
+        .job_complete(&lease_of(lose), Outcome::Succeeded(json!(null)), at(30))
+        .await
+        .unwrap();
+    let leases: Vec<Lease> = claimed.iter().map(lease_of).collect();
+    let mut stale = lease_of(keep);
+    stale.attempt += 1;
+    let mut all = leases.clone();
+    all.push(stale);
+
+    let mut renewal = store.lease_renew(&all, at(5_000)).await.unwrap();
+    renewal.lost.sort_by_key(|id| id.0);
+    let mut lost = vec![lose.id, keep.id];
+    lost.sort_by_key(|id| id.0);
+    assert_eq!(
+        renewal,
+        Renewal {
+            lost,
+            cancel_requested: vec![cancel.id],
+        }
+    );
+    assert_eq!(get(&store, keep.id).await.lease_expires_at, Some(at(5_000)));
+    assert_eq!(
+        get(&store, cancel.id).await.lease_expires_at,
+        Some(at(5_000))
+    );
+    assert_eq!(get(&store, lose.id).await.lease_expires_at, None);
+    assert_eq!(
+        store.lease_renew(&[], at(6_000)).await.unwrap(),
+        Renewal::default()
+    );
+}
+
+pub async fn lease_find_expired_and_by_node(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    for _ in 0..3 {
+        echo(&store, alice, at(0)).await;
+    }
+    let a = store
+        .job_claim(&ClaimRequest {
+            lease_until: at(1_000),
+            ..claim_req("n1", 1, at(10))
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let b = store
+        .job_claim(&ClaimRequest {
+            lease_until: at(2_000),
+            ..claim_req("n2", 1, at(10))
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let c = store
+        .job_claim(&ClaimRequest {
+            lease_until: at(3_000),
+            ..claim_req("n1", 1, at(10))
+        })
+        .await
+        .unwrap()
+        .remove(0);
+
+    assert!(
+        store
+            .lease_find(LeaseFilter::ExpiredAt(at(1_000)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .lease_find(LeaseFilter::ExpiredAt(at(1_001)))
+            .await
+            .unwrap(),
+        vec![lease_of(&a)]
+    );
+    let mut expired = store
+        .lease_find(LeaseFilter::ExpiredAt(at(10_000)))
+        .await
+        .unwrap();
+    expired.sort_by_key(|l| l.job_id.0);
+    let mut want = vec![lease_of(&a), lease_of(&b), lease_of(&c)];
+    want.sort_by_key(|l| l.job_id.0);
+    assert_eq!(expired, want);
+
+    let mut by_n1 = store
+        .lease_find(LeaseFilter::Node("n1".to_owned()))
+        .await
+        .unwrap();
+    by_n1.sort_by_key(|l| l.job_id.0);
+    let mut want = vec![lease_of(&a), lease_of(&c)];
+    want.sort_by_key(|l| l.job_id.0);
+    assert_eq!(by_n1, want);
+    assert_eq!(
+        store
+            .lease_find(LeaseFilter::Node("n2".to_owned()))
+            .await
+            .unwrap(),
+        vec![lease_of(&b)]
+    );
+    assert!(
+        store
+            .lease_find(LeaseFilter::Node("n9".to_owned()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // An external job reported running has no lease for anyone to rescue.
+    let ext = insert(&store, alice, sub("external"), at(0)).await;
+    store
+        .job_report(
+            None,
+            ext.id,
+            kiln_store::Report {
+                state: JobState::Running,
+                result: None,
+                error: None,
+            },
+            at(5),
+        )
+        .await
+        .unwrap();
+    let expired = store
+        .lease_find(LeaseFilter::ExpiredAt(at(10_000_000)))
+        .await
+        .unwrap();
+    assert!(expired.iter().all(|l| l.job_id != ext.id), "{expired:?}");
+    assert_eq!(expired.len(), 3);
+
+    // Finished jobs hold no lease.
+    store
+        .job_complete(&lease_of(&a), Outcome::Succeeded(json!(null)), at(20))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .lease_find(LeaseFilter::ExpiredAt(at(1_001)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .lease_find(LeaseFilter::Node("n1".to_owned()))
+            .await
+            .unwrap(),
+        vec![lease_of(&c)]
+    );
+}
+
+pub async fn retryable_failure_after_a_cancel_request_cancels_the_job(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let job = echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(1)).await;
+    let (_, step) = store.job_cancel(Some(alice), job.id, at(2)).await.unwrap();
+    assert_eq!(step, kiln_domain::Step::CancelRequested);
+    // The attempt fails retryably before it noticed the cancel request.
+    let failure = Failure::retryable("io", "interrupted");
+    let ended = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Failed {
+                failure: failure.clone(),
+                retry_at: Some(at(10)),
+            },
+            at(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.state, JobState::Cancelled, "the cancel request wins");
+    assert_eq!(ended.finished_at, Some(at(3)));
+    assert_eq!(ended.error, Some(failure));
+    assert_eq!(get(&store, job.id).await, ended);
+    let last = store.event_list(None, job.id).await.unwrap().pop().unwrap();
+    assert_eq!((last.state, last.at), (JobState::Cancelled, at(3)));
+    // Nothing runs it again.
+    assert_eq!(store.job_next_due().await.unwrap(), None);
+    assert!(
+        store
+            .job_claim(&claim_req("n2", 10, at(100)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Without a cancel request the same failure is an ordinary retry.
+    let other = echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(200)).await;
+    assert_eq!(running.id, other.id);
+    let failed = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Failed {
+                failure: Failure::retryable("io", "x"),
+                retry_at: Some(at(300)),
+            },
+            at(201),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.run_at, at(300));
+}
+
+pub async fn rescue_of_an_expired_lease_fences_out_the_old_worker(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let job = echo(&store, alice, at(0)).await;
+    let running = store
+        .job_claim(&ClaimRequest {
+            lease_until: at(1_000),
+            ..claim_req("dead-node", 1, at(10))
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    // Another node sees the lease expire and fails the attempt (retry due at 2000).
+    let expired = store
+        .lease_find(LeaseFilter::ExpiredAt(at(1_500)))
+        .await
+        .unwrap();
+    assert_eq!(expired, vec![lease_of(&running)]);
+    let rescued = store
+        .job_complete(
+            &expired[0],
+            Outcome::Failed {
+                failure: Failure::lease_lost(),
+                retry_at: Some(at(2_000)),
+            },
+            at(1_500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rescued.state, JobState::Failed);
+    assert_eq!(rescued.error, Some(Failure::lease_lost()));
+    assert!(
+        store
+            .lease_find(LeaseFilter::ExpiredAt(at(1_500)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The next attempt runs elsewhere; the old worker comes back and is fenced out.
+    let second = claim_one(&store, "n2", at(2_000)).await;
+    assert_eq!((second.id, second.attempts), (job.id, 2));
+    let renewal = store
+        .lease_renew(&[lease_of(&running)], at(9_000))
+        .await
+        .unwrap();
+    assert_eq!(renewal.lost, vec![job.id]);
+    assert_lease_lost(
+        store
+            .job_complete(
+                &lease_of(&running),
+                Outcome::Succeeded(json!("late")),
+                at(2_100),
+            )
+            .await,
+    );
+    let stored = get(&store, job.id).await;
+    assert_eq!(stored, second);
+    assert_eq!(stored.lease_expires_at, second.lease_expires_at);
+}

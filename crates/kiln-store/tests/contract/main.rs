@@ -1,0 +1,110 @@
+//! The store contract suite: every [`Store`](kiln_store::Store) method, exercised only
+//! through `Arc<dyn Store>`, so the same checks run against every backend.
+//!
+//! # Layout
+//! - [`backends`]: how each backend opens a fresh, empty store. **The one place a backend is
+//!   added** (see the `contract!` invocations at the bottom of this file).
+//! - [`helpers`]: fixed timestamps, users, jobs and claim requests in one line.
+//! - the check modules ([`users`], [`submit`], [`list`], [`claim`], [`lease`],
+//!   [`client`], [`maintenance`], [`races`]): each check is an `async fn(Arc<dyn Store>)`
+//!   that panics on a broken rule. A new check is added to its module and to the list in
+//!   `contract!`; a `Store` change comes with a change here (STYLE §5).
+//!
+//! The store never reads a clock: every check passes explicit timestamps, so nothing sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod backends;
+mod claim;
+mod client;
+mod helpers;
+mod lease;
+mod list;
+mod maintenance;
+mod races;
+mod submit;
+mod users;
+
+/// Expands every check into one `#[tokio::test]` inside `mod $backend`, opening a fresh store
+/// with `backends::$backend::open()` and keeping its guard alive until the check ends.
+macro_rules! contract {
+    ($backend:ident) => {
+        contract!(@tests $backend;
+            users::users_insert_get_list_count,
+            users::duplicate_username_is_a_conflict,
+            users::user_by_name_returns_the_password_hash,
+            users::user_update_patches_only_given_fields,
+            users::tokens_insert_lookup_list_delete,
+            users::expired_token_or_disabled_user_looks_up_as_none,
+            users::token_delete_of_another_users_token_is_not_found,
+            submit::insert_stores_the_job_and_its_first_event,
+            submit::scheduled_insert_keeps_run_at_and_state,
+            submit::idempotent_insert_returns_the_existing_job,
+            submit::idempotency_key_with_another_hash_is_a_conflict,
+            submit::idempotency_keys_are_scoped_per_owner,
+            submit::max_queued_refuses_with_queue_full,
+            submit::other_owner_sees_not_found_everywhere,
+            submit::missing_job_is_not_found,
+            list::list_filters_by_state_type_queue_name_and_created_range,
+            list::list_owner_scoping,
+            list::every_sort_orders_and_pages_without_gaps_or_duplicates,
+            list::cursor_paging_is_stable_when_jobs_are_inserted_meanwhile,
+            claim::claim_order_is_priority_then_run_at_then_id,
+            claim::claim_sets_running_attempts_started_at_and_lease,
+            claim::claim_skips_future_jobs_excluded_queues_and_unknown_types,
+            claim::claim_promotes_due_scheduled_and_failed_jobs,
+            claim::claim_with_zero_limit_or_no_types_claims_nothing,
+            claim::concurrent_claimers_claim_each_job_exactly_once,
+            claim::claimers_racing_promotion_and_inserts_claim_each_job_once,
+            lease::stale_attempt_or_wrong_node_is_lease_lost_and_changes_nothing,
+            lease::complete_succeeded,
+            lease::complete_failed_with_retry_at_is_failed,
+            lease::complete_failed_without_retry_at_is_dead,
+            lease::complete_cancelled,
+            lease::progress_is_fenced_and_clamped,
+            lease::lease_renew_extends_and_reports_lost_and_cancel_requested,
+            lease::lease_find_expired_and_by_node,
+            lease::retryable_failure_after_a_cancel_request_cancels_the_job,
+            lease::rescue_of_an_expired_lease_fences_out_the_old_worker,
+            client::cancel_of_waiting_jobs_is_immediate,
+            client::cancel_of_running_job_requests_and_signals,
+            client::cancel_of_terminal_jobs_changes_nothing,
+            client::retry_of_failed_and_dead_jobs,
+            client::retry_in_other_states_is_illegal,
+            client::report_moves_external_jobs,
+            client::report_of_illegal_move_is_illegal,
+            client::report_of_non_external_job_is_a_conflict,
+            client::delete_of_terminal_job_cascades,
+            client::delete_of_non_terminal_job_is_a_conflict,
+            client::every_transition_appends_exactly_one_event,
+            client::log_append_and_get,
+            client::log_is_bounded_with_a_drop_marker,
+            client::log_keeps_a_suffix_of_at_most_the_limit_whatever_is_appended,
+            maintenance::promote_due_and_next_due,
+            maintenance::prune_by_age_and_keep_max_spares_non_terminal_jobs,
+            maintenance::stats_count_jobs_per_state,
+            maintenance::promote_and_prune_work_past_any_internal_chunk_size,
+            maintenance::prune_by_age_and_count_in_one_call,
+            maintenance::subscribe_hears_job_available_and_changed,
+            races::concurrent_idempotent_inserts_create_one_job,
+            races::concurrent_inserts_respect_max_queued,
+            races::concurrent_completions_of_one_attempt_succeed_once,
+            races::claims_racing_cancels_leave_consistent_jobs,
+        );
+    };
+    (@tests $backend:ident; $($module:ident :: $check:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let Some((store, _guard)) = crate::backends::$backend::open().await else {
+                        return;
+                    };
+                    crate::$module::$check(store).await;
+                }
+            )*
+        }
+    };
+}
+
+// ---- backends under test: add `contract!(postgres);` here (and `backends::postgres`). ----
+contract!(sqlite);

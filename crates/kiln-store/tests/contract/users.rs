@@ -1,0 +1,289 @@
+//! Users and tokens.
+
+use std::sync::Arc;
+
+use kiln_domain::{Role, UserId};
+use kiln_store::{NewToken, NewUser, Store, StoreError, TokenKind, UserPatch};
+
+use crate::helpers::{assert_conflict, assert_not_found, at, user};
+
+fn new_user(name: &str, role: Role) -> NewUser {
+    NewUser {
+        username: name.to_owned(),
+        password_hash: format!("hash-of-{name}"),
+        role,
+    }
+}
+
+fn token(user: UserId, hash: &[u8], kind: TokenKind, expires_ms: Option<i64>) -> NewToken {
+    NewToken {
+        user,
+        hash: hash.to_vec(),
+        kind,
+        name: format!("t-{}", hash[0]),
+        expires_at: expires_ms.map(at),
+    }
+}
+
+pub async fn users_insert_get_list_count(store: Arc<dyn Store>) {
+    assert_eq!(store.user_count().await.unwrap(), 0);
+    assert!(store.user_list().await.unwrap().is_empty());
+
+    let alice = store
+        .user_insert(new_user("alice", Role::Admin), at(5))
+        .await
+        .unwrap();
+    let bob = store
+        .user_insert(new_user("bob", Role::Client), at(7))
+        .await
+        .unwrap();
+
+    assert_eq!(alice.username, "alice");
+    assert_eq!(alice.role, Role::Admin);
+    assert!(!alice.disabled);
+    assert_eq!(alice.created_at, at(5));
+    assert_ne!(alice.id, bob.id);
+    assert_eq!(store.user_get(bob.id).await.unwrap(), bob);
+    assert_eq!(store.user_count().await.unwrap(), 2);
+    assert_eq!(store.user_list().await.unwrap(), vec![alice, bob]);
+    assert_not_found(store.user_get(UserId(9_999)).await);
+}
+
+pub async fn duplicate_username_is_a_conflict(store: Arc<dyn Store>) {
+    user(&store, "alice").await;
+    assert_conflict(
+        store
+            .user_insert(new_user("alice", Role::Client), at(1))
+            .await,
+    );
+    assert_eq!(store.user_count().await.unwrap(), 1);
+}
+
+pub async fn user_by_name_returns_the_password_hash(store: Arc<dyn Store>) {
+    let id = store
+        .user_insert(new_user("carol", Role::Client), at(0))
+        .await
+        .unwrap()
+        .id;
+    let record = store.user_by_name("carol").await.unwrap().expect("carol");
+    assert_eq!(record.user.id, id);
+    assert_eq!(record.user.username, "carol");
+    assert_eq!(record.password_hash, "hash-of-carol");
+    assert!(store.user_by_name("nobody").await.unwrap().is_none());
+}
+
+pub async fn user_update_patches_only_given_fields(store: Arc<dyn Store>) {
+    let id = store
+        .user_insert(new_user("dave", Role::Client), at(0))
+        .await
+        .unwrap()
+        .id;
+
+    let updated = store
+        .user_update(
+            id,
+            UserPatch {
+                role: Some(Role::Admin),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.role, Role::Admin);
+    assert!(!updated.disabled);
+
+    let updated = store
+        .user_update(
+            id,
+            UserPatch {
+                password_hash: Some("new-hash".to_owned()),
+                disabled: Some(true),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.role, Role::Admin, "role kept");
+    assert!(updated.disabled);
+    let record = store.user_by_name("dave").await.unwrap().unwrap();
+    assert_eq!(record.password_hash, "new-hash");
+    assert_eq!(record.user, updated);
+    assert_eq!(store.user_get(id).await.unwrap(), updated);
+
+    assert_not_found(store.user_update(UserId(9_999), UserPatch::default()).await);
+}
+
+pub async fn tokens_insert_lookup_list_delete(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let s1 = store
+        .token_insert(
+            token(alice, &[1; 32], TokenKind::Session, Some(1_000)),
+            at(10),
+        )
+        .await
+        .unwrap();
+    let s2 = store
+        .token_insert(token(alice, &[2; 32], TokenKind::Session, None), at(20))
+        .await
+        .unwrap();
+    let api = store
+        .token_insert(token(alice, &[3; 32], TokenKind::Api, None), at(30))
+        .await
+        .unwrap();
+    assert_eq!(s1.user, alice);
+    assert_eq!(s1.kind, TokenKind::Session);
+    assert_eq!(s1.name, "t-1");
+    assert_eq!(s1.created_at, at(10));
+    assert_eq!(s1.expires_at, Some(at(1_000)));
+
+    let (who, info) = store
+        .token_lookup(&[1; 32], at(500))
+        .await
+        .unwrap()
+        .expect("a live token");
+    assert_eq!(who.id, alice);
+    assert_eq!(info, s1);
+    assert!(
+        store
+            .token_lookup(&[9; 32], at(500))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Newest first, one kind only.
+    assert_eq!(
+        store.token_list(alice, TokenKind::Session).await.unwrap(),
+        vec![s2.clone(), s1.clone()]
+    );
+    assert_eq!(
+        store.token_list(alice, TokenKind::Api).await.unwrap(),
+        vec![api.clone()]
+    );
+
+    store.token_delete(alice, s2.id).await.unwrap();
+    assert!(
+        store
+            .token_lookup(&[2; 32], at(500))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_not_found(store.token_delete(alice, s2.id).await);
+
+    store.token_delete_hash(&[3; 32]).await.unwrap();
+    assert!(
+        store
+            .token_lookup(&[3; 32], at(500))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .token_list(alice, TokenKind::Api)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Deleting nothing is fine.
+    store.token_delete_hash(&[3; 32]).await.unwrap();
+    assert_eq!(
+        store.token_list(alice, TokenKind::Session).await.unwrap(),
+        vec![s1]
+    );
+}
+
+pub async fn expired_token_or_disabled_user_looks_up_as_none(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    store
+        .token_insert(
+            token(alice, &[1; 32], TokenKind::Session, Some(1_000)),
+            at(0),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .token_lookup(&[1; 32], at(999))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .token_lookup(&[1; 32], at(1_000))
+            .await
+            .unwrap()
+            .is_none(),
+        "a token is dead at its expiry instant"
+    );
+    assert!(
+        store
+            .token_lookup(&[1; 32], at(5_000))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store
+        .token_insert(token(alice, &[2; 32], TokenKind::Api, None), at(0))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .token_lookup(&[2; 32], at(5_000))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store
+        .user_update(
+            alice,
+            UserPatch {
+                disabled: Some(true),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .token_lookup(&[2; 32], at(5_000))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .user_update(
+            alice,
+            UserPatch {
+                disabled: Some(false),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .token_lookup(&[2; 32], at(5_000))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+pub async fn token_delete_of_another_users_token_is_not_found(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let t = store
+        .token_insert(token(alice, &[1; 32], TokenKind::Api, None), at(0))
+        .await
+        .unwrap();
+    let result = store.token_delete(bob, t.id).await;
+    assert!(
+        matches!(result, Err(StoreError::NotFound)),
+        "got {result:?}"
+    );
+    assert!(store.token_lookup(&[1; 32], at(1)).await.unwrap().is_some());
+}
