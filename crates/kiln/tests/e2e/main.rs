@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 
 mod cancel;
+mod compute;
 mod helpers;
 mod lifecycle;
 mod process;
