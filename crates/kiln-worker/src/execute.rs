@@ -79,7 +79,7 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
         return Some(shared.failed(job, failure, shared.clock.now()));
     }
     let ctx = JobContext {
-        artifacts,
+        artifacts: artifacts.clone(),
         job_id: job.id,
         attempt: job.attempts,
         payload: job.payload.clone(),
@@ -123,13 +123,14 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
         }
     };
     flush_log(shared, job, &mut log_rx).await;
-    decide(shared, job, stop.reason(), result, timeout)
+    decide(shared, job, &artifacts, stop.reason(), result, timeout)
 }
 
 /// What the attempt's result means, given why (if at all) it was asked to stop.
 fn decide(
     shared: &Shared,
     job: &Job,
+    artifacts: &Artifacts,
     reason: Option<StopReason>,
     result: Result<Result<Value, KernelError>, JoinError>,
     timeout: Option<Duration>,
@@ -138,7 +139,14 @@ fn decide(
     let error = match result {
         // A kernel that finished despite a stop request still produced a true result.
         Ok(Ok(value)) if reason != Some(StopReason::LeaseLost) => {
-            return Some(Outcome::Succeeded(value));
+            return Some(match spill_large_result(value, artifacts) {
+                Ok(value) => Outcome::Succeeded(value),
+                Err(e) => shared.failed(
+                    job,
+                    Failure::retryable("artifact_write", format!("cannot store the result: {e}")),
+                    now,
+                ),
+            });
         }
         Ok(Ok(_)) => None,
         Ok(Err(e)) => Some(e.to_failure()),
@@ -168,6 +176,31 @@ fn decide(
             Some(shared.failed(job, failure, now))
         }
     }
+}
+
+/// Results above this size are stored as the artifact `result.json` (SPEC §2).
+pub(crate) const MAX_INLINE_RESULT: usize = 64 * 1024;
+
+/// Keeps a result of at most [`MAX_INLINE_RESULT`] bytes inline. A larger one is written to
+/// `result.json`, and the job's result becomes its top-level scalar fields plus a link.
+fn spill_large_result(value: Value, artifacts: &Artifacts) -> std::io::Result<Value> {
+    let text = serde_json::to_vec(&value).map_err(std::io::Error::other)?;
+    if text.len() <= MAX_INLINE_RESULT {
+        return Ok(value);
+    }
+    let (_, mut file) = artifacts.create("result.json")?;
+    std::io::Write::write_all(&mut file, &text)?;
+    let mut summary = serde_json::Map::new();
+    if let Value::Object(fields) = &value {
+        for (k, v) in fields {
+            if !v.is_array() && !v.is_object() {
+                summary.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    summary.insert("result_artifact".into(), Value::from("result.json"));
+    summary.insert("result_bytes".into(), Value::from(text.len()));
+    Ok(Value::Object(summary))
 }
 
 /// Stores the outcome, retrying transient store errors a few times; a lost lease means

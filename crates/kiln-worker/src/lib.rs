@@ -53,7 +53,8 @@ pub struct WorkerConfig {
     /// The longest the dispatcher waits without a signal before it looks for work anyway
     /// (work from other processes on the same database).
     pub poll_interval: Duration,
-    /// How often expired leases are rescued and due jobs promoted.
+    /// How often expired leases are rescued and due jobs promoted (even with every slot
+    /// busy).
     pub rescue_interval: Duration,
     /// How often old terminal jobs are pruned.
     pub prune_interval: Duration,
@@ -76,7 +77,8 @@ impl Default for WorkerConfig {
             lease_duration: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
-            rescue_interval: Duration::from_secs(5),
+            // A due scheduled or failed job reads as `queued` within a second (SPEC §1).
+            rescue_interval: Duration::from_secs(1),
             prune_interval: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 24 * 3600),
             max_jobs: None,

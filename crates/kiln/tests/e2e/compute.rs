@@ -210,3 +210,42 @@ async fn a_running_primes_job_shows_progress_and_stops_on_cancel() {
     assert_eq!(cancelled.json()["state"], "cancelled");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_result_over_64_kib_is_stored_as_an_artifact_with_a_summary_inline() {
+    let app = TestApp::spawn().await;
+    let body = json!({"type": "csv_aggregate",
+        "payload": {"rows": 200_000, "groups": 10_000, "operation": "group_by"}});
+    let id = app.submit_ok(&app.admin, body).await;
+    let job = app.wait_state(&app.admin, &id, "succeeded", LONG).await;
+    let result = &job["result"];
+    assert_eq!(result["rows"], 200_000);
+    assert_eq!(result["result_artifact"], "result.json");
+    assert!(
+        result.get("groups").is_none(),
+        "the big array is not inline"
+    );
+    let full = app
+        .client
+        .get(
+            Some(&app.admin),
+            &format!("/api/v1/jobs/{id}/artifacts/result.json"),
+        )
+        .await;
+    assert_eq!(full.status, StatusCode::OK);
+    assert_eq!(full.header("content-type"), Some("application/json"));
+    assert_eq!(
+        full.body.len() as u64,
+        result["result_bytes"].as_u64().unwrap()
+    );
+    let full = full.json();
+    assert_eq!(full["groups"].as_array().unwrap().len(), 10_000);
+    assert_eq!(full["rows"], 200_000);
+
+    let small = app
+        .submit_ok(&app.admin, json!({"type": "echo", "payload": {"k": "v"}}))
+        .await;
+    let small = app.wait_state(&app.admin, &small, "succeeded", LONG).await;
+    assert_eq!(small["result"], json!({"k": "v"}));
+    app.stop().await;
+}
