@@ -20,9 +20,6 @@ use serde_json::Value;
 use crate::cpu::{self, Check};
 use crate::{Classify, JobContext, Kernel, KernelError, npy};
 
-/// Odd numbers per segment: 128 KiB of flags, well inside one core's L2 cache.
-const SEGMENT: usize = 128 * 1024;
-
 /// How many primes the result lists at each end.
 const SHOWN: usize = 10;
 
@@ -110,16 +107,12 @@ pub fn first_primes(
     acc.push(&[2], &mut sink)?;
     let sieve = Sieve::new(bound);
     let batch = rayon::current_num_threads().max(1) as u64;
-    let mut lo = 3u64; // always odd
-    while !acc.done() && lo <= bound {
+    let mut segment = 0u64;
+    while !acc.done() && segment < sieve.segments {
         check.stopped()?;
-        let starts: Vec<u64> = (0..batch)
-            .map(|k| lo + k * 2 * SEGMENT as u64)
-            .filter(|&start| start <= bound)
-            .collect();
-        let found: Vec<Vec<u32>> = starts
-            .par_iter()
-            .map(|&start| sieve.segment(start))
+        let found: Vec<Vec<u32>> = (segment..(segment + batch).min(sieve.segments))
+            .into_par_iter()
+            .map(|k| sieve.segment(k))
             .collect();
         for primes in &found {
             acc.push(primes, &mut sink)?;
@@ -128,24 +121,32 @@ pub fn first_primes(
             }
         }
         check.progress(acc.count as f32 / n as f32);
-        lo += batch * 2 * SEGMENT as u64;
+        segment += batch;
     }
     Ok(acc.finish(bound))
 }
 
-/// The odd primes that the presieve pattern already crosses off.
+/// Odd numbers per segment, one bit each: 128 KiB, well inside one core's L2 cache. A
+/// multiple of 64, so every segment starts on a word of the presieve pattern.
+const SEGMENT_BITS: u64 = 1 << 20;
+/// The odd primes the presieve pattern crosses off.
 const PRESIEVED: [u64; 5] = [3, 5, 7, 11, 13];
-/// 3·5·7·11·13: the pattern repeats every this many odd numbers.
-const PATTERN_LEN: usize = 15_015;
+/// 3·5·7·11·13: the bit pattern over odd numbers repeats every this many bits, so as 64-bit
+/// words it repeats every this many words.
+const PATTERN_PERIOD: usize = 15_015;
 
-/// What every segment shares: the base primes and the presieve pattern.
+/// What every segment shares. Bit `i` (globally) stands for the odd number `2i + 1`;
+/// segment `k` holds bits `[k·SEGMENT_BITS, (k+1)·SEGMENT_BITS)`.
 struct Sieve {
+    /// The largest number sieved.
     bound: u64,
+    /// How many segments cover `[1, bound]`.
+    segments: u64,
     /// Odd primes from 17 up to √bound.
     base: Vec<u64>,
-    /// `pattern[k]` is 1 iff `2k + 1` has no factor among [`PRESIEVED`]; a segment starts
-    /// as a copy of it, which saves the densest crossing-off passes (about a third of them).
-    pattern: Vec<u8>,
+    /// One period of the presieve pattern as words: a segment starts as a copy of it,
+    /// which saves the densest crossing-off passes.
+    pattern: Vec<u64>,
 }
 
 impl Sieve {
@@ -154,36 +155,46 @@ impl Sieve {
             .into_iter()
             .filter(|p| !PRESIEVED.contains(p))
             .collect();
-        let pattern = (0..PATTERN_LEN as u64)
-            .map(|k| u8::from(PRESIEVED.iter().all(|p| !(2 * k + 1).is_multiple_of(*p))))
+        let pattern = (0..PATTERN_PERIOD as u64)
+            .map(|w| {
+                (0..64).fold(0u64, |word, b| {
+                    let number = 2 * (64 * w + b) + 1;
+                    let coprime = PRESIEVED.iter().all(|p| !number.is_multiple_of(*p));
+                    word | (u64::from(coprime) << b)
+                })
+            })
             .collect();
+        let bits = bound.div_ceil(2); // odd numbers in [1, bound]
         Self {
             bound,
+            segments: bits.div_ceil(SEGMENT_BITS),
             base,
             pattern,
         }
     }
 
-    /// The primes in `[lo, lo + 2·SEGMENT)` (and ≤ bound); `lo` is odd.
-    fn segment(&self, lo: u64) -> Vec<u32> {
-        let len = (((self.bound - lo) / 2) as usize + 1).min(SEGMENT);
-        let hi = lo + 2 * len as u64;
-        let mut flags = vec![0u8; len];
-        // flags[i] stands for lo + 2i, whose pattern index is ((lo - 1) / 2 + i) mod 15015.
-        let mut offset = ((lo - 1) / 2) as usize % PATTERN_LEN;
-        let mut filled = 0;
-        while filled < len {
-            let take = (PATTERN_LEN - offset).min(len - filled);
-            flags[filled..filled + take].copy_from_slice(&self.pattern[offset..offset + take]);
-            filled += take;
-            offset = 0;
+    /// The primes (other than 2) in segment `k`, in order.
+    fn segment(&self, k: u64) -> Vec<u32> {
+        let first_bit = k * SEGMENT_BITS;
+        let lo = 2 * first_bit + 1; // the segment's first number
+        let last = self.bound.min(lo + 2 * (SEGMENT_BITS - 1)); // its last number
+        let len_bits = (last - lo) / 2 + 1;
+        let words = len_bits.div_ceil(64) as usize;
+        let mut bits = Vec::with_capacity(words);
+        let mut w = (first_bit / 64) as usize % PATTERN_PERIOD;
+        while bits.len() < words {
+            let take = (PATTERN_PERIOD - w).min(words - bits.len());
+            bits.extend_from_slice(&self.pattern[w..w + take]);
+            w = 0;
         }
-        if lo <= 13 {
-            // The presieved primes crossed themselves off.
-            for p in PRESIEVED.into_iter().filter(|&p| p >= lo && p < hi) {
-                flags[((p - lo) / 2) as usize] = 1;
+        if lo == 1 {
+            // 1 is not prime; the presieved primes crossed themselves off.
+            bits[0] &= !1;
+            for p in PRESIEVED {
+                bits[0] |= 1 << (p / 2);
             }
         }
+        let hi = last + 1;
         for &p in &self.base {
             if p * p >= hi {
                 break;
@@ -193,39 +204,30 @@ impl Sieve {
             if m.is_multiple_of(2) {
                 m += p;
             }
-            let stride = p as usize;
-            let mut i = ((m - lo) / 2) as usize;
-            while i < len {
-                flags[i] = 0;
-                i += stride;
+            let mut i = (m - lo) / 2;
+            while i < len_bits {
+                bits[(i / 64) as usize] &= !(1u64 << (i % 64));
+                i += p;
             }
         }
-        collect(&flags, lo)
-    }
-}
-
-/// The numbers whose flag is set. Most flags are 0, so whole 8-byte words are skipped.
-fn collect(flags: &[u8], lo: u64) -> Vec<u32> {
-    let mut out = Vec::with_capacity(flags.len() / 8);
-    let mut chunks = flags.chunks_exact(8);
-    let mut base = 0usize;
-    for chunk in &mut chunks {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        if word != 0 {
-            for (j, &f) in chunk.iter().enumerate() {
-                if f != 0 {
-                    out.push((lo + 2 * (base + j) as u64) as u32);
-                }
+        // Bits past `bound` in the last word.
+        let tail = len_bits % 64;
+        if tail != 0
+            && let Some(word) = bits.last_mut()
+        {
+            *word &= (1u64 << tail) - 1;
+        }
+        let mut out = Vec::with_capacity(words * 4);
+        for (wi, &word) in bits.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                let b = u64::from(word.trailing_zeros());
+                out.push((lo + 2 * (wi as u64 * 64 + b)) as u32);
+                word &= word - 1;
             }
         }
-        base += 8;
+        out
     }
-    for (j, &f) in chunks.remainder().iter().enumerate() {
-        if f != 0 {
-            out.push((lo + 2 * (base + j) as u64) as u32);
-        }
-    }
-    out
 }
 
 /// Running totals over the primes emitted so far.
