@@ -1,0 +1,221 @@
+//! Fenced writes of a running attempt (completion, progress, lease renewal) and the lookup
+//! of leases to rescue.
+//!
+//! Every fenced statement matches `id AND state = 'running' AND attempts = <attempt> AND
+//! node = <node>`: a worker whose lease was rescued (and the job claimed again, so
+//! `attempts` moved on) matches nothing and gets `LeaseLost`, so it can never overwrite the
+//! newer attempt. The `UPDATE` takes the row lock and re-checks the fence on the newest row
+//! version, so two racing completions cannot both match.
+
+use deadpool_postgres::{GenericClient, Transaction};
+use kiln_domain::{Event, Failure, Job, JobId, JobState, Lease, Step, Timestamp, transition};
+
+use super::jobs::record;
+use super::notify::Signals;
+use super::row::{self, int, job_columns, json, query, query_opt, ts};
+use crate::error::{Result, StoreError};
+use crate::model::{LeaseFilter, Outcome, Renewal};
+
+/// The fence every attempt's write matches (parameters $1 id, $2 attempt, $3 node).
+macro_rules! fenced {
+    () => {
+        " WHERE id = $1 AND state = 'running' AND attempts = $2 AND node = $3"
+    };
+}
+
+/// The columns a completion returns: the job, then its new event number.
+macro_rules! returning {
+    () => {
+        concat!(" RETURNING ", job_columns!(), ", event_seq")
+    };
+}
+
+/// Ends the attempt held by `lease` with `outcome`, at `now`.
+pub(super) async fn complete(
+    tx: &Transaction<'_>,
+    signals: &mut Signals,
+    lease: &Lease,
+    outcome: Outcome,
+    now: Timestamp,
+) -> Result<Job> {
+    let event = match &outcome {
+        Outcome::Succeeded(_) => Event::Succeed,
+        Outcome::Failed { retry_at, .. } => Event::Fail {
+            retry: retry_at.is_some(),
+        },
+        Outcome::Cancelled => Event::Abort,
+    };
+    let Step::To(state) = transition(JobState::Running, event)? else {
+        return Err(StoreError::LeaseLost);
+    };
+    let (id, attempt, node) = (lease.job_id.0, int(lease.attempt), lease.node.as_str());
+    let (now, to) = (ts(now), state.as_str());
+    let found = match &outcome {
+        Outcome::Succeeded(result) => {
+            query_opt(
+                tx,
+                concat!(
+                    "UPDATE jobs SET state = $4, result = $5, progress = 1, finished_at = $6,
+                         updated_at = $6, node = NULL, lease_expires_at = NULL,
+                         event_seq = event_seq + 1",
+                    fenced!(),
+                    returning!()
+                ),
+                &[&id, &attempt, &node, &to, result, &now],
+            )
+            .await?
+        }
+        Outcome::Failed { failure, retry_at } => {
+            query_opt(
+                tx,
+                concat!(
+                    "UPDATE jobs SET state = $4, error = $5, run_at = coalesce($7, run_at),
+                         finished_at = CASE WHEN $7::timestamptz IS NULL THEN $6 END,
+                         updated_at = $6, node = NULL, lease_expires_at = NULL,
+                         event_seq = event_seq + 1",
+                    fenced!(),
+                    returning!()
+                ),
+                &[
+                    &id,
+                    &attempt,
+                    &node,
+                    &to,
+                    &json(failure),
+                    &now,
+                    &retry_at.map(ts),
+                ],
+            )
+            .await?
+        }
+        Outcome::Cancelled => {
+            query_opt(
+                tx,
+                concat!(
+                    "UPDATE jobs SET state = $4, finished_at = $5, updated_at = $5,
+                         node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
+                    fenced!(),
+                    returning!()
+                ),
+                &[&id, &attempt, &node, &to, &now],
+            )
+            .await?
+        }
+    };
+    let found = found.ok_or(StoreError::LeaseLost)?;
+    let job = row::job(&found)?;
+    let seq: i32 = row::get(&found, 21)?;
+    let message = match &outcome {
+        Outcome::Succeeded(_) => "succeeded".to_owned(),
+        Outcome::Failed { failure, .. } => failure_message(failure),
+        Outcome::Cancelled => "cancelled".to_owned(),
+    };
+    record(tx, signals, &job, seq, Some(&lease.node), &message).await?;
+    Ok(job)
+}
+
+/// The event message of a failure: `<code>: <message>`.
+fn failure_message(failure: &Failure) -> String {
+    format!("{}: {}", failure.code, failure.message)
+}
+
+/// Records the attempt's progress (clamped to 0.0–1.0; NaN counts as 0).
+pub(super) async fn progress(
+    db: &impl GenericClient,
+    lease: &Lease,
+    progress: f32,
+    now: Timestamp,
+) -> Result<()> {
+    let progress = if progress.is_nan() {
+        0.0
+    } else {
+        progress.clamp(0.0, 1.0)
+    };
+    let changed = row::execute(
+        db,
+        concat!("UPDATE jobs SET progress = $4, updated_at = $5", fenced!()),
+        &[
+            &lease.job_id.0,
+            &int(lease.attempt),
+            &lease.node,
+            &progress,
+            &ts(now),
+        ],
+    )
+    .await?;
+    if changed == 0 {
+        return Err(StoreError::LeaseLost);
+    }
+    Ok(())
+}
+
+/// Extends each held lease to `until` in one statement; reports the lost ones and the
+/// pending cancels.
+pub(super) async fn renew(
+    db: &impl GenericClient,
+    leases: &[Lease],
+    until: Timestamp,
+) -> Result<Renewal> {
+    // Locked in id order, so two renewals over overlapping jobs cannot deadlock.
+    let mut sorted: Vec<&Lease> = leases.iter().collect();
+    sorted.sort_by_key(|l| l.job_id);
+    let ids: Vec<uuid::Uuid> = sorted.iter().map(|l| l.job_id.0).collect();
+    let attempts: Vec<i32> = sorted.iter().map(|l| int(l.attempt)).collect();
+    let nodes: Vec<&str> = sorted.iter().map(|l| l.node.as_str()).collect();
+    let rows = query(
+        db,
+        "UPDATE jobs j SET lease_expires_at = $4
+         FROM unnest($1::uuid[], $2::integer[], $3::text[]) AS l(id, attempt, node)
+         WHERE j.id = l.id AND j.state = 'running' AND j.attempts = l.attempt
+           AND j.node = l.node
+         RETURNING j.id, j.cancel_requested",
+        &[&ids, &attempts, &nodes, &ts(until)],
+    )
+    .await?;
+    let mut held = std::collections::HashMap::with_capacity(rows.len());
+    for r in &rows {
+        held.insert(JobId(row::get(r, 0)?), row::get::<bool>(r, 1)?);
+    }
+    let mut renewal = Renewal::default();
+    for lease in leases {
+        match held.get(&lease.job_id) {
+            None => renewal.lost.push(lease.job_id),
+            Some(true) => renewal.cancel_requested.push(lease.job_id),
+            Some(false) => {}
+        }
+    }
+    Ok(renewal)
+}
+
+/// Leases of running jobs matching `filter`.
+pub(super) async fn find(db: &impl GenericClient, filter: &LeaseFilter) -> Result<Vec<Lease>> {
+    let rows = match filter {
+        LeaseFilter::ExpiredAt(at) => {
+            query(
+                db,
+                "SELECT id, attempts, node FROM jobs
+                 WHERE state = 'running' AND lease_expires_at < $1 AND node IS NOT NULL
+                 ORDER BY lease_expires_at",
+                &[&ts(*at)],
+            )
+            .await?
+        }
+        LeaseFilter::Node(node) => {
+            query(
+                db,
+                "SELECT id, attempts, node FROM jobs WHERE state = 'running' AND node = $1",
+                &[node],
+            )
+            .await?
+        }
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(Lease {
+                job_id: JobId(row::get(r, 0)?),
+                attempt: row::count(r, 1)?,
+                node: row::get(r, 2)?,
+            })
+        })
+        .collect()
+}
