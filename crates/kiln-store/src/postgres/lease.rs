@@ -70,7 +70,7 @@ pub(super) async fn complete(
                 tx,
                 concat!(
                     "UPDATE jobs SET state = $4, error = $5, run_at = coalesce($7, run_at),
-                         finished_at = CASE WHEN $7::timestamptz IS NULL THEN $6 END,
+                         finished_at = CASE WHEN $7::timestamptz IS NULL THEN $6::timestamptz END,
                          updated_at = $6, node = NULL, lease_expires_at = NULL,
                          event_seq = event_seq + 1",
                     fenced!(),
