@@ -985,3 +985,44 @@ async fn retry_report_and_delete_follow_the_state_machine() {
         Err(StoreError::NotFound)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_reconnects_after_its_connection_is_killed() {
+    let Some((db, node_a, ada)) = setup().await else {
+        return;
+    };
+    let node_b = db.store().await;
+    let mut on_b = node_b.subscribe();
+    let admin = db
+        .store_with(PgOptions {
+            listen: false,
+            ..PgOptions::default()
+        })
+        .await;
+    // Kill every listener connection of this database, as a server restart or a network
+    // cut would.
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let killed = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1",
+            &[&kiln_store::postgres::LISTENER_NAME],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 2, "one listener per listening store");
+    // On reconnecting, a listener tells its subscribers to re-read.
+    wait_for(&mut on_b, Signal::JobAvailable).await;
+    insert(&*admin, job(ada, t0())).await;
+    let running = node_b
+        .job_claim(&claim_req("b", 1, at(1)))
+        .await
+        .unwrap()
+        .remove(0);
+    node_a.job_cancel(None, running.id, at(2)).await.unwrap();
+    wait_for(&mut on_b, Signal::CancelRequested(running.id)).await;
+    drop((node_a, node_b, admin));
+}

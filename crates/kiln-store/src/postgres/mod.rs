@@ -44,6 +44,7 @@ use tokio_postgres::error::SqlState;
 
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::Signal;
+pub use notify::LISTENER_NAME;
 use notify::Signals;
 
 /// Options of [`PgStore::connect`].
@@ -90,7 +91,8 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `url` (`postgres://user@host/db`), applies the embedded migrations under
     /// an advisory lock (so nodes starting together migrate once) and, with
-    /// [`PgOptions::listen`], starts the listener. Must run inside a tokio runtime.
+    /// [`PgOptions::listen`], starts the listener and waits until it listens (an error if
+    /// its first connection fails). Must run inside a tokio runtime.
     pub async fn connect(url: &str, opts: PgOptions) -> Result<Arc<PgStore>> {
         let config = parse_url(url)?;
         schema::migrate(&config).await?;
@@ -110,9 +112,25 @@ impl PgStore {
             .map_err(|e| backend(format!("cannot build the PostgreSQL pool: {e}")))?;
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
         let origin = uuid::Uuid::now_v7().simple().to_string();
-        let listener = opts
-            .listen
-            .then(|| notify::spawn_listener(config, signals.clone(), origin.clone()));
+        let listener = if opts.listen {
+            let (ready, listening) = tokio::sync::oneshot::channel();
+            let task = notify::spawn_listener(config, signals.clone(), origin.clone(), ready);
+            // Hand the store out only once other nodes' signals can reach it.
+            match listening.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    task.abort();
+                    return Err(map_err(e));
+                }
+                Err(_) => {
+                    task.abort();
+                    return Err(backend("the PostgreSQL listener stopped before listening"));
+                }
+            }
+            Some(task)
+        } else {
+            None
+        };
         Ok(Arc::new(PgStore {
             pool,
             signals,

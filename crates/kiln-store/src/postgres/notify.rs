@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use kiln_domain::{JobId, JobState, UserId};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::Result;
@@ -119,34 +119,60 @@ pub(super) fn decode(payload: &str) -> Option<Signal> {
     Some(Signal::Changed { id, owner, state })
 }
 
-/// Starts the listener task; aborting it closes its connection.
+/// Where the first connection attempt reports whether its `LISTEN` is in place.
+pub(super) type Ready = oneshot::Sender<std::result::Result<(), tokio_postgres::Error>>;
+
+/// Starts the listener task; aborting it closes its connection. `ready` hears the outcome
+/// of the first attempt, so a new store listens before it is handed out.
 pub(super) fn spawn_listener(
-    config: tokio_postgres::Config,
+    mut config: tokio_postgres::Config,
     signals: broadcast::Sender<Signal>,
     origin: String,
+    ready: Ready,
 ) -> tokio::task::JoinHandle<()> {
+    // Named, so an operator can tell it apart in `pg_stat_activity`.
+    config.application_name(LISTENER_NAME);
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
-        let mut first = true;
+        let mut ready = Some(ready);
         loop {
-            match listen(&config, &signals, &origin, &mut backoff, first).await {
+            let reconnect = ready.is_none();
+            match listen(
+                &config,
+                &signals,
+                &origin,
+                &mut ready,
+                reconnect,
+                &mut backoff,
+            )
+            .await
+            {
                 Ok(()) => tracing::warn!("the PostgreSQL listener connection closed"),
-                Err(e) => tracing::warn!(error = %e, "the PostgreSQL listener failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "the PostgreSQL listener failed");
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Err(e));
+                    }
+                }
             }
-            first = false;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     })
 }
 
-/// One listener connection: `LISTEN`, then re-publish notifications until it drops.
+/// The listener's `application_name`.
+pub const LISTENER_NAME: &str = "kiln-listener";
+
+/// One listener connection: `LISTEN`, then re-publish notifications until it drops. A
+/// successful `LISTEN` resets the backoff.
 async fn listen(
     config: &tokio_postgres::Config,
     signals: &broadcast::Sender<Signal>,
     origin: &str,
+    ready: &mut Option<Ready>,
+    reconnect: bool,
     backoff: &mut Duration,
-    first: bool,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let (messages, mut inbox) = mpsc::unbounded_channel();
@@ -168,7 +194,10 @@ async fn listen(
     let _abort = AbortOnDrop(driver.abort_handle());
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     *backoff = BACKOFF_MIN;
-    if !first {
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(Ok(()));
+    }
+    if reconnect {
         tracing::info!("the PostgreSQL listener reconnected");
         let _ = signals.send(Signal::JobAvailable);
     }
