@@ -19,6 +19,9 @@ use super::row::{self, int, job_columns, json, query_one, query_opt, ts};
 use crate::error::{Result, StoreError};
 use crate::model::{InsertOptions, Inserted, Report, Signal};
 
+/// The advisory lock key that serialises inserts checking `max_queued` (`kilnqcap`).
+const MAX_QUEUED_LOCK: i64 = 0x6b69_6c6e_7163_6170;
+
 /// What [`insert`] found when another transaction holds the same idempotency key.
 // Short-lived and returned once per insert: boxing the common case would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -41,6 +44,10 @@ pub(super) async fn insert(
         return Ok(Insert::Done(found));
     }
     if let Some(limit) = opts.max_queued {
+        // Capped inserts take turns (until commit), so two of them on different nodes
+        // cannot both see room for one more job. Uncapped inserts, claims and completions
+        // never take this lock.
+        row::execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&MAX_QUEUED_LOCK]).await?;
         let active: i64 = row::get(
             &query_one(
                 tx,

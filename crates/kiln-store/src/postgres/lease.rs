@@ -7,6 +7,8 @@
 //! newer attempt. The `UPDATE` takes the row lock and re-checks the fence on the newest row
 //! version, so two racing completions cannot both match.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::{GenericClient, Transaction};
 use kiln_domain::{Event, Failure, Job, JobId, JobState, Lease, Step, Timestamp, transition};
 
@@ -48,6 +50,13 @@ pub(super) async fn complete(
     let Step::To(state) = transition(JobState::Running, event)? else {
         return Err(StoreError::LeaseLost);
     };
+    // A retryable failure of an attempt whose job has a cancel request pending ends the job
+    // as `cancelled` (the attempt stopped; Event::Abort), not `failed`: otherwise the retry
+    // would run the job again and the claim would clear the request, silently dropping the
+    // owner's cancel. Decided in the same fenced UPDATE, from the row's own flag (as SQLite).
+    let Step::To(aborted) = transition(JobState::Running, Event::Abort)? else {
+        return Err(StoreError::LeaseLost);
+    };
     let (id, attempt, node) = (lease.job_id.0, int(lease.attempt), lease.node.as_str());
     let (now, to) = (ts(now), state.as_str());
     let found = match &outcome {
@@ -69,8 +78,14 @@ pub(super) async fn complete(
             query_opt(
                 tx,
                 concat!(
-                    "UPDATE jobs SET state = $4, error = $5, run_at = coalesce($7, run_at),
-                         finished_at = CASE WHEN $7::timestamptz IS NULL THEN $6::timestamptz END,
+                    "UPDATE jobs SET
+                         state = CASE WHEN $7::timestamptz IS NOT NULL AND cancel_requested
+                                      THEN $8 ELSE $4 END,
+                         error = $5,
+                         run_at = CASE WHEN cancel_requested THEN run_at
+                                       ELSE coalesce($7, run_at) END,
+                         finished_at = CASE WHEN $7::timestamptz IS NULL OR cancel_requested
+                                            THEN $6::timestamptz END,
                          updated_at = $6, node = NULL, lease_expires_at = NULL,
                          event_seq = event_seq + 1",
                     fenced!(),
@@ -84,6 +99,7 @@ pub(super) async fn complete(
                     &json(failure),
                     &now,
                     &retry_at.map(ts),
+                    &aborted.as_str(),
                 ],
             )
             .await?
@@ -107,6 +123,9 @@ pub(super) async fn complete(
     let seq: i32 = row::get(&found, 21)?;
     let message = match &outcome {
         Outcome::Succeeded(_) => "succeeded".to_owned(),
+        Outcome::Failed { failure, .. } if job.state == aborted => {
+            format!("cancelled after {}", failure_message(failure))
+        }
         Outcome::Failed { failure, .. } => failure_message(failure),
         Outcome::Cancelled => "cancelled".to_owned(),
     };
@@ -156,29 +175,35 @@ pub(super) async fn renew(
     leases: &[Lease],
     until: Timestamp,
 ) -> Result<Renewal> {
-    // Locked in id order, so two renewals over overlapping jobs cannot deadlock.
-    let mut sorted: Vec<&Lease> = leases.iter().collect();
-    sorted.sort_by_key(|l| l.job_id);
-    let ids: Vec<uuid::Uuid> = sorted.iter().map(|l| l.job_id.0).collect();
-    let attempts: Vec<i32> = sorted.iter().map(|l| int(l.attempt)).collect();
-    let nodes: Vec<&str> = sorted.iter().map(|l| l.node.as_str()).collect();
+    // Only the node holding a lease renews it, so renewals of one job do not race; were two
+    // to deadlock anyway, PostgreSQL aborts one and the caller sees `Transient`.
+    let ids: Vec<uuid::Uuid> = leases.iter().map(|l| l.job_id.0).collect();
+    let attempts: Vec<i32> = leases.iter().map(|l| int(l.attempt)).collect();
+    let nodes: Vec<&str> = leases.iter().map(|l| l.node.as_str()).collect();
     let rows = query(
         db,
         "UPDATE jobs j SET lease_expires_at = $4
          FROM unnest($1::uuid[], $2::integer[], $3::text[]) AS l(id, attempt, node)
          WHERE j.id = l.id AND j.state = 'running' AND j.attempts = l.attempt
            AND j.node = l.node
-         RETURNING j.id, j.cancel_requested",
+         RETURNING j.id, j.attempts, j.node, j.cancel_requested",
         &[&ids, &attempts, &nodes, &ts(until)],
     )
     .await?;
-    let mut held = std::collections::HashMap::with_capacity(rows.len());
+    // Keyed by the whole lease: a stale lease of a job whose current lease is also renewed
+    // here is still lost.
+    let mut held = HashMap::with_capacity(rows.len());
     for r in &rows {
-        held.insert(JobId(row::get(r, 0)?), row::get::<bool>(r, 1)?);
+        let lease = Lease {
+            job_id: JobId(row::get(r, 0)?),
+            attempt: row::count(r, 1)?,
+            node: row::get(r, 2)?,
+        };
+        held.insert(lease, row::get::<bool>(r, 3)?);
     }
     let mut renewal = Renewal::default();
     for lease in leases {
-        match held.get(&lease.job_id) {
+        match held.get(lease) {
             None => renewal.lost.push(lease.job_id),
             Some(true) => renewal.cancel_requested.push(lease.job_id),
             Some(false) => {}
