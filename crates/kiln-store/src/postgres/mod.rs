@@ -9,7 +9,7 @@
 //! - Every state change bumps the job row's `event_seq` and appends the event row with that
 //!   number in the same transaction: the row lock orders a job's events without reading
 //!   `max(seq)`.
-//! - Signals: each write queues its [`Signal`]s in a [`Signals`] buffer; [`commit`] sends
+//! - Signals: each write queues its [`Signal`]s in a `Signals` buffer; `PgStore::commit` sends
 //!   them to other nodes with `pg_notify` inside the transaction (PostgreSQL delivers a
 //!   notification only if its transaction commits), commits, then publishes them to local
 //!   subscribers. The [`notify`] listener re-publishes other nodes' notifications locally.
