@@ -1026,3 +1026,94 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
     wait_for(&mut on_b, Signal::CancelRequested(running.id)).await;
     drop((node_a, node_b, admin));
 }
+
+#[tokio::test]
+async fn a_retryable_failure_after_a_cancel_request_ends_cancelled() {
+    let Some((_db, store, ada)) = setup().await else {
+        return;
+    };
+    insert(&*store, job(ada, t0())).await;
+    let running = store
+        .job_claim(&claim_req("n", 1, at(1)))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .job_cancel(Some(ada), running.id, at(2))
+        .await
+        .unwrap();
+    let ended = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Failed {
+                failure: Failure::retryable("io", "interrupted"),
+                retry_at: Some(at(10)),
+            },
+            at(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (ended.state, ended.finished_at, ended.run_at),
+        (JobState::Cancelled, Some(at(3)), running.run_at)
+    );
+    let last = store
+        .event_list(None, running.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        last.message.as_deref(),
+        Some("cancelled after io: interrupted")
+    );
+    assert_eq!(store.job_next_due().await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn capped_inserts_from_two_nodes_stop_exactly_at_the_cap() {
+    let Some((db, node_a, ada)) = setup().await else {
+        return;
+    };
+    let node_b = db.store().await;
+    let inserts = (0..40).map(|i| {
+        let store = if i % 2 == 0 {
+            node_a.clone()
+        } else {
+            node_b.clone()
+        };
+        tokio::spawn(async move {
+            let capped = InsertOptions {
+                idempotency: None,
+                max_queued: Some(10),
+            };
+            store.job_insert(job(ada, at(i)), capped).await
+        })
+    });
+    let mut created = 0;
+    for insert in inserts {
+        match insert.await.unwrap() {
+            Ok(Inserted::Created(_)) => created += 1,
+            Err(StoreError::QueueFull { limit: 10 }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 10);
+    assert_eq!(node_a.job_stats().await.unwrap().total_submitted, 10);
+    drop((node_a, node_b));
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_reach_its_database_fails_to_connect() {
+    let Some(db) = TempPostgres::create().await else {
+        return;
+    };
+    let missing = db.url.replace(&db.name, &format!("{}_missing", db.name));
+    let err = PgStore::connect(&missing, PgOptions::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    let bad = PgStore::connect("postgres://u@h:notaport/db", PgOptions::default()).await;
+    assert!(matches!(bad, Err(StoreError::Backend(_))));
+}
