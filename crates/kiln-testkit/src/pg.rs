@@ -8,6 +8,7 @@
 //! which case it panics (CI sets it, so a missing server fails the run instead of
 //! silently passing).
 
+use std::io::Write;
 use std::sync::Arc;
 
 use kiln_store::postgres::{PgOptions, PgStore};
@@ -42,7 +43,10 @@ impl TempPostgres {
                         "PostgreSQL not reachable at {admin_url} (KILN_REQUIRE_POSTGRES=1): {e}"
                     );
                 }
-                eprintln!(
+                // Straight to the process's stderr: the test harness captures `eprintln!`
+                // of passing tests, and a skip must never pass silently.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "\n*** SKIPPED: PostgreSQL not reachable at {admin_url}: {e} \
                      (set KILN_REQUIRE_POSTGRES=1 to fail instead) ***\n"
                 );
