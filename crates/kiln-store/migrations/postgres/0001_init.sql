@@ -100,26 +100,29 @@ CREATE TABLE idempotency_keys (
 );
 CREATE INDEX idempotency_keys_by_job ON idempotency_keys (job_id);
 
--- Jobs ever submitted (survives pruning), kept by a trigger in the inserting transaction.
--- Unlike SQLite, counts per state are not kept in counter rows: with many nodes, one hot row
--- per state would serialise every claim and completion on its row lock, so `max_queued` and
--- stats count with the `jobs_state` index instead. This one row is only locked by inserts,
--- for the few microseconds until their commit.
+-- Jobs ever submitted = jobs in the table + jobs deleted so far. Only deletes (pruning, a
+-- user's delete: rare, in the background) touch this counter row, through a statement-level
+-- trigger in the deleting transaction, so the number is exact after any rollback. Inserts,
+-- claims and completions touch no shared row: unlike SQLite's trigger-kept counts, a hot
+-- counter row would serialise every insert (and, per state, every claim and completion)
+-- across all nodes on its row lock until commit.
 CREATE TABLE counters (
     name  text   PRIMARY KEY,
     value bigint NOT NULL
 );
-INSERT INTO counters (name, value) VALUES ('total_submitted', 0);
+INSERT INTO counters (name, value) VALUES ('jobs_deleted', 0);
 
-CREATE FUNCTION kiln_count_submitted() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION kiln_count_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE counters SET value = value + 1 WHERE name = 'total_submitted';
+    UPDATE counters SET value = value + (SELECT count(*) FROM gone)
+    WHERE name = 'jobs_deleted';
     RETURN NULL;
 END;
 $$;
 
-CREATE TRIGGER jobs_counted_on_insert AFTER INSERT ON jobs
-    FOR EACH ROW EXECUTE FUNCTION kiln_count_submitted();
+CREATE TRIGGER jobs_counted_on_delete AFTER DELETE ON jobs
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION kiln_count_deleted();
 
 -- Counts per state (index-only scans) for `max_queued` and `/metrics`.
 CREATE INDEX jobs_state ON jobs (state);

@@ -2,12 +2,12 @@
 //!
 //! Only terminal jobs have `finished_at`, so the partial index `jobs_finished` lists exactly
 //! the prunable jobs, oldest first. Deleting a job cascades to its events, log and
-//! idempotency keys; the trigger-kept counter keeps `total_submitted` across pruning.
+//! idempotency keys; a trigger counts deleted jobs, so `total_submitted` survives pruning.
 
 use deadpool_postgres::GenericClient;
 use kiln_domain::{JobState, Timestamp};
 
-use super::row::{self, big, query, ts};
+use super::row::{self, big, ts};
 use crate::error::Result;
 use crate::model::Stats;
 
@@ -54,27 +54,16 @@ pub(super) async fn prune_chunk(
     Ok(deleted)
 }
 
-/// Jobs ever submitted, current counts per state, mean run time, p95 start latency.
+/// Jobs ever submitted, current counts per state, mean run time, p95 start latency; one
+/// statement, so every number comes from the same snapshot.
 pub(super) async fn stats(db: &impl GenericClient) -> Result<Stats> {
-    let total = row::query_one(
+    let r = row::query_one(
         db,
-        "SELECT value FROM counters WHERE name = 'total_submitted'",
-        &[],
-    )
-    .await?;
-    let total_submitted: i64 = row::get(&total, 0)?;
-    let counts = query(db, "SELECT state, count(*) FROM jobs GROUP BY state", &[]).await?;
-    let mut by_state: Vec<(JobState, u64)> = JobState::ALL.iter().map(|&s| (s, 0)).collect();
-    for r in &counts {
-        let state = row::state(r, 0)?;
-        let n: i64 = row::get(r, 1)?;
-        if let Some(slot) = by_state.iter_mut().find(|(s, _)| *s == state) {
-            slot.1 = u64::try_from(n).unwrap_or(0);
-        }
-    }
-    let timings = row::query_one(
-        db,
-        "SELECT
+        "WITH counts AS (SELECT state, count(*) AS n FROM jobs GROUP BY state)
+         SELECT
+             (SELECT value FROM counters WHERE name = 'jobs_deleted'),
+             coalesce((SELECT array_agg(state) FROM counts), '{}'),
+             coalesce((SELECT array_agg(n) FROM counts), '{}'),
              (SELECT avg(extract(epoch FROM finished_at - started_at) * 1000)::float8
               FROM jobs
               WHERE finished_at IS NOT NULL AND state = 'succeeded'
@@ -86,10 +75,23 @@ pub(super) async fn stats(db: &impl GenericClient) -> Result<Stats> {
         &[&LATENCY_SAMPLE],
     )
     .await?;
-    let avg: Option<f64> = row::get(&timings, 0)?;
-    let p95: Option<f64> = row::get(&timings, 1)?;
+    let deleted: i64 = row::get(&r, 0)?;
+    let states: Vec<&str> = row::get(&r, 1)?;
+    let counts: Vec<i64> = row::get(&r, 2)?;
+    let mut by_state: Vec<(JobState, u64)> = JobState::ALL.iter().map(|&s| (s, 0)).collect();
+    for (state, n) in states.into_iter().zip(counts) {
+        let state: JobState = state
+            .parse()
+            .map_err(|e| super::backend(format!("job state: {e}")))?;
+        if let Some(slot) = by_state.iter_mut().find(|(s, _)| *s == state) {
+            slot.1 = u64::try_from(n).unwrap_or(0);
+        }
+    }
+    let present: u64 = by_state.iter().map(|(_, n)| n).sum();
+    let avg: Option<f64> = row::get(&r, 3)?;
+    let p95: Option<f64> = row::get(&r, 4)?;
     Ok(Stats {
-        total_submitted: u64::try_from(total_submitted).unwrap_or(0),
+        total_submitted: present + u64::try_from(deleted).unwrap_or(0),
         by_state,
         avg_duration_ms: avg.unwrap_or(0.0),
         p95_start_latency_ms: p95.unwrap_or(0.0),
