@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use deadpool_postgres::{GenericClient, Transaction};
 use kiln_domain::{Event, Failure, Job, JobId, JobState, Lease, Step, Timestamp, transition};
+use tokio_postgres::types::ToSql;
 
 use super::jobs::record;
 use super::notify::Signals;
@@ -32,6 +33,40 @@ macro_rules! returning {
     };
 }
 
+/// Success: the result, progress 1, terminal.
+const SUCCEED: &str = concat!(
+    "UPDATE jobs SET state = $4, result = $5, progress = 1, finished_at = $6,
+         updated_at = $6, node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
+    fenced!(),
+    returning!()
+);
+
+/// Failure: `failed` with the next attempt due at `$7`, or `dead` when `$7` is null. A
+/// retryable failure of a job with a cancel request pending ends it `$8` (cancelled)
+/// instead: otherwise the retry would run it again and the claim would clear the request,
+/// silently dropping the owner's cancel. Decided from the row's own flag, in the same
+/// fenced UPDATE (as the SQLite backend does).
+const FAIL: &str = concat!(
+    "UPDATE jobs SET
+         state = CASE WHEN $7::timestamptz IS NOT NULL AND cancel_requested
+                      THEN $8 ELSE $4 END,
+         error = $5,
+         run_at = CASE WHEN cancel_requested THEN run_at ELSE coalesce($7, run_at) END,
+         finished_at = CASE WHEN $7::timestamptz IS NULL OR cancel_requested
+                            THEN $6::timestamptz END,
+         updated_at = $6, node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
+    fenced!(),
+    returning!()
+);
+
+/// Stopped by a cancel request: terminal.
+const ABORT: &str = concat!(
+    "UPDATE jobs SET state = $4, finished_at = $5, updated_at = $5,
+         node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
+    fenced!(),
+    returning!()
+);
+
 /// Ends the attempt held by `lease` with `outcome`, at `now`.
 pub(super) async fn complete(
     tx: &Transaction<'_>,
@@ -47,78 +82,15 @@ pub(super) async fn complete(
         },
         Outcome::Cancelled => Event::Abort,
     };
-    let Step::To(state) = transition(JobState::Running, event)? else {
+    let (Step::To(state), Step::To(aborted)) = (
+        transition(JobState::Running, event)?,
+        transition(JobState::Running, Event::Abort)?,
+    ) else {
         return Err(StoreError::LeaseLost);
     };
-    // A retryable failure of an attempt whose job has a cancel request pending ends the job
-    // as `cancelled` (the attempt stopped; Event::Abort), not `failed`: otherwise the retry
-    // would run the job again and the claim would clear the request, silently dropping the
-    // owner's cancel. Decided in the same fenced UPDATE, from the row's own flag (as SQLite).
-    let Step::To(aborted) = transition(JobState::Running, Event::Abort)? else {
-        return Err(StoreError::LeaseLost);
-    };
-    let (id, attempt, node) = (lease.job_id.0, int(lease.attempt), lease.node.as_str());
-    let (now, to) = (ts(now), state.as_str());
-    let found = match &outcome {
-        Outcome::Succeeded(result) => {
-            query_opt(
-                tx,
-                concat!(
-                    "UPDATE jobs SET state = $4, result = $5, progress = 1, finished_at = $6,
-                         updated_at = $6, node = NULL, lease_expires_at = NULL,
-                         event_seq = event_seq + 1",
-                    fenced!(),
-                    returning!()
-                ),
-                &[&id, &attempt, &node, &to, result, &now],
-            )
-            .await?
-        }
-        Outcome::Failed { failure, retry_at } => {
-            query_opt(
-                tx,
-                concat!(
-                    "UPDATE jobs SET
-                         state = CASE WHEN $7::timestamptz IS NOT NULL AND cancel_requested
-                                      THEN $8 ELSE $4 END,
-                         error = $5,
-                         run_at = CASE WHEN cancel_requested THEN run_at
-                                       ELSE coalesce($7, run_at) END,
-                         finished_at = CASE WHEN $7::timestamptz IS NULL OR cancel_requested
-                                            THEN $6::timestamptz END,
-                         updated_at = $6, node = NULL, lease_expires_at = NULL,
-                         event_seq = event_seq + 1",
-                    fenced!(),
-                    returning!()
-                ),
-                &[
-                    &id,
-                    &attempt,
-                    &node,
-                    &to,
-                    &json(failure),
-                    &now,
-                    &retry_at.map(ts),
-                    &aborted.as_str(),
-                ],
-            )
-            .await?
-        }
-        Outcome::Cancelled => {
-            query_opt(
-                tx,
-                concat!(
-                    "UPDATE jobs SET state = $4, finished_at = $5, updated_at = $5,
-                         node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
-                    fenced!(),
-                    returning!()
-                ),
-                &[&id, &attempt, &node, &to, &now],
-            )
-            .await?
-        }
-    };
-    let found = found.ok_or(StoreError::LeaseLost)?;
+    let found = end_attempt(tx, lease, &outcome, [state, aborted], ts(now))
+        .await?
+        .ok_or(StoreError::LeaseLost)?;
     let job = row::job(&found)?;
     let seq: i32 = row::get(&found, 21)?;
     let message = match &outcome {
@@ -131,6 +103,38 @@ pub(super) async fn complete(
     };
     record(tx, signals, &job, seq, Some(&lease.node), &message).await?;
     Ok(job)
+}
+
+/// The fenced UPDATE of a completion: the job row and its new event number, or `None` if
+/// `lease` no longer holds the job. `[to, aborted]` are the states the state machine chose.
+async fn end_attempt(
+    tx: &Transaction<'_>,
+    lease: &Lease,
+    outcome: &Outcome,
+    [to, aborted]: [JobState; 2],
+    now: Timestamp,
+) -> Result<Option<tokio_postgres::Row>> {
+    let (id, attempt, node) = (lease.job_id.0, int(lease.attempt), lease.node.as_str());
+    let to = to.as_str();
+    match outcome {
+        Outcome::Succeeded(result) => {
+            query_opt(tx, SUCCEED, &[&id, &attempt, &node, &to, result, &now]).await
+        }
+        Outcome::Failed { failure, retry_at } => {
+            let params: [&(dyn ToSql + Sync); 8] = [
+                &id,
+                &attempt,
+                &node,
+                &to,
+                &json(failure),
+                &now,
+                &retry_at.map(ts),
+                &aborted.as_str(),
+            ];
+            query_opt(tx, FAIL, &params).await
+        }
+        Outcome::Cancelled => query_opt(tx, ABORT, &[&id, &attempt, &node, &to, &now]).await,
+    }
 }
 
 /// The event message of a failure: `<code>: <message>`.
