@@ -44,23 +44,7 @@ pub(super) async fn insert(
         return Ok(Insert::Done(found));
     }
     if let Some(limit) = opts.max_queued {
-        // Capped inserts take turns (until commit), so two of them on different nodes
-        // cannot both see room for one more job. Uncapped inserts, claims and completions
-        // never take this lock.
-        row::execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&MAX_QUEUED_LOCK]).await?;
-        let active: i64 = row::get(
-            &query_one(
-                tx,
-                "SELECT count(*) FROM jobs
-                 WHERE state IN ('scheduled', 'queued', 'running', 'failed')",
-                &[],
-            )
-            .await?,
-            0,
-        )?;
-        if u64::try_from(active).unwrap_or(0) >= limit {
-            return Err(StoreError::QueueFull { limit });
-        }
+        ensure_room(tx, limit).await?;
     }
     if !matches!(new.state, JobState::Scheduled | JobState::Queued) {
         return Err(StoreError::conflict(
@@ -104,6 +88,27 @@ pub(super) async fn insert(
         }
     }
     Ok(Insert::Done(Inserted::Created(job)))
+}
+
+/// `QueueFull` when `limit` non-terminal jobs exist. Capped inserts take turns (until their
+/// commit) on an advisory lock, so two of them on different nodes cannot both see room for
+/// one more job; uncapped inserts, claims and completions never take this lock.
+async fn ensure_room(tx: &Transaction<'_>, limit: u64) -> Result<()> {
+    row::execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&MAX_QUEUED_LOCK]).await?;
+    let active: i64 = row::get(
+        &query_one(
+            tx,
+            "SELECT count(*) FROM jobs
+             WHERE state IN ('scheduled', 'queued', 'running', 'failed')",
+            &[],
+        )
+        .await?,
+        0,
+    )?;
+    if u64::try_from(active).unwrap_or(0) >= limit {
+        return Err(StoreError::QueueFull { limit });
+    }
+    Ok(())
 }
 
 /// The job an earlier request with this idempotency key made: `Existing` with the same
