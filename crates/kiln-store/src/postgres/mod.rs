@@ -9,10 +9,11 @@
 //! - Every state change bumps the job row's `event_seq` and appends the event row with that
 //!   number in the same transaction: the row lock orders a job's events without reading
 //!   `max(seq)`.
-//! - Signals: each write queues its [`Signal`]s in a `Signals` buffer; `PgStore::commit` sends
-//!   them to other nodes with `pg_notify` inside the transaction (PostgreSQL delivers a
-//!   notification only if its transaction commits), commits, then publishes them to local
-//!   subscribers. The [`notify`] listener re-publishes other nodes' notifications locally.
+//! - Signals: each write queues its [`Signal`]s in a `Signals` buffer; `PgStore::commit`
+//!   commits, publishes them to local subscribers, and queues them for the [`notify`]
+//!   notifier, which sends them to other nodes with `pg_notify` (batched, outside the write's
+//!   transaction: see there why). The [`notify`] listener re-publishes other nodes'
+//!   notifications locally.
 //! - SQL lives next to the function that runs it: [`jobs`] (submit, get, cancel, retry,
 //!   report, delete), [`list`], [`claim`] (claim and promotion of due work), [`lease`]
 //!   (fenced completion, progress, renewal, rescue lookup), [`log`], [`users`] (users and
@@ -78,13 +79,16 @@ const SIGNAL_CAPACITY: usize = 4096;
 
 /// The PostgreSQL implementation of [`Store`](crate::Store).
 ///
-/// Dropping the last handle stops the listener and closes the pooled connections.
+/// Dropping the last handle stops the listener; the pooled connections close once the
+/// notifier has sent what was queued.
 pub struct PgStore {
     pool: Pool,
     signals: broadcast::Sender<Signal>,
     /// Tags this instance's notifications so its listener skips its own echo.
     origin: String,
     log_limit: usize,
+    /// Payloads for the notifier; it ends once this is dropped and its queue drained.
+    outbox: tokio::sync::mpsc::UnboundedSender<String>,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -131,11 +135,14 @@ impl PgStore {
         } else {
             None
         };
+        let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();
+        notify::spawn_notifier(pool.clone(), queued);
         Ok(Arc::new(PgStore {
             pool,
             signals,
             origin,
             log_limit: opts.log_limit_bytes,
+            outbox,
             listener,
         }))
     }
@@ -154,11 +161,15 @@ impl PgStore {
         })
     }
 
-    /// Sends `signals` to other nodes inside `tx`, commits, then publishes them here.
+    /// Commits `tx`, then publishes `signals` here and queues them for other nodes.
     async fn commit(&self, tx: deadpool_postgres::Transaction<'_>, signals: Signals) -> Result<()> {
-        signals.notify(&tx, &self.origin).await?;
         tx.commit().await?;
         signals.publish(&self.signals);
+        let payloads = signals.payloads(&self.origin);
+        for payload in payloads {
+            // The notifier only stops after this store is dropped.
+            let _ = self.outbox.send(payload);
+        }
         Ok(())
     }
 }
@@ -168,7 +179,7 @@ impl Drop for PgStore {
         if let Some(listener) = self.listener.take() {
             listener.abort();
         }
-        self.pool.close();
+        // The pool closes once the notifier, which holds a handle to it, has drained.
     }
 }
 

@@ -1,5 +1,6 @@
-//! Signals across nodes: the per-write [`Signals`] buffer, its `NOTIFY` encoding, and the
-//! listener that re-publishes other nodes' notifications to this node's subscribers.
+//! Signals across nodes: the per-write [`Signals`] buffer, its `NOTIFY` encoding, the
+//! notifier that sends committed writes' signals to other nodes, and the listener that
+//! re-publishes other nodes' notifications to this node's subscribers.
 //!
 //! Channel `kiln_jobs`; payload `<origin>|<signal>` where `<signal>` is `available`,
 //! `cancel:<job uuid>` or `changed:<job uuid>:<owner id>:<state>`. `<origin>` names the
@@ -18,7 +19,7 @@ use kiln_domain::{JobId, JobState, UserId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::model::Signal;
 
 /// The `LISTEN`/`NOTIFY` channel.
@@ -62,25 +63,11 @@ impl Signals {
         })
     }
 
-    /// Sends the signals to other nodes with `pg_notify` inside `tx`; PostgreSQL delivers
-    /// them when (and only if) the transaction commits. One round trip for all of them.
-    pub async fn notify(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        origin: &str,
-    ) -> Result<()> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
-        let payloads: Vec<String> = self
-            .deduped()
+    /// The notification payloads of these signals, tagged with `origin`.
+    pub fn payloads(&self, origin: &str) -> Vec<String> {
+        self.deduped()
             .map(|s| format!("{origin}|{}", encode(s)))
-            .collect();
-        let stmt = tx
-            .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-            .await?;
-        tx.execute(&stmt, &[&CHANNEL, &payloads]).await?;
-        Ok(())
+            .collect()
     }
 
     /// Publishes the signals to this node's subscribers.
@@ -117,6 +104,48 @@ pub(super) fn decode(payload: &str) -> Option<Signal> {
         return None;
     }
     Some(Signal::Changed { id, owner, state })
+}
+
+/// Most notifications sent in one `pg_notify` statement.
+const NOTIFY_BATCH: usize = 1024;
+
+/// Starts the notifier: it sends committed writes' payloads to other nodes, in the order
+/// they were queued, batching whatever has queued up meanwhile into one statement. It ends
+/// once every sender is gone and the queue is drained.
+///
+/// Why not `NOTIFY` inside each write's transaction: PostgreSQL serialises the commits of
+/// transactions that notified (a database-wide lock held through the commit's WAL flush),
+/// which defeats group commit. Measured on the 2-core dev machine (debug build, 32
+/// concurrent submitters, pool of 16): ~620 inserts/s with `NOTIFY` in the transaction,
+/// ~1,400 with this notifier, ~1,700 with no notifications at all. The price: a node that dies
+/// between a commit and its notification loses that signal, which the polling fallback
+/// (claim loops, lease renewal reporting cancels) covers anyway.
+pub(super) fn spawn_notifier(
+    pool: deadpool_postgres::Pool,
+    mut outbox: mpsc::UnboundedReceiver<String>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(NOTIFY_BATCH);
+        while outbox.recv_many(&mut batch, NOTIFY_BATCH).await > 0 {
+            if let Err(e) = send(&pool, &batch).await {
+                tracing::warn!(error = %e, dropped = batch.len(), "could not notify other nodes");
+            }
+            batch.clear();
+        }
+    })
+}
+
+/// One `pg_notify` per payload, in one statement on a pooled connection.
+async fn send(pool: &deadpool_postgres::Pool, payloads: &[String]) -> Result<()> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Transient(Box::new(e)))?;
+    let stmt = client
+        .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+        .await?;
+    client.execute(&stmt, &[&CHANNEL, &payloads]).await?;
+    Ok(())
 }
 
 /// Where the first connection attempt reports whether its `LISTEN` is in place.
