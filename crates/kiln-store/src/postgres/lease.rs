@@ -9,11 +9,10 @@
 
 use std::collections::HashMap;
 
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use kiln_domain::{Event, Failure, Job, JobId, JobState, Lease, Step, Timestamp, transition};
 use tokio_postgres::types::ToSql;
 
-use super::jobs::record;
 use super::notify::Signals;
 use super::row::{self, int, job_columns, json, query, query_opt, ts};
 use crate::error::{Result, StoreError};
@@ -26,50 +25,59 @@ macro_rules! fenced {
     };
 }
 
-/// The columns a completion returns: the job, then its new event number.
-macro_rules! returning {
-    () => {
-        concat!(" RETURNING ", job_columns!(), ", event_seq")
+/// A completion in one statement (so one round trip, in its own implicit transaction):
+/// the fenced `UPDATE` (`$1` id, `$2` attempt, `$3` node) setting `$sets`, then the event
+/// row from the updated row (its bumped `event_seq`, the lease's node, `$message`), then
+/// the job and its event number.
+macro_rules! completion {
+    ($sets:literal, $message:literal) => {
+        concat!(
+            "WITH done AS (UPDATE jobs SET ",
+            $sets,
+            ", node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
+            fenced!(),
+            " RETURNING *), event AS (
+                INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+                SELECT id, event_seq, state, updated_at, attempts, $3, ",
+            $message,
+            " FROM done) SELECT ",
+            job_columns!(),
+            ", event_seq FROM done"
+        )
     };
 }
 
 /// Success: the result, progress 1, terminal.
-const SUCCEED: &str = concat!(
-    "UPDATE jobs SET state = $4, result = $5, progress = 1, finished_at = $6,
-         updated_at = $6, node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
-    fenced!(),
-    returning!()
+const SUCCEED: &str = completion!(
+    "state = $4, result = $5, progress = 1, finished_at = $6, updated_at = $6",
+    "'succeeded'"
 );
 
 /// Failure: `failed` with the next attempt due at `$7`, or `dead` when `$7` is null. A
 /// retryable failure of a job with a cancel request pending ends it `$8` (cancelled)
 /// instead: otherwise the retry would run it again and the claim would clear the request,
 /// silently dropping the owner's cancel. Decided from the row's own flag, in the same
-/// fenced UPDATE (as the SQLite backend does).
-const FAIL: &str = concat!(
-    "UPDATE jobs SET
-         state = CASE WHEN $7::timestamptz IS NOT NULL AND cancel_requested
-                      THEN $8 ELSE $4 END,
-         error = $5,
-         run_at = CASE WHEN cancel_requested THEN run_at ELSE coalesce($7, run_at) END,
-         finished_at = CASE WHEN $7::timestamptz IS NULL OR cancel_requested
-                            THEN $6::timestamptz END,
-         updated_at = $6, node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
-    fenced!(),
-    returning!()
+/// fenced UPDATE (as the SQLite backend does). `$9` is the failure's event message.
+const FAIL: &str = completion!(
+    "state = CASE WHEN $7::timestamptz IS NOT NULL AND cancel_requested
+                  THEN $8 ELSE $4 END,
+     error = $5,
+     run_at = CASE WHEN cancel_requested THEN run_at ELSE coalesce($7, run_at) END,
+     finished_at = CASE WHEN $7::timestamptz IS NULL OR cancel_requested
+                        THEN $6::timestamptz END,
+     updated_at = $6",
+    "CASE WHEN state = $8 THEN 'cancelled after ' || $9::text ELSE $9::text END"
 );
 
 /// Stopped by a cancel request: terminal.
-const ABORT: &str = concat!(
-    "UPDATE jobs SET state = $4, finished_at = $5, updated_at = $5,
-         node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
-    fenced!(),
-    returning!()
+const ABORT: &str = completion!(
+    "state = $4, finished_at = $5, updated_at = $5",
+    "'cancelled'"
 );
 
 /// Ends the attempt held by `lease` with `outcome`, at `now`.
 pub(super) async fn complete(
-    tx: &Transaction<'_>,
+    db: &impl GenericClient,
     signals: &mut Signals,
     lease: &Lease,
     outcome: Outcome,
@@ -88,27 +96,18 @@ pub(super) async fn complete(
     ) else {
         return Err(StoreError::LeaseLost);
     };
-    let found = end_attempt(tx, lease, &outcome, [state, aborted], ts(now))
+    let found = end_attempt(db, lease, &outcome, [state, aborted], ts(now))
         .await?
         .ok_or(StoreError::LeaseLost)?;
     let job = row::job(&found)?;
-    let seq: i32 = row::get(&found, 21)?;
-    let message = match &outcome {
-        Outcome::Succeeded(_) => "succeeded".to_owned(),
-        Outcome::Failed { failure, .. } if job.state == aborted => {
-            format!("cancelled after {}", failure_message(failure))
-        }
-        Outcome::Failed { failure, .. } => failure_message(failure),
-        Outcome::Cancelled => "cancelled".to_owned(),
-    };
-    record(tx, signals, &job, seq, Some(&lease.node), &message).await?;
+    signals.changed(job.id, job.owner, job.state);
     Ok(job)
 }
 
-/// The fenced UPDATE of a completion: the job row and its new event number, or `None` if
-/// `lease` no longer holds the job. `[to, aborted]` are the states the state machine chose.
+/// The fenced completion: the job row, or `None` if `lease` no longer holds the job.
+/// `[to, aborted]` are the states the state machine chose.
 async fn end_attempt(
-    tx: &Transaction<'_>,
+    db: &impl GenericClient,
     lease: &Lease,
     outcome: &Outcome,
     [to, aborted]: [JobState; 2],
@@ -118,10 +117,10 @@ async fn end_attempt(
     let to = to.as_str();
     match outcome {
         Outcome::Succeeded(result) => {
-            query_opt(tx, SUCCEED, &[&id, &attempt, &node, &to, result, &now]).await
+            query_opt(db, SUCCEED, &[&id, &attempt, &node, &to, result, &now]).await
         }
         Outcome::Failed { failure, retry_at } => {
-            let params: [&(dyn ToSql + Sync); 8] = [
+            let params: [&(dyn ToSql + Sync); 9] = [
                 &id,
                 &attempt,
                 &node,
@@ -130,10 +129,11 @@ async fn end_attempt(
                 &now,
                 &retry_at.map(ts),
                 &aborted.as_str(),
+                &failure_message(failure),
             ];
-            query_opt(tx, FAIL, &params).await
+            query_opt(db, FAIL, &params).await
         }
-        Outcome::Cancelled => query_opt(tx, ABORT, &[&id, &attempt, &node, &to, &now]).await,
+        Outcome::Cancelled => query_opt(db, ABORT, &[&id, &attempt, &node, &to, &now]).await,
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! # Shape
 //! - A [`deadpool_postgres`] pool of connections; each write is one transaction on one
-//!   pooled connection, with prepared statements cached per connection.
+//!   pooled connection (a single statement where it can be: completion, progress, renewal,
+//!   users and tokens), with prepared statements cached per connection.
 //! - Claims pick rows with `FOR UPDATE SKIP LOCKED` in a CTE and move them with
 //!   `UPDATE … RETURNING` in the same statement, so concurrent claimers on any number of
 //!   nodes never wait for each other and never take the same job.
@@ -164,13 +165,17 @@ impl PgStore {
     /// Commits `tx`, then publishes `signals` here and queues them for other nodes.
     async fn commit(&self, tx: deadpool_postgres::Transaction<'_>, signals: Signals) -> Result<()> {
         tx.commit().await?;
+        self.published(signals);
+        Ok(())
+    }
+
+    /// Publishes the signals of a committed write here and queues them for other nodes.
+    fn published(&self, signals: Signals) {
         signals.publish(&self.signals);
-        let payloads = signals.payloads(&self.origin);
-        for payload in payloads {
+        for payload in signals.payloads(&self.origin) {
             // The notifier only stops after this store is dropped.
             let _ = self.outbox.send(payload);
         }
-        Ok(())
     }
 }
 
