@@ -34,17 +34,20 @@ pub(super) enum Insert {
 }
 
 /// Stores a new job with its `submitted` event, or finds the job its idempotency key made.
+///
+/// Runs in a transaction when `opts` has an idempotency key or a cap (the caller's choice);
+/// a plain submission is a single statement and needs none.
 pub(super) async fn insert(
-    tx: &Transaction<'_>,
+    db: &impl GenericClient,
     signals: &mut Signals,
     new: NewJob,
     opts: &InsertOptions,
 ) -> Result<Insert> {
-    if let Some(found) = existing(tx, new.owner, opts).await? {
+    if let Some(found) = existing(db, new.owner, opts).await? {
         return Ok(Insert::Done(found));
     }
     if let Some(limit) = opts.max_queued {
-        ensure_room(tx, limit).await?;
+        ensure_room(db, limit).await?;
     }
     if !matches!(new.state, JobState::Scheduled | JobState::Queued) {
         return Err(StoreError::conflict(
@@ -52,11 +55,17 @@ pub(super) async fn insert(
         ));
     }
     let job = new_job(new);
+    // The job and its first event in one statement.
     row::execute(
-        tx,
-        "INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
-                           max_attempts, created_at, run_at, updated_at, event_seq)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, 1)",
+        db,
+        "WITH job AS (
+             INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
+                               max_attempts, created_at, run_at, updated_at, event_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, 1)
+             RETURNING id, state, created_at
+         )
+         INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+         SELECT id, 1, state, created_at, 0, NULL, 'submitted' FROM job",
         &[
             &job.id.0,
             &job.owner.0,
@@ -72,12 +81,12 @@ pub(super) async fn insert(
         ],
     )
     .await?;
-    record(tx, signals, &job, 1, None, "submitted").await?;
+    signals.changed(job.id, job.owner, job.state);
     if let Some(key) = &opts.idempotency {
         // A concurrent insert with the same key waits here for the first to commit, then
         // inserts nothing: the caller rolls back and finds the winner's job.
         let claimed = row::execute(
-            tx,
+            db,
             "INSERT INTO idempotency_keys (owner_id, key, request_hash, job_id)
              VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
             &[&job.owner.0, &key.key, &key.request_hash, &job.id.0],
@@ -93,7 +102,7 @@ pub(super) async fn insert(
 /// `QueueFull` when `limit` non-terminal jobs exist. Capped inserts take turns (until their
 /// commit) on an advisory lock, so two of them on different nodes cannot both see room for
 /// one more job; uncapped inserts, claims and completions never take this lock.
-async fn ensure_room(tx: &Transaction<'_>, limit: u64) -> Result<()> {
+async fn ensure_room(tx: &impl GenericClient, limit: u64) -> Result<()> {
     row::execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&MAX_QUEUED_LOCK]).await?;
     let active: i64 = row::get(
         &query_one(

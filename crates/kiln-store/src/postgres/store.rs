@@ -80,9 +80,18 @@ impl Store for PgStore {
     async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {
         let owner = job.owner;
         let mut client = self.client().await?;
+        let mut signals = Signals::default();
+        if opts.idempotency.is_none() && opts.max_queued.is_none() {
+            // A plain submission is one statement: no transaction needed.
+            let done = jobs::insert(&client, &mut signals, job, &opts).await?;
+            self.published(signals);
+            return match done {
+                Insert::Done(inserted) => Ok(inserted),
+                Insert::KeyRaced => Err(StoreError::conflict("an idempotency key raced")),
+            };
+        }
         {
             let tx = client.transaction().await?;
-            let mut signals = Signals::default();
             if let Insert::Done(inserted) = jobs::insert(&tx, &mut signals, job, &opts).await? {
                 self.commit(tx, signals).await?;
                 return Ok(inserted);
