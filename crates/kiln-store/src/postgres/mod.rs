@@ -156,10 +156,7 @@ impl PgStore {
 
     /// A pooled connection.
     async fn client(&self) -> Result<Object> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => map_err(e),
-            other => StoreError::Transient(Box::new(other)),
-        })
+        self.pool.get().await.map_err(map_pool_err)
     }
 
     /// Commits `tx`, then publishes `signals` here and queues them for other nodes.
@@ -220,6 +217,15 @@ pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
         // No SQLSTATE: the connection failed or closed (an I/O error, a timeout).
         None if e.is_closed() || io_source(&e) => StoreError::Transient(Box::new(e)),
         None => StoreError::Backend(Box::new(e)),
+    }
+}
+
+/// A pool failure: the driver's error when connecting failed, else (a timeout waiting for
+/// a connection, a closed pool) `Transient`.
+pub(crate) fn map_pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => map_err(e),
+        other => StoreError::Transient(Box::new(other)),
     }
 }
 

@@ -19,7 +19,7 @@ use kiln_domain::{JobId, JobState, UserId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::error::{Result, StoreError};
+use crate::error::Result;
 use crate::model::Signal;
 
 /// The `LISTEN`/`NOTIFY` channel.
@@ -137,10 +137,7 @@ pub(super) fn spawn_notifier(
 
 /// One `pg_notify` per payload, in one statement on a pooled connection.
 async fn send(pool: &deadpool_postgres::Pool, payloads: &[String]) -> Result<()> {
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| StoreError::Transient(Box::new(e)))?;
+    let client = pool.get().await.map_err(super::map_pool_err)?;
     let stmt = client
         .prepare_cached("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
         .await?;
