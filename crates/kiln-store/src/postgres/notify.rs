@@ -11,7 +11,8 @@
 //! shared, and PgBouncer in transaction mode cannot keep a `LISTEN`). When it drops, the
 //! listener reconnects with exponential backoff (100 ms doubling to 5 s) and publishes
 //! [`Signal::JobAvailable`] on each reconnect: notifications sent while it was away are
-//! lost, so subscribers should re-read.
+//! lost, so subscribers should re-read. A ping every 30 s (10 s to answer) catches a
+//! connection that died without the socket noticing.
 
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::Result;
 use crate::model::Signal;
+
+/// How often the listener checks that its connection still answers, and how long it waits.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `LISTEN`/`NOTIFY` channel.
 pub(super) const CHANNEL: &str = "kiln_jobs";
@@ -227,9 +232,28 @@ async fn listen(
         tracing::info!("the PostgreSQL listener reconnected");
         let _ = signals.send(Signal::JobAvailable);
     }
-    while let Some(message) = inbox.recv().await {
-        if let AsyncMessage::Notification(n) = message {
-            republish(signals, origin, n.payload());
+    // A connection cut without a reset (a dead NAT entry, a vanished host) would leave the
+    // listener waiting forever: a periodic ping notices and reconnects.
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            message = inbox.recv() => match message {
+                Some(AsyncMessage::Notification(n)) => republish(signals, origin, n.payload()),
+                Some(_) => {}
+                None => break,
+            },
+            _ = ping.tick() => {
+                match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        tracing::warn!("the PostgreSQL listener did not answer a ping");
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
     match driver.await {
