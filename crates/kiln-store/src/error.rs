@@ -1,8 +1,9 @@
 //! [`StoreError`]: what a store operation can fail with, independent of the backend.
 //!
-//! Each backend maps its driver's errors in exactly one function (`sqlite::map_err`):
-//! unique violations become [`StoreError::Conflict`], busy/locked/serialisation failures
-//! [`StoreError::Transient`], anything else [`StoreError::Backend`].
+//! Each backend maps its driver's errors in exactly one function (`sqlite::map_err`,
+//! `postgres::map_err`): unique violations become [`StoreError::Conflict`];
+//! busy/locked/serialisation failures, deadlocks and lost connections
+//! [`StoreError::Transient`]; anything else [`StoreError::Backend`].
 
 use kiln_domain::IllegalTransition;
 

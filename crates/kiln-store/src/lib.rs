@@ -1,4 +1,5 @@
-//! Kiln's storage: the [`Store`] trait every backend implements, and the SQLite backend.
+//! Kiln's storage: the [`Store`] trait every backend implements, and its SQLite and
+//! PostgreSQL backends.
 //!
 //! # Layout
 //! - [`error`]: [`StoreError`] and the one place each backend maps driver errors.
@@ -6,6 +7,8 @@
 //!   claims, outcomes, signals).
 //! - [`sqlite`]: the embedded backend (WAL, one writer thread with group commit, a pool
 //!   of readers).
+//! - [`postgres`]: the shared backend for many nodes (a connection pool, claims with
+//!   `FOR UPDATE SKIP LOCKED`, signals across nodes with `LISTEN/NOTIFY`).
 //!
 //! # Rules every backend keeps
 //! - A state change and its event row commit in one transaction.
@@ -23,6 +26,7 @@
 
 pub mod error;
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;

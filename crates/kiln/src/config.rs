@@ -108,6 +108,13 @@ pub struct Config {
     /// SQLite durability mode.
     #[arg(long, env = "KILN_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_sync: SqliteSync,
+    /// PostgreSQL: most pooled connections of this node.
+    #[arg(long, env = "KILN_PG_POOL", default_value_t = 16)]
+    pub pg_pool: usize,
+    /// PostgreSQL: no `LISTEN/NOTIFY` (behind PgBouncer in transaction mode); other nodes'
+    /// new work and cancels are then found by polling.
+    #[arg(long, env = "KILN_PG_POLL_ONLY")]
+    pub pg_poll_only: bool,
 }
 
 /// `kiln.toml`: per-queue concurrency caps and per-type policy overrides.

@@ -8,11 +8,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use kiln_domain::{Clock, SystemClock};
 use kiln_kernels::Registry;
 use kiln_server::{AppState, ServerConfig};
 use kiln_store::Store;
+use kiln_store::postgres::{PgOptions, PgStore};
 use kiln_store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use kiln_worker::{Worker, WorkerConfig, WorkerHandle};
 use tokio::task::JoinHandle;
@@ -39,14 +40,48 @@ pub enum Role {
     Worker,
 }
 
-/// Opens the database at `url` and applies its migrations.
-pub fn open_store(url: &str, sync: SqliteSync) -> anyhow::Result<Arc<dyn Store>> {
-    if url.starts_with("postgres") {
-        bail!("DATABASE_URL: PostgreSQL is not supported by this build yet; use sqlite://PATH");
+/// How to open the database, beside its URL.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// SQLite durability mode.
+    pub sqlite_sync: SqliteSync,
+    /// PostgreSQL pool size.
+    pub pg_pool: usize,
+    /// PostgreSQL without `LISTEN/NOTIFY`.
+    pub pg_poll_only: bool,
+}
+
+impl StoreOptions {
+    /// The options a node's configuration asks for.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            sqlite_sync: config.sqlite_sync,
+            pg_pool: config.pg_pool,
+            pg_poll_only: config.pg_poll_only,
+        }
     }
-    let path = kiln_store::sqlite::parse_database_url(url)
-        .with_context(|| format!("DATABASE_URL `{url}` is not a SQLite URL"))?;
-    let synchronous = match sync {
+}
+
+/// Opens the database at `url` (`sqlite:…` or `postgres://…`) and applies its migrations.
+pub async fn open_store(url: &str, opts: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::connect(
+            url,
+            PgOptions {
+                pool_size: opts.pg_pool.max(1),
+                listen: !opts.pg_poll_only,
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("while connecting to PostgreSQL (DATABASE_URL)")?;
+        return Ok(store);
+    }
+    let path = kiln_store::sqlite::parse_database_url(url).with_context(|| {
+        format!("DATABASE_URL `{url}` is neither a SQLite nor a PostgreSQL URL")
+    })?;
+    let synchronous = match opts.sqlite_sync {
         SqliteSync::Normal => Synchronous::Normal,
         SqliteSync::Full => Synchronous::Full,
     };
@@ -62,7 +97,7 @@ pub fn open_store(url: &str, sync: SqliteSync) -> anyhow::Result<Arc<dyn Store>>
 /// Starts a node: opens the store, creates the first admin, starts the worker and, for
 /// [`Role::Serve`], the HTTP listener.
 pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
-    let store = open_store(&v.config.database_url, v.config.sqlite_sync)?;
+    let store = open_store(&v.config.database_url, StoreOptions::from_config(&v.config)).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let catalogue = Arc::new(v.catalogue.clone());
     let worker = Worker::new(

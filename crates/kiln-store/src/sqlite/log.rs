@@ -1,4 +1,5 @@
-//! Job logs, bounded per job.
+//! Job logs, bounded per job. [`cut_point`] and [`marker`] are shared with the PostgreSQL
+//! backend, so both bound logs identically.
 //!
 //! Each job has at most one `job_logs` row: the newest `log_limit` bytes of its log, their
 //! size, and how many bytes were dropped from the front so far. An append that still fits
@@ -84,14 +85,14 @@ pub(super) fn get(db: &Connection, owner: Option<UserId>, id: JobId) -> Result<S
 }
 
 /// The line shown where old text was dropped.
-fn marker(dropped: i64) -> String {
+pub(crate) fn marker(dropped: i64) -> String {
     format!("[... {dropped} bytes dropped ...]")
 }
 
 /// How many bytes to drop from the front of `text` so at most `limit` remain: through the
 /// end of a line when possible, else (a single line longer than the limit) at the first
 /// character boundary that is far enough.
-fn cut_point(text: &str, limit: usize) -> usize {
+pub(crate) fn cut_point(text: &str, limit: usize) -> usize {
     let Some(min_cut) = text.len().checked_sub(limit).filter(|&c| c > 0) else {
         return 0;
     };

@@ -24,7 +24,7 @@ mod event;
 mod jobs;
 mod lease;
 mod list;
-mod log;
+pub(crate) mod log;
 mod reader;
 mod retention;
 mod row;

@@ -5,11 +5,8 @@
 //! check (a PostgreSQL backend returns it, after a loud `SKIPPED: no PostgreSQL` line, when
 //! no server is reachable and `KILN_REQUIRE_POSTGRES` is not set).
 //!
-//! To add PostgreSQL: write `pub mod postgres { pub async fn open() -> Option<(Arc<dyn
-//! Store>, Guard)> }` here (a `TestDb` per STYLE §5, migrated, dropped WITH (FORCE) in the
-//! guard's `Drop`, with `helpers::LOG_LIMIT` as its log limit), then add
-//! `contract!(postgres);` at the bottom of `main.rs`: every check then also runs as
-//! `postgres::<check>`.
+//! A new backend gets a module here and a `contract!(name);` line at the bottom of
+//! `main.rs`: every check then also runs as `name::<check>`.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -35,6 +32,25 @@ pub mod sqlite {
         let store: Arc<dyn Store> = store;
         // Drop order: the store (the writer thread closes its connection) before the dir.
         Some((store, Box::new(dir)))
+    }
+}
+
+/// PostgreSQL: a fresh database per check (`kiln_test_<uuid>`), migrated on connect and
+/// dropped WITH (FORCE) when the guard drops, also when the check fails.
+pub mod postgres {
+    use super::*;
+    use kiln_store::postgres::PgOptions;
+    use kiln_testkit::pg::TempPostgres;
+
+    pub async fn open() -> Option<(Arc<dyn Store>, Guard)> {
+        let db = TempPostgres::create().await?;
+        let store: Arc<dyn Store> = db
+            .store_with(PgOptions {
+                log_limit_bytes: crate::helpers::LOG_LIMIT,
+                ..PgOptions::default()
+            })
+            .await;
+        Some((store, Box::new(db)))
     }
 }
 

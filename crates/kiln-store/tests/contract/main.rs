@@ -106,5 +106,6 @@ macro_rules! contract {
     };
 }
 
-// ---- backends under test: add `contract!(postgres);` here (and `backends::postgres`). ----
+// ---- backends under test (each with a module in `backends`) ----
 contract!(sqlite);
+contract!(postgres);

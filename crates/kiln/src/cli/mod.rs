@@ -38,8 +38,13 @@ pub struct DbArgs {
 }
 
 impl DbArgs {
-    fn open(&self) -> anyhow::Result<std::sync::Arc<dyn kiln_store::Store>> {
-        node::open_store(&self.database_url, SqliteSync::Full)
+    async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn kiln_store::Store>> {
+        let opts = node::StoreOptions {
+            sqlite_sync: SqliteSync::Full,
+            pg_pool: 2,
+            pg_poll_only: true,
+        };
+        node::open_store(&self.database_url, opts).await
     }
 }
 
@@ -70,7 +75,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Serve(config) => serve(*config, Role::Serve).await,
         Command::Worker(config) => serve(*config, Role::Worker).await,
         Command::Migrate(db) => {
-            db.open()?;
+            db.open().await?;
             println!("migrations applied to {}", db.database_url);
             Ok(0)
         }

@@ -48,7 +48,7 @@ enum UserCommand {
 
 /// Runs a user subcommand.
 pub async fn run(args: UserArgs) -> anyhow::Result<()> {
-    let store = args.db.open()?;
+    let store = args.db.open().await?;
     match args.command {
         UserCommand::Add {
             username,

@@ -1,0 +1,136 @@
+//! Handing out work: promotion of due `scheduled`/`failed` jobs to `queued`, the claim, and
+//! the next instant something falls due.
+//!
+//! Both promotion and the claim are one statement each: a CTE picks rows with
+//! `FOR UPDATE SKIP LOCKED` (so concurrent claimers on any number of nodes skip each other's
+//! rows instead of waiting), an `UPDATE … RETURNING` moves them and bumps `event_seq`, and an
+//! `INSERT` appends their events from the returned rows. A claim runs promotion first in the
+//! same transaction, so a due job is claimable the moment it is due.
+
+use deadpool_postgres::{GenericClient, Transaction};
+use kiln_domain::{Event, Job, JobId, JobState, Step, Timestamp, UserId, transition};
+
+use super::notify::Signals;
+use super::row::{self, job_columns, query, ts};
+use crate::error::{Result, StoreError};
+use crate::model::ClaimRequest;
+
+/// Most jobs promoted per transaction, so a burst of jobs all due at once is spread over
+/// several short transactions instead of one long one.
+pub(super) const PROMOTE_CHUNK: i64 = 1000;
+
+/// The state `event` leads to from every state in `from` (the SQL moves them all at once,
+/// so the state machine must agree on one target).
+fn target(from: &[JobState], event: Event) -> Result<JobState> {
+    let mut to = None;
+    for &state in from {
+        let Step::To(next) = transition(state, event)? else {
+            return Err(StoreError::conflict(
+                "the state machine refused a bulk move",
+            ));
+        };
+        if to.is_some_and(|t| t != next) {
+            return Err(StoreError::conflict("the state machine split a bulk move"));
+        }
+        to = Some(next);
+    }
+    to.ok_or_else(|| StoreError::conflict("an empty bulk move"))
+}
+
+/// Moves up to `max` due `scheduled`/`failed` jobs (not locked by another transaction) to
+/// `queued`, earliest `run_at` first, each with a `due` event; returns how many.
+pub(super) async fn promote_due(
+    tx: &Transaction<'_>,
+    signals: &mut Signals,
+    now: Timestamp,
+    max: i64,
+) -> Result<u64> {
+    let queued = target(&[JobState::Scheduled, JobState::Failed], Event::Due)?;
+    let rows = query(
+        tx,
+        "WITH due AS (
+             SELECT id FROM jobs
+             WHERE state IN ('scheduled', 'failed') AND run_at <= $1
+             ORDER BY run_at LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         ), moved AS (
+             UPDATE jobs j SET state = $3, updated_at = $1, event_seq = j.event_seq + 1
+             FROM due WHERE j.id = due.id
+             RETURNING j.id, j.owner_id, j.attempts, j.event_seq
+         ), events AS (
+             INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+             SELECT id, event_seq, $3, $1, attempts, NULL, 'due' FROM moved
+         )
+         SELECT id, owner_id FROM moved",
+        &[&ts(now), &max, &queued.as_str()],
+    )
+    .await?;
+    for r in &rows {
+        signals.changed(JobId(row::get(r, 0)?), UserId(row::get(r, 1)?), queued);
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Promotes due work, then claims up to `req.limit` queued jobs for `req.node`.
+pub(super) async fn claim(
+    tx: &Transaction<'_>,
+    signals: &mut Signals,
+    req: &ClaimRequest,
+) -> Result<Vec<Job>> {
+    promote_due(tx, signals, req.now, PROMOTE_CHUNK).await?;
+    let running = target(&[JobState::Queued], Event::Claim)?;
+    let message = format!("claimed by {}", req.node);
+    let rows = query(
+        tx,
+        concat!(
+            "WITH picked AS (
+                 SELECT id FROM jobs
+                 WHERE state = 'queued' AND type = ANY($1) AND queue <> ALL($2)
+                 ORDER BY priority DESC, run_at, id
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED
+             ), taken AS (
+                 UPDATE jobs j SET state = $7, attempts = j.attempts + 1, started_at = $4,
+                     node = $5, lease_expires_at = $6, cancel_requested = false, progress = 0,
+                     updated_at = $4, event_seq = j.event_seq + 1
+                 FROM picked WHERE j.id = picked.id
+                 RETURNING j.*
+             ), events AS (
+                 INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+                 SELECT id, event_seq, state, updated_at, attempts, node, $8 FROM taken
+             )
+             SELECT ",
+            job_columns!(),
+            " FROM taken ORDER BY priority DESC, run_at, id"
+        ),
+        &[
+            &req.types,
+            &req.exclude_queues,
+            &i64::from(req.limit),
+            &ts(req.now),
+            &req.node,
+            &ts(req.lease_until),
+            &running.as_str(),
+            &message,
+        ],
+    )
+    .await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let job = row::job(r)?;
+        signals.changed(job.id, job.owner, job.state);
+        claimed.push(job);
+    }
+    Ok(claimed)
+}
+
+/// The earliest `run_at` of a `scheduled` or `failed` job.
+pub(super) async fn next_due(db: &impl GenericClient) -> Result<Option<Timestamp>> {
+    let r = row::query_one(
+        db,
+        "SELECT min(run_at) FROM jobs WHERE state IN ('scheduled', 'failed')",
+        &[],
+    )
+    .await?;
+    row::get(&r, 0)
+}

@@ -1,0 +1,404 @@
+//! Client-side job operations: submit (with idempotency and the queue cap), get, cancel,
+//! manual retry, state reports of `external` jobs, delete; and [`record`], which appends
+//! the event row of every state change.
+//!
+//! The cold paths here lock the job row (`FOR UPDATE`), let [`kiln_domain::transition`]
+//! judge the event, change the record in Rust and write it back with [`save`], then
+//! [`record`] the change, all in one transaction. The worker's hot paths (claim,
+//! completion) live in `claim` and `lease` as single targeted statements.
+
+use deadpool_postgres::{GenericClient, Transaction};
+use kiln_domain::state::report as report_event;
+use kiln_domain::{
+    Event, IllegalTransition, Job, JobId, JobState, JobType, NewJob, Step, Timestamp, UserId,
+    clock::truncate_ms, transition,
+};
+
+use super::notify::Signals;
+use super::row::{self, int, job_columns, json, query_one, query_opt, ts};
+use crate::error::{Result, StoreError};
+use crate::model::{InsertOptions, Inserted, Report, Signal};
+
+/// The advisory lock key that serialises inserts checking `max_queued` (`kilnqcap`).
+const MAX_QUEUED_LOCK: i64 = 0x6b69_6c6e_7163_6170;
+
+/// What [`insert`] found when another transaction holds the same idempotency key.
+// Short-lived and returned once per insert: boxing the common case would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Insert {
+    /// Done (to commit).
+    Done(Inserted),
+    /// The key was taken by a concurrent insert that committed first: roll back and look
+    /// the key up again.
+    KeyRaced,
+}
+
+/// Stores a new job with its `submitted` event, or finds the job its idempotency key made.
+///
+/// Runs in a transaction when `opts` has an idempotency key or a cap (the caller's choice);
+/// a plain submission is a single statement and needs none.
+pub(super) async fn insert(
+    db: &impl GenericClient,
+    signals: &mut Signals,
+    new: NewJob,
+    opts: &InsertOptions,
+) -> Result<Insert> {
+    if let Some(found) = existing(db, new.owner, opts).await? {
+        return Ok(Insert::Done(found));
+    }
+    if let Some(limit) = opts.max_queued {
+        ensure_room(db, limit).await?;
+    }
+    if !matches!(new.state, JobState::Scheduled | JobState::Queued) {
+        return Err(StoreError::conflict(
+            "a new job must be scheduled or queued",
+        ));
+    }
+    let job = new_job(new);
+    // The job and its first event in one statement.
+    row::execute(
+        db,
+        "WITH job AS (
+             INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
+                               max_attempts, created_at, run_at, updated_at, event_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, 1)
+             RETURNING id, state, created_at
+         )
+         INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+         SELECT id, 1, state, created_at, 0, NULL, 'submitted' FROM job",
+        &[
+            &job.id.0,
+            &job.owner.0,
+            &job.job_type,
+            &job.queue,
+            &job.name,
+            &job.state.as_str(),
+            &job.priority,
+            &job.payload,
+            &int(job.max_attempts),
+            &job.created_at,
+            &job.run_at,
+        ],
+    )
+    .await?;
+    signals.changed(job.id, job.owner, job.state);
+    if let Some(key) = &opts.idempotency {
+        // A concurrent insert with the same key waits here for the first to commit, then
+        // inserts nothing: the caller rolls back and finds the winner's job.
+        let claimed = row::execute(
+            db,
+            "INSERT INTO idempotency_keys (owner_id, key, request_hash, job_id)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[&job.owner.0, &key.key, &key.request_hash, &job.id.0],
+        )
+        .await?;
+        if claimed == 0 {
+            return Ok(Insert::KeyRaced);
+        }
+    }
+    Ok(Insert::Done(Inserted::Created(job)))
+}
+
+/// `QueueFull` when `limit` non-terminal jobs exist. Capped inserts take turns (until their
+/// commit) on an advisory lock, so two of them on different nodes cannot both see room for
+/// one more job; uncapped inserts, claims and completions never take this lock.
+async fn ensure_room(tx: &impl GenericClient, limit: u64) -> Result<()> {
+    row::execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&MAX_QUEUED_LOCK]).await?;
+    let active: i64 = row::get(
+        &query_one(
+            tx,
+            "SELECT count(*) FROM jobs
+             WHERE state IN ('scheduled', 'queued', 'running', 'failed')",
+            &[],
+        )
+        .await?,
+        0,
+    )?;
+    if u64::try_from(active).unwrap_or(0) >= limit {
+        return Err(StoreError::QueueFull { limit });
+    }
+    Ok(())
+}
+
+/// The job an earlier request with this idempotency key made: `Existing` with the same
+/// request hash, `Conflict` with another.
+pub(super) async fn existing(
+    db: &impl GenericClient,
+    owner: UserId,
+    opts: &InsertOptions,
+) -> Result<Option<Inserted>> {
+    let Some(key) = &opts.idempotency else {
+        return Ok(None);
+    };
+    let Some(found) = query_opt(
+        db,
+        "SELECT request_hash, job_id FROM idempotency_keys WHERE owner_id = $1 AND key = $2",
+        &[&owner.0, &key.key],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let hash: Vec<u8> = row::get(&found, 0)?;
+    if hash != key.request_hash {
+        return Err(StoreError::conflict(
+            "idempotency key reused with a different request",
+        ));
+    }
+    let id = JobId(row::get(&found, 1)?);
+    Ok(Some(Inserted::Existing(get(db, None, id).await?)))
+}
+
+/// The record a fresh submission becomes (times at the stored millisecond precision).
+fn new_job(new: NewJob) -> Job {
+    let created_at = truncate_ms(new.created_at);
+    Job {
+        id: new.id,
+        owner: new.owner,
+        job_type: new.job_type.as_str().to_owned(),
+        queue: new.queue.as_str().to_owned(),
+        name: new.name,
+        state: new.state,
+        priority: new.priority.get(),
+        payload: new.payload,
+        result: None,
+        error: None,
+        attempts: 0,
+        max_attempts: new.max_attempts,
+        progress: 0.0,
+        cancel_requested: false,
+        created_at,
+        run_at: truncate_ms(new.run_at),
+        started_at: None,
+        finished_at: None,
+        updated_at: created_at,
+        node: None,
+        lease_expires_at: None,
+    }
+}
+
+/// One job; `NotFound` if absent or not `owner`'s.
+pub(super) async fn get(db: &impl GenericClient, owner: Option<UserId>, id: JobId) -> Result<Job> {
+    let found = query_opt(
+        db,
+        concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)"
+        ),
+        &[&id.0, &owner.map(|o| o.0)],
+    )
+    .await?;
+    row::job(&found.ok_or(StoreError::NotFound)?)
+}
+
+/// One job, its row locked until the transaction ends; `NotFound` as [`get`].
+async fn lock(tx: &Transaction<'_>, owner: Option<UserId>, id: JobId) -> Result<Job> {
+    let found = query_opt(
+        tx,
+        concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2) FOR UPDATE"
+        ),
+        &[&id.0, &owner.map(|o| o.0)],
+    )
+    .await?;
+    row::job(&found.ok_or(StoreError::NotFound)?)
+}
+
+/// `NotFound` unless the job exists and `owner` may see it.
+pub(super) async fn ensure_visible(
+    db: &impl GenericClient,
+    owner: Option<UserId>,
+    id: JobId,
+) -> Result<()> {
+    query_opt(
+        db,
+        "SELECT 1 FROM jobs WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)",
+        &[&id.0, &owner.map(|o| o.0)],
+    )
+    .await?
+    .map(|_| ())
+    .ok_or(StoreError::NotFound)
+}
+
+/// Writes back every column a state change may touch; returns the new event number.
+async fn save(tx: &Transaction<'_>, job: &Job) -> Result<i32> {
+    let found = query_one(
+        tx,
+        "UPDATE jobs SET state = $2, result = $3, error = $4, attempts = $5,
+             max_attempts = $6, progress = $7, cancel_requested = $8, run_at = $9,
+             started_at = $10, finished_at = $11, updated_at = $12, node = $13,
+             lease_expires_at = $14, event_seq = event_seq + 1
+         WHERE id = $1 RETURNING event_seq",
+        &[
+            &job.id.0,
+            &job.state.as_str(),
+            &job.result,
+            &job.error.as_ref().map(json),
+            &int(job.attempts),
+            &int(job.max_attempts),
+            &job.progress,
+            &job.cancel_requested,
+            &job.run_at,
+            &job.started_at,
+            &job.finished_at,
+            &job.updated_at,
+            &job.node,
+            &job.lease_expires_at,
+        ],
+    )
+    .await?;
+    row::get(&found, 0)
+}
+
+/// Appends event `seq` for `job` as it is now (its state, `updated_at` and attempt number),
+/// and queues `Changed` (plus `JobAvailable` if it became `queued`) for after the commit.
+pub(super) async fn record(
+    tx: &Transaction<'_>,
+    signals: &mut Signals,
+    job: &Job,
+    seq: i32,
+    node: Option<&str>,
+    message: &str,
+) -> Result<()> {
+    row::execute(
+        tx,
+        "INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &job.id.0,
+            &seq,
+            &job.state.as_str(),
+            &job.updated_at,
+            &int(job.attempts),
+            &node,
+            &message,
+        ],
+    )
+    .await?;
+    signals.changed(job.id, job.owner, job.state);
+    Ok(())
+}
+
+/// Moves `job` to `state` at `now`, keeping `finished_at` set exactly on terminal states and
+/// lease fields only while running.
+fn enter(job: &mut Job, state: JobState, now: Timestamp) {
+    job.state = state;
+    job.updated_at = ts(now);
+    job.finished_at = state.is_terminal().then_some(ts(now));
+    if state != JobState::Running {
+        job.node = None;
+        job.lease_expires_at = None;
+    }
+}
+
+/// [`Event::Cancel`]: see [`crate::Store::job_cancel`].
+pub(super) async fn cancel(
+    tx: &Transaction<'_>,
+    signals: &mut Signals,
+    owner: Option<UserId>,
+    id: JobId,
+    now: Timestamp,
+) -> Result<(Job, Step)> {
+    let mut job = lock(tx, owner, id).await?;
+    let step = transition(job.state, Event::Cancel)?;
+    match step {
+        Step::To(state) => {
+            enter(&mut job, state, now);
+            let seq = save(tx, &job).await?;
+            record(tx, signals, &job, seq, None, "cancelled").await?;
+        }
+        Step::CancelRequested => {
+            // A repeated request adds no event; the signal goes out again in case a node
+            // missed the first one.
+            if !job.cancel_requested {
+                job.cancel_requested = true;
+                job.updated_at = ts(now);
+                let seq = save(tx, &job).await?;
+                let node = job.node.clone();
+                record(tx, signals, &job, seq, node.as_deref(), "cancel requested").await?;
+            }
+            signals.push(Signal::CancelRequested(id));
+        }
+        Step::Unchanged => {}
+    }
+    Ok((job, step))
+}
+
+/// [`Event::Retry`] of a failed or dead job: queued now with `extra_attempts` more attempts.
+pub(super) async fn retry(
+    tx: &Transaction<'_>,
+    signals: &mut Signals,
+    owner: Option<UserId>,
+    id: JobId,
+    extra_attempts: u32,
+    now: Timestamp,
+) -> Result<Job> {
+    let mut job = lock(tx, owner, id).await?;
+    let Step::To(state) = transition(job.state, Event::Retry)? else {
+        return Err(IllegalTransition {
+            from: job.state,
+            event: Event::Retry,
+        }
+        .into());
+    };
+    enter(&mut job, state, now);
+    job.run_at = ts(now);
+    job.max_attempts = job.attempts.saturating_add(extra_attempts);
+    job.cancel_requested = false;
+    job.progress = 0.0;
+    let seq = save(tx, &job).await?;
+    record(tx, signals, &job, seq, None, "retry requested").await?;
+    Ok(job)
+}
+
+/// An `external` job's owner reports its state.
+pub(super) async fn report(
+    tx: &Transaction<'_>,
+    signals: &mut Signals,
+    owner: Option<UserId>,
+    id: JobId,
+    report: Report,
+    now: Timestamp,
+) -> Result<Job> {
+    let mut job = lock(tx, owner, id).await?;
+    if job.job_type != JobType::External.as_str() {
+        return Err(StoreError::conflict(
+            "only external jobs accept state reports",
+        ));
+    }
+    report_event(job.state, report.state)?;
+    enter(&mut job, report.state, now);
+    match report.state {
+        JobState::Running => {
+            job.attempts = job.attempts.saturating_add(1);
+            job.started_at = Some(ts(now));
+            job.progress = 0.0;
+            job.cancel_requested = false;
+        }
+        JobState::Succeeded => {
+            job.result = report.result;
+            job.progress = 1.0;
+        }
+        JobState::Failed | JobState::Dead => {
+            job.error = report.error.or(job.error);
+        }
+        JobState::Queued => job.run_at = ts(now),
+        JobState::Scheduled | JobState::Cancelled => {}
+    }
+    let seq = save(tx, &job).await?;
+    record(tx, signals, &job, seq, None, "reported by owner").await?;
+    Ok(job)
+}
+
+/// Hard-deletes a terminal job; its events, log and idempotency keys go with it (cascade).
+pub(super) async fn delete(tx: &Transaction<'_>, owner: Option<UserId>, id: JobId) -> Result<()> {
+    let job = lock(tx, owner, id).await?;
+    if !job.state.is_terminal() {
+        return Err(StoreError::conflict("job is not terminal"));
+    }
+    row::execute(tx, "DELETE FROM jobs WHERE id = $1", &[&id.0]).await?;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The PostgreSQL backend: [`PgStore`], for many nodes sharing one database.
+//!
+//! # Shape
+//! - A [`deadpool_postgres`] pool of connections; each write is one transaction on one
+//!   pooled connection (a single statement where it can be: completion, progress, renewal,
+//!   users and tokens), with prepared statements cached per connection.
+//! - Claims pick rows with `FOR UPDATE SKIP LOCKED` in a CTE and move them with
+//!   `UPDATE … RETURNING` in the same statement, so concurrent claimers on any number of
+//!   nodes never wait for each other and never take the same job.
+//! - Every state change bumps the job row's `event_seq` and appends the event row with that
+//!   number in the same transaction: the row lock orders a job's events without reading
+//!   `max(seq)`.
+//! - Signals: each write queues its [`Signal`]s in a `Signals` buffer; `PgStore::commit`
+//!   commits, publishes them to local subscribers, and queues them for the [`notify`]
+//!   notifier, which sends them to other nodes with `pg_notify` (batched, outside the write's
+//!   transaction: see there why). The [`notify`] listener re-publishes other nodes'
+//!   notifications locally.
+//! - SQL lives next to the function that runs it: [`jobs`] (submit, get, cancel, retry,
+//!   report, delete), [`list`], [`claim`] (claim and promotion of due work), [`lease`]
+//!   (fenced completion, progress, renewal, rescue lookup), [`log`], [`users`] (users and
+//!   tokens), [`retention`] (prune and stats); [`row`] maps rows to domain types, [`schema`]
+//!   applies the embedded migrations.
+//!
+//! This module owns the options, the pool and the one place driver errors are mapped
+//! ([`map_err`]); it does not decide legality (that is [`kiln_domain::transition`]).
+
+mod claim;
+mod jobs;
+mod lease;
+mod list;
+mod log;
+mod notify;
+mod retention;
+mod row;
+mod schema;
+mod store;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio::sync::broadcast;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+use crate::error::{BoxError, Result, StoreError};
+use crate::model::Signal;
+pub use notify::LISTENER_NAME;
+use notify::Signals;
+
+/// Options of [`PgStore::connect`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Most pooled connections of this node; default 16.
+    pub pool_size: usize,
+    /// `LISTEN` for other nodes' signals on a dedicated connection; default `true`. Turn it
+    /// off behind PgBouncer in transaction mode (which cannot hold a `LISTEN`): signals then
+    /// only reach this node's own subscribers, and workers fall back to polling.
+    pub listen: bool,
+    /// Bytes of log kept per job; older text is dropped at a line boundary. Default 64 KiB.
+    pub log_limit_bytes: usize,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            listen: true,
+            log_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// How long a caller waits for a pooled connection before the call fails as transient.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// Signals buffered per subscriber before it sees `Lagged`.
+const SIGNAL_CAPACITY: usize = 4096;
+
+/// The PostgreSQL implementation of [`Store`](crate::Store).
+///
+/// Dropping the last handle stops the listener; the pooled connections close once the
+/// notifier has sent what was queued.
+pub struct PgStore {
+    pool: Pool,
+    signals: broadcast::Sender<Signal>,
+    /// Tags this instance's notifications so its listener skips its own echo.
+    origin: String,
+    log_limit: usize,
+    /// Payloads for the notifier; it ends once this is dropped and its queue drained.
+    outbox: tokio::sync::mpsc::UnboundedSender<String>,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host/db`), applies the embedded migrations under
+    /// an advisory lock (so nodes starting together migrate once) and, with
+    /// [`PgOptions::listen`], starts the listener and waits until it listens (an error if
+    /// its first connection fails). Must run inside a tokio runtime.
+    pub async fn connect(url: &str, opts: PgOptions) -> Result<Arc<PgStore>> {
+        let config = parse_url(url)?;
+        schema::migrate(&config).await?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(opts.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(|e| backend(format!("cannot build the PostgreSQL pool: {e}")))?;
+        let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
+        let origin = uuid::Uuid::now_v7().simple().to_string();
+        let listener = if opts.listen {
+            let (ready, listening) = tokio::sync::oneshot::channel();
+            let task = notify::spawn_listener(config, signals.clone(), origin.clone(), ready);
+            // Hand the store out only once other nodes' signals can reach it.
+            match listening.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    task.abort();
+                    return Err(map_err(e));
+                }
+                Err(_) => {
+                    task.abort();
+                    return Err(backend("the PostgreSQL listener stopped before listening"));
+                }
+            }
+            Some(task)
+        } else {
+            None
+        };
+        let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();
+        notify::spawn_notifier(pool.clone(), queued);
+        Ok(Arc::new(PgStore {
+            pool,
+            signals,
+            origin,
+            log_limit: opts.log_limit_bytes,
+            outbox,
+            listener,
+        }))
+    }
+
+    /// Applies the embedded migrations that the database at `url` lacks (what `kiln migrate`
+    /// does) and returns their versions; empty when the schema is current.
+    pub async fn migrate(url: &str) -> Result<Vec<u32>> {
+        schema::migrate(&parse_url(url)?).await
+    }
+
+    /// A pooled connection.
+    async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(map_pool_err)
+    }
+
+    /// Commits `tx`, then publishes `signals` here and queues them for other nodes.
+    async fn commit(&self, tx: deadpool_postgres::Transaction<'_>, signals: Signals) -> Result<()> {
+        tx.commit().await?;
+        self.published(signals);
+        Ok(())
+    }
+
+    /// Publishes the signals of a committed write here and queues them for other nodes.
+    fn published(&self, signals: Signals) {
+        signals.publish(&self.signals);
+        for payload in signals.payloads(&self.origin) {
+            // The notifier only stops after this store is dropped.
+            let _ = self.outbox.send(payload);
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
+        // The pool closes once the notifier, which holds a handle to it, has drained.
+    }
+}
+
+fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| backend(format!("invalid PostgreSQL URL: {e}")))
+}
+
+/// SQLSTATEs worth retrying: serialisation failures, deadlocks, lock timeouts, and a server
+/// that is shutting down, starting up or out of connections.
+fn is_transient_code(code: &SqlState) -> bool {
+    *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::ADMIN_SHUTDOWN
+        || *code == SqlState::CRASH_SHUTDOWN
+        || *code == SqlState::CANNOT_CONNECT_NOW
+        || *code == SqlState::TOO_MANY_CONNECTIONS
+        || code.code().starts_with("08")
+}
+
+/// The one place PostgreSQL errors become [`StoreError`]s: a unique violation is
+/// `Conflict`; serialisation failures, deadlocks and lost or refused connections are
+/// `Transient`; anything else `Backend`. Callers that know what was duplicated replace the
+/// generic conflict text.
+pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+            StoreError::conflict("a record with the same key already exists")
+        }
+        Some(code) if is_transient_code(code) => StoreError::Transient(Box::new(e)),
+        Some(_) => StoreError::Backend(Box::new(e)),
+        // No SQLSTATE: the connection failed or closed (an I/O error, a timeout).
+        None if e.is_closed() || io_source(&e) => StoreError::Transient(Box::new(e)),
+        None => StoreError::Backend(Box::new(e)),
+    }
+}
+
+/// A pool failure: the driver's error when connecting failed, else (a timeout waiting for
+/// a connection, a closed pool) `Transient`.
+pub(crate) fn map_pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => map_err(e),
+        other => StoreError::Transient(Box::new(other)),
+    }
+}
+
+/// Whether an error without a SQLSTATE came from the socket.
+fn io_source(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err.is::<std::io::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Lets `?` map driver errors inside the backend; it defers to [`map_err`].
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        map_err(e)
+    }
+}
+
+/// A backend error described in words (a corrupt row, a bad URL).
+fn backend(what: impl Into<String>) -> StoreError {
+    StoreError::Backend(BoxError::from(what.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_map_to_their_class() {
+        assert!(is_transient_code(&SqlState::T_R_SERIALIZATION_FAILURE));
+        assert!(is_transient_code(&SqlState::T_R_DEADLOCK_DETECTED));
+        assert!(is_transient_code(&SqlState::CONNECTION_FAILURE));
+        assert!(!is_transient_code(&SqlState::UNIQUE_VIOLATION));
+        assert!(!is_transient_code(&SqlState::SYNTAX_ERROR));
+    }
+
+    #[test]
+    fn bad_urls_are_backend_errors() {
+        assert!(matches!(
+            parse_url("postgres://u@h:notaport/db"),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(parse_url("postgres://postgres@127.0.0.1:5432/kiln").is_ok());
+    }
+}

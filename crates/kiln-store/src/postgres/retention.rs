@@ -1,0 +1,99 @@
+//! Retention (pruning terminal jobs by age and by count) and the numbers behind `/metrics`.
+//!
+//! Only terminal jobs have `finished_at`, so the partial index `jobs_finished` lists exactly
+//! the prunable jobs, oldest first. Deleting a job cascades to its events, log and
+//! idempotency keys; a trigger counts deleted jobs, so `total_submitted` survives pruning.
+
+use deadpool_postgres::GenericClient;
+use kiln_domain::{JobState, Timestamp};
+
+use super::row::{self, big, ts};
+use crate::error::Result;
+use crate::model::Stats;
+
+/// Most jobs deleted per transaction: a prune of a large backlog runs as many short
+/// transactions, so it never holds thousands of row locks for long.
+pub(super) const PRUNE_CHUNK: i64 = 1000;
+
+/// Started jobs the start-latency percentile looks at: recent enough to follow changes in
+/// load, many enough for a stable p95 (the same sample as the SQLite backend).
+const LATENCY_SAMPLE: i64 = 1000;
+
+/// Deletes up to `PRUNE_CHUNK` prunable jobs: first those finished before `before`, then the
+/// oldest terminal jobs beyond the newest `keep_max`. Returns how many.
+///
+/// The outer `WHERE` repeats the terminal condition: if a job is retried (so no longer
+/// terminal) while this runs, the delete re-checks the new row version and spares it.
+pub(super) async fn prune_chunk(
+    db: &impl GenericClient,
+    before: Timestamp,
+    keep_max: Option<u64>,
+) -> Result<u64> {
+    let mut deleted = row::execute(
+        db,
+        "DELETE FROM jobs WHERE id IN (
+             SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1
+             LIMIT $2)
+           AND finished_at IS NOT NULL AND finished_at < $1",
+        &[&ts(before), &PRUNE_CHUNK],
+    )
+    .await?;
+    if let Some(keep) = keep_max
+        && big(deleted) < PRUNE_CHUNK
+    {
+        deleted += row::execute(
+            db,
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs WHERE finished_at IS NOT NULL
+                 ORDER BY finished_at DESC, id DESC OFFSET $1 LIMIT $2)
+               AND finished_at IS NOT NULL",
+            &[&big(keep), &(PRUNE_CHUNK - big(deleted))],
+        )
+        .await?;
+    }
+    Ok(deleted)
+}
+
+/// Jobs ever submitted, current counts per state, mean run time, p95 start latency; one
+/// statement, so every number comes from the same snapshot.
+pub(super) async fn stats(db: &impl GenericClient) -> Result<Stats> {
+    let r = row::query_one(
+        db,
+        "WITH counts AS (SELECT state, count(*) AS n FROM jobs GROUP BY state)
+         SELECT
+             (SELECT value FROM counters WHERE name = 'jobs_deleted'),
+             coalesce((SELECT array_agg(state) FROM counts), '{}'),
+             coalesce((SELECT array_agg(n) FROM counts), '{}'),
+             (SELECT avg(extract(epoch FROM finished_at - started_at) * 1000)::float8
+              FROM jobs
+              WHERE finished_at IS NOT NULL AND state = 'succeeded'
+                AND started_at IS NOT NULL),
+             (SELECT percentile_disc(0.95) WITHIN GROUP (ORDER BY latency)::float8
+              FROM (SELECT extract(epoch FROM started_at - created_at) * 1000 AS latency
+                    FROM jobs WHERE started_at IS NOT NULL
+                    ORDER BY started_at DESC LIMIT $1) recent)",
+        &[&LATENCY_SAMPLE],
+    )
+    .await?;
+    let deleted: i64 = row::get(&r, 0)?;
+    let states: Vec<&str> = row::get(&r, 1)?;
+    let counts: Vec<i64> = row::get(&r, 2)?;
+    let mut by_state: Vec<(JobState, u64)> = JobState::ALL.iter().map(|&s| (s, 0)).collect();
+    for (state, n) in states.into_iter().zip(counts) {
+        let state: JobState = state
+            .parse()
+            .map_err(|e| super::backend(format!("job state: {e}")))?;
+        if let Some(slot) = by_state.iter_mut().find(|(s, _)| *s == state) {
+            slot.1 = u64::try_from(n).unwrap_or(0);
+        }
+    }
+    let present: u64 = by_state.iter().map(|(_, n)| n).sum();
+    let avg: Option<f64> = row::get(&r, 3)?;
+    let p95: Option<f64> = row::get(&r, 4)?;
+    Ok(Stats {
+        total_submitted: present + u64::try_from(deleted).unwrap_or(0),
+        by_state,
+        avg_duration_ms: avg.unwrap_or(0.0),
+        p95_start_latency_ms: p95.unwrap_or(0.0),
+    })
+}

@@ -1,0 +1,182 @@
+//! Rows ↔ domain types: the job column list, [`job`] to read a job row, and the
+//! conversions of counters, timestamps, states and JSON columns.
+//!
+//! A value that does not convert (an unknown state, a negative attempt count) is a
+//! `StoreError::Backend`: it means the database was written by something else.
+
+use deadpool_postgres::GenericClient;
+use kiln_domain::clock::truncate_ms;
+use kiln_domain::{Failure, Job, JobId, JobState, Role, Timestamp, User, UserId};
+use tokio_postgres::Row;
+use tokio_postgres::types::{FromSql, Json, ToSql};
+
+use super::backend;
+use crate::error::Result;
+use crate::model::JobEvent;
+
+/// The columns [`job`] reads, in its order; a macro so SQL can be built with `concat!`.
+macro_rules! job_columns {
+    () => {
+        "id, owner_id, type, queue, name, state, priority, payload, result, error, attempts, \
+         max_attempts, progress, cancel_requested, created_at, run_at, started_at, \
+         finished_at, updated_at, node, lease_expires_at"
+    };
+}
+pub(super) use job_columns;
+
+/// The columns [`user`] reads.
+macro_rules! user_columns {
+    () => {
+        "id, username, role, disabled, created_at"
+    };
+}
+pub(super) use user_columns;
+
+/// Reads column `idx`, as a backend error if its type does not match.
+pub(super) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
+    row.try_get(idx)
+        .map_err(|e| backend(format!("column {idx}: {e}")))
+}
+
+/// Reads a row selected with [`job_columns!`].
+pub(super) fn job(row: &Row) -> Result<Job> {
+    Ok(Job {
+        id: JobId(get(row, 0)?),
+        owner: UserId(get(row, 1)?),
+        job_type: get(row, 2)?,
+        queue: get(row, 3)?,
+        name: get(row, 4)?,
+        state: state(row, 5)?,
+        priority: get(row, 6)?,
+        payload: get(row, 7)?,
+        result: get(row, 8)?,
+        error: get::<Option<Json<Failure>>>(row, 9)?.map(|j| j.0),
+        attempts: count(row, 10)?,
+        max_attempts: count(row, 11)?,
+        progress: get(row, 12)?,
+        cancel_requested: get(row, 13)?,
+        created_at: get(row, 14)?,
+        run_at: get(row, 15)?,
+        started_at: get(row, 16)?,
+        finished_at: get(row, 17)?,
+        updated_at: get(row, 18)?,
+        node: get(row, 19)?,
+        lease_expires_at: get(row, 20)?,
+    })
+}
+
+/// Reads a row selected with [`user_columns!`] starting at column `at`.
+pub(super) fn user(row: &Row, at: usize) -> Result<User> {
+    Ok(User {
+        id: UserId(get(row, at)?),
+        username: get(row, at + 1)?,
+        role: parsed::<Role>(row, at + 2)?,
+        disabled: get(row, at + 3)?,
+        created_at: get(row, at + 4)?,
+    })
+}
+
+/// A job state column.
+pub(super) fn state(row: &Row, idx: usize) -> Result<JobState> {
+    parsed(row, idx)
+}
+
+/// A text column parsed with `FromStr` (states, roles).
+pub(super) fn parsed<T>(row: &Row, idx: usize) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text: &str = get(row, idx)?;
+    text.parse()
+        .map_err(|e| backend(format!("column {idx}: {e}")))
+}
+
+/// A non-negative `integer` column (attempts).
+pub(super) fn count(row: &Row, idx: usize) -> Result<u32> {
+    let n: i32 = get(row, idx)?;
+    u32::try_from(n).map_err(|_| backend(format!("column {idx}: negative count {n}")))
+}
+
+/// A counter as stored (`integer`), saturating.
+pub(super) fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// A `u64` as a `bigint`, saturating.
+pub(super) fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A timestamp as stored: at millisecond precision, like the SQLite backend.
+pub(super) fn ts(t: Timestamp) -> Timestamp {
+    truncate_ms(t)
+}
+
+/// A JSON value for a `jsonb` parameter.
+pub(super) fn json<T: serde::Serialize>(value: &T) -> Json<&T> {
+    Json(value)
+}
+
+/// Prepares `sql` (cached per connection) and runs it, returning every row.
+pub(super) async fn query(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>> {
+    let stmt = db.prepare_cached(sql).await?;
+    Ok(db.query(&stmt, params).await?)
+}
+
+/// Prepares `sql` (cached per connection) and runs it, returning at most one row.
+pub(super) async fn query_opt(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>> {
+    let stmt = db.prepare_cached(sql).await?;
+    Ok(db.query_opt(&stmt, params).await?)
+}
+
+/// Prepares `sql` (cached per connection) and runs it, returning exactly one row.
+pub(super) async fn query_one(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row> {
+    let stmt = db.prepare_cached(sql).await?;
+    Ok(db.query_one(&stmt, params).await?)
+}
+
+/// Prepares `sql` (cached per connection) and runs it, returning the rows it touched.
+pub(super) async fn execute(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64> {
+    let stmt = db.prepare_cached(sql).await?;
+    Ok(db.execute(&stmt, params).await?)
+}
+
+/// The job's events, oldest first.
+pub(super) async fn events(db: &impl GenericClient, id: JobId) -> Result<Vec<JobEvent>> {
+    let rows = query(
+        db,
+        "SELECT seq, state, at, attempt, node, message FROM job_events
+         WHERE job_id = $1 ORDER BY seq",
+        &[&id.0],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(JobEvent {
+                seq: i64::from(get::<i32>(r, 0)?),
+                state: state(r, 1)?,
+                at: get(r, 2)?,
+                attempt: count(r, 3)?,
+                node: get(r, 4)?,
+                message: get(r, 5)?,
+            })
+        })
+        .collect()
+}

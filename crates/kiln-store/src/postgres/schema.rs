@@ -1,0 +1,82 @@
+//! The embedded migrations, applied in order under a session advisory lock, each recorded
+//! in `schema_migrations`.
+//!
+//! Many nodes may start at once: the first to take the lock applies what is missing, the
+//! others wait for it and then find nothing left to do. Each migration runs in its own
+//! transaction, so a failing one leaves the schema at the previous version.
+
+use tokio_postgres::NoTls;
+
+use crate::error::Result;
+
+/// Every migration, in order: (version, SQL).
+const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+/// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b69_6c6e_6d69_6772;
+
+/// Applies the migrations the database lacks on a connection of its own; returns their
+/// versions.
+pub(super) async fn migrate(config: &tokio_postgres::Config) -> Result<Vec<u32>> {
+    let (mut client, connection) = config.connect(NoTls).await?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "the PostgreSQL migration connection failed");
+        }
+    });
+    let applied = apply(&mut client).await;
+    drop(client);
+    // The connection ends with the client; the session lock goes with it in any case.
+    let _ = driver.await;
+    applied
+}
+
+async fn apply(client: &mut tokio_postgres::Client) -> Result<Vec<u32>> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = apply_locked(client).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    result
+}
+
+async fn apply_locked(client: &mut tokio_postgres::Client) -> Result<Vec<u32>> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    integer     PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+    let mut applied = Vec::new();
+    for &(version, sql) in MIGRATIONS {
+        let v = i32::try_from(version).unwrap_or(i32::MAX);
+        let tx = client.transaction().await?;
+        let done = tx
+            .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[&v])
+            .await?
+            .is_some();
+        if done {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&v])
+            .await?;
+        tx.commit().await?;
+        applied.push(version);
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_versions_increase() {
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+}

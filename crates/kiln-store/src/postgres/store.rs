@@ -1,0 +1,244 @@
+//! [`Store`] for [`PgStore`]: each method takes a pooled connection and either runs one
+//! statement (reads, and writes that are a single statement) or opens a transaction, hands
+//! it to the function that does the work, and commits with [`PgStore::commit`] (which
+//! sends the signals). Nothing else happens here, except splitting long maintenance work
+//! (promotion, pruning) into chunks so each is one short transaction.
+
+use async_trait::async_trait;
+use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId};
+use tokio::sync::broadcast;
+
+use super::jobs::Insert;
+use super::notify::Signals;
+use super::{PgStore, claim, jobs, lease, list, log, retention, users};
+use crate::Store;
+use crate::error::{BoxError, Result, StoreError};
+use crate::model::*;
+
+/// Runs `$body` in a transaction on a pooled connection, with `$tx` bound to the
+/// transaction and `$sig` to the signals buffer, then commits and publishes.
+macro_rules! in_tx {
+    ($store:expr, |$tx:ident, $sig:ident| $body:expr) => {{
+        let mut client = $store.client().await?;
+        let $tx = client.transaction().await?;
+        let mut signals = Signals::default();
+        let out = {
+            let $sig = &mut signals;
+            $body.await?
+        };
+        $store.commit($tx, signals).await?;
+        Ok::<_, StoreError>(out)
+    }};
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn user_insert(&self, user: NewUser, now: Timestamp) -> Result<User> {
+        users::insert(&self.client().await?, user, now).await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        users::by_name(&self.client().await?, username).await
+    }
+
+    async fn user_get(&self, id: UserId) -> Result<User> {
+        users::get(&self.client().await?, id).await
+    }
+
+    async fn user_list(&self) -> Result<Vec<User>> {
+        users::list(&self.client().await?).await
+    }
+
+    async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<User> {
+        users::update(&self.client().await?, id, patch).await
+    }
+
+    async fn user_count(&self) -> Result<u64> {
+        users::count(&self.client().await?).await
+    }
+
+    async fn token_insert(&self, token: NewToken, now: Timestamp) -> Result<TokenInfo> {
+        users::token_insert(&self.client().await?, token, now).await
+    }
+
+    async fn token_lookup(&self, hash: &[u8], now: Timestamp) -> Result<Option<(User, TokenInfo)>> {
+        users::token_lookup(&self.client().await?, hash, now).await
+    }
+
+    async fn token_list(&self, user: UserId, kind: TokenKind) -> Result<Vec<TokenInfo>> {
+        users::token_list(&self.client().await?, user, kind).await
+    }
+
+    async fn token_delete(&self, user: UserId, id: i64) -> Result<()> {
+        users::token_delete(&self.client().await?, user, id).await
+    }
+
+    async fn token_delete_hash(&self, hash: &[u8]) -> Result<()> {
+        users::token_delete_hash(&self.client().await?, hash).await
+    }
+
+    async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {
+        let owner = job.owner;
+        let mut client = self.client().await?;
+        let mut signals = Signals::default();
+        if opts.idempotency.is_none() && opts.max_queued.is_none() {
+            // A plain submission is one statement: no transaction needed.
+            let done = jobs::insert(&client, &mut signals, job, &opts).await?;
+            self.published(signals);
+            return match done {
+                Insert::Done(inserted) => Ok(inserted),
+                Insert::KeyRaced => Err(StoreError::conflict("an idempotency key raced")),
+            };
+        }
+        {
+            let tx = client.transaction().await?;
+            if let Insert::Done(inserted) = jobs::insert(&tx, &mut signals, job, &opts).await? {
+                self.commit(tx, signals).await?;
+                return Ok(inserted);
+            }
+            // Dropping the transaction rolls it back.
+        }
+        // A concurrent request with the same key committed first: answer as if it had
+        // come first (its job, or a conflict if its body differed).
+        jobs::existing(&client, owner, &opts).await?.ok_or_else(|| {
+            StoreError::Transient(BoxError::from(
+                "an idempotency key vanished while its insert raced",
+            ))
+        })
+    }
+
+    async fn job_get(&self, owner: Option<UserId>, id: JobId) -> Result<Job> {
+        jobs::get(&self.client().await?, owner, id).await
+    }
+
+    async fn job_list(&self, query: &ListQuery) -> Result<Page> {
+        list::list(&self.client().await?, query).await
+    }
+
+    async fn job_cancel(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        now: Timestamp,
+    ) -> Result<(Job, Step)> {
+        in_tx!(self, |tx, sig| jobs::cancel(&tx, sig, owner, id, now))
+    }
+
+    async fn job_retry(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        extra_attempts: u32,
+        now: Timestamp,
+    ) -> Result<Job> {
+        in_tx!(self, |tx, sig| jobs::retry(
+            &tx,
+            sig,
+            owner,
+            id,
+            extra_attempts,
+            now
+        ))
+    }
+
+    async fn job_report(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        report: Report,
+        now: Timestamp,
+    ) -> Result<Job> {
+        in_tx!(self, |tx, sig| jobs::report(
+            &tx, sig, owner, id, report, now
+        ))
+    }
+
+    async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()> {
+        in_tx!(self, |tx, _sig| jobs::delete(&tx, owner, id))
+    }
+
+    async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {
+        let client = self.client().await?;
+        jobs::ensure_visible(&client, owner, id).await?;
+        super::row::events(&client, id).await
+    }
+
+    async fn log_get(&self, owner: Option<UserId>, id: JobId) -> Result<String> {
+        log::get(&self.client().await?, owner, id).await
+    }
+
+    async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>> {
+        if req.limit == 0 || req.types.is_empty() {
+            return Ok(Vec::new());
+        }
+        in_tx!(self, |tx, sig| claim::claim(&tx, sig, req))
+    }
+
+    async fn job_complete(&self, lease: &Lease, outcome: Outcome, now: Timestamp) -> Result<Job> {
+        // One statement in its own implicit transaction: no BEGIN/COMMIT round trips.
+        let mut signals = Signals::default();
+        let job = lease::complete(&self.client().await?, &mut signals, lease, outcome, now).await?;
+        self.published(signals);
+        Ok(job)
+    }
+
+    async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()> {
+        lease::progress(&self.client().await?, lease, progress, now).await
+    }
+
+    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<()> {
+        let limit = self.log_limit;
+        in_tx!(self, |tx, _sig| log::append(&tx, id, text, now, limit))
+    }
+
+    async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal> {
+        if leases.is_empty() {
+            return Ok(Renewal::default());
+        }
+        lease::renew(&self.client().await?, leases, until).await
+    }
+
+    async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>> {
+        lease::find(&self.client().await?, &filter).await
+    }
+
+    async fn job_promote_due(&self, now: Timestamp) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n: u64 = in_tx!(self, |tx, sig| claim::promote_due(
+                &tx,
+                sig,
+                now,
+                claim::PROMOTE_CHUNK
+            ))?;
+            total += n;
+            if n < claim::PROMOTE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn job_next_due(&self) -> Result<Option<Timestamp>> {
+        claim::next_due(&self.client().await?).await
+    }
+
+    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<u64> {
+        let client = self.client().await?;
+        let mut total = 0;
+        loop {
+            let n = retention::prune_chunk(&client, finished_before, keep_max).await?;
+            total += n;
+            if n < retention::PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn job_stats(&self) -> Result<Stats> {
+        retention::stats(&self.client().await?).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Signal> {
+        self.signals.subscribe()
+    }
+}

@@ -1,0 +1,232 @@
+//! Users and their tokens.
+//!
+//! Tokens are stored as the SHA-256 of the secret, never the secret; a lookup finds a token
+//! only while it has not expired and its user is enabled.
+
+use deadpool_postgres::GenericClient;
+use kiln_domain::{Timestamp, User, UserId};
+use tokio_postgres::Row;
+
+use super::backend;
+use super::row::{self, query, query_opt, ts, user_columns};
+use crate::error::{Result, StoreError};
+use crate::model::{NewToken, NewUser, TokenInfo, TokenKind, UserPatch, UserRecord};
+
+/// Creates a user; `Conflict` if the name is taken.
+pub(super) async fn insert(db: &impl GenericClient, user: NewUser, now: Timestamp) -> Result<User> {
+    let now = ts(now);
+    let found = row::query_one(
+        db,
+        "INSERT INTO users (username, password_hash, role, disabled, created_at)
+         VALUES ($1, $2, $3, false, $4) RETURNING id",
+        &[
+            &user.username,
+            &user.password_hash,
+            &user.role.as_str(),
+            &now,
+        ],
+    )
+    .await
+    .map_err(|e| match e {
+        StoreError::Conflict { .. } => StoreError::conflict("username already taken"),
+        other => other,
+    })?;
+    Ok(User {
+        id: UserId(row::get(&found, 0)?),
+        username: user.username,
+        role: user.role,
+        disabled: false,
+        created_at: now,
+    })
+}
+
+/// A user and their password hash, by name.
+pub(super) async fn by_name(db: &impl GenericClient, username: &str) -> Result<Option<UserRecord>> {
+    let found = query_opt(
+        db,
+        concat!(
+            "SELECT ",
+            user_columns!(),
+            ", password_hash FROM users WHERE username = $1"
+        ),
+        &[&username],
+    )
+    .await?;
+    found
+        .map(|r| {
+            Ok(UserRecord {
+                user: row::user(&r, 0)?,
+                password_hash: row::get(&r, 5)?,
+            })
+        })
+        .transpose()
+}
+
+/// A user by id.
+pub(super) async fn get(db: &impl GenericClient, id: UserId) -> Result<User> {
+    let found = query_opt(
+        db,
+        concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"),
+        &[&id.0],
+    )
+    .await?;
+    row::user(&found.ok_or(StoreError::NotFound)?, 0)
+}
+
+/// Every user, by id.
+pub(super) async fn list(db: &impl GenericClient) -> Result<Vec<User>> {
+    let rows = query(
+        db,
+        concat!("SELECT ", user_columns!(), " FROM users ORDER BY id"),
+        &[],
+    )
+    .await?;
+    rows.iter().map(|r| row::user(r, 0)).collect()
+}
+
+/// Applies the fields of `patch` that are set.
+pub(super) async fn update(db: &impl GenericClient, id: UserId, patch: UserPatch) -> Result<User> {
+    let found = query_opt(
+        db,
+        concat!(
+            "UPDATE users SET role = coalesce($2, role),
+                 password_hash = coalesce($3, password_hash),
+                 disabled = coalesce($4, disabled)
+             WHERE id = $1 RETURNING ",
+            user_columns!()
+        ),
+        &[
+            &id.0,
+            &patch.role.map(|r| r.as_str()),
+            &patch.password_hash,
+            &patch.disabled,
+        ],
+    )
+    .await?;
+    row::user(&found.ok_or(StoreError::NotFound)?, 0)
+}
+
+/// How many users exist.
+pub(super) async fn count(db: &impl GenericClient) -> Result<u64> {
+    let r = row::query_one(db, "SELECT count(*) FROM users", &[]).await?;
+    Ok(u64::try_from(row::get::<i64>(&r, 0)?).unwrap_or(0))
+}
+
+/// The token columns [`token`] reads.
+macro_rules! token_columns {
+    () => {
+        "t.id, t.user_id, t.kind, t.name, t.created_at, t.expires_at"
+    };
+}
+
+fn token(r: &Row, at: usize) -> Result<TokenInfo> {
+    let kind: &str = row::get(r, at + 2)?;
+    let kind = [TokenKind::Session, TokenKind::Api]
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .ok_or_else(|| backend(format!("unknown token kind `{kind}`")))?;
+    Ok(TokenInfo {
+        id: row::get(r, at)?,
+        user: UserId(row::get(r, at + 1)?),
+        kind,
+        name: row::get(r, at + 3)?,
+        created_at: row::get(r, at + 4)?,
+        expires_at: row::get(r, at + 5)?,
+    })
+}
+
+/// Stores a token's hash; `Conflict` if that hash is already stored.
+pub(super) async fn token_insert(
+    db: &impl GenericClient,
+    token: NewToken,
+    now: Timestamp,
+) -> Result<TokenInfo> {
+    let now = ts(now);
+    let expires_at = token.expires_at.map(ts);
+    let found = row::query_one(
+        db,
+        "INSERT INTO tokens (user_id, hash, kind, name, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        &[
+            &token.user.0,
+            &token.hash,
+            &token.kind.as_str(),
+            &token.name,
+            &now,
+            &expires_at,
+        ],
+    )
+    .await?;
+    Ok(TokenInfo {
+        id: row::get(&found, 0)?,
+        user: token.user,
+        kind: token.kind,
+        name: token.name,
+        created_at: now,
+        expires_at,
+    })
+}
+
+/// The live token with this hash and its enabled user.
+pub(super) async fn token_lookup(
+    db: &impl GenericClient,
+    hash: &[u8],
+    now: Timestamp,
+) -> Result<Option<(User, TokenInfo)>> {
+    let found = query_opt(
+        db,
+        concat!(
+            "SELECT ",
+            token_columns!(),
+            ", u.id, u.username, u.role, u.disabled, u.created_at
+             FROM tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2)
+               AND NOT u.disabled"
+        ),
+        &[&hash, &ts(now)],
+    )
+    .await?;
+    found
+        .map(|r| Ok((row::user(&r, 6)?, token(&r, 0)?)))
+        .transpose()
+}
+
+/// The user's tokens of `kind`, newest first.
+pub(super) async fn token_list(
+    db: &impl GenericClient,
+    user: UserId,
+    kind: TokenKind,
+) -> Result<Vec<TokenInfo>> {
+    let rows = query(
+        db,
+        concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM tokens t WHERE t.user_id = $1 AND t.kind = $2
+             ORDER BY t.created_at DESC, t.id DESC"
+        ),
+        &[&user.0, &kind.as_str()],
+    )
+    .await?;
+    rows.iter().map(|r| token(r, 0)).collect()
+}
+
+/// Deletes one of the user's tokens; `NotFound` if it is not theirs.
+pub(super) async fn token_delete(db: &impl GenericClient, user: UserId, id: i64) -> Result<()> {
+    let n = row::execute(
+        db,
+        "DELETE FROM tokens WHERE id = $1 AND user_id = $2",
+        &[&id, &user.0],
+    )
+    .await?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Deletes the token with this hash, if any.
+pub(super) async fn token_delete_hash(db: &impl GenericClient, hash: &[u8]) -> Result<()> {
+    row::execute(db, "DELETE FROM tokens WHERE hash = $1", &[&hash]).await?;
+    Ok(())
+}
