@@ -138,4 +138,75 @@ fn main() {
             });
         }
     }
+    let cancels: [(&str, serde_json::Value); 3] = [
+        (
+            "cancel primes n=50000000",
+            serde_json::json!({"n": 50_000_000}),
+        ),
+        (
+            "cancel matrix_multiply n=4096",
+            serde_json::json!({"n": 4096}),
+        ),
+        (
+            "cancel csv_aggregate rows=10000000",
+            serde_json::json!({"rows": 10_000_000, "groups": 10_000, "operation": "group_by"}),
+        ),
+    ];
+    for (name, payload) in cancels {
+        if wanted(name) {
+            cancel_latency(name, runs, payload);
+        }
+    }
+    println!(
+        "\npeak RSS of this process (VmHWM): {} MB — run one kernel per invocation to read its own",
+        peak_rss_mb()
+    );
+}
+
+/// Time from firing the cancel token of a kernel busy at its largest input until its
+/// `run` returns `Cancelled`.
+fn cancel_latency(name: &str, runs: usize, payload: serde_json::Value) {
+    use kiln_kernels::Kernel;
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let mut took = Vec::new();
+    for i in 0..runs {
+        let (ctx, _log) = kiln_kernels::test_context(payload.clone());
+        let (cancel, progress, artifacts) = (
+            ctx.cancel.clone(),
+            ctx.progress.clone(),
+            ctx.artifacts.clone(),
+        );
+        let kernel = kiln_kernels::Registry::default()
+            .get_by_name(name.split(' ').nth(1).expect("a type"))
+            .expect("a kernel");
+        let elapsed = runtime.block_on(async move {
+            let run = tokio::spawn(async move { kernel.run(ctx).await });
+            while progress.get() == 0.0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            // Cancel at a different point of the work each time.
+            tokio::time::sleep(std::time::Duration::from_millis(20 + 37 * i as u64)).await;
+            let start = Instant::now();
+            cancel.cancel();
+            let result = run.await.expect("kernel task");
+            assert!(result.is_err(), "{name}: finished before the cancel");
+            start.elapsed()
+        });
+        let _ = artifacts.reset();
+        took.push(elapsed.as_secs_f64() * 1e3);
+    }
+    let (median, min, max) = stats(took);
+    println!("| {name} | {median:.1} | {min:.1}–{max:.1} | | cancel → returned |");
+}
+
+fn peak_rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }

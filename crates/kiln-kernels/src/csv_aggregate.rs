@@ -31,7 +31,7 @@ use crate::{Classify, JobContext, Kernel, KernelError};
 /// Rows generated per parallel unit.
 const GEN_CHUNK: u64 = 64 * 1024;
 /// Bytes read per block; each block is split into [`PIECE`]-sized pieces.
-const BLOCK: usize = 32 << 20;
+const BLOCK: usize = 16 << 20;
 /// Bytes per parallel parse unit (a piece ends at a line end). Large enough that merging
 /// the pieces' group tables costs little beside parsing them.
 const PIECE: usize = 4 << 20;
@@ -123,7 +123,7 @@ pub fn generate(
         .and_then(|()| out.write_all(b"\n"))
         .retryable("artifact_write")?;
     let mut written = HEADER.len() as u64 + 1;
-    let batch = (rayon::current_num_threads() as u64 * 4).max(1);
+    let batch = (rayon::current_num_threads() as u64 * 2).max(1);
     let chunks = rows.div_ceil(GEN_CHUNK);
     let mut next = 0;
     while next < chunks {
@@ -319,8 +319,15 @@ pub fn aggregate(
         let pieces = split_pieces(&block[..cut]);
         let partials: Vec<Partial<'_>> = pieces
             .par_iter()
-            .map(|piece| parse_piece(piece, columns))
+            .map(|piece| {
+                // A cancel skips the pieces not started yet.
+                if check.stopped().is_err() {
+                    return Partial::default();
+                }
+                parse_piece(piece, columns)
+            })
             .collect();
+        check.stopped()?;
         for partial in partials {
             partial.merge_into(&mut total, &mut groups);
         }
