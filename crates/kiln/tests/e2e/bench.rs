@@ -170,3 +170,23 @@ fn bench_rejects_bad_flags_with_exit_2_and_says_why() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn bench_stops_a_scenario_at_max_seconds_prints_what_it_measured_and_exits_1() {
+    let out = bench(&[
+        "--scenario",
+        "cancel",
+        "--cancels",
+        "100000",
+        "--max-seconds",
+        "1",
+        "--json",
+    ]);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped at --max-seconds"), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("the report is still printed");
+    assert!(figure(&r, "cancel", "cancels") >= 1.0);
+    assert_eq!(r["errors"].as_array().unwrap().len(), 1);
+}

@@ -135,6 +135,9 @@ pub async fn submit(
         "jobs/s",
     );
     report.percentiles("submit", "request latency", &done.latencies);
+    if accepted < jobs {
+        bail!("stopped at --max-seconds after {accepted} of {jobs} submissions");
+    }
     Ok(())
 }
 
@@ -169,5 +172,8 @@ pub async fn e2e(
         succeeded as f64 / elapsed.as_secs_f64(),
         "jobs/s",
     );
+    if succeeded < jobs as u64 {
+        bail!("stopped at --max-seconds with {succeeded} of {jobs} jobs succeeded");
+    }
     Ok(())
 }

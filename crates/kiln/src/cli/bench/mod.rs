@@ -19,7 +19,6 @@ mod server;
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::config::SqliteSync;
@@ -148,7 +147,8 @@ impl BenchArgs {
     }
 }
 
-/// Runs `kiln bench`; returns the exit code (2 for bad flags).
+/// Runs `kiln bench`; returns the exit code: 2 for bad flags, 1 if a scenario failed (the
+/// figures measured before the failure are still printed).
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let problems = args.problems();
     if !problems.is_empty() {
@@ -170,7 +170,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     } else {
         print!("{}", report.markdown());
     }
-    Ok(0)
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
 
 fn new_report(durability: String, server: String) -> Report {
@@ -180,6 +183,7 @@ fn new_report(durability: String, server: String) -> Report {
         server,
         version: env!("CARGO_PKG_VERSION"),
         figures: Vec::new(),
+        errors: Vec::new(),
     }
 }
 
@@ -214,7 +218,7 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
     let client = Client::new(&server.base, args.connections);
     let token = server.login(&client).await?;
     let client = client.with_token(&token)?;
-    scenarios(args, &client, &mut report).await?;
+    scenarios(args, &client, &mut report).await;
     if let Some(rss) = server.peak_rss() {
         report.push(
             "server",
@@ -249,33 +253,43 @@ async fn remote(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
         report.push("seed", "jobs written (HTTP)", args.seed_jobs as f64, "jobs");
         report.push("seed", "time", started.elapsed().as_secs_f64(), "s");
     }
-    scenarios(args, &client, &mut report).await?;
+    scenarios(args, &client, &mut report).await;
     Ok(report)
 }
 
-/// Runs the selected scenarios in order, letting the queue drain between them.
-async fn scenarios(args: &BenchArgs, client: &Client, report: &mut Report) -> anyhow::Result<()> {
-    let limit = args.limit();
-    let (jobs, conns) = (args.jobs, args.connections);
+/// Runs the selected scenarios in order, letting the queue drain between them. A failing
+/// scenario is recorded in the report and the next one still runs.
+async fn scenarios(args: &BenchArgs, client: &Client, report: &mut Report) {
     let mut order: Vec<Scenario> = Scenario::value_variants().to_vec();
     order.retain(|s| args.selected(*s));
     for scenario in order {
-        load::drain(client, limit)
-            .await
-            .with_context(|| format!("before {scenario:?}"))?;
-        let result = match scenario {
-            Scenario::Submit => load::submit(client, jobs, conns, limit, report).await,
-            Scenario::E2e => load::e2e(client, jobs, conns, limit, report).await,
-            Scenario::Latency => {
-                probe::latency(client, args.latency_jobs, args.rate, limit, report).await
-            }
-            Scenario::Cancel => probe::cancel(client, args.cancels, limit, report).await,
-            Scenario::List => {
-                let rows = load::counts(client).await?.total;
-                probe::list(client, args.list_requests, rows, limit, report).await
-            }
+        let result = match load::drain(client, args.limit()).await {
+            Ok(()) => one(args, client, scenario, report).await,
+            Err(e) => Err(e.context("while waiting for the queue to drain")),
         };
-        result.with_context(|| format!("while running the {scenario:?} scenario"))?;
+        if let Err(e) = result {
+            report.errors.push(format!("{scenario:?} scenario: {e:#}"));
+        }
     }
-    Ok(())
+}
+
+async fn one(
+    args: &BenchArgs,
+    client: &Client,
+    scenario: Scenario,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (jobs, conns, limit) = (args.jobs, args.connections, args.limit());
+    match scenario {
+        Scenario::Submit => load::submit(client, jobs, conns, limit, report).await,
+        Scenario::E2e => load::e2e(client, jobs, conns, limit, report).await,
+        Scenario::Latency => {
+            probe::latency(client, args.latency_jobs, args.rate, limit, report).await
+        }
+        Scenario::Cancel => probe::cancel(client, args.cancels, limit, report).await,
+        Scenario::List => {
+            let rows = load::counts(client).await?.total;
+            probe::list(client, args.list_requests, rows, limit, report).await
+        }
+    }
 }

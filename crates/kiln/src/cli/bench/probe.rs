@@ -46,7 +46,7 @@ async fn wait_state(
                 bail!("job {id} ended `{s}` while waiting for `{state}`")
             }
             _ if Instant::now() > deadline => {
-                bail!("job {id} did not become `{state}` in time")
+                bail!("stopped at --max-seconds: job {id} was not `{state}` yet")
             }
             _ => tokio::time::sleep(JOB_POLL).await,
         }
@@ -89,16 +89,29 @@ pub async fn latency(
             anyhow::Ok((span(&job, "created_at", "started_at")?, sent.elapsed()))
         }));
     }
-    let (mut start, mut seen) = (Vec::new(), Vec::new());
+    let (mut start, mut seen, mut failure) = (Vec::new(), Vec::new(), None);
     for task in tasks {
-        let (s, e) = task.await.context("a latency task panicked")??;
-        start.push(s);
-        seen.push(e);
+        match task.await.context("a latency task panicked")? {
+            Ok((s, e)) => {
+                start.push(s);
+                seen.push(e);
+            }
+            Err(e) => failure = failure.or(Some(e)),
+        }
     }
     report.push("latency", "jobs", start.len() as f64, "jobs");
     report.push("latency", "rate", rate, "jobs/s");
     report.percentiles("latency", "start (started_at − created_at)", &start);
     report.percentiles("latency", "submit → succeeded (client)", &seen);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if start.len() < count {
+        bail!(
+            "stopped at --max-seconds after {} of {count} jobs",
+            start.len()
+        );
+    }
     Ok(())
 }
 
@@ -115,21 +128,42 @@ pub async fn cancel(
     let mut took = Vec::with_capacity(count);
     while took.len() < count && Instant::now() < deadline {
         let id = submit_one(client, body.clone()).await?;
-        wait_state(client, &id, "running", deadline).await?;
-        let sent = Instant::now();
-        let path = format!("/api/v1/jobs/{id}/cancel");
-        let resp = client.send(Method::POST, &path, None).await?;
-        if !resp.status.is_success() {
-            resp.expect(200, "POST /api/v1/jobs/{id}/cancel")?;
-        } else if resp.json()?["state"] != "cancelled" {
-            // 202: the attempt is still stopping; the job turns `cancelled` shortly.
-            wait_state(client, &id, "cancelled", deadline).await?;
+        match cancel_running(client, &id, deadline).await {
+            Ok(t) => took.push(t),
+            Err(e) => {
+                // Do not leave a 60 s sleep behind for the next scenario to wait for.
+                let path = format!("/api/v1/jobs/{id}/cancel");
+                let _ = client.send(Method::POST, &path, None).await;
+                if Instant::now() < deadline {
+                    return Err(e);
+                }
+            }
         }
-        took.push(sent.elapsed());
     }
     report.push("cancel", "cancels", took.len() as f64, "jobs");
     report.percentiles("cancel", "running → cancelled", &took);
+    if took.len() < count {
+        bail!(
+            "stopped at --max-seconds after {} of {count} cancels",
+            took.len()
+        );
+    }
     Ok(())
+}
+
+/// Waits until job `id` runs, then times its cancel until it is `cancelled`.
+async fn cancel_running(client: &Client, id: &str, deadline: Instant) -> anyhow::Result<Duration> {
+    wait_state(client, id, "running", deadline).await?;
+    let sent = Instant::now();
+    let path = format!("/api/v1/jobs/{id}/cancel");
+    let resp = client.send(Method::POST, &path, None).await?;
+    if !resp.status.is_success() {
+        resp.expect(200, "POST /api/v1/jobs/{id}/cancel")?;
+    } else if resp.json()?["state"] != "cancelled" {
+        // 202: the attempt is still stopping; the job turns `cancelled` shortly.
+        wait_state(client, id, "cancelled", deadline).await?;
+    }
+    Ok(sent.elapsed())
 }
 
 /// `list`: `requests` sequential first pages of the caller's jobs, unfiltered and then
@@ -157,6 +191,12 @@ pub async fn list(
             took.push(sent.elapsed());
         }
         report.percentiles("list", name, &took);
+        if took.len() < requests {
+            bail!(
+                "stopped at --max-seconds after {} of {requests} requests",
+                took.len()
+            );
+        }
     }
     Ok(())
 }

@@ -31,6 +31,8 @@ pub struct Report {
     pub version: &'static str,
     /// The figures, in scenario order.
     pub figures: Vec<Figure>,
+    /// Scenarios that failed or stopped at `--max-seconds`, and why.
+    pub errors: Vec<String>,
 }
 
 impl Report {
@@ -73,6 +75,9 @@ impl Report {
                 format_value(f.value),
                 f.unit
             ));
+        }
+        for e in &self.errors {
+            out.push_str(&format!("\nnot measured: {e}\n"));
         }
         out
     }
@@ -118,6 +123,7 @@ mod tests {
             server: "child".to_owned(),
             version: "0.1.0",
             figures: Vec::new(),
+            errors: Vec::new(),
         };
         r.push("submit", "throughput", 12345.6, "jobs/s");
         r.push("list", "p95", 1.234, "ms");
