@@ -87,6 +87,12 @@ fn bench_runs_every_scenario_on_a_local_server_and_reports_every_figure() {
     assert!(ordered(&r, "list", "GET /jobs?limit=20")[0] > 0.0);
     assert!(ordered(&r, "list", "GET /jobs?limit=20&state=succeeded")[0] > 0.0);
     assert!(figure(&r, "server", "peak RSS (VmHWM)") > 1.0);
+    for scenario in ["submit", "e2e", "latency", "cancel", "list"] {
+        // CPU time has a 10 ms resolution: a tiny scenario may show 0.
+        assert!(figure(&r, scenario, "server CPU") >= 0.0);
+        assert!(figure(&r, scenario, "bench (client) CPU") >= 0.0);
+    }
+    assert_eq!(r["errors"], serde_json::json!([]));
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! - [`server`]: the local server (seeding, child process, peak RSS).
 //! - [`load`]: `submit` and `e2e`, and the shared helpers (concurrent submissions, drain).
 //! - [`probe`]: `latency`, `cancel`, `list`.
+//! - [`procfs`]: peak RSS and CPU time from `/proc`.
 //! - [`report`]: figures, percentiles, table and JSON.
 //!
 //! It measures and reports; it does not tune the server.
@@ -14,6 +15,7 @@
 mod http;
 mod load;
 mod probe;
+mod procfs;
 mod report;
 mod server;
 
@@ -94,6 +96,19 @@ pub struct BenchArgs {
     /// Print JSON instead of the markdown table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl Scenario {
+    /// Its name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Submit => "submit",
+            Scenario::E2e => "e2e",
+            Scenario::Latency => "latency",
+            Scenario::Cancel => "cancel",
+            Scenario::List => "list",
+        }
+    }
 }
 
 impl BenchArgs {
@@ -218,8 +233,8 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
     let client = Client::new(&server.base, args.connections);
     let token = server.login(&client).await?;
     let client = client.with_token(&token)?;
-    scenarios(args, &client, &mut report).await;
-    if let Some(rss) = server.peak_rss() {
+    scenarios(args, &client, server.pid(), &mut report).await;
+    if let Some(rss) = procfs::peak_rss(server.pid()) {
         report.push(
             "server",
             "peak RSS (VmHWM)",
@@ -253,22 +268,32 @@ async fn remote(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
         report.push("seed", "jobs written (HTTP)", args.seed_jobs as f64, "jobs");
         report.push("seed", "time", started.elapsed().as_secs_f64(), "s");
     }
-    scenarios(args, &client, &mut report).await;
+    scenarios(args, &client, None, &mut report).await;
     Ok(report)
 }
 
 /// Runs the selected scenarios in order, letting the queue drain between them. A failing
-/// scenario is recorded in the report and the next one still runs.
-async fn scenarios(args: &BenchArgs, client: &Client, report: &mut Report) {
+/// scenario is recorded in the report and the next one still runs. Each scenario also
+/// reports the CPU time the bench itself and (when local, `server`'s pid) the server used.
+async fn scenarios(args: &BenchArgs, client: &Client, server: Option<u32>, report: &mut Report) {
     let mut order: Vec<Scenario> = Scenario::value_variants().to_vec();
     order.retain(|s| args.selected(*s));
     for scenario in order {
-        let result = match load::drain(client, args.limit()).await {
-            Ok(()) => one(args, client, scenario, report).await,
-            Err(e) => Err(e.context("while waiting for the queue to drain")),
-        };
-        if let Err(e) = result {
+        if let Err(e) = load::drain(client, args.limit()).await {
+            let e = e.context("while waiting for the queue to drain");
             report.errors.push(format!("{scenario:?} scenario: {e:#}"));
+            continue;
+        }
+        let cpu = |pid| procfs::cpu_seconds(pid).unwrap_or(0.0);
+        let (client_cpu, server_cpu) = (cpu(None), server.map(|pid| cpu(Some(pid))));
+        let result = one(args, client, scenario, report).await;
+        let name = scenario.name();
+        report.push(name, "bench (client) CPU", cpu(None) - client_cpu, "s");
+        if let (Some(pid), Some(before)) = (server, server_cpu) {
+            report.push(name, "server CPU", cpu(Some(pid)) - before, "s");
+        }
+        if let Err(e) = result {
+            report.errors.push(format!("{name} scenario: {e:#}"));
         }
     }
 }

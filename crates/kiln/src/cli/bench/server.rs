@@ -101,12 +101,9 @@ impl LocalServer {
         }
     }
 
-    /// The server process's peak resident set (`VmHWM`), in bytes.
-    pub fn peak_rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+    /// The server process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
     }
 
     /// Stops the server (SIGKILL: the temp database is thrown away anyway).
