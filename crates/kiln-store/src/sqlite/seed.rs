@@ -7,6 +7,8 @@
 //! `succeeded` events), so lists and counters see ordinary data.
 
 use kiln_domain::{Timestamp, UserId};
+use rusqlite::params_from_iter;
+use rusqlite::types::Value;
 use uuid::Uuid;
 
 use super::SqliteStore;
@@ -36,27 +38,59 @@ impl SqliteStore {
     }
 }
 
+/// Rows per `INSERT`. Each statement inside the batch's savepoint pays for a statement
+/// journal when it closes (a quarter of the seeding time with one row per statement, by
+/// `perf`); 100 rows per statement make that cost vanish.
+const ROWS: u64 = 100;
+
 /// Writes `n` jobs created at `start`, `start + 1`, … milliseconds.
 fn insert_chunk(tx: &mut Tx<'_>, owner: UserId, start: i64, n: u64) -> Result<()> {
-    let mut job = tx.db.prepare_cached(
-        "INSERT INTO jobs (id, owner_id, type, queue, state, priority, payload, result,
-                           attempts, max_attempts, created_at, run_at, started_at,
-                           finished_at, updated_at, node)
-         VALUES (?1, ?2, 'echo', 'default', 'succeeded', 0, '{}', '{}', 1, 3,
-                 ?3, ?3, ?3, ?3 + 1, ?3 + 1, 'seed')",
-    )?;
-    let mut event = tx.db.prepare_cached(
-        "INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
-         VALUES (?1, 1, 'queued', ?2, 0, NULL, 'submitted'),
-                (?1, 2, 'succeeded', ?2 + 1, 1, 'seed', 'succeeded')",
-    )?;
-    for i in 0..n {
-        let at = start + i64::try_from(i).unwrap_or(0);
-        let id = *v7(at).as_bytes();
-        job.execute((id, owner.0, at))?;
-        event.execute((id, at))?;
+    let mut done = 0;
+    while done < n {
+        let rows = ROWS.min(n - done);
+        let mut jobs = Vec::with_capacity(rows as usize * 3);
+        let mut events = Vec::with_capacity(rows as usize * 2);
+        for i in done..done + rows {
+            let at = start + i64::try_from(i).unwrap_or(0);
+            let id = Value::Blob(v7(at).as_bytes().to_vec());
+            jobs.extend([id.clone(), Value::Integer(owner.0), Value::Integer(at)]);
+            events.extend([id, Value::Integer(at)]);
+        }
+        tx.db
+            .prepare_cached(&jobs_sql(rows))?
+            .execute(params_from_iter(jobs))?;
+        tx.db
+            .prepare_cached(&events_sql(rows))?
+            .execute(params_from_iter(events))?;
+        done += rows;
     }
     Ok(())
+}
+
+/// `INSERT INTO jobs` of `rows` finished echo jobs; parameters per row: id, owner, time.
+fn jobs_sql(rows: u64) -> String {
+    format!(
+        "WITH v (id, owner, at) AS (VALUES {})
+         INSERT INTO jobs (id, owner_id, type, queue, state, priority, payload, result,
+                           attempts, max_attempts, created_at, run_at, started_at,
+                           finished_at, updated_at, node)
+         SELECT id, owner, 'echo', 'default', 'succeeded', 0, '{{}}', '{{}}', 1, 3,
+                at, at, at, at + 1, at + 1, 'seed'
+         FROM v",
+        vec!["(?, ?, ?)"; rows as usize].join(", ")
+    )
+}
+
+/// `INSERT INTO job_events` of the two events of `rows` jobs; parameters per row: id, time.
+fn events_sql(rows: u64) -> String {
+    format!(
+        "WITH v (id, at) AS (VALUES {})
+         INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+         SELECT id, 1, 'queued', at, 0, NULL, 'submitted' FROM v
+         UNION ALL
+         SELECT id, 2, 'succeeded', at + 1, 1, 'seed', 'succeeded' FROM v",
+        vec!["(?, ?)"; rows as usize].join(", ")
+    )
 }
 
 /// A UUIDv7 for millisecond `at` (its other bits random), so ids sort like real ones.
@@ -114,6 +148,7 @@ mod tests {
         let newest = &page.items[0];
         assert_eq!(newest.state, JobState::Succeeded);
         assert!(newest.created_at <= now && newest.finished_at.is_some());
+        assert_eq!(newest.started_at, Some(newest.created_at));
         let events = store.event_list(Some(owner), newest.id).await.unwrap();
         assert_eq!(events.len(), 2);
     }
