@@ -176,9 +176,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         }
         return Ok(2);
     }
-    let report = match &args.url {
-        Some(url) => remote(&args, url).await?,
-        None => local(&args).await?,
+    let measured = async {
+        match &args.url {
+            Some(url) => remote(&args, url).await,
+            None => local(&args).await,
+        }
+    };
+    // On Ctrl-C the measuring future is dropped, and with it the local server (killed on
+    // drop) and its temp dir: no `kiln serve` is left behind.
+    let report = tokio::select! {
+        report = measured => report?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("error: kiln bench: interrupted");
+            return Ok(1);
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -65,6 +65,10 @@ fn span(job: &Value, a: &str, b: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }
 
+/// What one job of the `latency` scenario measured: its start latency from the record, and
+/// submit → succeeded as the client saw it.
+type Timing = anyhow::Result<(Duration, Duration)>;
+
 /// `latency`: `count` echo jobs at `rate` per second, each watched until `succeeded`.
 pub async fn latency(
     client: &Client,
@@ -73,22 +77,7 @@ pub async fn latency(
     limit: Duration,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let mut tasks = Vec::with_capacity(count);
-    for _ in 0..count {
-        ticker.tick().await;
-        if Instant::now() > deadline {
-            break;
-        }
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let id = submit_one(&client, echo_body()).await?;
-            let job = wait_state(&client, &id, "succeeded", deadline).await?;
-            anyhow::Ok((span(&job, "created_at", "started_at")?, sent.elapsed()))
-        }));
-    }
+    let tasks = paced(client, count, rate, Instant::now() + limit).await;
     let (mut start, mut seen, mut failure) = (Vec::new(), Vec::new(), None);
     for task in tasks {
         match task.await.context("a latency task panicked")? {
@@ -107,12 +96,36 @@ pub async fn latency(
         return Err(e);
     }
     if start.len() < count {
-        bail!(
-            "stopped at --max-seconds after {} of {count} jobs",
-            start.len()
-        );
+        let n = start.len();
+        bail!("stopped at --max-seconds after {n} of {count} jobs");
     }
     Ok(())
+}
+
+/// Starts one task per job at `rate` per second (until `deadline`); each submits an echo job
+/// and polls it until `succeeded`.
+async fn paced(
+    client: &Client,
+    count: usize,
+    rate: f64,
+    deadline: Instant,
+) -> Vec<tokio::task::JoinHandle<Timing>> {
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        ticker.tick().await;
+        if Instant::now() > deadline {
+            break;
+        }
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let id = submit_one(&client, echo_body()).await?;
+            let job = wait_state(&client, &id, "succeeded", deadline).await?;
+            Ok((span(&job, "created_at", "started_at")?, sent.elapsed()))
+        }));
+    }
+    tasks
 }
 
 /// `cancel`: `count` times, a 60 s `sleep` is submitted, awaited until `running`, and
