@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`config`]: flags with env fallbacks, `kiln.toml`, validation.
 //! - [`node`]: starts the store, worker and HTTP API together and stops them gracefully.
-//! - [`cli`]: subcommands (`serve`, `worker`, `migrate`, `user`).
+//! - [`cli`]: subcommands (`serve`, `worker`, `migrate`, `user`, `bench`).
 //!
 //! Tests start nodes in-process through [`node::start`] with a [`config::Validated`] built
 //! in code.

@@ -29,6 +29,7 @@ mod reader;
 mod retention;
 mod row;
 mod schema;
+mod seed;
 mod store;
 mod users;
 mod writer;

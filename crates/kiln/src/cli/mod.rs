@@ -1,7 +1,8 @@
-//! The command line: `kiln serve | worker | migrate | user …`.
+//! The command line: `kiln serve | worker | migrate | user … | bench`.
 //!
 //! Exit codes: 0 success, 1 a command failed, 2 bad usage or configuration.
 
+pub mod bench;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Migrate(DbArgs),
     /// Manages users directly in the database (works while the service is stopped).
     User(user::UserArgs),
+    /// Measures a server: submissions/s, end-to-end jobs/s, start, cancel and list latency.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Which database an offline command works on.
@@ -80,6 +83,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::User(args) => user::run(args).await.map(|()| 0),
+        Command::Bench(args) => bench::run(*args).await,
     }
 }
 

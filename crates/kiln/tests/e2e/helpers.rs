@@ -103,6 +103,14 @@ impl TestApp {
         }
     }
 
+    /// The node's HTTP address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.node
+            .as_ref()
+            .and_then(Node::addr)
+            .expect("a serving node")
+    }
+
     /// Stops the node gracefully and hands back its directory.
     pub async fn stop(mut self) -> TempDir {
         if let Some(node) = self.node.take() {

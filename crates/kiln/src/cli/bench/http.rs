@@ -1,0 +1,144 @@
+//! The benchmark's HTTP/1.1 client: hyper with keep-alive and a connection pool as large as
+//! the number of concurrent workers, a bearer token, and bodies read whole.
+//!
+//! Written on hyper directly (not the test kit) because its errors must be values the
+//! benchmark reports, not panics.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// A client for one server, cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    auth: Option<HeaderValue>,
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+/// A response read whole.
+pub struct Response {
+    /// Status.
+    pub status: StatusCode,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl Response {
+    /// The body as JSON.
+    pub fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "the response is not JSON: {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The body as JSON if the status is `expected`, else an error naming both.
+    pub fn expect(self, expected: u16, what: &str) -> anyhow::Result<Value> {
+        if self.status.as_u16() != expected {
+            bail!(
+                "{what}: expected {expected}, got {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            );
+        }
+        self.json()
+    }
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`) keeping up to `connections`
+    /// idle connections open.
+    pub fn new(base: &str, connections: usize) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let inner = HyperClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(connections)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            auth: None,
+            inner,
+        }
+    }
+
+    /// Sends every later request with `Authorization: Bearer token`.
+    pub fn with_token(mut self, token: &str) -> anyhow::Result<Self> {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?;
+        self.auth = Some(value);
+        Ok(self)
+    }
+
+    /// Logs in and returns the session token.
+    pub async fn login(&self, username: &str, password: &str) -> anyhow::Result<String> {
+        let body = serde_json::json!({"username": username, "password": password});
+        let resp = self
+            .send(Method::POST, "/api/v1/auth/login", Some(json_bytes(&body)))
+            .await?;
+        let json = resp.expect(200, "login")?;
+        json["token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the login response has no token")
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Response> {
+        self.send(Method::GET, path, None).await
+    }
+
+    /// `method path` with an optional JSON body; the whole response is read.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> anyhow::Result<Response> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header(ACCEPT, "application/json");
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(body.unwrap_or_default()))
+            .context("while building a request")?;
+        let resp = self
+            .inner
+            .request(req)
+            .await
+            .with_context(|| format!("while calling {}{path}", self.base))?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .context("while reading a response body")?
+            .to_bytes();
+        Ok(Response {
+            status: parts.status,
+            body,
+        })
+    }
+}
+
+/// A JSON value as a request body.
+pub fn json_bytes(value: &Value) -> Bytes {
+    // Serialising a `Value` cannot fail: its keys are strings.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}

@@ -1,0 +1,331 @@
+//! `kiln bench`: the measuring instrument of issue 4. It starts a `kiln serve` child on a
+//! temp SQLite database (or targets `--url`), logs in, runs the selected scenarios over
+//! HTTP/1.1 keep-alive connections and prints a markdown table (or `--json`).
+//!
+//! # Layout
+//! - [`http`]: the hyper client.
+//! - [`server`]: the local server (seeding, child process, peak RSS).
+//! - [`load`]: `submit` and `e2e`, and the shared helpers (concurrent submissions, drain).
+//! - [`probe`]: `latency`, `cancel`, `list`.
+//! - [`procfs`]: peak RSS and CPU time from `/proc`.
+//! - [`report`]: figures, percentiles, table and JSON.
+//!
+//! It measures and reports; it does not tune the server.
+
+mod http;
+mod load;
+mod probe;
+mod procfs;
+mod report;
+mod server;
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+
+use crate::config::SqliteSync;
+use http::Client;
+use report::Report;
+use server::{LocalOptions, LocalServer};
+
+/// A scenario of `kiln bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Scenario {
+    /// Submissions accepted per second (all must be 202) and their latency.
+    Submit,
+    /// Submitted to succeeded: jobs per second.
+    E2e,
+    /// Start latency at a fixed light rate.
+    Latency,
+    /// Cancel latency of running `sleep` jobs.
+    Cancel,
+    /// `GET /api/v1/jobs` latency on a (seeded) table.
+    List,
+}
+
+/// `kiln bench` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Scenarios to run (comma-separated); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenario: Vec<Scenario>,
+    /// Jobs submitted by `submit` and by `e2e` (each).
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Concurrent keep-alive connections of `submit` and `e2e`.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Safety limit on each scenario's time, in seconds; a scenario stops early there and
+    /// reports what it measured.
+    #[arg(long, default_value_t = 120)]
+    pub max_seconds: u64,
+    /// Submissions per second of `latency`.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Jobs submitted by `latency`.
+    #[arg(long, default_value_t = 1_000)]
+    pub latency_jobs: usize,
+    /// Running jobs cancelled by `cancel`.
+    #[arg(long, default_value_t = 50)]
+    pub cancels: usize,
+    /// Requests of each kind made by `list`.
+    #[arg(long, default_value_t = 500)]
+    pub list_requests: usize,
+    /// Finished jobs written before the scenarios run (through the store for the local
+    /// server, over HTTP with `--url`).
+    #[arg(long, default_value_t = 0)]
+    pub seed_jobs: u64,
+    /// Local server only: SQLite durability mode (default normal).
+    #[arg(long, value_enum)]
+    pub sqlite_sync: Option<SqliteSync>,
+    /// Local server only: `MAX_CONCURRENCY` (default 4).
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
+    /// A running server to measure instead of a local one.
+    #[arg(long, env = "KILN_URL")]
+    pub url: Option<String>,
+    /// With `--url`: an API or session token (else `--username`/`--password` log in).
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// With `--url`: user to log in as (an operator or admin: `/metrics` is read).
+    #[arg(long, default_value = "admin")]
+    pub username: String,
+    /// With `--url`: that user's password.
+    #[arg(long, env = "KILN_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Print JSON instead of the markdown table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Scenario {
+    /// Its name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Submit => "submit",
+            Scenario::E2e => "e2e",
+            Scenario::Latency => "latency",
+            Scenario::Cancel => "cancel",
+            Scenario::List => "list",
+        }
+    }
+}
+
+impl BenchArgs {
+    /// Every problem with the flags, at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut check = |ok: bool, msg: &str| {
+            if !ok {
+                p.push(msg.to_owned());
+            }
+        };
+        check(self.jobs >= 1, "--jobs must be at least 1");
+        check(
+            (1..=4096).contains(&self.connections),
+            "--connections must be between 1 and 4096",
+        );
+        check(self.max_seconds >= 1, "--max-seconds must be at least 1");
+        check(
+            self.rate > 0.0 && self.rate <= 100_000.0,
+            "--rate must be above 0 and at most 100000",
+        );
+        check(self.latency_jobs >= 1, "--latency-jobs must be at least 1");
+        check(self.cancels >= 1, "--cancels must be at least 1");
+        check(
+            self.list_requests >= 1,
+            "--list-requests must be at least 1",
+        );
+        check(
+            self.max_concurrency.is_none_or(|n| (1..=1024).contains(&n)),
+            "--max-concurrency must be between 1 and 1024",
+        );
+        if self.url.is_some() {
+            check(
+                self.sqlite_sync.is_none() && self.max_concurrency.is_none(),
+                "--sqlite-sync and --max-concurrency apply to the local server only, not with --url",
+            );
+            check(
+                self.token.is_some() || self.password.is_some(),
+                "--url needs --token (KILN_TOKEN) or --password (KILN_PASSWORD)",
+            );
+        }
+        p
+    }
+
+    fn limit(&self) -> Duration {
+        Duration::from_secs(self.max_seconds)
+    }
+
+    fn selected(&self, s: Scenario) -> bool {
+        self.scenario.is_empty() || self.scenario.contains(&s)
+    }
+}
+
+/// Runs `kiln bench`; returns the exit code: 2 for bad flags, 1 if a scenario failed (the
+/// figures measured before the failure are still printed).
+pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    let problems = args.problems();
+    if !problems.is_empty() {
+        eprintln!(
+            "error: kiln bench: {} problem(s) with the flags:",
+            problems.len()
+        );
+        for p in problems {
+            eprintln!("  - {p}");
+        }
+        return Ok(2);
+    }
+    let measured = async {
+        match &args.url {
+            Some(url) => remote(&args, url).await,
+            None => local(&args).await,
+        }
+    };
+    // On Ctrl-C the measuring future is dropped, and with it the local server (killed on
+    // drop) and its temp dir: no `kiln serve` is left behind.
+    let report = tokio::select! {
+        report = measured => report?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("error: kiln bench: interrupted");
+            return Ok(1);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.markdown());
+    }
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    Ok(if report.errors.is_empty() { 0 } else { 1 })
+}
+
+fn new_report(durability: String, server: String) -> Report {
+    Report {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        durability,
+        server,
+        version: env!("CARGO_PKG_VERSION"),
+        figures: Vec::new(),
+        errors: Vec::new(),
+    }
+}
+
+/// Against a local `kiln serve` child.
+async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
+    let sync = args.sqlite_sync.unwrap_or(SqliteSync::Normal);
+    let opts = LocalOptions {
+        sync,
+        max_concurrency: args.max_concurrency.unwrap_or(4),
+        seed_jobs: args.seed_jobs,
+    };
+    let (server, seeding) = LocalServer::start(&opts).await?;
+    let mut report = new_report(
+        format!(
+            "SQLite WAL, synchronous={}",
+            server::sync_name(sync).to_uppercase()
+        ),
+        format!(
+            "`kiln serve` child process on 127.0.0.1, MAX_CONCURRENCY={}; RSS is its VmHWM",
+            opts.max_concurrency
+        ),
+    );
+    if args.seed_jobs > 0 {
+        report.push(
+            "seed",
+            "jobs written (store, bulk)",
+            args.seed_jobs as f64,
+            "jobs",
+        );
+        report.push("seed", "time", seeding.as_secs_f64(), "s");
+    }
+    let client = Client::new(&server.base, args.connections);
+    let token = server.login(&client).await?;
+    let client = client.with_token(&token)?;
+    scenarios(args, &client, server.pid(), &mut report).await;
+    if let Some(rss) = procfs::peak_rss(server.pid()) {
+        report.push(
+            "server",
+            "peak RSS (VmHWM)",
+            rss as f64 / 1_048_576.0,
+            "MiB",
+        );
+    }
+    server.stop().await?;
+    Ok(report)
+}
+
+/// Against `--url`.
+async fn remote(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
+    let client = Client::new(url, args.connections);
+    let token = match (&args.token, &args.password) {
+        (Some(token), _) => token.clone(),
+        (None, Some(password)) => client.login(&args.username, password).await?,
+        (None, None) => anyhow::bail!("no token and no password"),
+    };
+    let client = client.with_token(&token)?;
+    let mut report = new_report(
+        "as configured on the server (remote)".to_owned(),
+        format!("{url} (remote; its RSS is not measured)"),
+    );
+    if args.seed_jobs > 0 {
+        let n = usize::try_from(args.seed_jobs).unwrap_or(usize::MAX);
+        let started = Instant::now();
+        let deadline = started + args.limit();
+        load::submit_many(&client, load::echo_body(), n, args.connections, deadline).await?;
+        load::drain(&client, args.limit()).await?;
+        report.push("seed", "jobs written (HTTP)", args.seed_jobs as f64, "jobs");
+        report.push("seed", "time", started.elapsed().as_secs_f64(), "s");
+    }
+    scenarios(args, &client, None, &mut report).await;
+    Ok(report)
+}
+
+/// Runs the selected scenarios in order, letting the queue drain between them. A failing
+/// scenario is recorded in the report and the next one still runs. Each scenario also
+/// reports the CPU time the bench itself and (when local, `server`'s pid) the server used.
+async fn scenarios(args: &BenchArgs, client: &Client, server: Option<u32>, report: &mut Report) {
+    let mut order: Vec<Scenario> = Scenario::value_variants().to_vec();
+    order.retain(|s| args.selected(*s));
+    for scenario in order {
+        if let Err(e) = load::drain(client, args.limit()).await {
+            let e = e.context("while waiting for the queue to drain");
+            report.errors.push(format!("{scenario:?} scenario: {e:#}"));
+            continue;
+        }
+        let cpu = |pid| procfs::cpu_seconds(pid).unwrap_or(0.0);
+        let (client_cpu, server_cpu) = (cpu(None), server.map(|pid| cpu(Some(pid))));
+        let result = one(args, client, scenario, report).await;
+        let name = scenario.name();
+        report.push(name, "bench (client) CPU", cpu(None) - client_cpu, "s");
+        if let (Some(pid), Some(before)) = (server, server_cpu) {
+            report.push(name, "server CPU", cpu(Some(pid)) - before, "s");
+        }
+        if let Err(e) = result {
+            report.errors.push(format!("{name} scenario: {e:#}"));
+        }
+    }
+}
+
+async fn one(
+    args: &BenchArgs,
+    client: &Client,
+    scenario: Scenario,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (jobs, conns, limit) = (args.jobs, args.connections, args.limit());
+    match scenario {
+        Scenario::Submit => load::submit(client, jobs, conns, limit, report).await,
+        Scenario::E2e => load::e2e(client, jobs, conns, limit, report).await,
+        Scenario::Latency => {
+            probe::latency(client, args.latency_jobs, args.rate, limit, report).await
+        }
+        Scenario::Cancel => probe::cancel(client, args.cancels, limit, report).await,
+        Scenario::List => {
+            let rows = load::counts(client).await?.total;
+            probe::list(client, args.list_requests, rows, limit, report).await
+        }
+    }
+}
