@@ -166,7 +166,6 @@ fn main() {
 /// Time from firing the cancel token of a kernel busy at its largest input until its
 /// `run` returns `Cancelled`.
 fn cancel_latency(name: &str, runs: usize, payload: serde_json::Value) {
-    use kiln_kernels::Kernel;
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let mut took = Vec::new();
     for i in 0..runs {
