@@ -17,7 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
 use super::{backend, is_transient};
@@ -201,11 +201,28 @@ fn execute(
     published: &mut Vec<Signal>,
     log_limit: usize,
 ) -> rusqlite::Result<()> {
-    let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // BEGIN and COMMIT through cached statements: rusqlite's `Transaction` runs them with
+    // `execute_batch`, which parses the SQL again for every batch.
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let result = run_commands(conn, batch, published, log_limit)
+        .and_then(|()| conn.prepare_cached("COMMIT")?.execute([]).map(drop));
+    if result.is_err() && !conn.is_autocommit() {
+        // Leave no transaction open for the next batch, whatever failed.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+fn run_commands(
+    txn: &Connection,
+    batch: &mut [Box<dyn Command>],
+    published: &mut Vec<Signal>,
+    log_limit: usize,
+) -> rusqlite::Result<()> {
     for command in batch.iter_mut() {
         txn.prepare_cached("SAVEPOINT command")?.execute([])?;
         let mut tx = Tx {
-            db: &txn,
+            db: txn,
             log_limit,
             signals: Vec::new(),
         };
@@ -216,7 +233,7 @@ fn execute(
         }
         txn.prepare_cached("RELEASE command")?.execute([])?;
     }
-    txn.commit()
+    Ok(())
 }
 
 /// Sends the batch's signals in order, with `JobAvailable` at most once: one wake-up is
