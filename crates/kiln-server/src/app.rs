@@ -17,13 +17,13 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 
 use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate};
-use crate::routes::{admin, artifacts, auth, jobs, ops};
+use crate::routes::{admin, artifacts, auth, files, jobs, ops};
 use crate::state::AppState;
 
 /// The whole HTTP API with `state` applied.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
-        .nest("/api/v1", api())
+        .nest("/api/v1", api(state.config().upload_limit))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -51,7 +51,11 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-fn api() -> Router<AppState> {
+/// The `/api/v1` routes; uploads are limited to `upload_limit` (plus multipart framing)
+/// instead of the JSON body limit.
+fn api(upload_limit: u64) -> Router<AppState> {
+    let upload_body = upload_limit.saturating_add(files::MULTIPART_OVERHEAD);
+    let upload_body = usize::try_from(upload_body).unwrap_or(usize::MAX);
     Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/logout", post(auth::logout))
@@ -70,6 +74,12 @@ fn api() -> Router<AppState> {
         .route("/jobs/{id}/artifacts/{name}", get(artifacts::download))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/retry", post(jobs::retry).put(jobs::retry))
+        .route(
+            "/files",
+            post(files::upload).layer(DefaultBodyLimit::max(upload_body)),
+        )
+        .route("/files/{id}", get(files::get).delete(files::delete))
+        .route("/files/{id}/content", get(files::content))
         .route("/job-types", get(ops::job_types))
         .route(
             "/admin/users",

@@ -20,6 +20,12 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Where the worker writes job artifacts (`<dir>/<job id>/<name>`); `None`: no artifacts.
     pub artifact_dir: Option<std::path::PathBuf>,
+    /// Users' uploaded files (`/api/v1/files`); `None`: uploads answer 503 and a
+    /// `file_id` payload is refused.
+    pub objects: Option<kiln_objects::Objects>,
+    /// Largest accepted upload in bytes; larger ones get 413 and nothing is kept.
+    /// Default 50 MiB. The 1 MiB `body_limit` does not apply to uploads.
+    pub upload_limit: u64,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +38,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             artifact_dir: None,
+            objects: None,
+            upload_limit: 50 * 1024 * 1024,
         }
     }
 }

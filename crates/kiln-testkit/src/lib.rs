@@ -13,5 +13,5 @@ pub mod http;
 pub mod wait;
 
 pub use db::TempSqlite;
-pub use http::{Client, TestResponse};
+pub use http::{Client, Part, TestResponse, multipart_body};
 pub use wait::wait_until;

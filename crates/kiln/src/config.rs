@@ -108,6 +108,32 @@ pub struct Config {
     /// SQLite durability mode.
     #[arg(long, env = "KILN_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_sync: SqliteSync,
+    /// Largest accepted upload (`POST /api/v1/files`): bytes, or with a unit (`50MiB`,
+    /// `512KiB`, `1GiB`; `K`/`M`/`G` are binary too). Larger uploads get 413.
+    #[arg(long, env = "KILN_UPLOAD_LIMIT", default_value = "50MiB", value_parser = parse_size)]
+    pub upload_limit: u64,
+}
+
+/// Parses a byte size: digits with an optional binary unit (`KiB`/`K`, `MiB`/`M`,
+/// `GiB`/`G`, `B`), case-insensitive.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 52428800 or 50MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit `{other}` (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// `kiln.toml`: per-queue concurrency caps and per-type policy overrides.
@@ -169,6 +195,9 @@ impl Config {
         }
         if self.lease < Duration::from_secs(1) {
             problems.push("KILN_LEASE must be at least 1s".to_owned());
+        }
+        if self.upload_limit == 0 {
+            problems.push("KILN_UPLOAD_LIMIT must be at least 1 byte".to_owned());
         }
         if self.session_ttl < Duration::from_secs(60) {
             problems.push("KILN_SESSION_TTL must be at least 1m".to_owned());
@@ -295,6 +324,17 @@ mod tests {
         assert_eq!(c.max_concurrency, 4);
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.upload_limit, 50 << 20);
+    }
+
+    #[test]
+    fn upload_limits_take_binary_units() {
+        assert_eq!(parse(&["--upload-limit", "1234"]).upload_limit, 1234);
+        assert_eq!(parse(&["--upload-limit", "512KiB"]).upload_limit, 512 << 10);
+        assert_eq!(parse(&["--upload-limit", "2G"]).upload_limit, 2 << 30);
+        for bad in ["ten", "5 parsecs", "99999999999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

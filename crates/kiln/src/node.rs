@@ -65,8 +65,18 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
     let store = open_store(&v.config.database_url, v.config.sqlite_sync)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let catalogue = Arc::new(v.catalogue.clone());
+    let objects_root = data_dir(&v.config.database_url, "objects", &v.node_id);
+    let objects = kiln_objects::Objects::local(&objects_root).with_context(|| {
+        format!(
+            "while opening the object store in {}",
+            objects_root.display()
+        )
+    })?;
     let worker = Worker::new(
-        worker_config(v),
+        WorkerConfig {
+            objects: Some(objects.clone()),
+            ..worker_config(v)
+        },
         Arc::clone(&store),
         Registry::default(),
         Arc::clone(&catalogue),
@@ -93,7 +103,11 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
             println!("Created user `admin` with password: {generated}");
             println!("(shown once; set KILN_ADMIN_PASSWORD to choose it)");
         }
-        let state = AppState::new(store, catalogue, clock, server_config(v));
+        let config = ServerConfig {
+            objects: Some(objects),
+            ..server_config(v)
+        };
+        let state = AppState::new(store, catalogue, clock, config);
         let listener = tokio::net::TcpListener::bind((v.config.bind, v.config.port))
             .await
             .with_context(|| format!("while binding {}:{}", v.config.bind, v.config.port))?;
@@ -122,20 +136,20 @@ fn worker_config(v: &Validated) -> WorkerConfig {
         heartbeat_interval: v.config.lease / 3,
         retention: v.config.retention,
         max_jobs: v.config.max_jobs,
-        artifact_dir: artifact_dir(&v.config.database_url, &v.node_id),
+        artifact_dir: data_dir(&v.config.database_url, "artifacts", &v.node_id),
         ..WorkerConfig::default()
     }
 }
 
-/// Artifacts live beside the SQLite file (`<its dir>/artifacts`); an in-memory or remote
-/// database keeps them in the system temp dir, per node.
-fn artifact_dir(database_url: &str, node_id: &str) -> std::path::PathBuf {
+/// Artifacts and uploaded files live beside the SQLite file (`<its dir>/artifacts`,
+/// `<its dir>/objects`); an in-memory or remote database keeps them in the system temp
+/// dir, per node.
+fn data_dir(database_url: &str, name: &str, node_id: &str) -> std::path::PathBuf {
     match kiln_store::sqlite::parse_database_url(database_url) {
-        Some(kiln_store::sqlite::SqlitePath::File(db)) => db
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("artifacts"),
-        _ => std::env::temp_dir().join(format!("kiln-artifacts-{node_id}")),
+        Some(kiln_store::sqlite::SqlitePath::File(db)) => {
+            db.parent().unwrap_or(std::path::Path::new(".")).join(name)
+        }
+        _ => std::env::temp_dir().join(format!("kiln-{name}-{node_id}")),
     }
 }
 
@@ -144,7 +158,8 @@ fn server_config(v: &Validated) -> ServerConfig {
         max_queued: v.config.max_queued,
         session_ttl: v.config.session_ttl,
         cors_origins: v.config.cors_origins.clone(),
-        artifact_dir: Some(artifact_dir(&v.config.database_url, &v.node_id)),
+        artifact_dir: Some(data_dir(&v.config.database_url, "artifacts", &v.node_id)),
+        upload_limit: v.config.upload_limit,
         ..ServerConfig::default()
     }
 }

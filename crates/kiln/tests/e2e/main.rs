@@ -10,3 +10,4 @@ mod lifecycle;
 mod process;
 mod retry;
 mod scheduling;
+mod uploads;
