@@ -65,6 +65,9 @@ pub enum ObjectsError {
     /// Local file-system I/O failed (the scratch copy of a remote file).
     #[error("local I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The storage URL or its options are invalid.
+    #[error("object store configuration: {0}")]
+    Config(String),
     /// Stored metadata did not parse.
     #[error("corrupt file metadata: {0}")]
     Corrupt(#[from] serde_json::Error),
@@ -160,6 +163,26 @@ impl Objects {
     /// Objects in any backend (S3, GCS, in-memory for tests); kernels read a scratch copy.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
         Self { store, local: None }
+    }
+
+    /// Objects at `url`: `memory:///` always; `s3://bucket/prefix` and `gs://bucket/prefix`
+    /// with the `cloud` feature, configured by `options` (object_store's config keys such as
+    /// `aws_region`, `aws_access_key_id`, `google_service_account`; unknown keys are
+    /// ignored). Everything is stored under the URL's path.
+    pub fn from_url<I, K, V>(url: &str, options: I) -> Result<Self, ObjectsError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let parsed = url::Url::parse(url).map_err(|e| ObjectsError::Config(e.to_string()))?;
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options)?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
+        Ok(Self::new(store))
     }
 
     /// Stores `body` as a new file of `owner`, computing its SHA-256 on the way. The body

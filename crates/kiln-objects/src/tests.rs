@@ -181,6 +181,23 @@ async fn a_remote_backend_gives_kernels_a_scratch_copy_removed_on_drop() {
     assert!(!path.exists());
 }
 
+#[tokio::test]
+async fn a_url_names_the_backend_and_a_prefix_within_it() {
+    let objects = Objects::from_url("memory:///kiln/prod", [("unused_key", "x")]).unwrap();
+    let meta = objects
+        .file_put(ALICE, new_file("u.csv"), chunks(b"a\n1\n", 2), 64)
+        .await
+        .unwrap();
+    assert_eq!(objects.file_meta(ALICE, meta.id).await.unwrap(), meta);
+    let no_options: [(&str, &str); 0] = [];
+    assert!(matches!(
+        Objects::from_url("not a url", no_options),
+        Err(ObjectsError::Config(_))
+    ));
+    #[cfg(not(feature = "cloud"))]
+    assert!(Objects::from_url("s3://bucket/x", no_options).is_err());
+}
+
 #[test]
 fn client_file_names_lose_their_directories() {
     assert_eq!(clean_name("C:\\Users\\me\\data.csv"), "data.csv");

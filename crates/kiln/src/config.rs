@@ -112,6 +112,11 @@ pub struct Config {
     /// `512KiB`, `1GiB`; `K`/`M`/`G` are binary too). Larger uploads get 413.
     #[arg(long, env = "KILN_UPLOAD_LIMIT", default_value = "50MiB", value_parser = parse_size)]
     pub upload_limit: u64,
+    /// Where uploaded files are kept: `s3://bucket/prefix` or `gs://bucket/prefix` (a build
+    /// with `--features cloud`; credentials and region from the usual `AWS_*`/`GOOGLE_*`
+    /// variables), or `memory:///` (nothing kept). Default: `objects/` beside the SQLite file.
+    #[arg(long, env = "KILN_OBJECT_STORE")]
+    pub object_store: Option<String>,
 }
 
 /// Parses a byte size: digits with an optional binary unit (`KiB`/`K`, `MiB`/`M`,
@@ -195,6 +200,14 @@ impl Config {
         }
         if self.lease < Duration::from_secs(1) {
             problems.push("KILN_LEASE must be at least 1s".to_owned());
+        }
+        if let Some(url) = &self.object_store
+            && !url.starts_with("memory:")
+            && !cfg!(feature = "cloud")
+        {
+            problems.push(format!(
+                "KILN_OBJECT_STORE `{url}` needs a kiln built with `--features cloud`"
+            ));
         }
         if self.upload_limit == 0 {
             problems.push("KILN_UPLOAD_LIMIT must be at least 1 byte".to_owned());
@@ -375,6 +388,18 @@ mod tests {
             .unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:#?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cloud_object_store_needs_the_cloud_feature() {
+        let problems = parse(&["--object-store", "s3://bucket/kiln"]).validate();
+        if cfg!(feature = "cloud") {
+            assert!(problems.is_ok());
+        } else {
+            let problems = problems.unwrap_err();
+            assert!(problems[0].contains("--features cloud"), "{problems:?}");
+        }
+        assert!(parse(&["--object-store", "memory:///"]).validate().is_ok());
     }
 
     #[test]

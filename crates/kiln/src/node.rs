@@ -65,13 +65,7 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
     let store = open_store(&v.config.database_url, v.config.sqlite_sync)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let catalogue = Arc::new(v.catalogue.clone());
-    let objects_root = data_dir(&v.config.database_url, "objects", &v.node_id);
-    let objects = kiln_objects::Objects::local(&objects_root).with_context(|| {
-        format!(
-            "while opening the object store in {}",
-            objects_root.display()
-        )
-    })?;
+    let objects = open_objects(v)?;
     let worker = Worker::new(
         WorkerConfig {
             objects: Some(objects.clone()),
@@ -120,6 +114,23 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
         node.state = Some(state);
     }
     Ok(node)
+}
+
+/// The object store of uploaded files: `KILN_OBJECT_STORE`, else `objects/` beside the
+/// SQLite file.
+fn open_objects(v: &Validated) -> anyhow::Result<kiln_objects::Objects> {
+    if let Some(url) = &v.config.object_store {
+        // The backends' own settings (region, credentials) come from the usual variables,
+        // lowercased into object_store's config keys (`AWS_REGION` → `aws_region`).
+        let options = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v));
+        return kiln_objects::Objects::from_url(url, options)
+            .with_context(|| format!("while opening the object store {url}"));
+    }
+    let root = data_dir(&v.config.database_url, "objects", &v.node_id);
+    kiln_objects::Objects::local(&root)
+        .with_context(|| format!("while opening the object store in {}", root.display()))
 }
 
 fn worker_config(v: &Validated) -> WorkerConfig {

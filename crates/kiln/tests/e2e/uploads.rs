@@ -166,3 +166,27 @@ async fn a_file_of_another_user_cannot_be_aggregated() {
     assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text());
     assert_eq!(resp.json()["field"], "payload.file_id");
 }
+
+#[tokio::test]
+async fn a_non_local_object_store_gives_the_kernel_a_scratch_copy() {
+    let opts = crate::helpers::Opts {
+        flags: vec!["--object-store".into(), "memory:///kiln".into()],
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(opts).await;
+    let file = upload(&app, &app.admin, "m.csv", b"k,v\n\"a,b\",1.5\nc,2\nc,x\n").await;
+    assert!(!app.dir.path().join("objects").exists());
+    let id = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "csv_aggregate", "payload": {
+                "file_id": file["id"], "operation": "mean", "column": "v"}}),
+        )
+        .await;
+    let job = app.wait_state(&app.admin, &id, "succeeded", LONG).await;
+    assert_eq!(
+        (&job["result"]["count"], &job["result"]["bad_rows"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(job["result"]["mean"], 1.75);
+}
