@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::stream::{self, TryStreamExt};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use kiln_domain::UserId;
 use sha2::{Digest, Sha256};
 
@@ -121,6 +121,27 @@ async fn a_failing_body_stream_leaves_nothing_behind() {
         .unwrap_err();
     assert!(matches!(err, ObjectsError::Body(_)), "{err:?}");
     assert!(files_under(&root).is_empty());
+}
+
+#[tokio::test]
+async fn an_upload_dropped_midway_leaves_nothing_behind() {
+    // A client that goes away or a request timeout drops the upload future mid-stream.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let objects = Objects::local(&root).unwrap();
+    let first = sample(3 * PART_SIZE);
+    let body = chunks(&first, 65_536).chain(stream::pending());
+    let put = objects.file_put(ALICE, new_file("slow"), body, 1 << 30);
+    let timed_out = tokio::time::timeout(std::time::Duration::from_millis(300), put).await;
+    assert!(timed_out.is_err());
+    // The staging file is removed by a blocking task spawned on drop.
+    for _ in 0..200 {
+        if files_under(&root).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(files_under(&root), Vec::<std::path::PathBuf>::new());
 }
 
 #[tokio::test]

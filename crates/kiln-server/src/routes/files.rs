@@ -36,42 +36,40 @@ pub async fn upload(
     let mut multipart = Multipart::from_request(req, &state)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text()))?;
-    loop {
-        let field = multipart.next_field().await.map_err(multipart_error)?;
-        let Some(field) = field else {
-            return Err(ApiError::invalid(
-                FIELD,
-                "the multipart body has no `file` field",
-            ));
-        };
-        if field.name() != Some(FIELD) {
-            continue;
-        }
-        let file = NewFile {
-            name: field.file_name().unwrap_or(FIELD).to_owned(),
-            content_type: field
-                .content_type()
-                .unwrap_or("application/octet-stream")
-                .to_owned(),
-            created_at: state.now(),
-        };
-        let stored = objects.file_put(me.user.id, file, field, limit).await;
-        let meta = match stored {
-            Ok(meta) => meta,
-            Err(e) => {
-                // Read (and drop) the rest of the body, bounded by the route's limit, so the
-                // client sees the 413 rather than a reset connection.
-                while let Ok(Some(_)) = multipart.next_field().await {}
-                return Err(upload_error(e, limit));
+    // The `file` field, skipping any other fields before it.
+    let field = loop {
+        match multipart.next_field().await.map_err(multipart_error)? {
+            Some(field) if field.name() == Some(FIELD) => break field,
+            Some(_) => {}
+            None => {
+                let reason = "the multipart body has no `file` field";
+                return Err(ApiError::invalid(FIELD, reason));
             }
-        };
-        let location = format!("/api/v1/files/{}", meta.id);
-        let mut resp = (StatusCode::CREATED, Json(view(meta))).into_response();
-        if let Ok(value) = HeaderValue::from_str(&location) {
-            resp.headers_mut().insert(LOCATION, value);
         }
-        return Ok(resp);
+    };
+    let file = NewFile {
+        name: field.file_name().unwrap_or(FIELD).to_owned(),
+        content_type: field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_owned(),
+        created_at: state.now(),
+    };
+    let meta = match objects.file_put(me.user.id, file, field, limit).await {
+        Ok(meta) => meta,
+        Err(e) => {
+            // Read (and drop) the rest of the body, bounded by the route's limit, so the
+            // client sees the error rather than a reset connection.
+            while let Ok(Some(_)) = multipart.next_field().await {}
+            return Err(upload_error(e, limit));
+        }
+    };
+    let location = format!("/api/v1/files/{}", meta.id);
+    let mut resp = (StatusCode::CREATED, Json(view(meta))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, value);
     }
+    Ok(resp)
 }
 
 /// `GET /files/{id}`: the file's metadata.
