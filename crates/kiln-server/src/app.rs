@@ -2,21 +2,21 @@
 //!
 //! Layers, outermost first: request id (set, then echoed back) → `observe` (problem bodies
 //! and the request log line) → catch-panic (a panic is a 500, not a crash) → CORS (only
-//! with an allow-list) → request timeout (408) → the shutdown gate (503) → the routes,
-//! whose body extractors stop at `body_limit` (413).
+//! with an allow-list) → time limit (408; uploads have a longer one) → the shutdown gate
+//! (503) → the routes, whose body extractors stop at `body_limit` (413; uploads at the
+//! upload limit).
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 
-use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate};
+use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate, time_limit};
 use crate::routes::{admin, artifacts, auth, files, jobs, ops};
 use crate::state::AppState;
 
@@ -40,10 +40,7 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .layer(from_fn(observe))
         .layer(CatchPanicLayer::custom(panic_response))
         .option_layer(cors(&config.cors_origins))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
-        ))
+        .layer(from_fn_with_state(state.clone(), time_limit))
         .layer(from_fn_with_state(state.clone(), shutdown_gate));
     routes
         .layer(DefaultBodyLimit::max(config.body_limit))
@@ -131,7 +128,7 @@ mod tests {
     use std::sync::Arc;
 
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use kiln_domain::SystemClock;
     use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
     use tower::ServiceExt;
