@@ -112,6 +112,9 @@ pub struct Config {
     /// `512KiB`, `1GiB`; `K`/`M`/`G` are binary too). Larger uploads get 413.
     #[arg(long, env = "KILN_UPLOAD_LIMIT", default_value = "50MiB", value_parser = parse_size)]
     pub upload_limit: u64,
+    /// Time limit of one upload (`POST /api/v1/files`); other requests have 30 s.
+    #[arg(long, env = "KILN_UPLOAD_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub upload_timeout: Duration,
     /// Where uploaded files are kept: `s3://bucket/prefix` or `gs://bucket/prefix` (a build
     /// with `--features cloud`; credentials and region from the usual `AWS_*`/`GOOGLE_*`
     /// variables), or `memory:///` (nothing kept). Default: `objects/` beside the SQLite file.
@@ -208,6 +211,9 @@ impl Config {
             problems.push(format!(
                 "KILN_OBJECT_STORE `{url}` needs a kiln built with `--features cloud`"
             ));
+        }
+        if self.upload_timeout < Duration::from_secs(1) {
+            problems.push("KILN_UPLOAD_TIMEOUT must be at least 1s".to_owned());
         }
         if self.upload_limit == 0 {
             problems.push("KILN_UPLOAD_LIMIT must be at least 1 byte".to_owned());

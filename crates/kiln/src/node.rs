@@ -171,6 +171,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         cors_origins: v.config.cors_origins.clone(),
         artifact_dir: Some(data_dir(&v.config.database_url, "artifacts", &v.node_id)),
         upload_limit: v.config.upload_limit,
+        upload_timeout: v.config.upload_timeout,
         ..ServerConfig::default()
     }
 }
