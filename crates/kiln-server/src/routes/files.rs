@@ -8,7 +8,7 @@
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_api::FileView;
 use kiln_objects::{FileId, FileMeta, NewFile, Objects, ObjectsError};
@@ -52,7 +52,9 @@ pub async fn upload(
         content_type: field
             .content_type()
             .unwrap_or("application/octet-stream")
-            .to_owned(),
+            .chars()
+            .take(255)
+            .collect(),
         created_at: state.now(),
     };
     let meta = match objects.file_put(me.user.id, file, field, limit).await {
@@ -107,6 +109,11 @@ pub async fn content(
     if let Ok(value) = HeaderValue::from_str(&disposition(&meta.name)) {
         headers.insert(CONTENT_DISPOSITION, value);
     }
+    // The type is what the uploader declared: a browser must not guess a riskier one.
+    headers.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
     Ok(resp)
 }
 

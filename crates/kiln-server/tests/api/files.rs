@@ -92,6 +92,11 @@ async fn an_upload_is_stored_with_its_sha256_and_downloads_byte_exact() {
         .await;
     assert_eq!(content.status, StatusCode::OK);
     assert_eq!(content.header("content-type"), Some("application/x-test"));
+    assert_eq!(content.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        content.header("content-disposition"),
+        Some("attachment; filename=\"data.bin\"")
+    );
     assert_eq!(
         content.header("content-length"),
         Some(&*data.len().to_string())
