@@ -14,7 +14,7 @@ pub struct LocalFile {
     meta: FileMeta,
     path: std::path::PathBuf,
     /// Keeps the scratch copy alive; deleting it on drop.
-    _scratch: Option<tempfile::TempPath>,
+    scratch: Option<tempfile::TempPath>,
 }
 
 impl LocalFile {
@@ -22,7 +22,7 @@ impl LocalFile {
         Self {
             meta,
             path,
-            _scratch: None,
+            scratch: None,
         }
     }
 
@@ -38,7 +38,7 @@ impl LocalFile {
 
     /// Whether this is a scratch copy (a remote backend) rather than the stored file.
     pub fn is_copy(&self) -> bool {
-        self._scratch.is_some()
+        self.scratch.is_some()
     }
 }
 
@@ -61,6 +61,6 @@ pub(crate) async fn download(
     Ok(LocalFile {
         meta,
         path: path.to_path_buf(),
-        _scratch: Some(path),
+        scratch: Some(path),
     })
 }

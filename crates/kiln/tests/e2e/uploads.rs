@@ -190,3 +190,32 @@ async fn a_non_local_object_store_gives_the_kernel_a_scratch_copy() {
     );
     assert_eq!(job["result"]["mean"], 1.75);
 }
+
+#[tokio::test]
+async fn binary_junk_after_a_header_is_counted_as_bad_rows_not_a_crash() {
+    let app = TestApp::spawn().await;
+    let mut data = b"v,g\n1,a\n".to_vec();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..50_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.push((x >> 32) as u8);
+    }
+    data.extend_from_slice(b"\n2,a\n");
+    let file = upload(&app, &app.admin, "junk.csv", &data).await;
+    let id = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "csv_aggregate", "payload": {
+                "file_id": file["id"], "operation": "sum", "column": "v"}}),
+        )
+        .await;
+    let job = app.wait_state(&app.admin, &id, "succeeded", LONG).await;
+    let result = &job["result"];
+    assert!(result["bad_rows"].as_u64().unwrap() > 0, "{result}");
+    assert_eq!(
+        result["rows"].as_u64().unwrap(),
+        result["count"].as_u64().unwrap() + result["bad_rows"].as_u64().unwrap()
+    );
+}
