@@ -290,6 +290,24 @@ pub struct TokenView {
     pub token: Option<String>,
 }
 
+/// An uploaded file (`POST /api/v1/files`, `GET /api/v1/files/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileView {
+    /// Id (a UUID), what `csv_aggregate {file_id}` takes.
+    pub id: String,
+    /// The name it was uploaded under.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+    /// The media type declared at upload.
+    pub content_type: String,
+    /// When the upload finished.
+    #[serde(with = "ts")]
+    pub created_at: Timestamp,
+}
+
 /// `GET /metrics` with `Accept: application/json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricsSummary {

@@ -68,7 +68,7 @@ impl JobType {
             JobType::External => parse_payload::<ExternalPayload>(payload).map(drop),
             JobType::Primes => parse_payload::<PrimesPayload>(payload).map(drop),
             JobType::MatrixMultiply => parse_payload::<MatrixPayload>(payload).map(drop),
-            JobType::CsvAggregate => parse_payload::<CsvPayload>(payload).map(drop),
+            JobType::CsvAggregate => CsvPayload::parse(payload).map(drop),
         }
     }
 
@@ -115,18 +115,35 @@ impl JobType {
                 }),
             ),
             JobType::CsvAggregate => (
-                "Generates a seeded CSV (id, group, value, timestamp), keeps it as the artifact `data.csv`, then parses and aggregates it.",
+                "Aggregates a CSV: either a seeded generated one (id, group, value, timestamp), kept as the artifact `data.csv`, or a file uploaded with POST /api/v1/files (`file_id`).",
                 json!({
-                    "type": "object",
-                    "required": ["rows", "groups", "operation"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "rows": {"type": "integer", "minimum": 1, "maximum": CsvPayload::MAX_ROWS},
-                        "groups": {"type": "integer", "minimum": 1, "maximum": CsvPayload::MAX_GROUPS},
-                        "operation": {"type": "string", "enum": ["mean", "sum", "group_by"]},
-                        "column": {"type": "string", "enum": ["value", "id", "timestamp"], "description": "the column aggregated (default value)"},
-                        "seed": {"type": "integer", "minimum": 0, "description": "same seed, same data (default 0)"},
-                    },
+                    "oneOf": [
+                        {
+                            "title": "generated",
+                            "type": "object",
+                            "required": ["rows", "groups", "operation"],
+                            "additionalProperties": false,
+                            "properties": {
+                                "rows": {"type": "integer", "minimum": 1, "maximum": CsvPayload::MAX_ROWS},
+                                "groups": {"type": "integer", "minimum": 1, "maximum": CsvPayload::MAX_GROUPS},
+                                "operation": {"type": "string", "enum": ["mean", "sum", "group_by"]},
+                                "column": {"type": "string", "enum": ["value", "id", "timestamp"], "description": "the column aggregated (default value)"},
+                                "seed": {"type": "integer", "minimum": 0, "description": "same seed, same data (default 0)"},
+                            },
+                        },
+                        {
+                            "title": "uploaded file",
+                            "type": "object",
+                            "required": ["file_id", "operation", "column"],
+                            "additionalProperties": false,
+                            "properties": {
+                                "file_id": {"type": "string", "format": "uuid", "description": "a file of the submitter, from POST /api/v1/files"},
+                                "operation": {"type": "string", "enum": ["mean", "sum", "group_by"]},
+                                "column": {"type": "string", "minLength": 1, "maxLength": CsvFilePayload::MAX_NAME, "description": "the header name of the numeric column"},
+                                "group_by": {"type": "string", "minLength": 1, "maxLength": CsvFilePayload::MAX_NAME, "description": "the header name of the grouping column; required with operation group_by, only allowed with it"},
+                            },
+                        },
+                    ],
                 }),
             ),
         }
@@ -273,10 +290,46 @@ impl CsvColumn {
     }
 }
 
-/// Payload of `csv_aggregate`.
+/// Payload of `csv_aggregate`: a generated data set, or a file the submitter uploaded.
+/// A payload with a `file_id` is the second kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CsvPayload {
+    /// Generate a seeded data set, then aggregate it.
+    Generated(CsvGeneratedPayload),
+    /// Aggregate an uploaded CSV file.
+    File(CsvFilePayload),
+}
+
+impl CsvPayload {
+    /// Ten million.
+    pub const MAX_ROWS: u64 = 10_000_000;
+    /// Ten thousand.
+    pub const MAX_GROUPS: u32 = 10_000;
+
+    /// Parses and checks either kind; the error names the offending field. The kind is
+    /// chosen by the presence of `file_id`, so errors speak of the kind meant (an untagged
+    /// enum would only say that no variant matched).
+    pub fn parse(payload: &Value) -> Result<Self, Invalid> {
+        if payload.get("file_id").is_some() {
+            parse_payload(payload).map(CsvPayload::File)
+        } else {
+            parse_payload(payload).map(CsvPayload::Generated)
+        }
+    }
+
+    /// The uploaded file this payload reads, if any.
+    pub fn file_id(&self) -> Option<&str> {
+        match self {
+            CsvPayload::File(p) => Some(&p.file_id),
+            CsvPayload::Generated(_) => None,
+        }
+    }
+}
+
+/// Payload of `csv_aggregate` over a generated data set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CsvPayload {
+pub struct CsvGeneratedPayload {
     /// Rows to generate, 1..=10,000,000.
     pub rows: u64,
     /// Distinct groups, 1..=10,000.
@@ -291,22 +344,64 @@ pub struct CsvPayload {
     pub seed: u64,
 }
 
-impl CsvPayload {
-    /// Ten million.
-    pub const MAX_ROWS: u64 = 10_000_000;
-    /// Ten thousand.
-    pub const MAX_GROUPS: u32 = 10_000;
-}
-
-impl Bounded for CsvPayload {
+impl Bounded for CsvGeneratedPayload {
     fn check(&self) -> Result<(), Invalid> {
-        if self.rows == 0 || self.rows > Self::MAX_ROWS {
+        if self.rows == 0 || self.rows > CsvPayload::MAX_ROWS {
             return Err(Invalid::new("payload.rows", "must be 1-10000000"));
         }
-        if self.groups == 0 || self.groups > Self::MAX_GROUPS {
+        if self.groups == 0 || self.groups > CsvPayload::MAX_GROUPS {
             return Err(Invalid::new("payload.groups", "must be 1-10000"));
         }
         Ok(())
+    }
+}
+
+/// Payload of `csv_aggregate` over an uploaded file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvFilePayload {
+    /// The file's id (a UUID from `POST /api/v1/files`); it must belong to the submitter.
+    pub file_id: String,
+    /// What to compute.
+    pub operation: CsvOperation,
+    /// The header name of the numeric column.
+    pub column: String,
+    /// The header name of the grouping column: required with `group_by`, refused otherwise.
+    #[serde(default)]
+    pub group_by: Option<String>,
+}
+
+impl CsvFilePayload {
+    /// The longest column name accepted.
+    pub const MAX_NAME: usize = 200;
+}
+
+impl Bounded for CsvFilePayload {
+    fn check(&self) -> Result<(), Invalid> {
+        if uuid::Uuid::parse_str(&self.file_id).is_err() {
+            return Err(Invalid::new(
+                "payload.file_id",
+                "must be a file id (a UUID) from POST /api/v1/files",
+            ));
+        }
+        let name_ok = |n: &str| !n.is_empty() && n.len() <= Self::MAX_NAME;
+        if !name_ok(&self.column) {
+            return Err(Invalid::new("payload.column", "must be 1-200 bytes"));
+        }
+        match (&self.group_by, self.operation) {
+            (None, CsvOperation::GroupBy) => Err(Invalid::new(
+                "payload.group_by",
+                "is required when operation is group_by",
+            )),
+            (Some(_), CsvOperation::Mean | CsvOperation::Sum) => Err(Invalid::new(
+                "payload.group_by",
+                "is only allowed when operation is group_by",
+            )),
+            (Some(g), _) if !name_ok(g) => {
+                Err(Invalid::new("payload.group_by", "must be 1-200 bytes"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -507,5 +602,80 @@ mod tests {
             .unwrap_err();
         assert!(extra.reason.contains('x'), "{extra}");
         assert!(JobType::External.validate(&json!({"name": ""})).is_err());
+    }
+
+    #[test]
+    fn csv_payloads_of_both_kinds_validate_and_name_the_offending_field() {
+        let file = "0190f5e2-7c4a-7b1e-9f00-1234567890ab";
+        let ok = json!({"file_id": file, "operation": "group_by", "column": "v", "group_by": "g"});
+        let parsed = CsvPayload::parse(&ok).unwrap();
+        assert_eq!(parsed.file_id(), Some(file));
+        assert!(
+            JobType::CsvAggregate
+                .validate(&json!({"file_id": file, "operation": "sum", "column": "v"}))
+                .is_ok()
+        );
+        let generated = json!({"rows": 10, "groups": 2, "operation": "sum"});
+        assert_eq!(CsvPayload::parse(&generated).unwrap().file_id(), None);
+        let cases = [
+            (
+                json!({"file_id": file, "operation": "group_by", "column": "v"}),
+                "payload.group_by",
+            ),
+            (
+                json!({"file_id": file, "operation": "mean", "column": "v", "group_by": "g"}),
+                "payload.group_by",
+            ),
+            (
+                json!({"file_id": "nope", "operation": "sum", "column": "v"}),
+                "payload.file_id",
+            ),
+            (
+                json!({"file_id": file, "operation": "sum", "column": ""}),
+                "payload.column",
+            ),
+            (
+                json!({"file_id": file, "operation": "median", "column": "v"}),
+                "payload.operation",
+            ),
+            (
+                json!({"file_id": file, "operation": "sum", "column": "v", "rows": 3}),
+                "payload.rows",
+            ),
+            (
+                json!({"rows": 0, "groups": 2, "operation": "sum"}),
+                "payload.rows",
+            ),
+        ];
+        for (payload, field) in cases {
+            let err = JobType::CsvAggregate.validate(&payload).unwrap_err();
+            assert_eq!(err.field, field, "{payload}: {err}");
+        }
+    }
+
+    #[test]
+    fn csv_schema_has_one_variant_per_kind_with_the_validators_bounds() {
+        let spec = Catalogue::default().get(JobType::CsvAggregate).clone();
+        let variants = spec.schema["oneOf"].as_array().unwrap();
+        assert_eq!(variants.len(), 2);
+        let max_rows = variants[0]["properties"]["rows"]["maximum"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            JobType::CsvAggregate
+                .validate(&json!({"rows": max_rows, "groups": 1, "operation": "sum"}))
+                .is_ok()
+        );
+        assert!(
+            JobType::CsvAggregate
+                .validate(&json!({"rows": max_rows + 1, "groups": 1, "operation": "sum"}))
+                .is_err()
+        );
+        assert!(
+            variants[1]["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("file_id"))
+        );
     }
 }

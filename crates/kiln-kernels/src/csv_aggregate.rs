@@ -1,6 +1,7 @@
 //! `csv_aggregate`: generates a seeded data set (`id,group,value,timestamp`), writes it as the
 //! job's `data.csv` artifact, then parses that file and aggregates one column: its sum, its
-//! mean, or count/sum/mean/min/max per group.
+//! mean, or count/sum/mean/min/max per group. With a `file_id` it skips the generation and
+//! aggregates the owner's uploaded file through the same [`aggregate`].
 //!
 //! Parsing has two paths. Files without a quote character (what the generator writes, and
 //! most exports) take a hand-written fast path: fixed ~1 MiB pieces split at line ends are
@@ -19,7 +20,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use kiln_domain::JobType;
-use kiln_domain::job_type::{CsvOperation, CsvPayload, payload};
+use kiln_domain::job_type::{CsvFilePayload, CsvGeneratedPayload, CsvOperation, CsvPayload};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -51,46 +52,87 @@ impl Kernel for CsvAggregate {
     }
 
     async fn run(&self, ctx: JobContext) -> Result<Value, KernelError> {
-        let p: CsvPayload = payload(&ctx.payload).permanent("invalid_input")?;
-        let check = Check::new(&ctx);
-        let (path, file) = ctx
-            .artifacts
-            .create("data.csv")
-            .retryable("artifact_write")?;
-        let log = ctx.log.clone();
-        cpu::run(move || {
-            let started = Instant::now();
-            let bytes = generate(
-                BufWriter::with_capacity(1 << 20, file),
-                p.rows,
-                p.groups,
-                p.seed,
-                &check,
-                (0.0, 0.5),
-            )?;
-            let generate_ms = started.elapsed().as_secs_f64() * 1e3;
-            log.line(format!(
-                "generated {} rows ({} MB) in {generate_ms:.0} ms",
-                p.rows,
-                bytes >> 20
-            ));
-            let started = Instant::now();
-            let group_by = (p.operation == CsvOperation::GroupBy).then_some("group");
-            let agg = aggregate(&path, p.column.as_str(), group_by, &check, (0.5, 1.0))?;
-            let aggregate_ms = started.elapsed().as_secs_f64() * 1e3;
-            log.line(format!(
-                "parsed and aggregated {} rows in {aggregate_ms:.0} ms",
-                agg.rows
-            ));
-            let mut result = agg.to_json(p.operation, p.column.as_str(), group_by);
-            result["generate_ms"] = json!(generate_ms);
-            result["aggregate_ms"] = json!(aggregate_ms);
-            result["bytes"] = json!(bytes);
-            result["artifact"] = json!("data.csv");
-            Ok(result)
-        })
-        .await?
+        match CsvPayload::parse(&ctx.payload).permanent("invalid_input")? {
+            CsvPayload::Generated(p) => run_generated(ctx, p).await,
+            CsvPayload::File(p) => run_file(ctx, p).await,
+        }
     }
+}
+
+async fn run_generated(ctx: JobContext, p: CsvGeneratedPayload) -> Result<Value, KernelError> {
+    let check = Check::new(&ctx);
+    let (path, file) = ctx
+        .artifacts
+        .create("data.csv")
+        .retryable("artifact_write")?;
+    let log = ctx.log.clone();
+    cpu::run(move || {
+        let started = Instant::now();
+        let bytes = generate(
+            BufWriter::with_capacity(1 << 20, file),
+            p.rows,
+            p.groups,
+            p.seed,
+            &check,
+            (0.0, 0.5),
+        )?;
+        let generate_ms = started.elapsed().as_secs_f64() * 1e3;
+        log.line(format!(
+            "generated {} rows ({} MB) in {generate_ms:.0} ms",
+            p.rows,
+            bytes >> 20
+        ));
+        let started = Instant::now();
+        let group_by = (p.operation == CsvOperation::GroupBy).then_some("group");
+        let agg = aggregate(&path, p.column.as_str(), group_by, &check, (0.5, 1.0))?;
+        let aggregate_ms = started.elapsed().as_secs_f64() * 1e3;
+        log.line(format!(
+            "parsed and aggregated {} rows in {aggregate_ms:.0} ms",
+            agg.rows
+        ));
+        let mut result = agg.to_json(p.operation, p.column.as_str(), group_by);
+        result["generate_ms"] = json!(generate_ms);
+        result["aggregate_ms"] = json!(aggregate_ms);
+        result["bytes"] = json!(bytes);
+        result["artifact"] = json!("data.csv");
+        Ok(result)
+    })
+    .await?
+}
+
+/// Aggregates the owner's uploaded file. A malformed file gives a result with its bad rows
+/// counted, or a permanent error (a missing column, no header); never a panic.
+async fn run_file(ctx: JobContext, p: CsvFilePayload) -> Result<Value, KernelError> {
+    let inputs = ctx.inputs.clone().ok_or_else(|| KernelError::Permanent {
+        code: "no_object_storage",
+        source: "this node has no object storage for uploaded files".into(),
+    })?;
+    let file = inputs.local(&p.file_id).await?;
+    let check = Check::new(&ctx);
+    let log = ctx.log.clone();
+    cpu::run(move || {
+        let started = Instant::now();
+        let agg = aggregate(
+            file.path(),
+            &p.column,
+            p.group_by.as_deref(),
+            &check,
+            (0.0, 1.0),
+        )?;
+        let aggregate_ms = started.elapsed().as_secs_f64() * 1e3;
+        log.line(format!(
+            "parsed and aggregated {} rows ({} bad) of {} in {aggregate_ms:.0} ms",
+            agg.rows,
+            agg.bad_rows,
+            file.meta().name
+        ));
+        let mut result = agg.to_json(p.operation, &p.column, p.group_by.as_deref());
+        result["file_id"] = json!(p.file_id);
+        result["bytes"] = json!(file.meta().size);
+        result["aggregate_ms"] = json!(aggregate_ms);
+        Ok(result)
+    })
+    .await?
 }
 
 /// SplitMix64's finaliser.
@@ -293,7 +335,7 @@ pub fn aggregate(
         }
     };
     if block.contains(&b'"') {
-        return aggregate_slow(path, column, group_by, check);
+        return aggregate_slow(path, column, group_by, check, (progress, size));
     }
     let header = String::from_utf8_lossy(&block[..header_end]);
     let columns = find_columns(&header, column, group_by)?;
@@ -314,7 +356,7 @@ pub fn aggregate(
             }
         };
         if block[..cut].contains(&b'"') {
-            return aggregate_slow(path, column, group_by, check);
+            return aggregate_slow(path, column, group_by, check, (progress, size));
         }
         let pieces = split_pieces(&block[..cut]);
         let partials: Vec<Partial<'_>> = pieces
@@ -575,12 +617,14 @@ fn parse_slow(field: &[u8]) -> Option<f64> {
     std::str::from_utf8(field).ok()?.trim().parse().ok()
 }
 
-/// The general path: the `csv` crate, for files with quoted fields.
+/// The general path: the `csv` crate, for files with quoted fields. `progress` is the range
+/// to report in and the file's size.
 fn aggregate_slow(
     path: &Path,
     column: &str,
     group_by: Option<&str>,
     check: &Check,
+    (progress, size): ((f32, f32), u64),
 ) -> Result<Aggregate, KernelError> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
@@ -601,6 +645,8 @@ fn aggregate_slow(
     loop {
         if agg.rows.is_multiple_of(65_536) {
             check.stopped()?;
+            let read = reader.position().byte() as f32 / size as f32;
+            check.progress(progress.0 + (progress.1 - progress.0) * read.min(1.0));
         }
         match reader.read_byte_record(&mut record) {
             Ok(false) => break,
@@ -630,6 +676,7 @@ fn aggregate_slow(
                 .add(x);
         }
     }
+    check.progress(progress.1);
     Ok(agg)
 }
 
@@ -846,5 +893,81 @@ mod tests {
         let result = run.await.unwrap();
         assert!(matches!(result, Err(KernelError::Cancelled)), "{result:?}");
         artifacts.reset().unwrap();
+    }
+
+    /// `text` uploaded by `owner` into objects under `dir`; returns the inputs and file id.
+    async fn uploaded(
+        dir: &tempfile::TempDir,
+        owner: kiln_domain::UserId,
+        text: &str,
+    ) -> (crate::Inputs, String) {
+        let objects = kiln_objects::Objects::local(&dir.path().join("objects")).unwrap();
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(
+            text.to_owned(),
+        ))]);
+        let file = kiln_objects::NewFile {
+            name: "upload.csv".into(),
+            content_type: "text/csv".into(),
+            created_at: chrono::Utc::now(),
+        };
+        let meta = objects.file_put(owner, file, body, 1 << 20).await.unwrap();
+        let inputs = crate::Inputs::new(objects, owner, dir.path().join("scratch"));
+        (inputs, meta.id.to_string())
+    }
+
+    #[tokio::test]
+    async fn an_uploaded_file_is_aggregated_with_bad_rows_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = kiln_domain::UserId(7);
+        let text = "city,amount,note\n\"Paris, FR\",10.5,a\nRome,2,\"x\"\"y\"\n\"Paris, FR\",oops,b\nRome\nRome,4,c\n";
+        let (inputs, file_id) = uploaded(&dir, owner, text).await;
+        let payload = json!({"file_id": file_id, "operation": "group_by", "column": "amount", "group_by": "city"});
+        let (mut ctx, _log) = crate::test_context(payload);
+        ctx.inputs = Some(inputs.clone());
+        let progress = ctx.progress.clone();
+        let result = CsvAggregate.run(ctx).await.unwrap();
+        assert_eq!(
+            (result["rows"].as_u64(), result["bad_rows"].as_u64()),
+            (Some(5), Some(2))
+        );
+        assert_eq!(result["groups"][0]["group"], "Paris, FR");
+        assert_eq!(result["groups"][0]["sum"], 10.5);
+        assert_eq!(result["groups"][1]["group"], "Rome");
+        assert_eq!(result["groups"][1]["count"], 2);
+        assert_eq!(result["groups"][1]["mean"], 3.0);
+        assert_eq!(progress.get(), 1.0);
+
+        // A missing column and a file that is not the owner's are permanent errors.
+        let payload = json!({"file_id": file_id, "operation": "sum", "column": "nope"});
+        let (mut ctx, _log) = crate::test_context(payload);
+        ctx.inputs = Some(inputs);
+        let failure = CsvAggregate
+            .run(ctx)
+            .await
+            .unwrap_err()
+            .to_failure()
+            .unwrap();
+        assert_eq!(
+            (failure.code.as_str(), failure.retryable),
+            ("unknown_column", false)
+        );
+        let other = crate::Inputs::new(
+            kiln_objects::Objects::local(&dir.path().join("objects")).unwrap(),
+            kiln_domain::UserId(8),
+            dir.path().join("scratch"),
+        );
+        let payload = json!({"file_id": file_id, "operation": "sum", "column": "amount"});
+        let (mut ctx, _log) = crate::test_context(payload);
+        ctx.inputs = Some(other);
+        let failure = CsvAggregate
+            .run(ctx)
+            .await
+            .unwrap_err()
+            .to_failure()
+            .unwrap();
+        assert_eq!(
+            (failure.code.as_str(), failure.retryable),
+            ("file_not_found", false)
+        );
     }
 }

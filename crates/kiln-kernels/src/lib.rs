@@ -5,6 +5,7 @@
 //!   [`KernelError`] and the [`Registry`] that maps each executed [`JobType`] to its kernel.
 //! - [`echo`], [`sleep`], [`primes`], [`matrix`], [`csv_aggregate`]: the built-in kernels.
 //! - [`cpu`]: the CPU pool compute kernels run on, and their cancel/progress [`cpu::Check`].
+//! - [`input`]: [`Inputs`], the uploaded files of the job's owner.
 //!
 //! A kernel knows nothing of leases, retries or storage: it gets a validated payload and
 //! returns a result or a classified error. The worker adds timeouts, fencing and retries.
@@ -13,6 +14,7 @@
 pub mod cpu;
 pub mod csv_aggregate;
 pub mod echo;
+pub mod input;
 pub mod matrix;
 pub mod npy;
 pub mod primes;
@@ -27,6 +29,8 @@ use kiln_domain::{Failure, JobId, JobType};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+pub use input::Inputs;
 
 /// A boxed source error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -153,6 +157,8 @@ pub struct JobContext {
     pub log: LogSink,
     /// Where the attempt writes its artifacts.
     pub artifacts: Artifacts,
+    /// The owner's uploaded files; `None` when the node has no object storage.
+    pub inputs: Option<Inputs>,
 }
 
 /// The directory holding one job's artifacts (`<root>/<job id>/`), created on first use.
@@ -262,7 +268,7 @@ impl Registry {
 }
 
 /// A context for tests: a fresh job id, attempt 1, artifacts under the system temp dir
-/// (removed by [`Artifacts::reset`]), and the log receiver.
+/// (removed by [`Artifacts::reset`]), no uploaded files, and the log receiver.
 pub fn test_context(payload: Value) -> (JobContext, mpsc::UnboundedReceiver<String>) {
     let (log, rx) = LogSink::channel();
     let job_id = JobId::new();
@@ -274,6 +280,7 @@ pub fn test_context(payload: Value) -> (JobContext, mpsc::UnboundedReceiver<Stri
         cancel: CancellationToken::new(),
         progress: Progress::default(),
         log,
+        inputs: None,
     };
     (ctx, rx)
 }

@@ -2,28 +2,28 @@
 //!
 //! Layers, outermost first: request id (set, then echoed back) → `observe` (problem bodies
 //! and the request log line) → catch-panic (a panic is a 500, not a crash) → CORS (only
-//! with an allow-list) → request timeout (408) → the shutdown gate (503) → the routes,
-//! whose body extractors stop at `body_limit` (413).
+//! with an allow-list) → time limit (408; uploads have a longer one) → the shutdown gate
+//! (503) → the routes, whose body extractors stop at `body_limit` (413; uploads at the
+//! upload limit).
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 
-use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate};
-use crate::routes::{admin, artifacts, auth, jobs, ops};
+use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate, time_limit};
+use crate::routes::{admin, artifacts, auth, files, jobs, ops};
 use crate::state::AppState;
 
 /// The whole HTTP API with `state` applied.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
-        .nest("/api/v1", api())
+        .nest("/api/v1", api(state.config().upload_limit))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -40,10 +40,7 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .layer(from_fn(observe))
         .layer(CatchPanicLayer::custom(panic_response))
         .option_layer(cors(&config.cors_origins))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
-        ))
+        .layer(from_fn_with_state(state.clone(), time_limit))
         .layer(from_fn_with_state(state.clone(), shutdown_gate));
     routes
         .layer(DefaultBodyLimit::max(config.body_limit))
@@ -51,7 +48,11 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-fn api() -> Router<AppState> {
+/// The `/api/v1` routes; uploads are limited to `upload_limit` (plus multipart framing)
+/// instead of the JSON body limit.
+fn api(upload_limit: u64) -> Router<AppState> {
+    let upload_body = upload_limit.saturating_add(files::MULTIPART_OVERHEAD);
+    let upload_body = usize::try_from(upload_body).unwrap_or(usize::MAX);
     Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/logout", post(auth::logout))
@@ -70,6 +71,12 @@ fn api() -> Router<AppState> {
         .route("/jobs/{id}/artifacts/{name}", get(artifacts::download))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/retry", post(jobs::retry).put(jobs::retry))
+        .route(
+            "/files",
+            post(files::upload).layer(DefaultBodyLimit::max(upload_body)),
+        )
+        .route("/files/{id}", get(files::get).delete(files::delete))
+        .route("/files/{id}/content", get(files::content))
         .route("/job-types", get(ops::job_types))
         .route(
             "/admin/users",
@@ -121,7 +128,7 @@ mod tests {
     use std::sync::Arc;
 
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use kiln_domain::SystemClock;
     use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
     use tower::ServiceExt;

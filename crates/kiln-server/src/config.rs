@@ -15,11 +15,21 @@ pub struct ServerConfig {
     /// 202 with `cancel_requested` (SPEC §1: 1 s).
     pub cancel_wait: Duration,
     /// Every request is answered within this time (408 problem otherwise). Default 30 s.
+    /// Uploads have [`ServerConfig::upload_timeout`] instead.
     pub request_timeout: Duration,
+    /// The time limit of `POST /files`, which may stream a large file from a slow client.
+    /// Default 10 min (50 MiB at ~85 KB/s).
+    pub upload_timeout: Duration,
     /// Origins allowed by CORS; empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
     /// Where the worker writes job artifacts (`<dir>/<job id>/<name>`); `None`: no artifacts.
     pub artifact_dir: Option<std::path::PathBuf>,
+    /// Users' uploaded files (`/api/v1/files`); `None`: uploads answer 503 and a
+    /// `file_id` payload is refused.
+    pub objects: Option<kiln_objects::Objects>,
+    /// Largest accepted upload in bytes; larger ones get 413 and nothing is kept.
+    /// Default 50 MiB. The 1 MiB `body_limit` does not apply to uploads.
+    pub upload_limit: u64,
 }
 
 impl Default for ServerConfig {
@@ -30,8 +40,11 @@ impl Default for ServerConfig {
             body_limit: 1024 * 1024,
             cancel_wait: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            upload_timeout: Duration::from_secs(600),
             cors_origins: Vec::new(),
             artifact_dir: None,
+            objects: None,
+            upload_limit: 50 * 1024 * 1024,
         }
     }
 }

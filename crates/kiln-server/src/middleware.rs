@@ -83,6 +83,22 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
     ApiError::internal(format!("handler panicked: {message}")).into_response()
 }
 
+/// Answers 408 when a request takes longer than its limit: `request_timeout`, or
+/// `upload_timeout` for uploads (`POST /api/v1/files`), whose body may be large and slow.
+pub async fn time_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let config = state.config();
+    let is_upload = req.method() == axum::http::Method::POST && req.uri().path() == "/api/v1/files";
+    let limit = if is_upload {
+        config.upload_timeout
+    } else {
+        config.request_timeout
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
+}
+
 /// Answers 503 to everything but `/healthz` once shutdown has begun.
 pub async fn shutdown_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if state.is_shutting_down() && req.uri().path() != "/healthz" {

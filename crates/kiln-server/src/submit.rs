@@ -9,7 +9,9 @@
 use axum::http::HeaderMap;
 use kiln_api::SubmitJob;
 use kiln_domain::job::Submission;
-use kiln_domain::{NewJob, User};
+use kiln_domain::job_type::CsvPayload;
+use kiln_domain::{JobType, NewJob, User};
+use kiln_objects::{FileId, ObjectsError};
 use kiln_store::{Idempotency, InsertOptions};
 use sha2::{Digest, Sha256};
 
@@ -44,6 +46,32 @@ pub fn prepare(
         max_queued: state.config().max_queued,
     };
     Ok((job, opts))
+}
+
+/// Checks that the uploaded file a payload names exists and belongs to the submitter
+/// (400 naming `payload.file_id` otherwise), so a job never starts on a missing input.
+pub async fn check_inputs(state: &AppState, job: &NewJob) -> Result<(), ApiError> {
+    if job.job_type != JobType::CsvAggregate {
+        return Ok(());
+    }
+    let payload = CsvPayload::parse(&job.payload)?;
+    let Some(file_id) = payload.file_id() else {
+        return Ok(());
+    };
+    const FIELD: &str = "payload.file_id";
+    let objects = state.config().objects.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            FIELD,
+            "this server has no object storage for uploaded files",
+        )
+    })?;
+    let missing = || ApiError::invalid(FIELD, format!("you have no file {file_id}"));
+    let id = FileId::parse(file_id).map_err(|_| missing())?;
+    match objects.file_meta(job.owner, id).await {
+        Ok(_) => Ok(()),
+        Err(ObjectsError::NotFound) => Err(missing()),
+        Err(e) => Err(ApiError::internal(crate::problem::error_chain(&e))),
+    }
 }
 
 fn idempotency(headers: &HeaderMap, body: &SubmitJob) -> Result<Option<Idempotency>, ApiError> {

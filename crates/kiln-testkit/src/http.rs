@@ -131,6 +131,12 @@ impl RequestBuilder<'_> {
             .raw(bytes)
     }
 
+    /// Sets a `multipart/form-data` body of `parts`.
+    pub fn multipart(self, parts: &[Part<'_>]) -> Self {
+        let (content_type, body) = multipart_body(parts);
+        self.header(CONTENT_TYPE.as_str(), &content_type).raw(body)
+    }
+
     /// Sets a raw body.
     pub fn raw(mut self, body: impl Into<Bytes>) -> Self {
         self.body = body.into();
@@ -160,4 +166,62 @@ impl RequestBuilder<'_> {
             body,
         }
     }
+}
+
+/// One part of a `multipart/form-data` body.
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    /// The field name.
+    pub name: &'a str,
+    /// The file name, for a file part.
+    pub file_name: Option<&'a str>,
+    /// The part's `Content-Type`, if any.
+    pub content_type: Option<&'a str>,
+    /// The bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> Part<'a> {
+    /// A file part `name` holding `data` as `file_name` of type `content_type`.
+    pub fn file(name: &'a str, file_name: &'a str, content_type: &'a str, data: &'a [u8]) -> Self {
+        Self {
+            name,
+            file_name: Some(file_name),
+            content_type: Some(content_type),
+            data,
+        }
+    }
+
+    /// A plain text field.
+    pub fn text(name: &'a str, value: &'a str) -> Self {
+        Self {
+            name,
+            file_name: None,
+            content_type: None,
+            data: value.as_bytes(),
+        }
+    }
+}
+
+/// The `Content-Type` header and the body of a `multipart/form-data` request.
+pub fn multipart_body(parts: &[Part<'_>]) -> (String, Vec<u8>) {
+    const BOUNDARY: &str = "kiln-test-boundary-7d3f9a";
+    let mut body = Vec::new();
+    for part in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        let mut disposition = format!("Content-Disposition: form-data; name=\"{}\"", part.name);
+        if let Some(file_name) = part.file_name {
+            disposition.push_str(&format!("; filename=\"{file_name}\""));
+        }
+        body.extend_from_slice(disposition.as_bytes());
+        body.extend_from_slice(b"\r\n");
+        if let Some(ct) = part.content_type {
+            body.extend_from_slice(format!("Content-Type: {ct}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(part.data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={BOUNDARY}"), body)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_domain::{Failure, Job, Lease};
-use kiln_kernels::{Artifacts, JobContext, KernelError, LogSink, Progress};
+use kiln_kernels::{Artifacts, Inputs, JobContext, KernelError, LogSink, Progress};
 use kiln_store::{Outcome, StoreError};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -86,6 +86,12 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
         cancel: stop.token.clone(),
         progress: progress.clone(),
         log,
+        // Remote backends copy an input to the temp dir for the kernel; local ones do not.
+        inputs: shared
+            .config
+            .objects
+            .clone()
+            .map(|objects| Inputs::new(objects, job.owner, std::env::temp_dir())),
     };
     let mut task = tokio::spawn(async move { kernel.run(ctx).await });
     let timeout_at = timeout.map(|t| Instant::now() + t);

@@ -66,6 +66,9 @@ pub struct WorkerConfig {
     pub progress_flush: Duration,
     /// Where jobs' artifacts are written (`<dir>/<job id>/<name>`).
     pub artifact_dir: std::path::PathBuf,
+    /// Users' uploaded files, which jobs such as `csv_aggregate {file_id}` read (each job
+    /// only its owner's). `None`: such jobs fail permanently with `no_object_storage`.
+    pub objects: Option<kiln_objects::Objects>,
 }
 
 impl Default for WorkerConfig {
@@ -84,6 +87,7 @@ impl Default for WorkerConfig {
             max_jobs: None,
             progress_flush: Duration::from_millis(250),
             artifact_dir: std::env::temp_dir().join("kiln-artifacts"),
+            objects: None,
         }
     }
 }

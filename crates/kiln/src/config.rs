@@ -115,6 +115,40 @@ pub struct Config {
     /// new work and cancels are then found by polling.
     #[arg(long, env = "KILN_PG_POLL_ONLY")]
     pub pg_poll_only: bool,
+    /// Largest accepted upload (`POST /api/v1/files`): bytes, or with a unit (`50MiB`,
+    /// `512KiB`, `1GiB`; `K`/`M`/`G` are binary too). Larger uploads get 413.
+    #[arg(long, env = "KILN_UPLOAD_LIMIT", default_value = "50MiB", value_parser = parse_size)]
+    pub upload_limit: u64,
+    /// Time limit of one upload (`POST /api/v1/files`); other requests have 30 s.
+    #[arg(long, env = "KILN_UPLOAD_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub upload_timeout: Duration,
+    /// Where uploaded files are kept: `s3://bucket/prefix` or `gs://bucket/prefix` (a build
+    /// with `--features cloud`; credentials and region from the usual `AWS_*`/`GOOGLE_*`
+    /// variables), or `memory:///` (nothing kept). Default: `objects/` beside the SQLite file.
+    #[arg(long, env = "KILN_OBJECT_STORE")]
+    pub object_store: Option<String>,
+}
+
+/// Parses a byte size: digits with an optional binary unit (`KiB`/`K`, `MiB`/`M`,
+/// `GiB`/`G`, `B`), case-insensitive.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 52428800 or 50MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit `{other}` (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// `kiln.toml`: per-queue concurrency caps and per-type policy overrides.
@@ -176,6 +210,20 @@ impl Config {
         }
         if self.lease < Duration::from_secs(1) {
             problems.push("KILN_LEASE must be at least 1s".to_owned());
+        }
+        if let Some(url) = &self.object_store
+            && !url.starts_with("memory:")
+            && !cfg!(feature = "cloud")
+        {
+            problems.push(format!(
+                "KILN_OBJECT_STORE `{url}` needs a kiln built with `--features cloud`"
+            ));
+        }
+        if self.upload_timeout < Duration::from_secs(1) {
+            problems.push("KILN_UPLOAD_TIMEOUT must be at least 1s".to_owned());
+        }
+        if self.upload_limit == 0 {
+            problems.push("KILN_UPLOAD_LIMIT must be at least 1 byte".to_owned());
         }
         if self.session_ttl < Duration::from_secs(60) {
             problems.push("KILN_SESSION_TTL must be at least 1m".to_owned());
@@ -302,6 +350,17 @@ mod tests {
         assert_eq!(c.max_concurrency, 4);
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.upload_limit, 50 << 20);
+    }
+
+    #[test]
+    fn upload_limits_take_binary_units() {
+        assert_eq!(parse(&["--upload-limit", "1234"]).upload_limit, 1234);
+        assert_eq!(parse(&["--upload-limit", "512KiB"]).upload_limit, 512 << 10);
+        assert_eq!(parse(&["--upload-limit", "2G"]).upload_limit, 2 << 30);
+        for bad in ["ten", "5 parsecs", "99999999999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -342,6 +401,18 @@ mod tests {
             .unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:#?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cloud_object_store_needs_the_cloud_feature() {
+        let problems = parse(&["--object-store", "s3://bucket/kiln"]).validate();
+        if cfg!(feature = "cloud") {
+            assert!(problems.is_ok());
+        } else {
+            let problems = problems.unwrap_err();
+            assert!(problems[0].contains("--features cloud"), "{problems:?}");
+        }
+        assert!(parse(&["--object-store", "memory:///"]).validate().is_ok());
     }
 
     #[test]

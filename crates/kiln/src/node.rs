@@ -100,8 +100,12 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
     let store = open_store(&v.config.database_url, StoreOptions::from_config(&v.config)).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let catalogue = Arc::new(v.catalogue.clone());
+    let objects = open_objects(v)?;
     let worker = Worker::new(
-        worker_config(v),
+        WorkerConfig {
+            objects: Some(objects.clone()),
+            ..worker_config(v)
+        },
         Arc::clone(&store),
         Registry::default(),
         Arc::clone(&catalogue),
@@ -128,7 +132,11 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
             println!("Created user `admin` with password: {generated}");
             println!("(shown once; set KILN_ADMIN_PASSWORD to choose it)");
         }
-        let state = AppState::new(store, catalogue, clock, server_config(v));
+        let config = ServerConfig {
+            objects: Some(objects),
+            ..server_config(v)
+        };
+        let state = AppState::new(store, catalogue, clock, config);
         let listener = tokio::net::TcpListener::bind((v.config.bind, v.config.port))
             .await
             .with_context(|| format!("while binding {}:{}", v.config.bind, v.config.port))?;
@@ -141,6 +149,23 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
         node.state = Some(state);
     }
     Ok(node)
+}
+
+/// The object store of uploaded files: `KILN_OBJECT_STORE`, else `objects/` beside the
+/// SQLite file.
+fn open_objects(v: &Validated) -> anyhow::Result<kiln_objects::Objects> {
+    if let Some(url) = &v.config.object_store {
+        // The backends' own settings (region, credentials) come from the usual variables,
+        // lowercased into object_store's config keys (`AWS_REGION` → `aws_region`).
+        let options = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v));
+        return kiln_objects::Objects::from_url(url, options)
+            .with_context(|| format!("while opening the object store {url}"));
+    }
+    let root = data_dir(&v.config.database_url, "objects", &v.node_id);
+    kiln_objects::Objects::local(&root)
+        .with_context(|| format!("while opening the object store in {}", root.display()))
 }
 
 fn worker_config(v: &Validated) -> WorkerConfig {
@@ -157,20 +182,20 @@ fn worker_config(v: &Validated) -> WorkerConfig {
         heartbeat_interval: v.config.lease / 3,
         retention: v.config.retention,
         max_jobs: v.config.max_jobs,
-        artifact_dir: artifact_dir(&v.config.database_url, &v.node_id),
+        artifact_dir: data_dir(&v.config.database_url, "artifacts", &v.node_id),
         ..WorkerConfig::default()
     }
 }
 
-/// Artifacts live beside the SQLite file (`<its dir>/artifacts`); an in-memory or remote
-/// database keeps them in the system temp dir, per node.
-fn artifact_dir(database_url: &str, node_id: &str) -> std::path::PathBuf {
+/// Artifacts and uploaded files live beside the SQLite file (`<its dir>/artifacts`,
+/// `<its dir>/objects`); an in-memory or remote database keeps them in the system temp
+/// dir, per node.
+fn data_dir(database_url: &str, name: &str, node_id: &str) -> std::path::PathBuf {
     match kiln_store::sqlite::parse_database_url(database_url) {
-        Some(kiln_store::sqlite::SqlitePath::File(db)) => db
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join("artifacts"),
-        _ => std::env::temp_dir().join(format!("kiln-artifacts-{node_id}")),
+        Some(kiln_store::sqlite::SqlitePath::File(db)) => {
+            db.parent().unwrap_or(std::path::Path::new(".")).join(name)
+        }
+        _ => std::env::temp_dir().join(format!("kiln-{name}-{node_id}")),
     }
 }
 
@@ -179,7 +204,9 @@ fn server_config(v: &Validated) -> ServerConfig {
         max_queued: v.config.max_queued,
         session_ttl: v.config.session_ttl,
         cors_origins: v.config.cors_origins.clone(),
-        artifact_dir: Some(artifact_dir(&v.config.database_url, &v.node_id)),
+        artifact_dir: Some(data_dir(&v.config.database_url, "artifacts", &v.node_id)),
+        upload_limit: v.config.upload_limit,
+        upload_timeout: v.config.upload_timeout,
         ..ServerConfig::default()
     }
 }

@@ -28,6 +28,7 @@ pub async fn create(
     Json(body): Json<SubmitJob>,
 ) -> Result<Response, ApiError> {
     let (job, opts) = submit::prepare(&state, &me.user, &headers, body)?;
+    submit::check_inputs(&state, &job).await?;
     let inserted = state.store().job_insert(job, opts).await?;
     let replayed = matches!(inserted, Inserted::Existing(_));
     let job = match inserted {

@@ -3,5 +3,6 @@
 pub mod admin;
 pub mod artifacts;
 pub mod auth;
+pub mod files;
 pub mod jobs;
 pub mod ops;

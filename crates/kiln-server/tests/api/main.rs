@@ -7,6 +7,7 @@
 
 mod auth;
 mod errors;
+mod files;
 mod helpers;
 mod jobs;
 mod ops;

@@ -11,3 +11,4 @@ mod lifecycle;
 mod process;
 mod retry;
 mod scheduling;
+mod uploads;

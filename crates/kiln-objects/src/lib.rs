@@ -1,0 +1,355 @@
+//! Kiln's object storage: the files users upload, kept in an [`ObjectStore`] (a local
+//! directory by default), with their metadata stored beside them as JSON.
+//!
+//! # Layout
+//! - this file: [`Objects`] (the handle), [`FileMeta`], [`FileId`], [`ObjectsError`].
+//! - [`local`]: [`LocalFile`], a path on the local disk a kernel can read a file from.
+//!
+//! # Objects
+//! A file of owner `u` with id `f` is two objects: `files/u/f` (the bytes) and
+//! `files/u/f.json` (its [`FileMeta`]). Owner scoping is therefore a path prefix: another
+//! owner's id simply does not exist under your prefix. Metadata lives here rather than in
+//! the database so that any store backend works unchanged, and a file and its metadata are
+//! removed together. The bytes are written first and the metadata last, so a file whose
+//! metadata can be read is complete; an interrupted upload leaves no metadata (and the
+//! backend's multipart upload is aborted, so no bytes either).
+//!
+//! Job artifacts are not kept here yet: the worker writes them to a directory.
+#![warn(missing_docs)]
+
+pub mod local;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::stream::{BoxStream, Stream, StreamExt, TryStreamExt};
+use kiln_domain::UserId;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use local::LocalFile;
+
+/// A boxed source error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Bytes buffered before a part is handed to the backend. Local uploads write each part at
+/// its offset; 1 MiB keeps memory small while the disk still sees large writes.
+const PART_SIZE: usize = 1 << 20;
+/// Parts in flight at once per upload, so a fast client cannot fill memory.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Why an object operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObjectsError {
+    /// No such file for this owner (or it belongs to someone else).
+    #[error("no such file")]
+    NotFound,
+    /// The upload went past its size limit; nothing was kept.
+    #[error("the file is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The uploaded byte stream failed (the client went away, a malformed body).
+    #[error("the upload failed: {0}")]
+    Body(#[source] BoxError),
+    /// The backend failed.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// Local file-system I/O failed (the scratch copy of a remote file).
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The storage URL or its options are invalid.
+    #[error("object store configuration: {0}")]
+    Config(String),
+    /// Stored metadata did not parse.
+    #[error("corrupt file metadata: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// A file's id: a UUIDv7, so ids sort by upload time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FileId(pub uuid::Uuid);
+
+impl FileId {
+    /// A new id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    /// Parses an id; anything else is [`ObjectsError::NotFound`] (no such file can exist).
+    pub fn parse(text: &str) -> Result<Self, ObjectsError> {
+        uuid::Uuid::parse_str(text)
+            .map(Self)
+            .map_err(|_| ObjectsError::NotFound)
+    }
+}
+
+impl Default for FileId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What is known about a stored file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Its id.
+    pub id: FileId,
+    /// The name it was uploaded under (no directories).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+    /// The media type the client declared (`application/octet-stream` if none).
+    pub content_type: String,
+    /// When the upload finished.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a new file is called and declared to be.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    /// The file name (directories are stripped).
+    pub name: String,
+    /// The declared media type.
+    pub content_type: String,
+    /// The upload time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The object store handle; cheap to clone.
+#[derive(Clone)]
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+    /// The local backend, when the store is one: kernels then read files in place.
+    local: Option<Arc<LocalFileSystem>>,
+}
+
+impl fmt::Debug for Objects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Objects")
+            .field("store", &self.store.to_string())
+            .finish()
+    }
+}
+
+impl Objects {
+    /// Objects in the local directory `root`, created if missing.
+    pub fn local(root: &std::path::Path) -> Result<Self, ObjectsError> {
+        std::fs::create_dir_all(root)?;
+        // Deleting a file removes the owner's directory once it is empty.
+        let fs = Arc::new(LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true));
+        Ok(Self {
+            store: fs.clone(),
+            local: Some(fs),
+        })
+    }
+
+    /// Objects in any backend (S3, GCS, in-memory for tests); kernels read a scratch copy.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store, local: None }
+    }
+
+    /// Objects at `url`: `memory:///` always; `s3://bucket/prefix` and `gs://bucket/prefix`
+    /// with the `cloud` feature, configured by `options` (object_store's config keys such as
+    /// `aws_region`, `aws_access_key_id`, `google_service_account`; unknown keys are
+    /// ignored). Everything is stored under the URL's path.
+    pub fn from_url<I, K, V>(url: &str, options: I) -> Result<Self, ObjectsError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let parsed = url::Url::parse(url).map_err(|e| ObjectsError::Config(e.to_string()))?;
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options)?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
+        Ok(Self::new(store))
+    }
+
+    /// Stores `body` as a new file of `owner`, computing its SHA-256 on the way. The body
+    /// is streamed to the backend in [`PART_SIZE`] parts and never held whole. Past `limit`
+    /// bytes the upload is aborted and [`ObjectsError::TooLarge`] returned: nothing is kept.
+    pub async fn file_put<S, E>(
+        &self,
+        owner: UserId,
+        file: NewFile,
+        body: S,
+        limit: u64,
+    ) -> Result<FileMeta, ObjectsError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<BoxError>,
+    {
+        let id = FileId::new();
+        let data = data_path(owner, id);
+        let upload = self.store.put_multipart(&data).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        match write_body(&mut writer, body, limit).await {
+            Ok((size, sha256)) => {
+                writer.finish().await?;
+                let meta = FileMeta {
+                    id,
+                    name: clean_name(&file.name),
+                    size,
+                    sha256,
+                    content_type: file.content_type,
+                    created_at: file.created_at,
+                };
+                let json = serde_json::to_vec(&meta)?;
+                if let Err(e) = self
+                    .store
+                    .put(&meta_path(owner, id), PutPayload::from(json))
+                    .await
+                {
+                    let _ = self.store.delete(&data).await;
+                    return Err(e.into());
+                }
+                Ok(meta)
+            }
+            Err(e) => {
+                // Abort removes the parts written so far (the local backend's staging file).
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The metadata of `owner`'s file `id`.
+    pub async fn file_meta(&self, owner: UserId, id: FileId) -> Result<FileMeta, ObjectsError> {
+        let got = self
+            .store
+            .get(&meta_path(owner, id))
+            .await
+            .map_err(not_found)?;
+        let bytes = got.bytes().await.map_err(not_found)?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// The metadata and a stream of the bytes of `owner`'s file `id`.
+    pub async fn file_get(
+        &self,
+        owner: UserId,
+        id: FileId,
+    ) -> Result<(FileMeta, BoxStream<'static, Result<Bytes, ObjectsError>>), ObjectsError> {
+        let meta = self.file_meta(owner, id).await?;
+        let got = self
+            .store
+            .get(&data_path(owner, id))
+            .await
+            .map_err(not_found)?;
+        let stream = got.into_stream().map_err(ObjectsError::from).boxed();
+        Ok((meta, stream))
+    }
+
+    /// Deletes `owner`'s file `id`: the metadata first, so it stops being visible at once.
+    pub async fn file_delete(&self, owner: UserId, id: FileId) -> Result<(), ObjectsError> {
+        self.file_meta(owner, id).await?;
+        self.store
+            .delete(&meta_path(owner, id))
+            .await
+            .map_err(not_found)?;
+        match self.store.delete(&data_path(owner, id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A local path holding `owner`'s file `id`, for a kernel to read: the stored file
+    /// itself on the local backend, else a scratch copy in `scratch_dir` (removed when the
+    /// [`LocalFile`] is dropped).
+    pub async fn file_local(
+        &self,
+        owner: UserId,
+        id: FileId,
+        scratch_dir: &std::path::Path,
+    ) -> Result<LocalFile, ObjectsError> {
+        let meta = self.file_meta(owner, id).await?;
+        if let Some(fs) = &self.local {
+            let path = fs.path_to_filesystem(&data_path(owner, id))?;
+            return Ok(LocalFile::in_place(meta, path));
+        }
+        let (meta, stream) = self.file_get(owner, id).await?;
+        local::download(meta, stream, scratch_dir).await
+    }
+}
+
+/// Writes the body into `writer`; returns its size and SHA-256 (hex).
+async fn write_body<S, E>(
+    writer: &mut WriteMultipart,
+    body: S,
+    limit: u64,
+) -> Result<(u64, String), ObjectsError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ObjectsError::Body(e.into()))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ObjectsError::TooLarge { limit });
+        }
+        hasher.update(&chunk);
+        writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+        writer.write(&chunk);
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn data_path(owner: UserId, id: FileId) -> ObjectPath {
+    ObjectPath::from_iter(["files".to_owned(), owner.0.to_string(), id.to_string()])
+}
+
+fn meta_path(owner: UserId, id: FileId) -> ObjectPath {
+    ObjectPath::from_iter([
+        "files".to_owned(),
+        owner.0.to_string(),
+        format!("{id}.json"),
+    ])
+}
+
+fn not_found(e: object_store::Error) -> ObjectsError {
+    match e {
+        object_store::Error::NotFound { .. } => ObjectsError::NotFound,
+        other => ObjectsError::Store(other),
+    }
+}
+
+/// The last path component of a client's file name, without control characters, at most
+/// 255 bytes; `file` when nothing is left.
+pub fn clean_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let mut out: String = base.chars().filter(|c| !c.is_control()).collect();
+    while out.len() > 255 {
+        out.pop();
+    }
+    if out.is_empty() || out == "." || out == ".." {
+        return "file".to_owned();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,255 @@
+//! `/api/v1/files[/{id}[/content]]`: uploads (multipart, streamed to object storage with a
+//! size limit and a SHA-256), their metadata, their bytes, and their deletion. Every route
+//! is owner-only: another user's file answers 404 exactly like an unknown id.
+//!
+//! The 1 MiB JSON body limit does not apply here: the route's own limit is the upload
+//! limit plus [`MULTIPART_OVERHEAD`] for the multipart framing and other small fields.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kiln_api::FileView;
+use kiln_objects::{FileId, FileMeta, NewFile, Objects, ObjectsError};
+
+use crate::auth::CurrentUser;
+use crate::extract::{Json, Path};
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// Bytes a multipart body may carry beyond the file itself (boundaries, part headers,
+/// other small fields).
+pub const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+/// The multipart field holding the file.
+const FIELD: &str = "file";
+
+/// `POST /files` (multipart/form-data, field `file`) → 201 with the file's metadata.
+pub async fn upload(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let objects = objects(&state)?;
+    let limit = state.config().upload_limit;
+    check_headers(req.headers(), limit)?;
+    let mut multipart = Multipart::from_request(req, &state)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text()))?;
+    // The `file` field, skipping any other fields before it.
+    let field = loop {
+        match multipart.next_field().await.map_err(multipart_error)? {
+            Some(field) if field.name() == Some(FIELD) => break field,
+            Some(_) => {}
+            None => {
+                let reason = "the multipart body has no `file` field";
+                return Err(ApiError::invalid(FIELD, reason));
+            }
+        }
+    };
+    let file = NewFile {
+        name: field.file_name().unwrap_or(FIELD).to_owned(),
+        content_type: field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .chars()
+            .take(255)
+            .collect(),
+        created_at: state.now(),
+    };
+    let meta = match objects.file_put(me.user.id, file, field, limit).await {
+        Ok(meta) => meta,
+        Err(e) => {
+            // Read (and drop) the rest of the body, bounded by the route's limit, so the
+            // client sees the error rather than a reset connection.
+            while let Ok(Some(_)) = multipart.next_field().await {}
+            return Err(upload_error(e, limit));
+        }
+    };
+    let location = format!("/api/v1/files/{}", meta.id);
+    let mut resp = (StatusCode::CREATED, Json(view(meta))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, value);
+    }
+    Ok(resp)
+}
+
+/// `GET /files/{id}`: the file's metadata.
+pub async fn get(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<FileView>, ApiError> {
+    let objects = objects(&state)?;
+    let meta = objects
+        .file_meta(me.user.id, FileId::parse(&id).map_err(not_found(&id))?)
+        .await
+        .map_err(not_found(&id))?;
+    Ok(Json(view(meta)))
+}
+
+/// `GET /files/{id}/content`: the bytes, streamed, with their type and length.
+pub async fn content(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let objects = objects(&state)?;
+    let file_id = FileId::parse(&id).map_err(not_found(&id))?;
+    let (meta, stream) = objects
+        .file_get(me.user.id, file_id)
+        .await
+        .map_err(not_found(&id))?;
+    let mut resp = Body::from_stream(stream).into_response();
+    let headers = resp.headers_mut();
+    let content_type = HeaderValue::from_str(&meta.content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(meta.size));
+    if let Ok(value) = HeaderValue::from_str(&disposition(&meta.name)) {
+        headers.insert(CONTENT_DISPOSITION, value);
+    }
+    // The type is what the uploader declared: a browser must not guess a riskier one.
+    headers.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(resp)
+}
+
+/// `DELETE /files/{id}` → 204.
+pub async fn delete(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let objects = objects(&state)?;
+    let file_id = FileId::parse(&id).map_err(not_found(&id))?;
+    objects
+        .file_delete(me.user.id, file_id)
+        .await
+        .map_err(not_found(&id))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The object store, or 503 when this server was started without one.
+fn objects(state: &AppState) -> Result<&Objects, ApiError> {
+    state.config().objects.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "uploads_disabled",
+            "this server has no object storage for uploads",
+        )
+    })
+}
+
+/// 415 unless multipart/form-data; 413 at once when the declared length is over the limit.
+fn check_headers(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    let is_multipart = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    if !is_multipart {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "uploads must be `multipart/form-data` with the file in the field `file`",
+        ));
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD)) {
+        return Err(too_large(limit));
+    }
+    Ok(())
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the file is larger than the upload limit of {limit} bytes"),
+    )
+}
+
+/// A malformed multipart body is a 400; one over the route's limit a 413.
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than the upload limit",
+        );
+    }
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text())
+}
+
+fn upload_error(e: ObjectsError, limit: u64) -> ApiError {
+    match e {
+        ObjectsError::TooLarge { .. } => too_large(limit),
+        ObjectsError::Body(source) => {
+            match source.downcast::<axum::extract::multipart::MultipartError>() {
+                Ok(multipart) => multipart_error(*multipart),
+                Err(other) => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_multipart",
+                    format!("the upload failed: {other}"),
+                ),
+            }
+        }
+        other => ApiError::internal(crate::problem::error_chain(&other)),
+    }
+}
+
+/// Maps "no such file" (also another owner's, or an id that cannot exist) to a 404.
+fn not_found(id: &str) -> impl Fn(ObjectsError) -> ApiError + '_ {
+    move |e| match e {
+        ObjectsError::NotFound => ApiError::not_found(format!("no file {id}")),
+        other => ApiError::internal(crate::problem::error_chain(&other)),
+    }
+}
+
+fn view(meta: FileMeta) -> FileView {
+    FileView {
+        id: meta.id.to_string(),
+        name: meta.name,
+        size: meta.size,
+        sha256: meta.sha256,
+        content_type: meta.content_type,
+        created_at: meta.created_at,
+    }
+}
+
+/// `attachment; filename="…"` with the name reduced to safe ASCII.
+fn disposition(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{safe}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_names_are_plain_ascii() {
+        assert_eq!(
+            disposition("a\"b;é.csv"),
+            "attachment; filename=\"a_b__.csv\""
+        );
+    }
+}
