@@ -3,7 +3,7 @@
 //! faer was chosen over matrixmultiply for speed: about 195 against 135 GFLOP/s on two
 //! cores at n = 1024 on this machine class, for about a minute more of clean build.
 //!
-//! The product is computed in blocks of C (at most ~8.6 GFLOP, ~50 ms, each), so the cancel
+//! The product is computed in blocks of C (at most ~3.2 GFLOP, ~40 ms, each), so the cancel
 //! token is checked and progress reported between blocks while each block still runs at full
 //! speed on every core.
 
@@ -22,8 +22,9 @@ use serde_json::Value;
 use crate::cpu::{self, Check};
 use crate::{Classify, JobContext, Kernel, KernelError, npy};
 
-/// Floating-point work of the largest uninterruptible block: ~50 ms on two cores.
-const BLOCK_FLOP: f64 = 4.3e9;
+/// Floating-point work of the largest uninterruptible block: ~40 ms on two cores. Smaller
+/// blocks cancel sooner but run slower (2.15 GFLOP: 76 against 81 GFLOP/s at n = 4096).
+const BLOCK_FLOP: f64 = 3.2e9;
 
 /// The `matrix_multiply` kernel.
 #[derive(Debug, Clone, Copy)]
@@ -157,8 +158,8 @@ fn mix(mut z: u64) -> u64 {
 /// faer's GEMM cannot be interrupted, and slicing the product finely costs speed (each
 /// block re-packs its rows of `a` and columns of `b`: 32-column panels ran at a quarter of
 /// full speed). So the product is cut into the fewest square-ish blocks of at most
-/// [`BLOCK_FLOP`] each: a product up to that size is one call; n = 4096 is 16 blocks of
-/// 1024×1024. A cancel waits for at most one block (~50 ms on two cores).
+/// [`BLOCK_FLOP`] each: a product up to that size is one call; n = 4096 is 7×7 blocks of
+/// up to 640×640. A cancel waits for at most one block.
 pub fn multiply(
     a: MatRef<'_, f64>,
     b: MatRef<'_, f64>,
