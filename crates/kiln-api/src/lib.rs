@@ -327,7 +327,7 @@ pub struct MetricsSummary {
     pub dead: u64,
     /// Cancelled.
     pub cancelled: u64,
-    /// Mean run time of succeeded jobs.
+    /// Mean run time of the 1,000 most recently finished succeeded jobs, ms.
     pub avg_duration_ms: f64,
     /// p95 of `started_at − created_at`.
     pub p95_start_latency_ms: f64,

@@ -281,7 +281,7 @@ pub struct Stats {
     pub total_submitted: u64,
     /// Current count per state.
     pub by_state: Vec<(JobState, u64)>,
-    /// Mean `finished_at − started_at` of succeeded jobs, ms.
+    /// Mean `finished_at − started_at` of the 1,000 most recently finished succeeded jobs, ms.
     pub avg_duration_ms: f64,
     /// p95 of `started_at − created_at` over the most recent started jobs, ms.
     pub p95_start_latency_ms: f64,

@@ -64,10 +64,12 @@ pub(super) async fn stats(db: &impl GenericClient) -> Result<Stats> {
              (SELECT value FROM counters WHERE name = 'jobs_deleted'),
              coalesce((SELECT array_agg(state) FROM counts), '{}'),
              coalesce((SELECT array_agg(n) FROM counts), '{}'),
-             (SELECT avg(extract(epoch FROM finished_at - started_at) * 1000)::float8
-              FROM jobs
-              WHERE finished_at IS NOT NULL AND state = 'succeeded'
-                AND started_at IS NOT NULL),
+             (SELECT avg(d)::float8
+              FROM (SELECT extract(epoch FROM finished_at - started_at) * 1000 AS d
+                    FROM jobs
+                    WHERE finished_at IS NOT NULL AND state = 'succeeded'
+                      AND started_at IS NOT NULL
+                    ORDER BY finished_at DESC LIMIT $1) recent_runs),
              (SELECT percentile_disc(0.95) WITHIN GROUP (ORDER BY latency)::float8
               FROM (SELECT extract(epoch FROM started_at - created_at) * 1000 AS latency
                     FROM jobs WHERE started_at IS NOT NULL

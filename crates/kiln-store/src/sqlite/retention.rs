@@ -58,10 +58,12 @@ pub(super) fn stats(db: &Connection) -> Result<Stats> {
     }
     let avg_duration_ms: Option<f64> = db
         .prepare_cached(
-            "SELECT avg(finished_at - started_at) FROM jobs INDEXED BY jobs_finished
-             WHERE finished_at IS NOT NULL AND state = 'succeeded' AND started_at IS NOT NULL",
+            "SELECT avg(d) FROM (
+                 SELECT finished_at - started_at AS d FROM jobs INDEXED BY jobs_finished
+                 WHERE finished_at IS NOT NULL AND state = 'succeeded' AND started_at IS NOT NULL
+                 ORDER BY finished_at DESC LIMIT ?1)",
         )?
-        .query_row([], |r| r.get(0))?;
+        .query_row([LATENCY_SAMPLE], |r| r.get(0))?;
     let latencies = db
         .prepare_cached(
             "SELECT started_at - created_at FROM jobs INDEXED BY jobs_started
@@ -77,8 +79,10 @@ pub(super) fn stats(db: &Connection) -> Result<Stats> {
     })
 }
 
-/// Started jobs the start-latency percentile looks at: recent enough to follow changes in
-/// load, many enough for a stable p95.
+/// Jobs the mean run time and the start-latency percentile look at (the most recently
+/// finished / started): recent enough to follow changes in load, many enough to be stable,
+/// and a bounded read whatever the table's size (an average over every succeeded job was a
+/// full index scan per `/metrics` call: ~10 ms at a million jobs).
 const LATENCY_SAMPLE: i64 = 1000;
 
 /// The 95th percentile (nearest rank); 0 for no samples.
