@@ -138,6 +138,19 @@ fn main() {
             });
         }
     }
+    // The `primal` crate on the same task (the first n primes, in order, summed), to decide
+    // whether to use it instead of our own sieve.
+    for n in [10_000_000usize, 50_000_000] {
+        let name = format!("primes n={n} with the primal crate (no streaming to a sink)");
+        if wanted(&name) {
+            bench(&name, runs, || {
+                let bound = kiln_kernels::primes::nth_prime_bound(n as u64) as usize;
+                let sieve = primal::Sieve::new(bound);
+                let sum: u64 = sieve.primes_from(0).take(n).map(|p| p as u64).sum();
+                format!("sum = {sum}")
+            });
+        }
+    }
     let cancels: [(&str, serde_json::Value); 3] = [
         (
             "cancel primes n=50000000",
