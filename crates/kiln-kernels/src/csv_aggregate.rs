@@ -330,7 +330,7 @@ pub fn aggregate(
         if let Some(end) = block.iter().position(|&b| b == b'\n') {
             break end;
         }
-        if read_more(&mut file, &mut block, PIECE)? == 0 {
+        if read_more(&mut file, &mut block, PIECE).retryable("artifact_read")? == 0 {
             break block.len();
         }
     };
@@ -343,22 +343,13 @@ pub fn aggregate(
     let mut total = Aggregate::default();
     let mut groups = Groups::default();
     let mut consumed = header_end as u64 + 1;
-    loop {
+    for item in read_ahead(file, block)? {
         check.stopped()?;
-        let eof = read_more(&mut file, &mut block, BLOCK)? == 0;
-        // Parse up to the last complete line; keep the rest for the next block.
-        let cut = if eof {
-            block.len()
-        } else {
-            match block.iter().rposition(|&b| b == b'\n') {
-                Some(i) => i + 1,
-                None => continue,
-            }
-        };
-        if block[..cut].contains(&b'"') {
+        let (data, quoted) = item.retryable("artifact_read")?;
+        if quoted {
             return aggregate_slow(path, column, group_by, check, (progress, size));
         }
-        let pieces = split_pieces(&block[..cut]);
+        let pieces = split_pieces(&data);
         let partials: Vec<Partial<'_>> = pieces
             .par_iter()
             .map(|piece| {
@@ -373,20 +364,67 @@ pub fn aggregate(
         for partial in partials {
             partial.merge_into(&mut total, &mut groups);
         }
-        consumed += cut as u64;
-        block.drain(..cut);
+        consumed += data.len() as u64;
         check.progress(
             progress.0 + (progress.1 - progress.0) * (consumed as f32 / size as f32).min(1.0),
         );
-        if eof {
-            total.groups = groups.into_named();
-            return Ok(total);
-        }
     }
+    total.groups = groups.into_named();
+    Ok(total)
+}
+
+/// A block of complete lines, and whether it holds a quote (the fast path cannot parse it).
+type Block = std::io::Result<(Vec<u8>, bool)>;
+
+/// Reads the rest of `file` (after `carry`, the bytes already read) in blocks of complete
+/// lines on a thread of its own, one block ahead, so reading and scanning the next block
+/// overlap parsing this one. Dropping the receiver stops the thread.
+fn read_ahead(
+    mut file: File,
+    mut carry: Vec<u8>,
+) -> Result<std::sync::mpsc::Receiver<Block>, KernelError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Block>(1);
+    std::thread::Builder::new()
+        .name("kiln-csv-reader".to_owned())
+        .spawn(move || {
+            loop {
+                let mut block = std::mem::take(&mut carry);
+                block.reserve(BLOCK);
+                let eof = match read_more(&mut file, &mut block, BLOCK) {
+                    Ok(n) => n == 0,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                // Send up to the last complete line; keep the rest for the next block.
+                let cut = if eof {
+                    block.len()
+                } else {
+                    match block.iter().rposition(|&b| b == b'\n') {
+                        Some(i) => i + 1,
+                        None => {
+                            carry = block;
+                            continue;
+                        }
+                    }
+                };
+                carry = block.split_off(cut);
+                let quoted = block.contains(&b'"');
+                if !block.is_empty() && tx.send(Ok((block, quoted))).is_err() {
+                    return;
+                }
+                if eof {
+                    return;
+                }
+            }
+        })
+        .retryable("artifact_read")?;
+    Ok(rx)
 }
 
 /// Appends up to `want` bytes from `file`; returns how many were read (0 at the end).
-fn read_more(file: &mut File, buf: &mut Vec<u8>, want: usize) -> Result<usize, KernelError> {
+fn read_more(file: &mut File, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
     let start = buf.len();
     buf.resize(start + want, 0);
     let mut filled = 0;
@@ -395,7 +433,10 @@ fn read_more(file: &mut File, buf: &mut Vec<u8>, want: usize) -> Result<usize, K
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).retryable("artifact_read"),
+            Err(e) => {
+                buf.truncate(start + filled);
+                return Err(e);
+            }
         }
     }
     buf.truncate(start + filled);
