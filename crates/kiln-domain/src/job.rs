@@ -225,6 +225,37 @@ fn too_far() -> Invalid {
     Invalid::new("run_at", "must be at most a year ahead")
 }
 
+impl NewJob {
+    /// The record this submission becomes when stored: nothing run yet, times at the
+    /// stored millisecond precision.
+    pub fn into_job(self) -> Job {
+        let created_at = crate::clock::truncate_ms(self.created_at);
+        Job {
+            id: self.id,
+            owner: self.owner,
+            job_type: self.job_type.as_str().to_owned(),
+            queue: self.queue.as_str().to_owned(),
+            name: self.name,
+            state: self.state,
+            priority: self.priority.get(),
+            payload: self.payload,
+            result: None,
+            error: None,
+            attempts: 0,
+            max_attempts: self.max_attempts,
+            progress: 0.0,
+            cancel_requested: false,
+            created_at,
+            run_at: crate::clock::truncate_ms(self.run_at),
+            started_at: None,
+            finished_at: None,
+            updated_at: created_at,
+            node: None,
+            lease_expires_at: None,
+        }
+    }
+}
+
 /// A job as stored: its submission plus its current, denormalised state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {

@@ -135,6 +135,19 @@ pub enum Sort {
     PriorityDesc,
 }
 
+impl Sort {
+    /// The list's keyset: the sorted column, its SQL direction, and the comparison that
+    /// selects rows after a cursor (ties broken by id in the same direction).
+    pub fn keyset(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Sort::CreatedAsc => ("created_at", "ASC", ">"),
+            Sort::CreatedDesc => ("created_at", "DESC", "<"),
+            Sort::PriorityAsc => ("priority", "ASC", ">"),
+            Sort::PriorityDesc => ("priority", "DESC", "<"),
+        }
+    }
+}
+
 /// Keyset position: the sort key and id of the last item of the previous page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {

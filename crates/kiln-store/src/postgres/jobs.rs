@@ -11,7 +11,7 @@ use deadpool_postgres::{GenericClient, Transaction};
 use kiln_domain::state::report as report_event;
 use kiln_domain::{
     Event, IllegalTransition, Job, JobId, JobState, JobType, NewJob, Step, Timestamp, UserId,
-    clock::truncate_ms, transition,
+    transition,
 };
 
 use super::notify::Signals;
@@ -54,7 +54,7 @@ pub(super) async fn insert(
             "a new job must be scheduled or queued",
         ));
     }
-    let job = new_job(new);
+    let job = new.into_job();
     // The job and its first event in one statement.
     row::execute(
         db,
@@ -147,34 +147,6 @@ pub(super) async fn existing(
     }
     let id = JobId(row::get(&found, 1)?);
     Ok(Some(Inserted::Existing(get(db, None, id).await?)))
-}
-
-/// The record a fresh submission becomes (times at the stored millisecond precision).
-fn new_job(new: NewJob) -> Job {
-    let created_at = truncate_ms(new.created_at);
-    Job {
-        id: new.id,
-        owner: new.owner,
-        job_type: new.job_type.as_str().to_owned(),
-        queue: new.queue.as_str().to_owned(),
-        name: new.name,
-        state: new.state,
-        priority: new.priority.get(),
-        payload: new.payload,
-        result: None,
-        error: None,
-        attempts: 0,
-        max_attempts: new.max_attempts,
-        progress: 0.0,
-        cancel_requested: false,
-        created_at,
-        run_at: truncate_ms(new.run_at),
-        started_at: None,
-        finished_at: None,
-        updated_at: created_at,
-        node: None,
-        lease_expires_at: None,
-    }
 }
 
 /// One job; `NotFound` if absent or not `owner`'s.

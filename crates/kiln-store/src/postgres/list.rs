@@ -79,12 +79,7 @@ fn build(query: &ListQuery, limit: u32) -> (String, Vec<Param>) {
     if let Some(before) = query.created_before {
         filter(&mut sql, " AND created_at < ?", Box::new(ts(before)));
     }
-    let (column, direction, after) = match query.sort {
-        Sort::CreatedAsc => ("created_at", "ASC", ">"),
-        Sort::CreatedDesc => ("created_at", "DESC", "<"),
-        Sort::PriorityAsc => ("priority", "ASC", ">"),
-        Sort::PriorityDesc => ("priority", "DESC", "<"),
-    };
+    let (column, direction, after) = query.sort.keyset();
     if let Some(cursor) = query.cursor {
         let key: Param = match query.sort {
             Sort::CreatedAsc | Sort::CreatedDesc => Box::new(from_millis(cursor.key)),

@@ -9,7 +9,7 @@
 use kiln_domain::state::report as report_event;
 use kiln_domain::{
     Event, IllegalTransition, Job, JobId, JobState, JobType, NewJob, Step, Timestamp, UserId,
-    clock::truncate_ms, transition,
+    transition,
 };
 use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
@@ -60,7 +60,7 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
             "a new job must be scheduled or queued",
         ));
     }
-    let job = new_job(new);
+    let job = new.into_job();
     db.prepare_cached(
         "INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
                            max_attempts, created_at, run_at, updated_at)
@@ -88,34 +88,6 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
         .execute((job.owner.0, &key.key, &key.request_hash, id_bytes(job.id)))?;
     }
     Ok(Inserted::Created(job))
-}
-
-/// The record a fresh submission becomes (times at the stored millisecond precision).
-fn new_job(new: NewJob) -> Job {
-    let created_at = truncate_ms(new.created_at);
-    Job {
-        id: new.id,
-        owner: new.owner,
-        job_type: new.job_type.as_str().to_owned(),
-        queue: new.queue.as_str().to_owned(),
-        name: new.name,
-        state: new.state,
-        priority: new.priority.get(),
-        payload: new.payload,
-        result: None,
-        error: None,
-        attempts: 0,
-        max_attempts: new.max_attempts,
-        progress: 0.0,
-        cancel_requested: false,
-        created_at,
-        run_at: truncate_ms(new.run_at),
-        started_at: None,
-        finished_at: None,
-        updated_at: created_at,
-        node: None,
-        lease_expires_at: None,
-    }
 }
 
 /// One job; `NotFound` if absent or not `owner`'s.

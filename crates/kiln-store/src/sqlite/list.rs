@@ -77,12 +77,7 @@ fn build(query: &ListQuery, limit: u32) -> (String, Vec<Value>) {
     if let Some(before) = query.created_before {
         filter(&mut sql, " AND created_at < ?", Value::Integer(ms(before)));
     }
-    let (column, direction, after) = match query.sort {
-        Sort::CreatedAsc => ("created_at", "ASC", ">"),
-        Sort::CreatedDesc => ("created_at", "DESC", "<"),
-        Sort::PriorityAsc => ("priority", "ASC", ">"),
-        Sort::PriorityDesc => ("priority", "DESC", "<"),
-    };
+    let (column, direction, after) = query.sort.keyset();
     if let Some(cursor) = query.cursor {
         params.push(Value::Integer(cursor.key));
         params.push(Value::Blob(id_bytes(cursor.id).to_vec()));
