@@ -158,7 +158,7 @@ fn mix(mut z: u64) -> u64 {
 /// faer's GEMM cannot be interrupted, and slicing the product finely costs speed (each
 /// block re-packs its rows of `a` and columns of `b`: 32-column panels ran at a quarter of
 /// full speed). So the product is cut into the fewest square-ish blocks of at most
-/// [`BLOCK_FLOP`] each: a product up to that size is one call; n = 4096 is 7×7 blocks of
+/// `BLOCK_FLOP` each: a product up to that size is one call; n = 4096 is 7×7 blocks of
 /// up to 640×640. A cancel waits for at most one block.
 pub fn multiply(
     a: MatRef<'_, f64>,

@@ -13,7 +13,7 @@
 //! Pieces are fixed by byte position and merged in file order, so the floating-point sums
 //! are the same whatever the number of threads: same seed, same result, on every machine.
 //!
-//! Here: the kernel and the generator; [`parse`]: reading and aggregating a file;
+//! Here: the kernel and the generator; `parse`: reading and aggregating a file;
 //! `number`: the decimal fast path.
 
 use std::io::{BufWriter, Write};
