@@ -71,7 +71,11 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
     let (log, mut log_rx) = LogSink::channel();
     let progress = Progress::default();
     let artifacts = Artifacts::new(&shared.config.artifact_dir, job.id);
-    if let Err(e) = artifacts.reset() {
+    // Only a retry can find files of an earlier attempt: the first attempt skips the
+    // file-system call (it is on every job's path).
+    if job.attempts > 1
+        && let Err(e) = artifacts.reset()
+    {
         let failure = Failure::retryable(
             "artifact_dir",
             format!("cannot clear the artifact directory: {e}"),
