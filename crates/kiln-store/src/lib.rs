@@ -127,6 +127,34 @@ pub trait Store: Send + Sync + 'static {
     /// `lease`. A retryable failure (`retry_at: Some`) of a job with a cancel request
     /// pending ends it `cancelled`, not `failed`, so the owner's cancel is never dropped.
     async fn job_complete(&self, lease: &Lease, outcome: Outcome, now: Timestamp) -> Result<Job>;
+    /// What a worker slot does between two jobs: the fenced completion of `lease` (as
+    /// [`Store::job_complete`]) and then, if `next` is given, a claim (as
+    /// [`Store::job_claim`]) for the freed slot. The completion's own result is reported
+    /// apart from the claim: a lost lease still claims. The SQLite backend does both in one
+    /// writer command, so a busy worker costs one transaction slot per job instead of two;
+    /// the default is the two calls. An `Err` means neither is known to have happened.
+    async fn job_complete_and_claim(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+        now: Timestamp,
+        next: Option<&ClaimRequest>,
+    ) -> Result<(Result<Job>, Vec<Job>)> {
+        let completed = match self.job_complete(lease, outcome, now).await {
+            Err(e) if !matches!(e, StoreError::LeaseLost) => return Err(e),
+            completed => completed,
+        };
+        let claimed = match next {
+            // The completion is stored: a failed claim must not make the caller store it
+            // again, so it is reported as "nothing claimed" and the dispatcher claims.
+            Some(req) => self.job_claim(req).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "claim after a completion failed");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        Ok((completed, claimed))
+    }
     /// Fenced progress report (0.0–1.0).
     async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()>;
     /// Appends to a job's log, dropping the oldest text beyond `log_limit` bytes.

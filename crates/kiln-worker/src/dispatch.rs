@@ -15,7 +15,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Running, Shared, Stop, StopReason, execute};
+use crate::{Shared, StopReason, execute};
 
 /// Pause after a failed claim, so a broken database is not hammered.
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
@@ -37,7 +37,7 @@ pub(crate) async fn run(
 ) {
     'claim: loop {
         let next = {
-            let _round = shared.claiming.lock().await;
+            let _round = shared.claiming.read().await;
             if stop_claiming.is_cancelled() {
                 Next::WaitUntil(Instant::now() + Duration::from_secs(3600))
             } else {
@@ -122,20 +122,7 @@ async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
     };
     let filled = claimed.len() >= limit;
     for job in claimed {
-        let stop = Stop::default();
-        let lease = kiln_domain::Lease {
-            job_id: job.id,
-            attempt: job.attempts,
-            node: config.node_id.clone(),
-        };
-        shared.running().insert(
-            job.id,
-            Running {
-                lease,
-                queue: job.queue.clone(),
-                stop: stop.clone(),
-            },
-        );
+        let stop = shared.start_running(&job);
         executors.spawn(execute::run(Arc::clone(shared), job, stop));
     }
     if filled {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kiln_domain::{Failure, Job, Lease};
 use kiln_kernels::{Artifacts, Inputs, JobContext, KernelError, LogSink, Progress};
-use kiln_store::{Outcome, StoreError};
+use kiln_store::{ClaimRequest, Outcome, StoreError};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinError;
@@ -24,18 +24,22 @@ fn never() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, job: Job, stop: Stop) {
-    let lease = Lease {
-        job_id: job.id,
-        attempt: job.attempts,
-        node: shared.config.node_id.clone(),
-    };
-    tracing::info!(
-        job_id = %job.id, job_type = %job.job_type, attempt = job.attempts, "job started"
-    );
-    let started = Instant::now();
-    let outcome = attempt(&shared, &job, &lease, &stop).await;
-    if let Some(outcome) = outcome {
+/// Runs `job`, then whatever job its completion claimed for the same slot, until a
+/// completion claims nothing; then frees the slot.
+pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
+    loop {
+        let lease = Lease {
+            job_id: job.id,
+            attempt: job.attempts,
+            node: shared.config.node_id.clone(),
+        };
+        tracing::info!(
+            job_id = %job.id, job_type = %job.job_type, attempt = job.attempts, "job started"
+        );
+        let started = Instant::now();
+        let Some(outcome) = attempt(&shared, &job, &lease, &stop).await else {
+            break;
+        };
         if let Outcome::Failed { failure, .. } = &outcome {
             // The job's log tells its owner why an attempt failed, beside the error field.
             let line = format!(
@@ -50,7 +54,10 @@ pub(crate) async fn run(shared: Arc<Shared>, job: Job, stop: Stop) {
                 tracing::debug!(job_id = %job.id, error = %e, "failure line not logged");
             }
         }
-        complete(&shared, &job, &lease, outcome, started.elapsed()).await;
+        match complete(&shared, &job, &lease, outcome, started.elapsed()).await {
+            Some((next, next_stop)) => (job, stop) = (next, next_stop),
+            None => break,
+        }
     }
     shared.running().remove(&job.id);
     shared.slot_freed.notify_one();
@@ -215,46 +222,83 @@ fn spill_large_result(value: Value, artifacts: &Artifacts) -> std::io::Result<Va
 
 /// Stores the outcome, retrying transient store errors a few times; a lost lease means
 /// another node rescued the job and this late completion is rightly refused.
-async fn complete(shared: &Shared, job: &Job, lease: &Lease, outcome: Outcome, took: Duration) {
+///
+/// The same store call claims the slot's next job (one write per job instead of a
+/// completion plus a claim round of the dispatcher, which is what lets a busy node run
+/// thousands of short jobs a second); it is returned already recorded as running here.
+/// Queues with a concurrency limit are left to the dispatcher, which claims under the
+/// count of their running jobs.
+async fn complete(
+    shared: &Shared,
+    job: &Job,
+    lease: &Lease,
+    outcome: Outcome,
+    took: Duration,
+) -> Option<(Job, Stop)> {
     let mut pause = Duration::from_millis(50);
     for attempt in 1..=COMPLETE_TRIES {
-        match shared
+        // Read-held until the next job is in `running`: see `Shared::claiming`.
+        let claiming = shared.claiming.read().await;
+        let now = shared.clock.now();
+        let next = (!shared.stop_claiming.is_cancelled()).then(|| ClaimRequest {
+            node: shared.config.node_id.clone(),
+            types: shared.types.clone(),
+            exclude_queues: shared.config.queue_limits.keys().cloned().collect(),
+            limit: 1,
+            now,
+            lease_until: shared.lease_until(now),
+        });
+        let stored = shared
             .store
-            .job_complete(lease, outcome.clone(), shared.clock.now())
-            .await
-        {
-            Ok(done) => {
-                let error = done.error.as_ref().map(|e| e.code.as_str());
-                tracing::info!(
-                    job_id = %job.id,
-                    job_type = %job.job_type,
-                    attempt = lease.attempt,
-                    state = %done.state,
-                    error,
-                    duration_ms = took.as_millis() as u64,
-                    "job attempt finished"
-                );
-                return;
+            .job_complete_and_claim(lease, outcome.clone(), now, next.as_ref())
+            .await;
+        let completed = match stored {
+            Ok((completed, claimed)) => {
+                let next = claimed.into_iter().next().map(|next| {
+                    let stop = shared.running_instead(Some(job.id), &next);
+                    (next, stop)
+                });
+                drop(claiming);
+                log_completion(job, lease, completed, took);
+                return next;
             }
-            Err(StoreError::LeaseLost) => {
-                tracing::warn!(
-                    job_id = %job.id, attempt = lease.attempt,
-                    "outcome refused: the lease was lost (the job was rescued)"
-                );
-                return;
-            }
-            Err(e) if attempt < COMPLETE_TRIES => {
-                tracing::warn!(job_id = %job.id, error = %e, "storing the outcome failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            Err(e) => {
-                tracing::error!(
-                    job_id = %job.id, error = %e,
-                    "cannot store the outcome; the lease will expire and the job be rescued"
-                );
-            }
+            Err(e) => e,
+        };
+        drop(claiming);
+        if attempt < COMPLETE_TRIES {
+            tracing::warn!(job_id = %job.id, error = %completed, "storing the outcome failed; retrying");
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        } else {
+            tracing::error!(
+                job_id = %job.id, error = %completed,
+                "cannot store the outcome; the lease will expire and the job be rescued"
+            );
         }
+    }
+    None
+}
+
+/// The lifecycle log line of a stored (or refused) completion.
+fn log_completion(job: &Job, lease: &Lease, completed: Result<Job, StoreError>, took: Duration) {
+    match completed {
+        Ok(done) => {
+            let error = done.error.as_ref().map(|e| e.code.as_str());
+            tracing::info!(
+                job_id = %job.id,
+                job_type = %job.job_type,
+                attempt = lease.attempt,
+                state = %done.state,
+                error,
+                duration_ms = took.as_millis() as u64,
+                "job attempt finished"
+            );
+        }
+        Err(StoreError::LeaseLost) => tracing::warn!(
+            job_id = %job.id, attempt = lease.attempt,
+            "outcome refused: the lease was lost (the job was rescued)"
+        ),
+        Err(e) => tracing::warn!(job_id = %job.id, error = %e, "outcome not stored"),
     }
 }
 

@@ -145,9 +145,12 @@ struct Shared {
     slot_freed: Notify,
     /// Renew leases now (after lagging behind the signals).
     heartbeat_now: Notify,
-    /// Held for a whole claim round (claim and spawn), so a shutdown that takes it knows no
-    /// claimed job is still on its way to an executor.
-    claiming: tokio::sync::Mutex<()>,
+    /// Read-held for a whole claim (the dispatcher's round, or an executor's completion
+    /// that claims its next job) until the claimed jobs are in `running`; a shutdown takes
+    /// it for writing, so it knows no claimed job is still on its way to an executor.
+    claiming: tokio::sync::RwLock<()>,
+    /// Cancelled when the node stops taking work.
+    stop_claiming: CancellationToken,
     rng: Mutex<StdRng>,
 }
 
@@ -156,6 +159,32 @@ impl Shared {
         // A panic while holding this lock cannot leave the map inconsistent (every update
         // is a single insert or remove), so a poisoned lock is still safe to use.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a claimed job as running on this node and returns its stop switch.
+    fn start_running(&self, job: &Job) -> Stop {
+        self.running_instead(None, job)
+    }
+
+    /// Records `job` as running in place of `finished` (if any), in one step, so the slot
+    /// is never seen free in between; returns the new attempt's stop switch.
+    fn running_instead(&self, finished: Option<JobId>, job: &Job) -> Stop {
+        let stop = Stop::default();
+        let running = Running {
+            lease: Lease {
+                job_id: job.id,
+                attempt: job.attempts,
+                node: self.config.node_id.clone(),
+            },
+            queue: job.queue.clone(),
+            stop: stop.clone(),
+        };
+        let mut map = self.running();
+        if let Some(id) = finished {
+            map.remove(&id);
+        }
+        map.insert(job.id, running);
+        stop
     }
 
     fn lease_until(&self, now: Timestamp) -> Timestamp {
@@ -211,7 +240,8 @@ impl Worker {
                 running: Mutex::new(HashMap::new()),
                 slot_freed: Notify::new(),
                 heartbeat_now: Notify::new(),
-                claiming: tokio::sync::Mutex::new(()),
+                claiming: tokio::sync::RwLock::new(()),
+                stop_claiming: CancellationToken::new(),
                 rng: Mutex::new(StdRng::from_os_rng()),
             },
         }
@@ -224,7 +254,7 @@ impl Worker {
         // Subscribe before the first claim so no signal published after it is missed.
         let signals = shared.store.subscribe();
         rescue_own(&shared).await?;
-        let stop_claiming = CancellationToken::new();
+        let stop_claiming = shared.stop_claiming.clone();
         let stop_all = CancellationToken::new();
         let executors = TaskTracker::new();
         let tasks = vec![
@@ -318,7 +348,7 @@ impl WorkerHandle {
     pub async fn shutdown(self, grace: Duration) {
         self.stop_claiming.cancel();
         // Wait out a claim round in flight: its jobs must reach the tracker before we wait.
-        drop(self.shared.claiming.lock().await);
+        drop(self.shared.claiming.write().await);
         self.executors.close();
         if tokio::time::timeout(grace, self.executors.wait())
             .await

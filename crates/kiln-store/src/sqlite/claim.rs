@@ -104,20 +104,22 @@ pub(super) fn claim(tx: &mut Tx<'_>, req: &ClaimRequest) -> Result<Vec<Job>> {
     Ok(claimed)
 }
 
+/// The best claimable jobs: ?1 the types and ?2 the excluded queues as JSON arrays, ?3 the
+/// limit.
+pub(super) const PICK: &str = "SELECT id FROM jobs INDEXED BY jobs_claim
+     WHERE state = 'queued'
+       AND type IN (SELECT value FROM json_each(?1))
+       AND queue NOT IN (SELECT value FROM json_each(?2))
+     ORDER BY priority DESC, run_at, id
+     LIMIT ?3";
+
 /// The ids of the best claimable jobs. Type and queue lists travel as JSON arrays so the
 /// statement text (and its cached plan) is the same whatever their lengths.
 fn pick(db: &Connection, req: &ClaimRequest) -> Result<Vec<JobId>> {
     let types = serde_json::to_string(&req.types).unwrap_or_else(|_| "[]".to_owned());
     let excluded = serde_json::to_string(&req.exclude_queues).unwrap_or_else(|_| "[]".to_owned());
     let ids = db
-        .prepare_cached(
-            "SELECT id FROM jobs INDEXED BY jobs_claim
-             WHERE state = 'queued'
-               AND type IN (SELECT value FROM json_each(?1))
-               AND queue NOT IN (SELECT value FROM json_each(?2))
-             ORDER BY priority DESC, run_at, id
-             LIMIT ?3",
-        )?
+        .prepare_cached(PICK)?
         .query_map((types, excluded, req.limit), |r| row::job_id(r, 0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(ids)

@@ -9,11 +9,11 @@
 use kiln_domain::{Event, Failure, Job, JobState, Lease, Step, Timestamp, transition};
 use rusqlite::{Connection, OptionalExtension};
 
-use super::event;
 use super::row::{self, id_bytes, job_columns, ms, to_json};
 use super::writer::Tx;
+use super::{claim, event};
 use crate::error::{Result, StoreError};
-use crate::model::{LeaseFilter, Outcome, Renewal};
+use crate::model::{ClaimRequest, LeaseFilter, Outcome, Renewal};
 
 /// The fence every attempt's write matches (parameters ?1 id, ?2 attempt, ?3 node).
 macro_rules! fenced {
@@ -113,6 +113,27 @@ pub(super) fn complete(
     };
     event::record(tx, &job, Some(&lease.node), &message)?;
     Ok(job)
+}
+
+/// [`complete`], then (with `next`) [`claim::claim`], in one writer command. A lost lease
+/// has written nothing and the claim goes ahead; any other error fails the whole command,
+/// so its savepoint undoes the completion too and the caller may simply try again.
+pub(super) fn complete_and_claim(
+    tx: &mut Tx<'_>,
+    lease: &Lease,
+    outcome: Outcome,
+    now: Timestamp,
+    next: Option<&ClaimRequest>,
+) -> Result<(Result<Job>, Vec<Job>)> {
+    let completed = match complete(tx, lease, outcome, now) {
+        Err(e) if !matches!(e, StoreError::LeaseLost) => return Err(e),
+        completed => completed,
+    };
+    let claimed = match next {
+        Some(req) => claim::claim(tx, req)?,
+        None => Vec::new(),
+    };
+    Ok((completed, claimed))
 }
 
 /// The event message of a failure: `<code>: <message>`.

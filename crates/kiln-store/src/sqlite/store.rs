@@ -131,6 +131,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn job_complete_and_claim(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+        now: Timestamp,
+        next: Option<&ClaimRequest>,
+    ) -> Result<(Result<Job>, Vec<Job>)> {
+        let (lease, next) = (lease.clone(), next.cloned());
+        self.write(move |tx| lease::complete_and_claim(tx, &lease, outcome, now, next.as_ref()))
+            .await
+    }
+
     async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()> {
         let lease = lease.clone();
         self.write(move |tx| lease::progress(tx, &lease, progress, now))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use kiln_domain::{Failure, JobId, JobState};
 use kiln_store::{ClaimRequest, Outcome, Store};
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -364,4 +365,79 @@ pub async fn claimers_racing_promotion_and_inserts_claim_each_job_once(store: Ar
         let job = get(&store, *id).await;
         assert_eq!((job.state, job.attempts), (JobState::Running, 1));
     }
+}
+
+pub async fn complete_and_claim_completes_then_claims_the_next_job(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let first = echo(&store, alice, at(0)).await;
+    let second = echo(&store, alice, at(1)).await;
+    let third = echo(&store, alice, at(2)).await;
+    let running = claim_one(&store, "n1", at(10)).await;
+    assert_eq!(running.id, first.id);
+
+    // Completion and claim together: the first succeeds, the second runs on n1.
+    let (done, next) = store
+        .job_complete_and_claim(
+            &lease_of(&running),
+            Outcome::Succeeded(json!("ok")),
+            at(20),
+            Some(&claim_req("n1", 1, at(20))),
+        )
+        .await
+        .unwrap();
+    let done = done.unwrap();
+    assert_eq!((done.id, done.state), (first.id, JobState::Succeeded));
+    assert_eq!(done.result, Some(json!("ok")));
+    assert_eq!(next.len(), 1);
+    let next = &next[0];
+    assert_eq!(
+        (next.id, next.state, next.attempts),
+        (second.id, JobState::Running, 1)
+    );
+    assert_eq!(next.node.as_deref(), Some("n1"));
+    assert_eq!(next.started_at, Some(at(20)));
+    let states: Vec<_> = store
+        .event_list(None, first.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(states.last(), Some(&JobState::Succeeded));
+
+    // A stale lease is refused (nothing written for it) and the claim still happens.
+    let (stale, claimed) = store
+        .job_complete_and_claim(
+            &lease_of(&running),
+            Outcome::Succeeded(json!("late")),
+            at(30),
+            Some(&claim_req("n2", 1, at(30))),
+        )
+        .await
+        .unwrap();
+    assert_lease_lost(stale);
+    assert_eq!(get(&store, first.id).await.result, Some(json!("ok")));
+    assert_eq!(
+        claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![third.id]
+    );
+
+    // Without a claim request nothing is claimed; with nothing queued, nothing either.
+    let (done, none) = store
+        .job_complete_and_claim(&lease_of(next), Outcome::Cancelled, at(40), None)
+        .await
+        .unwrap();
+    assert_eq!(done.unwrap().state, JobState::Cancelled);
+    assert!(none.is_empty());
+    let (done, none) = store
+        .job_complete_and_claim(
+            &lease_of(&claimed[0]),
+            Outcome::Succeeded(json!(3)),
+            at(50),
+            Some(&claim_req("n1", 1, at(50))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.unwrap().state, JobState::Succeeded);
+    assert!(none.is_empty());
 }

@@ -55,6 +55,7 @@ macro_rules! contract {
             claim::claim_with_zero_limit_or_no_types_claims_nothing,
             claim::concurrent_claimers_claim_each_job_exactly_once,
             claim::claimers_racing_promotion_and_inserts_claim_each_job_once,
+            claim::complete_and_claim_completes_then_claims_the_next_job,
             lease::stale_attempt_or_wrong_node_is_lease_lost_and_changes_nothing,
             lease::complete_succeeded,
             lease::complete_failed_with_retry_at_is_failed,
