@@ -1,7 +1,10 @@
 //! Compute kernels as the worker runs them, without the service around them.
 //!
-//! Run: `cargo bench -p kiln-kernels --bench kernels` (`-- primes` to pick one; `--runs N`).
-//! Each figure is the median of the runs, with min and max beside it.
+//! Run: `cargo bench -p kiln-kernels --bench kernels` (`-- primes` to pick one; `--runs N`;
+//! `--csv PATH` keeps the generated CSV there for `benches/reference.py`).
+//! Each figure is the median of the runs, with min and max beside it. The machine's f64 FMA
+//! peak on 1 and 2 threads is measured before the matrix products and each GFLOP/s figure
+//! is given as a share of it.
 
 use std::time::Instant;
 
@@ -28,7 +31,16 @@ fn cpu_ns() -> u64 {
         .sum()
 }
 
-fn bench(name: &str, runs: usize, mut once: impl FnMut() -> String) {
+/// CPU time of the calling thread so far, ns.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `once` `runs` times and prints a row; returns the median CPU ms of all threads.
+fn bench(name: &str, runs: usize, mut once: impl FnMut() -> String) -> f64 {
     let mut times = Vec::with_capacity(runs);
     let mut cpu = Vec::with_capacity(runs);
     let mut note = String::new();
@@ -41,6 +53,7 @@ fn bench(name: &str, runs: usize, mut once: impl FnMut() -> String) {
     let (median, min, max) = stats(times);
     let (cpu, _, _) = stats(cpu);
     println!("| {name} | {median:.1} | {min:.1}–{max:.1} | {cpu:.1} | {note} |");
+    cpu
 }
 
 fn main() {
@@ -51,30 +64,80 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let wanted = |name: &str| {
-        args.iter()
-            .filter(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
-            .all(|a| name.contains(a.as_str()))
-    };
+    // `--csv PATH`: write the generated CSV there and keep it (for `reference.py`).
+    let keep_csv = args
+        .iter()
+        .position(|a| a == "--csv")
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from);
+    let filters: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--")))
+        .map(|(_, a)| a)
+        .collect();
+    let wanted = |name: &str| filters.iter().all(|a| name.contains(a.as_str()));
     println!(
-        "machine: {} cores\n\n| kernel | median ms | min–max ms | CPU ms (all threads, median) | result |\n|---|---|---|---|---|",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "machine: {} cores, {}\n\n| kernel | median ms | min–max ms | CPU ms (all threads, median) | result |\n|---|---|---|---|---|",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_description()
     );
+    let multiplies = |n: usize, threads: usize| {
+        format!(
+            "matrix_multiply n={n} (multiply only, {threads} thread{})",
+            if threads == 1 { "" } else { "s" }
+        )
+    };
+    let any_multiply = [1024, 2048, 4096]
+        .iter()
+        .any(|&n| wanted(&multiplies(n, 1)) || wanted(&multiplies(n, 2)));
+    // The machine's peak, measured first so each GFLOP/s figure can be read against it.
+    let (mut peak, mut peak_lanes, mut peak_busy) = ([0.0f64; 3], 0, f64::NAN);
+    for threads in [1, 2] {
+        let name = format!(
+            "f64 FMA peak, {threads} thread{}",
+            if threads == 1 { "" } else { "s" }
+        );
+        if wanted(&name) || any_multiply {
+            (peak[threads], peak_busy, peak_lanes) = fma_peak(&name, threads, runs);
+        }
+    }
     for n in [1024usize, 2048, 4096] {
-        let name = format!("matrix_multiply n={n} (multiply only)");
-        if wanted(&name) {
+        // One thread only where the issue sets a target for it (n = 4096 would take ~20 s).
+        for threads in if n < 4096 { &[2usize, 1][..] } else { &[2][..] } {
+            let name = multiplies(n, *threads);
+            if !wanted(&name) {
+                continue;
+            }
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(*threads)
+                .build()
+                .expect("a thread pool");
             let (a, b) = (generate(n, 1, 0), generate(n, 1, 1));
             let mut gflops = Vec::new();
-            bench(&name, runs, || {
+            let cpu_ms = bench(&name, runs, || {
                 let start = Instant::now();
-                let c = multiply(a.as_ref(), b.as_ref(), &Check::detached()).expect("product");
+                // faer's `Par::rayon(0)` takes the thread count of the pool it runs in.
+                let c = pool.install(|| multiply(a.as_ref(), b.as_ref(), &Check::detached()));
                 let g = 2.0 * (n as f64).powi(3) / start.elapsed().as_secs_f64() / 1e9;
-                std::hint::black_box(c);
+                std::hint::black_box(c.expect("product"));
                 gflops.push(g);
                 format!("{g:.1} GFLOP/s")
             });
             let (median, min, max) = stats(gflops);
-            println!("| ↳ GFLOP/s | {median:.1} | {min:.1}–{max:.1} | | |");
+            let share = 100.0 * median / peak[*threads];
+            // Per second of CPU a thread got: barely moved by other processes on the machine
+            // (but rayon's idle spinning counts as busy).
+            let busy = 2.0 * (n as f64).powi(3) / (cpu_ms / 1e3) / 1e9;
+            println!(
+                "| ↳ GFLOP/s | {median:.1} | {min:.1}–{max:.1} | | {share:.0}% of the {threads}-thread FMA peak{}; per busy core {busy:.1} ({:.0}% of its peak) |",
+                if avx512() && peak_lanes < 8 {
+                    " (256-bit; see above)"
+                } else {
+                    ""
+                },
+                100.0 * busy / peak_busy,
+            );
         }
         let name = format!("matrix_multiply n={n} (generate both)");
         if wanted(&name) {
@@ -87,7 +150,7 @@ fn main() {
     let rows = 10_000_000u64;
     let dir = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
-    let csv = dir.join("data.csv");
+    let csv = keep_csv.clone().unwrap_or_else(|| dir.join("data.csv"));
     let name = format!("csv_aggregate generate {rows} rows");
     if wanted(&name) || wanted("csv_aggregate parse") {
         bench(&name, runs, || {
@@ -221,4 +284,129 @@ fn peak_rss_mb() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb / 1024)
+}
+
+/// The CPU model and the SIMD extensions that bound its floating-point peak.
+fn cpu_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("model name"))?;
+            Some(line.split_once(':')?.1.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    #[cfg(target_arch = "x86_64")]
+    let simd = format!(
+        "AVX2 {}, FMA {}, AVX-512F {}",
+        yes_no(std::arch::is_x86_feature_detected!("avx2")),
+        yes_no(std::arch::is_x86_feature_detected!("fma")),
+        yes_no(std::arch::is_x86_feature_detected!("avx512f")),
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = std::env::consts::ARCH.to_owned();
+    format!("{model} ({simd})")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn yes_no(present: bool) -> &'static str {
+    if present { "yes" } else { "no" }
+}
+
+/// Independent multiply-add chains: more than the FMA units × their latency (2 × 4 on
+/// current x86 cores), few enough to stay in the 16 vector registers of AVX2.
+const CHAINS: usize = 12;
+
+/// `iterations` rounds of `CHAINS` vector FMAs, in the widest SIMD the CPU has (pulp picks
+/// it at run time: AVX-512 where present, else AVX2+FMA). Returns the lanes per vector and
+/// a value that depends on every FMA, so none can be optimised away.
+struct FmaChains {
+    iterations: u64,
+    seed: f64,
+}
+
+impl pulp::WithSimd for FmaChains {
+    type Output = (usize, f64);
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> (usize, f64) {
+        // a ← a·x + y converges to y / (1 − x) = 1: no overflow, no subnormals.
+        let x = simd.splat_f64s(1.0 - 1e-6);
+        let y = simd.splat_f64s(1e-6);
+        let mut acc = [simd.splat_f64s(self.seed); CHAINS];
+        for _ in 0..self.iterations {
+            for a in &mut acc {
+                *a = simd.mul_add_f64s(*a, x, y);
+            }
+        }
+        let sum = acc.iter().map(|&a| simd.reduce_sum_f64s(a)).sum();
+        (size_of::<S::f64s>() / size_of::<f64>(), sum)
+    }
+}
+
+/// Peak f64 throughput of `threads` threads running pure FMA loops at once (~0.2 s a run),
+/// printed as a row; returns the median GFLOP/s, the median GFLOP per second of CPU each
+/// thread got (the peak of one busy core, whatever else runs on the machine) and the f64
+/// lanes per FMA.
+fn fma_peak(name: &str, threads: usize, runs: usize) -> (f64, f64, usize) {
+    let iterations = std::hint::black_box(40_000_000u64);
+    let (mut gflops, mut busy) = (Vec::new(), Vec::new());
+    let mut lanes = 0;
+    bench(name, runs, || {
+        let start = Instant::now();
+        let results: Vec<(usize, f64, u64)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || {
+                        let seed = std::hint::black_box(0.5 + t as f64);
+                        let cpu = thread_cpu_ns();
+                        let (lanes, sum) =
+                            pulp::Arch::new().dispatch(FmaChains { iterations, seed });
+                        (lanes, sum, thread_cpu_ns().saturating_sub(cpu))
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("FMA thread"))
+                .collect()
+        });
+        let seconds = start.elapsed().as_secs_f64();
+        lanes = results[0].0;
+        std::hint::black_box(results.iter().map(|r| r.1).sum::<f64>());
+        let flop = 2.0 * (CHAINS * lanes * threads) as f64 * iterations as f64;
+        let g = flop / seconds / 1e9;
+        gflops.push(g);
+        let cpu_s = results.iter().map(|r| r.2).sum::<u64>() as f64 / 1e9;
+        busy.push(flop / cpu_s / 1e9);
+        // The CPU column misses these threads (gone before it is read): their own count.
+        format!(
+            "{g:.1} GFLOP/s, {:.1} ms CPU in the FMA threads",
+            cpu_s * 1e3
+        )
+    });
+    let (median, min, max) = stats(gflops);
+    let (busy, _, _) = stats(busy);
+    println!(
+        "| ↳ GFLOP/s | {median:.1} | {min:.1}–{max:.1} | | per busy core {busy:.1}; {lanes} f64 lanes per FMA ({} bits){} |",
+        lanes * 64,
+        if avx512() && lanes < 8 {
+            "; this CPU has AVX-512, whose peak is up to twice this and which faer's GEMM \
+             uses: build pulp with `x86-v4` to measure it"
+        } else {
+            ""
+        }
+    );
+    (median, busy, lanes)
+}
+
+/// Whether the CPU has AVX-512 (the FMA loop uses it only if pulp is built with `x86-v4`).
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }

@@ -277,6 +277,35 @@ mod tests {
     }
 
     #[test]
+    fn small_blocks_give_the_same_aggregate_as_one_block() {
+        // Lines longer than a block, a last line without its line end, bad rows.
+        let mut text = String::from("id,group,value\n");
+        for i in 0..500 {
+            let group = if i % 7 == 0 {
+                "a-group-name-longer-than-15"
+            } else {
+                "g"
+            };
+            text += &format!("{i},{group}{},{}.5\n", i % 3, i * 3);
+        }
+        text.push_str("x,g1,notanumber\n501,last,4");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.csv");
+        std::fs::write(&path, text).unwrap();
+        let check = Check::detached();
+        let run = |block| {
+            parse::aggregate_in_blocks(&path, "value", Some("group"), &check, (0.0, 1.0), block)
+                .unwrap()
+        };
+        let whole = run(parse::BLOCK);
+        assert_eq!((whole.rows, whole.bad_rows), (502, 1));
+        assert_eq!(whole.groups["last"].sum, 4.0);
+        for block in [1, 7, 16, 64, 1000] {
+            assert_eq!(run(block), whole, "block = {block}");
+        }
+    }
+
+    #[test]
     fn the_same_seed_gives_the_same_file_and_result() {
         let (_a, pa) = generated(50_000, 10, 9);
         let (_b, pb) = generated(50_000, 10, 9);
