@@ -1,8 +1,11 @@
 //! Kiln's object storage: the files users upload, kept in an [`ObjectStore`] (a local
-//! directory by default), with their metadata stored beside them as JSON.
+//! directory by default), with their metadata stored beside them as JSON, and the
+//! artifacts jobs write.
 //!
 //! # Layout
 //! - this file: [`Objects`] (the handle), [`FileMeta`], [`FileId`], [`ObjectsError`].
+//! - [`artifact`]: job artifacts (`artifacts/<job id>/<attempt>/<name>`), moved in from the
+//!   worker's scratch files, listed, streamed and deleted.
 //! - [`local`]: [`LocalFile`], a path on the local disk a kernel can read a file from.
 //!
 //! # Objects
@@ -13,10 +16,9 @@
 //! removed together. The bytes are written first and the metadata last, so a file whose
 //! metadata can be read is complete; an interrupted upload leaves no metadata (and the
 //! backend's multipart upload is aborted, so no bytes either).
-//!
-//! Job artifacts are not kept here yet: the worker writes them to a directory.
 #![warn(missing_docs)]
 
+pub mod artifact;
 pub mod local;
 
 use std::fmt;
@@ -32,6 +34,7 @@ use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use artifact::{ArtifactMeta, Placement};
 pub use local::LocalFile;
 
 /// A boxed source error.
@@ -47,8 +50,8 @@ const PARTS_IN_FLIGHT: usize = 2;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ObjectsError {
-    /// No such file for this owner (or it belongs to someone else).
-    #[error("no such file")]
+    /// No such file for this owner (or it belongs to someone else), or no such artifact.
+    #[error("no such object")]
     NotFound,
     /// The upload went past its size limit; nothing was kept.
     #[error("the file is larger than the limit of {limit} bytes")]
@@ -165,10 +168,12 @@ impl Objects {
         Self { store, local: None }
     }
 
-    /// Objects at `url`: `memory:///` always; `s3://bucket/prefix` and `gs://bucket/prefix`
-    /// with the `cloud` feature, configured by `options` (object_store's config keys such as
-    /// `aws_region`, `aws_access_key_id`, `google_service_account`; unknown keys are
-    /// ignored). Everything is stored under the URL's path.
+    /// Objects at `url`: `file:///dir` (as [`Objects::local`]: a directory several nodes
+    /// may share over a network file system) and `memory:///` always; `s3://bucket/prefix`
+    /// and `gs://bucket/prefix` with the `cloud` feature, configured by `options`
+    /// (object_store's config keys such as `aws_region`, `aws_access_key_id`,
+    /// `google_service_account`; unknown keys are ignored). Everything is stored under the
+    /// URL's path.
     pub fn from_url<I, K, V>(url: &str, options: I) -> Result<Self, ObjectsError>
     where
         I: IntoIterator<Item = (K, V)>,
@@ -176,6 +181,12 @@ impl Objects {
         V: Into<String>,
     {
         let parsed = url::Url::parse(url).map_err(|e| ObjectsError::Config(e.to_string()))?;
+        if parsed.scheme() == "file" {
+            let root = parsed
+                .to_file_path()
+                .map_err(|()| ObjectsError::Config(format!("`{url}` is not a local path")))?;
+            return Self::local(&root);
+        }
         let (store, prefix) = object_store::parse_url_opts(&parsed, options)?;
         let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
             Arc::from(store)
