@@ -159,16 +159,4 @@ fn parse_scratch_name(name: &str) -> Option<(JobId, u32)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scratch_names_parse_back_to_the_attempt() {
-        let id = JobId::new();
-        let artifacts = Artifacts::for_attempt(std::path::Path::new("/s"), id, 7);
-        let name = artifacts.dir().file_name().unwrap().to_str().unwrap();
-        assert_eq!(parse_scratch_name(name), Some((id, 7)));
-        assert_eq!(parse_scratch_name("not-a-job.1"), None);
-        assert_eq!(parse_scratch_name(&id.0.simple().to_string()), None);
-    }
-}
+mod tests;
