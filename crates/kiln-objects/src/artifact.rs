@@ -14,19 +14,16 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use kiln_domain::JobId;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetResultPayload, ObjectStore, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
-use crate::{Objects, ObjectsError, not_found};
+use crate::{Objects, ObjectsError, byte_stream, not_found};
 
 /// Part size of a streamed artifact upload. S3 needs parts of at least 5 MiB (except the
 /// last); 8 MiB with two in flight bounds memory at ~24 MiB per upload.
 pub const ARTIFACT_PART: usize = 8 << 20;
 /// Parts in flight at once per artifact upload.
 const PARTS_IN_FLIGHT: usize = 2;
-/// Read size when streaming a local file to a client: object_store's own local stream
-/// reads 8 KiB per blocking task, which costs more in task hand-offs than in I/O.
-const LOCAL_READ: usize = 256 * 1024;
 
 /// One stored artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,17 +128,7 @@ impl Objects {
     ) -> Result<(u64, BoxStream<'static, Result<Bytes, ObjectsError>>), ObjectsError> {
         let location = artifact_path(job, attempt, name)?;
         let got = self.store.get(&location).await.map_err(not_found)?;
-        let size = got.meta.size;
-        let stream = match got.payload {
-            GetResultPayload::File(file, _) => {
-                let file = tokio::fs::File::from_std(file);
-                tokio_util::io::ReaderStream::with_capacity(file, LOCAL_READ)
-                    .map_err(ObjectsError::from)
-                    .boxed()
-            }
-            GetResultPayload::Stream(s) => s.map_err(ObjectsError::from).boxed(),
-        };
-        Ok((size, stream))
+        Ok((got.meta.size, byte_stream(got)))
     }
 
     /// Deletes every artifact of `job`, of all attempts; returns how many objects went.

@@ -30,7 +30,7 @@ use futures_util::stream::{BoxStream, Stream, StreamExt, TryStreamExt};
 use kiln_domain::UserId;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{GetResult, GetResultPayload, ObjectStore, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -267,8 +267,7 @@ impl Objects {
             .get(&data_path(owner, id))
             .await
             .map_err(not_found)?;
-        let stream = got.into_stream().map_err(ObjectsError::from).boxed();
-        Ok((meta, stream))
+        Ok((meta, byte_stream(got)))
     }
 
     /// Deletes `owner`'s file `id`: the metadata first, so it stops being visible at once.
@@ -339,6 +338,25 @@ fn meta_path(owner: UserId, id: FileId) -> ObjectPath {
         owner.0.to_string(),
         format!("{id}.json"),
     ])
+}
+
+/// Read size when streaming a local file: object_store's own stream of a local file reads
+/// 8 KiB per blocking task, and the hand-offs cost more than the I/O (300 MiB from the page
+/// cache: ~1 s against ~0.1 s in 256 KiB reads).
+const LOCAL_READ: usize = 256 * 1024;
+
+/// The bytes of `got` as a stream: a local file in [`LOCAL_READ`] pieces, anything else as
+/// the backend streams it.
+fn byte_stream(got: GetResult) -> BoxStream<'static, Result<Bytes, ObjectsError>> {
+    match got.payload {
+        GetResultPayload::File(file, _) => {
+            let file = tokio::fs::File::from_std(file);
+            tokio_util::io::ReaderStream::with_capacity(file, LOCAL_READ)
+                .map_err(ObjectsError::from)
+                .boxed()
+        }
+        GetResultPayload::Stream(s) => s.map_err(ObjectsError::from).boxed(),
+    }
 }
 
 fn not_found(e: object_store::Error) -> ObjectsError {
