@@ -182,3 +182,21 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_job_without_artifacts_lists_and_clears_to_nothing_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    // Before anything was stored (no `artifacts/` directory yet), then beside another job.
+    let local = Objects::local(&dir.path().join("objects")).unwrap();
+    for objects in [local.clone(), memory(), local] {
+        let job = JobId::new();
+        assert!(objects.artifact_list(job, 1).await.unwrap().is_empty());
+        assert_eq!(objects.artifact_delete_others(job, 2).await.unwrap(), 0);
+        assert_eq!(objects.artifact_delete(job).await.unwrap(), 0);
+        let src = scratch_file(&dir.path().join("scratch"), "x.csv", b"x");
+        objects
+            .artifact_put_file(JobId::new(), 1, "x.csv", &src)
+            .await
+            .unwrap();
+    }
+}
