@@ -22,7 +22,7 @@ pub mod sleep;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use kiln_domain::{Failure, JobId, JobType};
@@ -155,18 +155,22 @@ pub struct JobContext {
     pub progress: Progress,
     /// Log sink.
     pub log: LogSink,
-    /// Where the attempt writes its artifacts.
+    /// The scratch directory the attempt writes its artifacts to.
     pub artifacts: Artifacts,
     /// The owner's uploaded files; `None` when the node has no object storage.
     pub inputs: Option<Inputs>,
 }
 
-/// The directory holding one job's artifacts (`<root>/<job id>/`), created on first use.
-/// A new attempt starts from an empty directory, so a retried job never serves a
-/// half-written file from an earlier attempt.
+/// The local scratch directory an attempt writes its artifacts to (`<root>/<job id>.<attempt>/`
+/// for the worker, `<root>/<job id>/` from [`Artifacts::new`]), created on first use. Kernels stream large files here and may read them back; once the
+/// attempt has succeeded the worker moves every file into the object store (ADR 0008) and
+/// removes the directory. A new attempt starts from an empty directory.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     dir: std::path::PathBuf,
+    /// Whether [`Artifacts::create`] was called, so an attempt that wrote nothing (most
+    /// jobs) costs the worker no file-system call afterwards.
+    written: Arc<AtomicBool>,
 }
 
 impl Artifacts {
@@ -174,12 +178,28 @@ impl Artifacts {
     pub fn new(root: &std::path::Path, job_id: JobId) -> Self {
         Self {
             dir: root.join(job_id.0.simple().to_string()),
+            written: Arc::default(),
+        }
+    }
+
+    /// The artifacts of attempt `attempt` of `job_id` under `root`: a directory of its own
+    /// per attempt, so a stale attempt still running on this node never writes into the
+    /// directory of the attempt that replaced it.
+    pub fn for_attempt(root: &std::path::Path, job_id: JobId, attempt: u32) -> Self {
+        Self {
+            dir: root.join(format!("{}.{attempt}", job_id.0.simple())),
+            written: Arc::default(),
         }
     }
 
     /// The job's directory (it may not exist yet).
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+
+    /// Whether any artifact was created through this value or a clone of it.
+    pub fn written(&self) -> bool {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Empties the directory before an attempt writes to it.
@@ -192,6 +212,7 @@ impl Artifacts {
 
     /// Creates (or truncates) the artifact `name` and returns its path and file.
     pub fn create(&self, name: &str) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+        self.written.store(true, Ordering::Relaxed);
         std::fs::create_dir_all(&self.dir)?;
         let path = self.dir.join(name);
         let file = std::fs::File::create(&path)?;

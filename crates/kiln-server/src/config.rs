@@ -22,10 +22,8 @@ pub struct ServerConfig {
     pub upload_timeout: Duration,
     /// Origins allowed by CORS; empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
-    /// Where the worker writes job artifacts (`<dir>/<job id>/<name>`); `None`: no artifacts.
-    pub artifact_dir: Option<std::path::PathBuf>,
-    /// Users' uploaded files (`/api/v1/files`); `None`: uploads answer 503 and a
-    /// `file_id` payload is refused.
+    /// Users' uploaded files (`/api/v1/files`) and jobs' artifacts; `None`: uploads answer
+    /// 503, a `file_id` payload is refused, and jobs have no artifacts.
     pub objects: Option<kiln_objects::Objects>,
     /// Largest accepted upload in bytes; larger ones get 413 and nothing is kept.
     /// Default 50 MiB. The 1 MiB `body_limit` does not apply to uploads.
@@ -42,7 +40,6 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             upload_timeout: Duration::from_secs(600),
             cors_origins: Vec::new(),
-            artifact_dir: None,
             objects: None,
             upload_limit: 50 * 1024 * 1024,
         }

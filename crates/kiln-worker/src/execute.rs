@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinError;
 use tokio::time::{Instant, interval, sleep_until};
 
-use crate::{Shared, Stop, StopReason};
+use crate::{Shared, Stop, StopReason, artifact};
 
 /// How long a kernel may take to honour its cancel token before its task is aborted.
 const ABORT_AFTER: Duration = Duration::from_secs(2);
@@ -77,18 +77,10 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
         .and_then(|spec| spec.policy.timeout());
     let (log, mut log_rx) = LogSink::channel();
     let progress = Progress::default();
-    let artifacts = Artifacts::new(&shared.config.artifact_dir, job.id);
-    // Only a retry can find files of an earlier attempt: the first attempt skips the
-    // file-system call (it is on every job's path).
-    if job.attempts > 1
-        && let Err(e) = artifacts.reset()
-    {
-        let failure = Failure::retryable(
-            "artifact_dir",
-            format!("cannot clear the artifact directory: {e}"),
-        );
-        return Some(shared.failed(job, failure, shared.clock.now()));
-    }
+    let artifacts = match artifact::prepare(shared, job).await {
+        Ok(artifacts) => artifacts,
+        Err(failure) => return Some(shared.failed(job, failure, shared.clock.now())),
+    };
     let ctx = JobContext {
         artifacts: artifacts.clone(),
         job_id: job.id,
@@ -140,7 +132,8 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
         }
     };
     flush_log(shared, job, &mut log_rx).await;
-    decide(shared, job, &artifacts, stop.reason(), result, timeout)
+    let outcome = decide(shared, job, &artifacts, stop.reason(), result, timeout);
+    artifact::publish(shared, job, &artifacts, outcome).await
 }
 
 /// What the attempt's result means, given why (if at all) it was asked to stop.
@@ -195,7 +188,8 @@ fn decide(
     }
 }
 
-/// Results above this size are stored as the artifact `result.json` (SPEC §2).
+/// Results above this size are stored as the artifact `result.json` (SPEC §2), written to
+/// the scratch directory and published with the attempt's other artifacts.
 pub(crate) const MAX_INLINE_RESULT: usize = 64 * 1024;
 
 /// Keeps a result of at most [`MAX_INLINE_RESULT`] bytes inline. A larger one is written to

@@ -7,6 +7,8 @@
 //!   in-process signals (not a polling sleep), and routes cancel signals to running attempts.
 //! - [`execute`]: one attempt: timeout, cancel, progress and log flushing, the fenced
 //!   completion, and the retry decision.
+//! - [`artifact`]: an attempt's scratch directory, published to the object store on
+//!   success; the sweep of artifacts left by pruned jobs.
 //! - [`upkeep`]: heartbeats (lease renewal, the cancel fallback) and maintenance (rescue of
 //!   expired leases, promotion of due jobs, pruning).
 //!
@@ -17,6 +19,7 @@
 //! again; expired leases of other nodes are rescued by whichever node sees them first.
 #![warn(missing_docs)]
 
+mod artifact;
 mod dispatch;
 mod execute;
 mod upkeep;
@@ -64,10 +67,14 @@ pub struct WorkerConfig {
     pub max_jobs: Option<u64>,
     /// How often a running attempt's progress and log lines are written.
     pub progress_flush: Duration,
-    /// Where jobs' artifacts are written (`<dir>/<job id>/<name>`).
-    pub artifact_dir: std::path::PathBuf,
+    /// Local scratch space where attempts write their artifacts
+    /// (`<dir>/<job id>.<attempt>/<name>`) before a succeeded attempt's files move into
+    /// [`WorkerConfig::objects`]. Best on the same file system as a local object store:
+    /// the move is then a rename, not a copy.
+    pub artifact_scratch: std::path::PathBuf,
     /// Users' uploaded files, which jobs such as `csv_aggregate {file_id}` read (each job
-    /// only its owner's). `None`: such jobs fail permanently with `no_object_storage`.
+    /// only its owner's), and jobs' artifacts. `None`: such jobs fail permanently with
+    /// `no_object_storage`, and artifacts are discarded.
     pub objects: Option<kiln_objects::Objects>,
 }
 
@@ -86,7 +93,7 @@ impl Default for WorkerConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             max_jobs: None,
             progress_flush: Duration::from_millis(250),
-            artifact_dir: std::env::temp_dir().join("kiln-artifacts"),
+            artifact_scratch: std::env::temp_dir().join("kiln-artifact-scratch"),
             objects: None,
         }
     }

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use kiln_domain::{Failure, Lease};
-use kiln_store::{LeaseFilter, StoreError};
+use kiln_store::LeaseFilter;
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Shared, StopReason, rescue};
+use crate::{Shared, StopReason, artifact, rescue};
 
 /// Renews the leases of running attempts every `heartbeat_interval`. A lost lease stops its
 /// attempt without writing; a pending cancel request stops it as cancelled (the fallback
@@ -52,8 +52,8 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Rescues expired leases and promotes due jobs every `rescue_interval`; prunes every
-/// `prune_interval`.
+/// Rescues expired leases and promotes due jobs every `rescue_interval`; prunes (with the
+/// artifacts of pruned jobs) and sweeps stale scratch directories every `prune_interval`.
 pub(crate) async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
     let config = &shared.config;
     let mut rescue_tick = interval(config.rescue_interval);
@@ -105,30 +105,9 @@ async fn prune(shared: &Shared) {
         Ok(0) => {}
         Ok(pruned) => {
             tracing::info!(pruned, "pruned old terminal jobs");
-            sweep_artifacts(shared).await;
+            artifact::sweep_stored(shared).await;
         }
         Err(e) => tracing::warn!(error = %e, "pruning failed"),
     }
-}
-
-/// Removes the artifact directories of jobs that no longer exist (pruned).
-async fn sweep_artifacts(shared: &Shared) {
-    let Ok(mut entries) = tokio::fs::read_dir(&shared.config.artifact_dir).await else {
-        return;
-    };
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| uuid::Uuid::try_parse(n).ok())
-            .map(kiln_domain::JobId)
-        else {
-            continue;
-        };
-        if let Err(StoreError::NotFound) = shared.store.job_get(None, id).await
-            && let Err(e) = tokio::fs::remove_dir_all(entry.path()).await
-        {
-            tracing::warn!(job_id = %id, error = %e, "cannot remove a pruned job's artifacts");
-        }
-    }
+    artifact::sweep_scratch(shared).await;
 }

@@ -122,9 +122,11 @@ pub struct Config {
     /// Time limit of one upload (`POST /api/v1/files`); other requests have 30 s.
     #[arg(long, env = "KILN_UPLOAD_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub upload_timeout: Duration,
-    /// Where uploaded files are kept: `s3://bucket/prefix` or `gs://bucket/prefix` (a build
-    /// with `--features cloud`; credentials and region from the usual `AWS_*`/`GOOGLE_*`
-    /// variables), or `memory:///` (nothing kept). Default: `objects/` beside the SQLite file.
+    /// Where uploaded files and job artifacts are kept: `file:///dir` (a directory, which
+    /// nodes on several machines may share over a network file system),
+    /// `s3://bucket/prefix` or `gs://bucket/prefix` (a build with `--features cloud`;
+    /// credentials and region from the usual `AWS_*`/`GOOGLE_*` variables), or `memory:///`
+    /// (nothing kept). Default: `objects/` beside the SQLite file.
     #[arg(long, env = "KILN_OBJECT_STORE")]
     pub object_store: Option<String>,
 }
@@ -213,6 +215,7 @@ impl Config {
         }
         if let Some(url) = &self.object_store
             && !url.starts_with("memory:")
+            && !url.starts_with("file:")
             && !cfg!(feature = "cloud")
         {
             problems.push(format!(
@@ -413,6 +416,11 @@ mod tests {
             assert!(problems[0].contains("--features cloud"), "{problems:?}");
         }
         assert!(parse(&["--object-store", "memory:///"]).validate().is_ok());
+        assert!(
+            parse(&["--object-store", "file:///srv/kiln"])
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -151,8 +151,8 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
     Ok(node)
 }
 
-/// The object store of uploaded files: `KILN_OBJECT_STORE`, else `objects/` beside the
-/// SQLite file.
+/// The object store of uploaded files and job artifacts: `KILN_OBJECT_STORE`, else
+/// `objects/` beside the SQLite file.
 fn open_objects(v: &Validated) -> anyhow::Result<kiln_objects::Objects> {
     if let Some(url) = &v.config.object_store {
         // The backends' own settings (region, credentials) come from the usual variables,
@@ -182,14 +182,15 @@ fn worker_config(v: &Validated) -> WorkerConfig {
         heartbeat_interval: v.config.lease / 3,
         retention: v.config.retention,
         max_jobs: v.config.max_jobs,
-        artifact_dir: data_dir(&v.config.database_url, "artifacts", &v.node_id),
+        artifact_scratch: data_dir(&v.config.database_url, "scratch", &v.node_id),
         ..WorkerConfig::default()
     }
 }
 
-/// Artifacts and uploaded files live beside the SQLite file (`<its dir>/artifacts`,
-/// `<its dir>/objects`); an in-memory or remote database keeps them in the system temp
-/// dir, per node.
+/// The object store (uploaded files, artifacts) and the worker's artifact scratch space
+/// live beside the SQLite file (`<its dir>/objects`, `<its dir>/scratch`: one file system,
+/// so a finished artifact is renamed into the store, not copied); an in-memory or remote
+/// database keeps them in the system temp dir, per node.
 fn data_dir(database_url: &str, name: &str, node_id: &str) -> std::path::PathBuf {
     match kiln_store::sqlite::parse_database_url(database_url) {
         Some(kiln_store::sqlite::SqlitePath::File(db)) => {
@@ -204,7 +205,6 @@ fn server_config(v: &Validated) -> ServerConfig {
         max_queued: v.config.max_queued,
         session_ttl: v.config.session_ttl,
         cors_origins: v.config.cors_origins.clone(),
-        artifact_dir: Some(data_dir(&v.config.database_url, "artifacts", &v.node_id)),
         upload_limit: v.config.upload_limit,
         upload_timeout: v.config.upload_timeout,
         ..ServerConfig::default()

@@ -1,5 +1,6 @@
 //! Several real `kiln` processes on one real PostgreSQL database: they share the work, a
-//! killed node's jobs are rescued by another, and a cancel reaches the node running the job.
+//! killed node's jobs are rescued by another, a cancel reaches the node running the job,
+//! and with a shared object store any node serves any job's artifacts.
 //!
 //! Each test creates its own database (dropped afterwards); without PostgreSQL the tests
 //! say loudly that they skipped, unless `KILN_REQUIRE_POSTGRES=1`.
@@ -28,9 +29,24 @@ struct Node {
 
 impl Node {
     fn start(db: &TempPostgres, role: &str, node_id: &str, concurrency: u32) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        Self::start_with(db, role, node_id, concurrency, None)
+    }
+
+    /// A node whose object store is `objects` (`KILN_OBJECT_STORE`), if given.
+    fn start_with(
+        db: &TempPostgres,
+        role: &str,
+        node_id: &str,
+        concurrency: u32,
+        objects: Option<&str>,
+    ) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command.env_clear();
+        if let Some(url) = objects {
+            command.env("KILN_OBJECT_STORE", url);
+        }
+        let mut child = command
             .arg(role)
-            .env_clear()
             .env("PORT", "0")
             .env("KILN_BIND", "127.0.0.1")
             .env("DATABASE_URL", &db.url)
@@ -313,5 +329,63 @@ async fn a_cancel_sent_to_one_node_stops_the_job_running_on_another() {
         assert_eq!(resp.json()["state"], "cancelled");
     }
     eprintln!("cross-node cancel took {took:?}");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_object_store_a_node_serves_artifacts_of_a_job_it_did_not_run() {
+    let Some(db) = TempPostgres::create().await else {
+        return;
+    };
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", shared.path().display());
+    // A has one slot, filled by a long sleep, so the primes job runs on worker B.
+    let a = Node::start_with(&db, "serve", "node-a", 1, Some(&url));
+    let client = a.client();
+    let token = client.login("admin", PASSWORD).await;
+    let blocker = json!({"type": "sleep", "payload": {"ms": 600_000}});
+    let blocker = submit(&client, &token, blocker).await;
+    wait_state(&client, &token, &blocker, "running").await;
+    let b = Node::start_with(&db, "worker", "node-b", 2, Some(&url));
+    let id = submit(
+        &client,
+        &token,
+        json!({"type": "primes", "payload": {"n": 100_000}}),
+    )
+    .await;
+    let job = wait_state(&client, &token, &id, "succeeded").await;
+    assert_eq!(runners(&client, &token, &id).await, ["node-b"]);
+
+    let stored = shared
+        .path()
+        .join("artifacts")
+        .join(&id)
+        .join("1/primes.npy");
+    let on_disk = std::fs::read(&stored).unwrap();
+    let file = client
+        .get(
+            Some(&token),
+            &format!("/api/v1/jobs/{id}/artifacts/primes.npy"),
+        )
+        .await;
+    assert_eq!(file.status, StatusCode::OK, "{}", file.text());
+    let length = on_disk.len().to_string();
+    assert_eq!(file.header("content-length"), Some(length.as_str()));
+    assert!(
+        file.body[..] == on_disk[..],
+        "served bytes differ from the stored file"
+    );
+    // 100,000 little-endian u32 after the header; the last is the n-th prime.
+    let last = u32::from_le_bytes(on_disk[on_disk.len() - 4..].try_into().unwrap());
+    assert_eq!(job["result"]["nth"], last);
+    assert_eq!(job["result"]["nth"], 1_299_709);
+
+    let deleted = client
+        .request(Method::DELETE, &format!("/api/v1/jobs/{id}"))
+        .bearer(Some(&token))
+        .send()
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(!stored.exists(), "deleting on A removed what B stored");
     drop((a, b));
 }

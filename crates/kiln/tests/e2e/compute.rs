@@ -83,9 +83,17 @@ async fn primes_artifact_downloads_byte_exact_for_its_owner_only() {
         assert_eq!(resp.status, StatusCode::NOT_FOUND, "{bad}: {}", resp.text());
     }
 
-    // Deleting the job deletes its artifacts.
-    let dir = app.dir.path().join("artifacts").join(id.replace('-', ""));
-    assert!(dir.join("primes.npy").exists(), "{}", dir.display());
+    // Deleting the job deletes its artifacts (kept in the local object store).
+    let dir = app.dir.path().join("objects/artifacts").join(&id);
+    assert!(dir.join("1/primes.npy").exists(), "{}", dir.display());
+    assert!(
+        !app.dir
+            .path()
+            .join("scratch")
+            .join(id.replace('-', "") + ".1")
+            .exists(),
+        "the scratch copy was moved, not left behind"
+    );
     let deleted = app
         .client
         .request(Method::DELETE, &format!("/api/v1/jobs/{id}"))

@@ -1,0 +1,162 @@
+//! The artifacts of one attempt: the scratch directory its kernel writes to, and how those
+//! files reach the object store once the attempt has succeeded (ADR 0008). The sweep of
+//! artifacts left by pruned jobs and dead attempts is here too; `upkeep` calls it.
+//!
+//! Only a succeeded attempt publishes: the files of a failed, cancelled or timed-out
+//! attempt may be half-written and are discarded. Publishing happens before the outcome is
+//! stored, so a job that reads `succeeded` already has all its artifacts in place.
+
+use kiln_domain::{Failure, Job, JobId, JobState};
+use kiln_kernels::Artifacts;
+use kiln_objects::{Objects, artifact::valid_name};
+use kiln_store::{Outcome, StoreError};
+
+use crate::Shared;
+
+/// The scratch directory of `job`'s current attempt. A retry first deletes the stored
+/// artifacts of earlier attempts (normally none: only a success publishes, but a stale
+/// attempt whose lease was lost may have); failing that is a retryable failure.
+pub(crate) async fn prepare(shared: &Shared, job: &Job) -> Result<Artifacts, Failure> {
+    let artifacts = Artifacts::for_attempt(&shared.config.artifact_scratch, job.id, job.attempts);
+    // The first attempt has nothing to clear: no object-store call on every job's path.
+    if job.attempts > 1
+        && let Some(objects) = &shared.config.objects
+        && let Err(e) = objects.artifact_delete_others(job.id, job.attempts).await
+    {
+        return Err(Failure::retryable(
+            "artifact_clear",
+            format!("cannot clear the artifacts of earlier attempts: {e}"),
+        ));
+    }
+    Ok(artifacts)
+}
+
+/// Moves a succeeded attempt's files into the object store and removes the scratch
+/// directory whatever the outcome. A failed upload turns success into a retryable failure
+/// (and deletes what this attempt had stored, so no partial set is ever served).
+pub(crate) async fn publish(
+    shared: &Shared,
+    job: &Job,
+    artifacts: &Artifacts,
+    outcome: Option<Outcome>,
+) -> Option<Outcome> {
+    if !artifacts.written() {
+        return outcome;
+    }
+    let outcome = match (outcome, &shared.config.objects) {
+        (Some(Outcome::Succeeded(value)), Some(objects)) => {
+            match upload(objects, job, artifacts).await {
+                Ok(()) => Some(Outcome::Succeeded(value)),
+                Err(e) => {
+                    if let Err(e) = objects.artifact_delete(job.id).await {
+                        tracing::warn!(job_id = %job.id, error = %e, "partial artifacts left");
+                    }
+                    let failure = Failure::retryable(
+                        "artifact_store",
+                        format!("cannot store the job's artifacts: {e}"),
+                    );
+                    Some(shared.failed(job, failure, shared.clock.now()))
+                }
+            }
+        }
+        (Some(Outcome::Succeeded(value)), None) => {
+            tracing::warn!(job_id = %job.id, "no object storage: the job's artifacts are discarded");
+            Some(Outcome::Succeeded(value))
+        }
+        (other, _) => other,
+    };
+    discard(artifacts.dir()).await;
+    outcome
+}
+
+/// Stores every file of the scratch directory under the attempt's prefix.
+async fn upload(
+    objects: &Objects,
+    job: &Job,
+    artifacts: &Artifacts,
+) -> Result<(), kiln_objects::ObjectsError> {
+    let mut entries = tokio::fs::read_dir(artifacts.dir()).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| valid_name(n)) else {
+            tracing::warn!(job_id = %job.id, name = ?name, "artifact with an unusable name skipped");
+            continue;
+        };
+        if !entry.file_type().await?.is_file() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let (size, how) = objects
+            .artifact_put_file(job.id, job.attempts, name, &entry.path())
+            .await?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::debug!(job_id = %job.id, name, size, how = ?how, ms, "artifact stored");
+    }
+    Ok(())
+}
+
+async fn discard(dir: &std::path::Path) {
+    if let Err(e) = tokio::fs::remove_dir_all(dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an attempt's scratch files");
+    }
+}
+
+/// Deletes the stored artifacts of jobs that no longer exist (pruned, or deleted while
+/// the node serving the delete could not reach the object store). One listing of the
+/// job prefixes and one store lookup per job that has artifacts.
+pub(crate) async fn sweep_stored(shared: &Shared) {
+    let Some(objects) = &shared.config.objects else {
+        return;
+    };
+    let jobs = match objects.artifact_jobs().await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the stored artifacts");
+            return;
+        }
+    };
+    for id in jobs {
+        if let Err(StoreError::NotFound) = shared.store.job_get(None, id).await
+            && let Err(e) = objects.artifact_delete(id).await
+        {
+            tracing::warn!(job_id = %id, error = %e, "cannot remove a pruned job's artifacts");
+        }
+    }
+}
+
+/// Removes scratch directories no attempt is writing any more: their job is gone, not
+/// running, or running a later attempt (left by a crash, or by a stale attempt).
+pub(crate) async fn sweep_scratch(shared: &Shared) {
+    let Ok(mut entries) = tokio::fs::read_dir(&shared.config.artifact_scratch).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let Some((id, attempt)) = name.to_str().and_then(parse_scratch_name) else {
+            continue;
+        };
+        let live = match shared.store.job_get(None, id).await {
+            Ok(job) => job.state == JobState::Running && job.attempts == attempt,
+            Err(StoreError::NotFound) => false,
+            // Unknown: keep it until the next sweep.
+            Err(_) => true,
+        };
+        if !live {
+            discard(&entry.path()).await;
+        }
+    }
+}
+
+/// `<job id, simple>.<attempt>`, as [`Artifacts::for_attempt`] names a directory.
+fn parse_scratch_name(name: &str) -> Option<(JobId, u32)> {
+    let (id, attempt) = name.split_once('.')?;
+    Some((
+        JobId(uuid::Uuid::try_parse(id).ok()?),
+        attempt.parse().ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests;

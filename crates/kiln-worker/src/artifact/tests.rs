@@ -1,0 +1,200 @@
+//! Publishing and sweeping artifacts against a real SQLite store and an in-memory object
+//! store (the non-local path), calling the executor's steps directly.
+
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use kiln_domain::job_type::Catalogue;
+use kiln_domain::{Clock, Role, SystemClock};
+use kiln_kernels::Registry;
+use kiln_objects::ArtifactMeta;
+use kiln_store::{ClaimRequest, InsertOptions, NewUser, Store};
+use kiln_testkit::db::TempSqlite;
+use serde_json::json;
+
+use super::*;
+use crate::{Worker, WorkerConfig};
+
+struct Fixture {
+    _db: TempSqlite,
+    scratch: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    objects: Objects,
+    worker: Worker,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let db = TempSqlite::new();
+        let store: Arc<dyn Store> = db.store.clone();
+        let scratch = tempfile::tempdir().unwrap();
+        let objects = Objects::from_url("memory:///", Vec::<(String, String)>::new()).unwrap();
+        let config = WorkerConfig {
+            artifact_scratch: scratch.path().to_path_buf(),
+            objects: Some(objects.clone()),
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new(
+            config,
+            Arc::clone(&store),
+            Registry::default(),
+            Arc::new(Catalogue::default()),
+            Arc::new(SystemClock),
+        );
+        Self {
+            _db: db,
+            scratch,
+            store,
+            objects,
+            worker,
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.worker.shared
+    }
+
+    /// A new job, claimed: `running`, attempt 1.
+    async fn running_job(&self) -> Job {
+        let now = SystemClock.now();
+        let user = NewUser {
+            username: format!("u{}", uuid::Uuid::now_v7().simple()),
+            password_hash: "x".into(),
+            role: Role::Admin,
+        };
+        let owner = self.store.user_insert(user, now).await.unwrap().id;
+        let new = kiln_testkit::factory::new_job(owner, "echo", json!(1), now);
+        let id = new.id;
+        self.store
+            .job_insert(new, InsertOptions::default())
+            .await
+            .unwrap();
+        let claimed = self
+            .store
+            .job_claim(&ClaimRequest {
+                node: "node-a".into(),
+                types: vec!["echo".into()],
+                exclude_queues: vec![],
+                limit: 10,
+                now,
+                lease_until: now + TimeDelta::minutes(5),
+            })
+            .await
+            .unwrap();
+        claimed.into_iter().find(|j| j.id == id).unwrap()
+    }
+
+    fn scratch_entries(&self) -> usize {
+        std::fs::read_dir(self.scratch.path()).unwrap().count()
+    }
+}
+
+fn write(artifacts: &Artifacts, name: &str, data: &[u8]) {
+    let (_, file) = artifacts.create(name).unwrap();
+    std::io::Write::write_all(&mut &file, data).unwrap();
+}
+
+fn meta(name: &str, size: u64) -> ArtifactMeta {
+    ArtifactMeta {
+        name: name.into(),
+        size,
+    }
+}
+
+#[tokio::test]
+async fn a_succeeded_attempt_moves_its_files_into_the_store_and_leaves_no_scratch() {
+    let f = Fixture::new().await;
+    let job = f.running_job().await;
+    let artifacts = prepare(f.shared(), &job).await.unwrap();
+    write(&artifacts, "out.npy", &[7; 1000]);
+    write(&artifacts, "result.json", b"{}");
+
+    let outcome = publish(
+        f.shared(),
+        &job,
+        &artifacts,
+        Some(Outcome::Succeeded(json!(1))),
+    )
+    .await;
+
+    assert!(
+        matches!(outcome, Some(Outcome::Succeeded(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        f.objects.artifact_list(job.id, 1).await.unwrap(),
+        [meta("out.npy", 1000), meta("result.json", 2)]
+    );
+    assert_eq!(f.scratch_entries(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_or_cancelled_attempt_s_files_are_discarded() {
+    let f = Fixture::new().await;
+    let job = f.running_job().await;
+    for outcome in [Some(Outcome::Cancelled), None] {
+        let artifacts = prepare(f.shared(), &job).await.unwrap();
+        write(&artifacts, "half.csv", b"id,gro");
+        let after = publish(f.shared(), &job, &artifacts, outcome.clone()).await;
+        assert_eq!(after.is_some(), outcome.is_some());
+        assert!(f.objects.artifact_jobs().await.unwrap().is_empty());
+        assert_eq!(f.scratch_entries(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_retry_clears_the_artifacts_of_earlier_attempts() {
+    let f = Fixture::new().await;
+    let mut job = f.running_job().await;
+    let first = prepare(f.shared(), &job).await.unwrap();
+    write(&first, "a.csv", b"1");
+    publish(f.shared(), &job, &first, Some(Outcome::Succeeded(json!(1)))).await;
+    assert_eq!(f.objects.artifact_list(job.id, 1).await.unwrap().len(), 1);
+
+    job.attempts = 2;
+    let second = prepare(f.shared(), &job).await.unwrap();
+
+    assert!(f.objects.artifact_list(job.id, 1).await.unwrap().is_empty());
+    assert_ne!(
+        first.dir(),
+        second.dir(),
+        "each attempt has its own scratch"
+    );
+}
+
+#[tokio::test]
+async fn the_sweeps_remove_what_no_job_or_attempt_owns_any_more() {
+    let f = Fixture::new().await;
+    let live = f.running_job().await;
+    let gone = kiln_domain::JobId::new();
+    for (id, attempt) in [(live.id, 1), (live.id, 0), (gone, 1)] {
+        let artifacts = Artifacts::for_attempt(f.scratch.path(), id, attempt);
+        write(&artifacts, "x.csv", b"x");
+        f.objects
+            .artifact_put_file(id, attempt, "x.csv", &artifacts.dir().join("x.csv"))
+            .await
+            .unwrap();
+        write(&artifacts, "x.csv", b"x");
+    }
+
+    sweep_scratch(f.shared()).await;
+    sweep_stored(f.shared()).await;
+
+    let left: Vec<_> = std::fs::read_dir(f.scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let expected = Artifacts::for_attempt(f.scratch.path(), live.id, 1);
+    assert_eq!(left, [expected.dir().file_name().unwrap()]);
+    assert_eq!(f.objects.artifact_jobs().await.unwrap(), [live.id]);
+}
+
+#[test]
+fn scratch_names_parse_back_to_the_attempt() {
+    let id = JobId::new();
+    let artifacts = Artifacts::for_attempt(std::path::Path::new("/s"), id, 7);
+    let name = artifacts.dir().file_name().unwrap().to_str().unwrap();
+    assert_eq!(parse_scratch_name(name), Some((id, 7)));
+    assert_eq!(parse_scratch_name("not-a-job.1"), None);
+    assert_eq!(parse_scratch_name(&id.0.simple().to_string()), None);
+}
