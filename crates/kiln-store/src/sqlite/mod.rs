@@ -7,6 +7,8 @@
 //!   a failing command rolls back alone, commits once (one fsync for the whole group), then
 //!   publishes the batch's [`Signal`](crate::Signal)s and answers each caller. Nobody hears
 //!   of a write before it is durable.
+//! - **Checkpoints** ([`checkpoint`]) run on a thread of their own, so the writer never
+//!   stalls on the fsyncs of copying the WAL into the database file.
 //! - **Readers** ([`reader`]): a small pool of read connections used through
 //!   `spawn_blocking`; WAL lets them read beside the writer. A private in-memory database is
 //!   invisible to other connections, so in memory mode reads go through the writer too.
@@ -19,6 +21,7 @@
 //! This module owns the options, the URL syntax and the one place driver errors are mapped
 //! ([`map_err`]); it does not decide legality (that is [`kiln_domain::transition`]).
 
+mod checkpoint;
 mod claim;
 mod event;
 mod jobs;
@@ -42,6 +45,7 @@ use tokio::sync::broadcast;
 
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::Signal;
+use checkpoint::Checkpointer;
 use reader::ReaderPool;
 use writer::{Tx, Writer};
 
@@ -143,8 +147,12 @@ impl SqliteStore {
             }
             _ => None,
         };
+        let checkpointer = match &opts.path {
+            SqlitePath::File(path) => Some(Checkpointer::spawn(path)?),
+            SqlitePath::Memory => None,
+        };
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
-        let writer = Writer::spawn(conn, signals.clone(), opts.log_limit_bytes)?;
+        let writer = Writer::spawn(conn, signals.clone(), opts.log_limit_bytes, checkpointer)?;
         Ok(Arc::new(SqliteStore {
             writer,
             readers,

@@ -44,6 +44,8 @@ pub(super) fn open_writer(path: &SqlitePath, sync: Synchronous) -> Result<Connec
                     file.display()
                 )));
             }
+            // Checkpoints run on their own thread, never inside the writer's commits.
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
             conn
         }
     };
@@ -70,6 +72,16 @@ fn stable_plans(conn: &Connection) -> Result<()> {
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
+}
+
+/// Opens the checkpoint thread's connection to `file` (see [`super::checkpoint`]).
+pub(super) fn open_checkpointer(file: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
 }
 
 /// Opens a read connection to `file` (which the writer has already created and migrated).

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
+use super::checkpoint::Checkpointer;
 use super::{backend, is_transient};
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::Signal;
@@ -101,11 +102,12 @@ impl Writer {
         conn: Connection,
         signals: broadcast::Sender<Signal>,
         log_limit: usize,
+        checkpointer: Option<Checkpointer>,
     ) -> Result<Self> {
         let (commands, inbox) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("kiln-sqlite-writer".to_owned())
-            .spawn(move || run(conn, &inbox, &signals, log_limit))
+            .spawn(move || run(conn, &inbox, &signals, log_limit, checkpointer.as_ref()))
             .map_err(|e| backend(format!("cannot start the SQLite writer thread: {e}")))?;
         Ok(Self {
             commands: Some(commands),
@@ -157,6 +159,7 @@ fn run(
     inbox: &mpsc::Receiver<Box<dyn Command>>,
     signals: &broadcast::Sender<Signal>,
     log_limit: usize,
+    checkpointer: Option<&Checkpointer>,
 ) {
     while let Ok(first) = inbox.recv() {
         let mut batch = Vec::with_capacity(16);
@@ -168,6 +171,9 @@ fn run(
             }
         }
         run_batch(&mut conn, batch, signals, log_limit);
+        if let Some(checkpointer) = checkpointer {
+            checkpointer.committed();
+        }
     }
 }
 
@@ -271,7 +277,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
             .unwrap();
         let (signals, rx) = broadcast::channel(16);
-        (Writer::spawn(conn, signals, 1024).unwrap(), rx)
+        (Writer::spawn(conn, signals, 1024, None).unwrap(), rx)
     }
 
     fn count(tx: &Tx<'_>) -> i64 {
