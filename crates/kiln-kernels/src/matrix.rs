@@ -3,7 +3,7 @@
 //! faer was chosen over matrixmultiply for speed: about 195 against 135 GFLOP/s on two
 //! cores at n = 1024 on this machine class, for about a minute more of clean build.
 //!
-//! The product is computed in blocks of C (at most ~3.2 GFLOP, ~40 ms, each), so the cancel
+//! The product is computed in blocks of C (at most 2.5 GFLOP, ~50 ms, each), so the cancel
 //! token is checked and progress reported between blocks while each block still runs at full
 //! speed on every core.
 
@@ -22,9 +22,12 @@ use serde_json::Value;
 use crate::cpu::{self, Check};
 use crate::{Classify, JobContext, Kernel, KernelError, npy};
 
-/// Floating-point work of the largest uninterruptible block: ~40 ms on two cores. Smaller
-/// blocks cancel sooner but run slower (2.15 GFLOP: 76 against 81 GFLOP/s at n = 4096).
-const BLOCK_FLOP: f64 = 3.2e9;
+/// Floating-point work of the largest uninterruptible block (block sides are rounded down
+/// to a multiple of 128, so no block exceeds it): n = 4096 gets 512×512 blocks (2.15
+/// GFLOP), 35–55 ms each on two AVX2 cores at 40–60 GFLOP/s, so a cancel lands well inside
+/// 100 ms. Larger blocks run a little faster (3.36 GFLOP: 81 against 76 GFLOP/s on a
+/// faster machine) but took up to 141 ms to cancel on an AVX2 one.
+const BLOCK_FLOP: f64 = 2.5e9;
 
 /// The `matrix_multiply` kernel.
 #[derive(Debug, Clone, Copy)]
@@ -92,14 +95,23 @@ pub fn compute(
     let started = Instant::now();
     let a = generate_checked(n, seed, 0, check)?;
     check.progress(0.05);
-    let b = generate_checked(n, seed, 1, check)?;
+    let b = match generate_checked(n, seed, 1, check) {
+        Ok(b) => b,
+        Err(e) => return Err(drop_later(a, e)),
+    };
     check.progress(0.1);
     let generate_ms = started.elapsed().as_secs_f64() * 1e3;
     let started = Instant::now();
-    let c = multiply(a.as_ref(), b.as_ref(), check)?;
+    let c = match multiply(a.as_ref(), b.as_ref(), check) {
+        Ok(c) => c,
+        Err(e) => return Err(drop_later((a, b), e)),
+    };
     let elapsed = started.elapsed().as_secs_f64();
+    drop((a, b));
     let (checksum, trace, frobenius) = summarise(c.as_ref());
-    check.stopped()?;
+    if let Err(e) = check.stopped() {
+        return Err(drop_later(c, e));
+    }
     write_npy(c.as_ref(), out).retryable("artifact_write")?;
     Ok(Summary {
         n,
@@ -112,6 +124,18 @@ pub fn compute(
         frobenius,
         threads: rayon::current_num_threads(),
     })
+}
+
+/// Frees `matrices` on a thread of its own and returns `e`. Unmapping the pages of three
+/// 134 MB matrices took longer than the rest of a cancel (up to ~60 ms at n = 4096): a
+/// cancelled job need not wait for its memory to be given back.
+fn drop_later<T: Send + 'static>(matrices: T, e: KernelError) -> KernelError {
+    // Without a thread (the process is out of them) the closure, and with it the matrices,
+    // is dropped here instead: slower, never wrong.
+    let _ = std::thread::Builder::new()
+        .name("kiln-matrix-free".to_owned())
+        .spawn(move || drop(matrices));
+    e
 }
 
 /// A seeded n×n matrix with entries uniform in [-1, 1). Each column is its own SplitMix64
@@ -131,7 +155,8 @@ fn generate_checked(
     check: &Check,
 ) -> Result<Mat<f64>, KernelError> {
     let mut m = Mat::<f64>::zeros(n, n);
-    m.par_col_iter_mut()
+    let filled = m
+        .par_col_iter_mut()
         .enumerate()
         .try_for_each(|(j, column)| {
             check.stopped()?;
@@ -142,8 +167,11 @@ fn generate_checked(
                 *x = (mix(state) >> 11) as f64 * (2.0 / (1u64 << 53) as f64) - 1.0;
             }
             Ok::<(), KernelError>(())
-        })?;
-    Ok(m)
+        });
+    match filled {
+        Ok(()) => Ok(m),
+        Err(e) => Err(drop_later(m, e)),
+    }
 }
 
 /// SplitMix64's finaliser.
@@ -158,8 +186,8 @@ fn mix(mut z: u64) -> u64 {
 /// faer's GEMM cannot be interrupted, and slicing the product finely costs speed (each
 /// block re-packs its rows of `a` and columns of `b`: 32-column panels ran at a quarter of
 /// full speed). So the product is cut into the fewest square-ish blocks of at most
-/// `BLOCK_FLOP` each: a product up to that size is one call; n = 4096 is 7×7 blocks of
-/// up to 640×640. A cancel waits for at most one block.
+/// `BLOCK_FLOP` each: a product up to that size is one call; n = 4096 is 8×8 blocks of
+/// 512×512. A cancel waits for at most one block.
 pub fn multiply(
     a: MatRef<'_, f64>,
     b: MatRef<'_, f64>,
@@ -171,16 +199,18 @@ pub fn multiply(
     let side = if total <= BLOCK_FLOP {
         m.max(n).max(1)
     } else {
-        // 2·side²·k ≈ BLOCK_FLOP, rounded to a multiple of 128 rows/columns.
+        // 2·side²·k ≤ BLOCK_FLOP, rounded down to a multiple of 128 rows/columns.
         let side = (BLOCK_FLOP / (2.0 * k as f64)).sqrt() as usize;
-        (side.div_ceil(128) * 128).max(128)
+        (side / 128 * 128).max(128)
     };
     let blocks = m.div_ceil(side) * n.div_ceil(side);
     let mut done = 0;
     for col in (0..n).step_by(side) {
         let w = side.min(n - col);
         for row in (0..m).step_by(side) {
-            check.stopped()?;
+            if let Err(e) = check.stopped() {
+                return Err(drop_later(c, e));
+            }
             let h = side.min(m - row);
             matmul(
                 c.as_mut().submatrix_mut(row, col, h, w),

@@ -40,9 +40,11 @@ pub use local::LocalFile;
 /// A boxed source error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Bytes buffered before a part is handed to the backend. Local uploads write each part at
-/// its offset; 1 MiB keeps memory small while the disk still sees large writes.
-const PART_SIZE: usize = 1 << 20;
+/// Bytes buffered before a part is handed to the backend: S3's minimum part size (every
+/// part but the last must be at least 5 MiB, or the upload is refused when it completes).
+/// With two parts in flight an upload holds about 15 MiB; local uploads write each part at
+/// its offset.
+const PART_SIZE: usize = 5 << 20;
 /// Parts in flight at once per upload, so a fast client cannot fill memory.
 const PARTS_IN_FLIGHT: usize = 2;
 
