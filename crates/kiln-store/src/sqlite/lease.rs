@@ -216,7 +216,8 @@ pub(super) fn find(db: &Connection, filter: &LeaseFilter) -> Result<Vec<Lease>> 
             .collect::<rusqlite::Result<Vec<_>>>()?,
         LeaseFilter::Node(node) => db
             .prepare_cached(
-                "SELECT id, attempts, node FROM jobs WHERE state = 'running' AND node = ?1",
+                "SELECT id, attempts, node FROM jobs INDEXED BY jobs_lease
+                 WHERE state = 'running' AND node = ?1",
             )?
             .query_map([node], map)?
             .collect::<rusqlite::Result<Vec<_>>>()?,

@@ -14,7 +14,10 @@ use super::{SqlitePath, Synchronous, backend};
 use crate::error::Result;
 
 /// Every migration, in order: (version, SQL).
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_hot_path_indexes.sql")),
+];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
 /// second process (say `kiln user add` beside a running server) ever contends: within one
@@ -140,12 +143,12 @@ mod tests {
     #[test]
     fn migrations_apply_once() {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2]);
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn
             .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(versions, 1);
+        assert_eq!(versions, MIGRATIONS.len() as i64);
     }
 
     #[test]
