@@ -16,7 +16,10 @@ use crate::error::Result;
 /// Every migration, in order: (version, SQL).
 const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
-    (2, include_str!("../../migrations/sqlite/0002_hot_path_indexes.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_hot_path_indexes.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
