@@ -54,11 +54,13 @@ async fn higher_priority_runs_first_when_slots_are_scarce() {
         .await;
     app.wait_state(&app.admin, &blocker, "running", LONG).await;
     let mut ids = Vec::new();
+    // Each job sleeps 5 ms, so the one slot's jobs start in distinct milliseconds (no-op
+    // jobs run several per millisecond, and `started_at` could not order them).
     for priority in [-10, 50, 0, 100, -100] {
         let id = app
             .submit_ok(
                 &app.admin,
-                json!({"type": "echo", "payload": priority, "priority": priority}),
+                json!({"type": "sleep", "payload": {"ms": 5}, "priority": priority}),
             )
             .await;
         ids.push((priority, id));
