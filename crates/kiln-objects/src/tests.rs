@@ -34,12 +34,15 @@ fn sample(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
-/// Every regular file under `dir`.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// Every regular file under `dir` (none if it does not exist).
+pub(crate) fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 todo.push(path);

@@ -113,7 +113,7 @@ async fn listing_shows_one_attempt_and_a_retry_clears_the_others() {
         assert_eq!(objects.artifact_delete(job).await.unwrap(), 0, "idempotent");
     }
     // The local backend leaves no files behind.
-    let left: Vec<_> = walk(&dir.path().join("objects"));
+    let left: Vec<_> = crate::tests::files_under(&dir.path().join("objects"));
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -161,26 +161,6 @@ fn only_plain_file_names_are_valid() {
     ] {
         assert!(!valid_name(bad), "{bad}");
     }
-}
-
-/// Every regular file under `dir` (none if it does not exist).
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test]
