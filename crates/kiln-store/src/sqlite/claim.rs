@@ -8,10 +8,10 @@
 //! another process writing the same file.
 
 use kiln_domain::{Event, Job, JobId, JobState, Step, Timestamp, UserId, transition};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use super::event;
-use super::row::{self, id_bytes, job_columns, ms};
+use super::row::{self, id_bytes, ms};
 use super::writer::Tx;
 use crate::error::Result;
 use crate::model::ClaimRequest;
@@ -46,6 +46,7 @@ pub(super) fn promote_due(tx: &mut Tx<'_>, now: Timestamp, max: usize) -> Result
             continue;
         };
         update.execute((id_bytes(id), state.as_str(), ms(now)))?;
+        tx.counts.moved(from, state);
         event::append(
             db,
             &event::New {
@@ -73,30 +74,26 @@ pub(super) fn claim(tx: &mut Tx<'_>, req: &ClaimRequest) -> Result<Vec<Job>> {
     let Step::To(running) = transition(JobState::Queued, Event::Claim)? else {
         return Ok(Vec::new());
     };
-    let mut take = db.prepare_cached(concat!(
+    let mut take = db.prepare_cached(
         "UPDATE jobs SET state = ?5, attempts = attempts + 1, started_at = ?2,
              node = ?3, lease_expires_at = ?4, cancel_requested = 0, progress = 0,
              updated_at = ?2
-         WHERE id = ?1 AND state = 'queued'
-         RETURNING ",
-        job_columns!()
-    ))?;
+         WHERE id = ?1 AND state = 'queued'",
+    )?;
     let message = format!("claimed by {}", req.node);
     let mut claimed = Vec::with_capacity(ids.len());
     for id in ids {
-        let job = take
-            .query_row(
-                (
-                    id_bytes(id),
-                    ms(req.now),
-                    &req.node,
-                    ms(req.lease_until),
-                    running.as_str(),
-                ),
-                row::job,
-            )
-            .optional()?;
-        if let Some(job) = job {
+        let taken = take.execute((
+            id_bytes(id),
+            ms(req.now),
+            &req.node,
+            ms(req.lease_until),
+            running.as_str(),
+        ))?;
+        if taken == 1 {
+            // Read back rather than `RETURNING` (see `lease::complete`).
+            let job = super::jobs::get(db, None, id)?;
+            tx.counts.moved(JobState::Queued, job.state);
             event::record(tx, &job, Some(&req.node), &message)?;
             claimed.push(job);
         }
@@ -113,9 +110,42 @@ pub(super) const PICK: &str = "SELECT id FROM jobs INDEXED BY jobs_claim
      ORDER BY priority DESC, run_at, id
      LIMIT ?3";
 
-/// The ids of the best claimable jobs. Type and queue lists travel as JSON arrays so the
-/// statement text (and its cached plan) is the same whatever their lengths.
+/// The head of the claim order, whatever the type and queue: ?1 the number of rows.
+pub(super) const HEAD: &str = "SELECT id, type, queue FROM jobs INDEXED BY jobs_claim
+     WHERE state = 'queued'
+     ORDER BY priority DESC, run_at, id
+     LIMIT ?1";
+
+/// Rows of the head read beyond `limit` before [`PICK`] takes over.
+const HEAD_SLACK: u32 = 32;
+
+/// The ids of the best claimable jobs.
+///
+/// First the head of the claim order, filtered here: the index holds each entry's type and
+/// queue, and almost always the first entries are claimable. Only when the head has fewer
+/// than `limit` claimable jobs and more rows behind it does [`PICK`] filter in SQL (type and
+/// queue lists travel as JSON arrays so its text and cached plan stay the same whatever
+/// their lengths); it costs two temporary tables per run, a tenth of the writer's time when
+/// it ran for every claim.
 fn pick(db: &Connection, req: &ClaimRequest) -> Result<Vec<JobId>> {
+    let wanted = req.limit as usize;
+    let read = req.limit.saturating_add(HEAD_SLACK);
+    let mut head = db.prepare_cached(HEAD)?;
+    let mut rows = head.query([read])?;
+    let (mut ids, mut seen) = (Vec::with_capacity(wanted), 0u32);
+    while let Some(row) = rows.next()? {
+        seen += 1;
+        if claimable(row, req)? {
+            ids.push(row::job_id(row, 0)?);
+            if ids.len() == wanted {
+                return Ok(ids);
+            }
+        }
+    }
+    if seen < read {
+        // The whole queue was read: these are all there is.
+        return Ok(ids);
+    }
     let types = serde_json::to_string(&req.types).unwrap_or_else(|_| "[]".to_owned());
     let excluded = serde_json::to_string(&req.exclude_queues).unwrap_or_else(|_| "[]".to_owned());
     let ids = db
@@ -123,6 +153,13 @@ fn pick(db: &Connection, req: &ClaimRequest) -> Result<Vec<JobId>> {
         .query_map((types, excluded, req.limit), |r| row::job_id(r, 0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(ids)
+}
+
+/// Whether a [`HEAD`] row is of a type `req` runs and outside its excluded queues.
+fn claimable(row: &rusqlite::Row<'_>, req: &ClaimRequest) -> rusqlite::Result<bool> {
+    let job_type = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+    let queue = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+    Ok(req.types.iter().any(|t| t == job_type) && !req.exclude_queues.iter().any(|q| q == queue))
 }
 
 /// The earliest `run_at` of a `scheduled` or `failed` job.

@@ -48,9 +48,10 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
         }
     }
     if let Some(limit) = opts.max_queued {
-        let active: i64 = db
+        let counted: i64 = db
             .prepare_cached(ACTIVE_COUNT)?
             .query_row([], |r| r.get(0))?;
+        let active = counted + tx.unapplied().active();
         if u64::try_from(active).unwrap_or(0) >= limit {
             return Err(StoreError::QueueFull { limit });
         }
@@ -79,7 +80,8 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
         ms(job.created_at),
         ms(job.run_at),
     ))?;
-    event::record(tx, &job, None, "submitted")?;
+    tx.counts.inserted(job.state);
+    event::record_first(tx, &job, "submitted")?;
     if let Some(key) = &opts.idempotency {
         db.prepare_cached(
             "INSERT INTO idempotency_keys (owner_id, key, request_hash, job_id)
@@ -110,31 +112,33 @@ pub(super) fn ensure_visible(db: &Connection, owner: Option<UserId>, id: JobId) 
         .ok_or(StoreError::NotFound)
 }
 
-/// Writes back every column a state change may touch.
-fn save(db: &Connection, job: &Job) -> Result<()> {
-    db.prepare_cached(
-        "UPDATE jobs SET state = ?2, result = ?3, error = ?4, attempts = ?5,
+/// Writes back every column a state change may touch; `from` is the state the job had.
+fn save(tx: &mut Tx<'_>, job: &Job, from: JobState) -> Result<()> {
+    tx.db
+        .prepare_cached(
+            "UPDATE jobs SET state = ?2, result = ?3, error = ?4, attempts = ?5,
              max_attempts = ?6, progress = ?7, cancel_requested = ?8, run_at = ?9,
              started_at = ?10, finished_at = ?11, updated_at = ?12, node = ?13,
              lease_expires_at = ?14
          WHERE id = ?1",
-    )?
-    .execute((
-        id_bytes(job.id),
-        job.state.as_str(),
-        job.result.as_ref().map(to_json).transpose()?,
-        job.error.as_ref().map(to_json).transpose()?,
-        job.attempts,
-        job.max_attempts,
-        job.progress,
-        job.cancel_requested,
-        ms(job.run_at),
-        opt_ms(job.started_at),
-        opt_ms(job.finished_at),
-        ms(job.updated_at),
-        &job.node,
-        opt_ms(job.lease_expires_at),
-    ))?;
+        )?
+        .execute((
+            id_bytes(job.id),
+            job.state.as_str(),
+            job.result.as_ref().map(to_json).transpose()?,
+            job.error.as_ref().map(to_json).transpose()?,
+            job.attempts,
+            job.max_attempts,
+            job.progress,
+            job.cancel_requested,
+            ms(job.run_at),
+            opt_ms(job.started_at),
+            opt_ms(job.finished_at),
+            ms(job.updated_at),
+            &job.node,
+            opt_ms(job.lease_expires_at),
+        ))?;
+    tx.counts.moved(from, job.state);
     Ok(())
 }
 
@@ -158,11 +162,12 @@ pub(super) fn cancel(
     now: Timestamp,
 ) -> Result<(Job, Step)> {
     let mut job = get(tx.db, owner, id)?;
-    let step = transition(job.state, Event::Cancel)?;
+    let from = job.state;
+    let step = transition(from, Event::Cancel)?;
     match step {
         Step::To(state) => {
             enter(&mut job, state, now);
-            save(tx.db, &job)?;
+            save(tx, &job, from)?;
             event::record(tx, &job, None, "cancelled")?;
         }
         Step::CancelRequested => {
@@ -171,7 +176,7 @@ pub(super) fn cancel(
             if !job.cancel_requested {
                 job.cancel_requested = true;
                 job.updated_at = now;
-                save(tx.db, &job)?;
+                save(tx, &job, from)?;
                 let node = job.node.clone();
                 event::record(tx, &job, node.as_deref(), "cancel requested")?;
             }
@@ -191,7 +196,8 @@ pub(super) fn retry(
     now: Timestamp,
 ) -> Result<Job> {
     let mut job = get(tx.db, owner, id)?;
-    let Step::To(state) = transition(job.state, Event::Retry)? else {
+    let from = job.state;
+    let Step::To(state) = transition(from, Event::Retry)? else {
         return Err(IllegalTransition {
             from: job.state,
             event: Event::Retry,
@@ -203,7 +209,7 @@ pub(super) fn retry(
     job.max_attempts = job.attempts.saturating_add(extra_attempts);
     job.cancel_requested = false;
     job.progress = 0.0;
-    save(tx.db, &job)?;
+    save(tx, &job, from)?;
     event::record(tx, &job, None, "retry requested")?;
     Ok(job)
 }
@@ -222,7 +228,8 @@ pub(super) fn report(
             "only external jobs accept state reports",
         ));
     }
-    report_event(job.state, report.state)?;
+    let from = job.state;
+    report_event(from, report.state)?;
     enter(&mut job, report.state, now);
     match report.state {
         JobState::Running => {
@@ -241,7 +248,7 @@ pub(super) fn report(
         JobState::Queued => job.run_at = now,
         JobState::Scheduled | JobState::Cancelled => {}
     }
-    save(tx.db, &job)?;
+    save(tx, &job, from)?;
     event::record(tx, &job, None, "reported by owner")?;
     Ok(job)
 }
@@ -260,5 +267,6 @@ pub(super) fn delete(tx: &mut Tx<'_>, owner: Option<UserId>, id: JobId) -> Resul
     tx.db
         .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
         .execute([id_bytes(id)])?;
+    tx.counts.deleted(state);
     Ok(())
 }

@@ -9,9 +9,9 @@
 use kiln_domain::{Event, Failure, Job, JobState, Lease, Step, Timestamp, transition};
 use rusqlite::{Connection, OptionalExtension};
 
-use super::row::{self, id_bytes, job_columns, ms, to_json};
+use super::row::{self, id_bytes, ms, to_json};
 use super::writer::Tx;
-use super::{claim, event};
+use super::{claim, event, jobs};
 use crate::error::{Result, StoreError};
 use crate::model::{ClaimRequest, LeaseFilter, Outcome, Renewal};
 
@@ -49,20 +49,15 @@ pub(super) fn complete(
     };
     let fence = (id_bytes(lease.job_id), lease.attempt, lease.node.as_str());
     let (now_ms, to) = (ms(now), state.as_str());
-    let found = match &outcome {
+    let changed = match &outcome {
         Outcome::Succeeded(result) => tx
             .db
             .prepare_cached(concat!(
                 "UPDATE jobs SET state = ?4, result = ?5, progress = 1.0, finished_at = ?6,
                      updated_at = ?6, node = NULL, lease_expires_at = NULL",
-                fenced!(),
-                " RETURNING ",
-                job_columns!()
+                fenced!()
             ))?
-            .query_row(
-                (fence.0, fence.1, fence.2, to, to_json(result)?, now_ms),
-                row::job,
-            ),
+            .execute((fence.0, fence.1, fence.2, to, to_json(result)?, now_ms)),
         Outcome::Failed { failure, retry_at } => tx
             .db
             .prepare_cached(concat!(
@@ -73,36 +68,34 @@ pub(super) fn complete(
                                    ELSE coalesce(?7, run_at) END,
                      finished_at = CASE WHEN ?7 IS NULL OR cancel_requested THEN ?6 END,
                      updated_at = ?6, node = NULL, lease_expires_at = NULL",
-                fenced!(),
-                " RETURNING ",
-                job_columns!()
+                fenced!()
             ))?
-            .query_row(
-                (
-                    fence.0,
-                    fence.1,
-                    fence.2,
-                    to,
-                    to_json(failure)?,
-                    now_ms,
-                    retry_at.map(ms),
-                    aborted.as_str(),
-                ),
-                row::job,
-            ),
+            .execute((
+                fence.0,
+                fence.1,
+                fence.2,
+                to,
+                to_json(failure)?,
+                now_ms,
+                retry_at.map(ms),
+                aborted.as_str(),
+            )),
         Outcome::Cancelled => tx
             .db
             .prepare_cached(concat!(
                 "UPDATE jobs SET state = ?4, finished_at = ?5, updated_at = ?5,
                      node = NULL, lease_expires_at = NULL",
-                fenced!(),
-                " RETURNING ",
-                job_columns!()
+                fenced!()
             ))?
-            .query_row((fence.0, fence.1, fence.2, to, now_ms), row::job),
+            .execute((fence.0, fence.1, fence.2, to, now_ms)),
+    }?;
+    if changed == 0 {
+        return Err(StoreError::LeaseLost);
     }
-    .optional()?;
-    let job = found.ok_or(StoreError::LeaseLost)?;
+    // Read back rather than `RETURNING`: SQLite runs RETURNING as a trigger that stages rows
+    // in a temporary table under a statement journal, twice the cost of this lookup.
+    let job = jobs::get(tx.db, None, lease.job_id)?;
+    tx.counts.moved(JobState::Running, job.state);
     let message = match &outcome {
         Outcome::Succeeded(_) => "succeeded".to_owned(),
         Outcome::Failed { failure, .. } if job.state == aborted => {
@@ -116,8 +109,9 @@ pub(super) fn complete(
 }
 
 /// [`complete`], then (with `next`) [`claim::claim`], in one writer command. A lost lease
-/// has written nothing and the claim goes ahead; any other error fails the whole command,
-/// so its savepoint undoes the completion too and the caller may simply try again.
+/// has written nothing and the claim goes ahead; any other error (a SQLite one) fails the
+/// whole command, and the writer then commits nothing of its batch (the command runs
+/// without a savepoint), so the caller may simply try again.
 pub(super) fn complete_and_claim(
     tx: &mut Tx<'_>,
     lease: &Lease,

@@ -23,6 +23,7 @@
 
 mod checkpoint;
 mod claim;
+mod counts;
 mod event;
 mod jobs;
 mod lease;
@@ -174,6 +175,16 @@ impl SqliteStore {
         R: Send + 'static,
     {
         self.writer.call(work).await
+    }
+
+    /// [`Self::write`] for hot commands that fail only before their first write or on a
+    /// SQLite error: no savepoint around them (see [`writer`]).
+    async fn write_unguarded<R, F>(&self, work: F) -> Result<R>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.writer.call_unguarded(work).await
     }
 
     /// Runs `work` on a read connection (or behind the writer when there are none).

@@ -2,12 +2,12 @@
 //!
 //! Only terminal jobs have `finished_at`, so the partial index `jobs_finished` lists exactly
 //! the prunable jobs, oldest first. Deleting a job cascades to its events, log and
-//! idempotency keys; the trigger-kept counters keep `total_submitted` across pruning.
+//! idempotency keys; `total_submitted` (see `counts`) stays across pruning.
 
 use kiln_domain::{JobState, Timestamp};
 use rusqlite::Connection;
 
-use super::row::ms;
+use super::row::{self, ms};
 use super::writer::Tx;
 use crate::error::Result;
 use crate::model::Stats;
@@ -18,31 +18,46 @@ pub(super) const PRUNE_CHUNK: usize = 1000;
 
 /// Deletes up to `PRUNE_CHUNK` prunable jobs: first those finished before `before`, then the
 /// oldest terminal jobs beyond the newest `keep_max`. Returns how many.
-pub(super) fn prune_chunk(tx: &Tx<'_>, before: Timestamp, keep_max: Option<u64>) -> Result<u64> {
+pub(super) fn prune_chunk(
+    tx: &mut Tx<'_>,
+    before: Timestamp,
+    keep_max: Option<u64>,
+) -> Result<u64> {
     let chunk = PRUNE_CHUNK as i64;
-    let old = tx
-        .db
-        .prepare_cached(
-            "DELETE FROM jobs WHERE rowid IN (
-                 SELECT rowid FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1
-                 LIMIT ?2)",
-        )?
-        .execute((ms(before), chunk))?;
-    let mut deleted = old as i64;
+    let mut deleted = delete_returning(
+        tx,
+        "DELETE FROM jobs WHERE rowid IN (
+             SELECT rowid FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1
+             LIMIT ?2)
+         RETURNING state",
+        (ms(before), chunk),
+    )?;
     if let Some(keep) = keep_max
         && deleted < chunk
     {
-        let beyond = tx
-            .db
-            .prepare_cached(
-                "DELETE FROM jobs WHERE rowid IN (
-                     SELECT rowid FROM jobs WHERE finished_at IS NOT NULL
-                     ORDER BY finished_at DESC LIMIT ?2 OFFSET ?1)",
-            )?
-            .execute((i64::try_from(keep).unwrap_or(i64::MAX), chunk - deleted))?;
-        deleted += beyond as i64;
+        deleted += delete_returning(
+            tx,
+            "DELETE FROM jobs WHERE rowid IN (
+                 SELECT rowid FROM jobs WHERE finished_at IS NOT NULL
+                 ORDER BY finished_at DESC LIMIT ?2 OFFSET ?1)
+             RETURNING state",
+            (i64::try_from(keep).unwrap_or(i64::MAX), chunk - deleted),
+        )?;
     }
     Ok(deleted as u64)
+}
+
+/// Runs a `DELETE … RETURNING state`, noting each deleted job for the counts.
+fn delete_returning(tx: &mut Tx<'_>, sql: &str, params: (i64, i64)) -> Result<i64> {
+    let states = tx
+        .db
+        .prepare_cached(sql)?
+        .query_map(params, |r| row::state(r, 0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for &state in &states {
+        tx.counts.deleted(state);
+    }
+    Ok(states.len() as i64)
 }
 
 /// Jobs ever submitted, current counts per state, mean run time, p95 start latency.

@@ -20,6 +20,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_hot_path_indexes.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_counts_by_the_writer.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
@@ -146,7 +150,7 @@ mod tests {
     #[test]
     fn migrations_apply_once() {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3]);
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn
             .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
@@ -170,6 +174,12 @@ mod tests {
         }
         let pick = conn.prepare_cached(super::super::claim::PICK).unwrap();
         assert_eq!(pick.get_status(rusqlite::StatementStatus::RePrepare), 0);
+        for limit in [1, 33, 1, 48, 1] {
+            let mut head = conn.prepare_cached(super::super::claim::HEAD).unwrap();
+            assert_eq!(head.query_map([limit], |_| Ok(())).unwrap().count(), 0);
+        }
+        let head = conn.prepare_cached(super::super::claim::HEAD).unwrap();
+        assert_eq!(head.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! what a real run leaves behind (a `succeeded` `echo` job with its `submitted` and
 //! `succeeded` events), so lists and counters see ordinary data.
 
-use kiln_domain::{Timestamp, UserId};
+use kiln_domain::{JobState, Timestamp, UserId};
 use rusqlite::params_from_iter;
 use rusqlite::types::Value;
 use uuid::Uuid;
@@ -56,9 +56,12 @@ fn insert_chunk(tx: &mut Tx<'_>, owner: UserId, start: i64, n: u64) -> Result<()
             jobs.extend([id.clone(), Value::Integer(owner.0), Value::Integer(at)]);
             events.extend([id, Value::Integer(at)]);
         }
-        tx.db
+        let inserted = tx
+            .db
             .prepare_cached(&jobs_sql(rows))?
             .execute(params_from_iter(jobs))?;
+        tx.counts
+            .inserted_many(JobState::Succeeded, i64::try_from(inserted).unwrap_or(0));
         tx.db
             .prepare_cached(&events_sql(rows))?
             .execute(params_from_iter(events))?;

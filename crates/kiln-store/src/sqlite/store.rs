@@ -65,7 +65,8 @@ impl Store for SqliteStore {
     }
 
     async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {
-        self.write(move |tx| jobs::insert(tx, job, opts)).await
+        self.write_unguarded(move |tx| jobs::insert(tx, job, opts))
+            .await
     }
 
     async fn job_get(&self, owner: Option<UserId>, id: JobId) -> Result<Job> {
@@ -122,12 +123,12 @@ impl Store for SqliteStore {
 
     async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>> {
         let req = req.clone();
-        self.write(move |tx| claim::claim(tx, &req)).await
+        self.write_unguarded(move |tx| claim::claim(tx, &req)).await
     }
 
     async fn job_complete(&self, lease: &Lease, outcome: Outcome, now: Timestamp) -> Result<Job> {
         let lease = lease.clone();
-        self.write(move |tx| lease::complete(tx, &lease, outcome, now))
+        self.write_unguarded(move |tx| lease::complete(tx, &lease, outcome, now))
             .await
     }
 
@@ -139,19 +140,22 @@ impl Store for SqliteStore {
         next: Option<&ClaimRequest>,
     ) -> Result<(Result<Job>, Vec<Job>)> {
         let (lease, next) = (lease.clone(), next.cloned());
-        self.write(move |tx| lease::complete_and_claim(tx, &lease, outcome, now, next.as_ref()))
-            .await
+        self.write_unguarded(move |tx| {
+            lease::complete_and_claim(tx, &lease, outcome, now, next.as_ref())
+        })
+        .await
     }
 
     async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()> {
         let lease = lease.clone();
-        self.write(move |tx| lease::progress(tx, &lease, progress, now))
+        self.write_unguarded(move |tx| lease::progress(tx, &lease, progress, now))
             .await
     }
 
     async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<()> {
         let text = text.to_owned();
-        self.write(move |tx| log::append(tx, id, &text, now)).await
+        self.write_unguarded(move |tx| log::append(tx, id, &text, now))
+            .await
     }
 
     async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal> {
@@ -159,7 +163,8 @@ impl Store for SqliteStore {
             return Ok(Renewal::default());
         }
         let leases = leases.to_vec();
-        self.write(move |tx| lease::renew(tx, &leases, until)).await
+        self.write_unguarded(move |tx| lease::renew(tx, &leases, until))
+            .await
     }
 
     async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>> {

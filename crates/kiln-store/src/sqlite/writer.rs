@@ -8,6 +8,13 @@
 //! batch: under load many requests share each fsync, which is what makes tens of thousands
 //! of durable writes per second possible on one disk.
 //!
+//! The hot commands (submit, claim, completion, progress, log lines, lease renewal) skip the
+//! savepoint ([`Writer::call_unguarded`]): a savepoint copies every page the command touches
+//! into an in-memory journal first, a fifth of the writer's time under load. Those commands
+//! fail only before their first write, or on a SQLite error. The writer checks that promise:
+//! if an unguarded command fails after changing a row, nothing of its batch is committed and
+//! every command of the batch gets the error, as when the `COMMIT` itself fails.
+//!
 //! Order after the commit: first the batch's [`Signal`]s are published, then every caller
 //! gets its reply. So no caller hears of a write that is not durable, and a caller that got
 //! its reply finds the signals of its write already in every subscriber's queue. If the
@@ -21,6 +28,7 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
 use super::checkpoint::Checkpointer;
+use super::counts::Counts;
 use super::{backend, is_transient};
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::Signal;
@@ -36,10 +44,22 @@ pub(super) struct Tx<'c> {
     pub db: &'c Connection,
     /// Bytes of log kept per job.
     pub log_limit: usize,
+    /// Job count changes of this command, applied with the batch if it succeeds.
+    pub counts: Counts,
+    /// Those of the batch's earlier commands, not yet in `job_counts`.
+    earlier: Counts,
     signals: Vec<Signal>,
 }
 
 impl Tx<'_> {
+    /// The count changes not yet written to `job_counts`: the batch's so far and this
+    /// command's own. A check that reads `job_counts` adds these.
+    pub fn unapplied(&self) -> Counts {
+        let mut all = self.earlier;
+        all.add(&self.counts);
+        all
+    }
+
     /// Publishes `signal` once the batch has committed.
     pub fn signal(&mut self, signal: Signal) {
         self.signals.push(signal);
@@ -52,9 +72,13 @@ trait Command: Send {
     fn run(&mut self, tx: &mut Tx<'_>) -> bool;
     /// Sends the reply: the work's own result, or `failure` if the batch did not commit.
     fn finish(self: Box<Self>, failure: Option<StoreError>);
+    /// Whether [`Command::run`] needs a savepoint of its own.
+    fn guarded(&self) -> bool;
 }
 
 struct Call<F, R> {
+    /// Whether the command runs inside a savepoint of its own.
+    guarded: bool,
     work: Option<F>,
     result: Option<Result<R>>,
     reply: oneshot::Sender<Result<R>>,
@@ -87,6 +111,10 @@ where
         // The caller may have given up waiting (its future was dropped); nothing to do then.
         let _ = self.reply.send(result);
     }
+
+    fn guarded(&self) -> bool {
+        self.guarded
+    }
 }
 
 /// Handle to the writer thread. Dropping it lets the thread finish the commands already
@@ -115,14 +143,34 @@ impl Writer {
         })
     }
 
-    /// Runs `work` in a coming batch and returns its result once the batch committed.
+    /// Runs `work` in a coming batch, inside a savepoint of its own, and returns its result
+    /// once the batch committed.
     pub async fn call<R, F>(&self, work: F) -> Result<R>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.send(true, work).await
+    }
+
+    /// [`Writer::call`] without the savepoint, for `work` that fails only before its first
+    /// write or on a SQLite error (module docs).
+    pub async fn call_unguarded<R, F>(&self, work: F) -> Result<R>
+    where
+        F: FnOnce(&mut Tx<'_>) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.send(false, work).await
+    }
+
+    async fn send<R, F>(&self, guarded: bool, work: F) -> Result<R>
     where
         F: FnOnce(&mut Tx<'_>) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let command = Box::new(Call {
+            guarded,
             work: Some(work),
             result: None,
             reply,
@@ -219,27 +267,54 @@ fn execute(
     result
 }
 
+/// Runs each command (in a savepoint if guarded), then applies the job count changes of
+/// those that succeeded.
 fn run_commands(
     txn: &Connection,
     batch: &mut [Box<dyn Command>],
     published: &mut Vec<Signal>,
     log_limit: usize,
 ) -> rusqlite::Result<()> {
+    let mut counts = Counts::default();
     for command in batch.iter_mut() {
-        txn.prepare_cached("SAVEPOINT command")?.execute([])?;
+        let guarded = command.guarded();
+        if guarded {
+            txn.prepare_cached("SAVEPOINT command")?.execute([])?;
+        }
+        let changes = txn.total_changes();
         let mut tx = Tx {
             db: txn,
             log_limit,
+            counts: Counts::default(),
+            earlier: counts,
             signals: Vec::new(),
         };
-        if command.run(&mut tx) {
+        let ok = command.run(&mut tx);
+        if ok {
             published.append(&mut tx.signals);
-        } else {
-            txn.prepare_cached("ROLLBACK TO command")?.execute([])?;
+            counts.add(&tx.counts);
         }
-        txn.prepare_cached("RELEASE command")?.execute([])?;
+        if guarded {
+            if !ok {
+                txn.prepare_cached("ROLLBACK TO command")?.execute([])?;
+            }
+            txn.prepare_cached("RELEASE command")?.execute([])?;
+        } else if !ok && txn.total_changes() != changes {
+            return Err(half_written());
+        }
     }
-    Ok(())
+    counts.apply(txn)
+}
+
+/// The batch error when an unguarded command failed after writing (see the module docs).
+fn half_written() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some(
+            "a command failed after writing part of its change; the batch was rolled back"
+                .to_owned(),
+        ),
+    )
 }
 
 /// Sends the batch's signals in order, with `JobAvailable` at most once: one wake-up is
@@ -305,6 +380,93 @@ mod tests {
         assert_eq!(writer.call(|tx| Ok(count(tx))).await.unwrap(), 1);
         assert_eq!(rx.try_recv().unwrap(), Signal::JobAvailable);
         assert!(rx.try_recv().is_err());
+    }
+
+    /// Sends one command to the writer, as a task.
+    type Sender<R> = Box<dyn FnOnce(std::sync::Arc<Writer>) -> tokio::task::JoinHandle<R>>;
+
+    /// Sends the commands `batch` makes while the writer is held busy, so they all land in
+    /// its next batch; returns their results.
+    async fn in_one_batch<R: Send + 'static>(
+        writer: &std::sync::Arc<Writer>,
+        batch: Vec<Sender<R>>,
+    ) -> Vec<R> {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let holder = writer.clone();
+        let hold = tokio::spawn(async move {
+            holder
+                .call(move |_| {
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let tasks: Vec<_> = batch.into_iter().map(|f| f(writer.clone())).collect();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        release.send(()).unwrap();
+        hold.await.unwrap().unwrap();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
+
+    fn insert(k: i64, fail: bool) -> impl FnOnce(&mut Tx<'_>) -> Result<()> + Send + 'static {
+        move |tx| {
+            tx.db.execute("INSERT INTO t VALUES (?1)", [k])?;
+            if fail {
+                return Err(StoreError::LeaseLost);
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unguarded_command_failing_before_writing_fails_alone() {
+        let (writer, _rx) = writer();
+        let writer = std::sync::Arc::new(writer);
+        let results = in_one_batch(
+            &writer,
+            vec![
+                Box::new(|w| tokio::spawn(async move { w.call_unguarded(insert(1, false)).await })),
+                Box::new(|w| {
+                    tokio::spawn(async move {
+                        w.call_unguarded(|_| Err::<(), _>(StoreError::LeaseLost))
+                            .await
+                    })
+                }),
+                Box::new(|w| tokio::spawn(async move { w.call(insert(2, true)).await })),
+            ],
+        )
+        .await;
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(StoreError::LeaseLost)));
+        assert!(matches!(results[2], Err(StoreError::LeaseLost)));
+        assert_eq!(writer.call(|tx| Ok(count(tx))).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unguarded_command_failing_after_a_write_fails_its_whole_batch() {
+        let (writer, _rx) = writer();
+        let writer = std::sync::Arc::new(writer);
+        let results = in_one_batch(
+            &writer,
+            vec![
+                Box::new(|w| tokio::spawn(async move { w.call(insert(1, false)).await })),
+                Box::new(|w| tokio::spawn(async move { w.call_unguarded(insert(2, true)).await })),
+                Box::new(|w| tokio::spawn(async move { w.call_unguarded(insert(3, false)).await })),
+            ],
+        )
+        .await;
+        for result in &results {
+            assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+        }
+        assert_eq!(writer.call(|tx| Ok(count(tx))).await.unwrap(), 0);
+        // The writer goes on with the next batch.
+        writer.call_unguarded(insert(4, false)).await.unwrap();
+        assert_eq!(writer.call(|tx| Ok(count(tx))).await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -441,3 +441,36 @@ pub async fn complete_and_claim_completes_then_claims_the_next_job(store: Arc<dy
     assert_eq!(done.unwrap().state, JobState::Succeeded);
     assert!(none.is_empty());
 }
+
+/// Claimable jobs behind a long run of unclaimable ones at the head of the order (types the
+/// node does not run, excluded queues) are still found, in order, for small and large limits.
+pub async fn claim_finds_jobs_behind_many_unclaimable_ones(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    for i in 0..60 {
+        let mut s = if i % 2 == 0 {
+            sub("external")
+        } else {
+            let mut s = sub("echo");
+            s.queue = Some("paused".to_owned());
+            s
+        };
+        s.priority = Some(50);
+        insert(&store, alice, s, at(0)).await;
+    }
+    let wanted: Vec<JobId> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(echo(&store, alice, at(0)).await.id);
+        }
+        ids
+    };
+    let req = |limit| ClaimRequest {
+        types: vec!["echo".to_owned()],
+        exclude_queues: vec!["paused".to_owned()],
+        ..claim_req("n1", limit, at(1_000))
+    };
+    let ids = |jobs: Vec<kiln_domain::Job>| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.job_claim(&req(1)).await.unwrap()), wanted[..1]);
+    assert_eq!(ids(store.job_claim(&req(100)).await.unwrap()), wanted[1..]);
+    assert!(store.job_claim(&req(100)).await.unwrap().is_empty());
+}

@@ -386,3 +386,75 @@ pub async fn prune_by_age_and_count_in_one_call(store: Arc<dyn Store>) {
         assert_eq!(store.job_get(None, *id).await.is_ok(), i >= 3, "job {i}");
     }
 }
+
+/// `job_stats` per state equals the jobs a listing finds in that state, after each kind of
+/// change a job can go through (the counts are kept incrementally, not counted).
+pub async fn counts_follow_every_kind_of_change(store: Arc<dyn Store>) {
+    async fn check(store: &Arc<dyn Store>, step: &str) {
+        let stats = store.job_stats().await.unwrap();
+        for state in JobState::ALL {
+            let listed = store
+                .job_list(&kiln_store::ListQuery {
+                    states: vec![state],
+                    limit: 100,
+                    ..kiln_store::ListQuery::default()
+                })
+                .await
+                .unwrap()
+                .items
+                .len() as u64;
+            assert_eq!(count(&stats, state), listed, "{state:?} after {step}");
+        }
+    }
+    let alice = user(&store, "alice").await;
+    for _ in 0..4 {
+        echo(&store, alice, at(0)).await;
+    }
+    let mut later = sub("echo");
+    later.delay_ms = Some(1_000);
+    let scheduled = insert(&store, alice, later, at(0)).await;
+    check(&store, "inserts").await;
+
+    let done = claim_one(&store, "n1", at(10)).await;
+    let retried = claim_one(&store, "n1", at(10)).await;
+    let dead = claim_one(&store, "n1", at(10)).await;
+    check(&store, "claims").await;
+    let complete = |job: &kiln_domain::Job, outcome: Outcome| {
+        let (store, lease) = (store.clone(), lease_of(job));
+        async move { store.job_complete(&lease, outcome, at(20)).await.unwrap() }
+    };
+    complete(&done, Outcome::Succeeded(json!(1))).await;
+    let failure = Failure::retryable("io", "x");
+    complete(
+        &retried,
+        Outcome::Failed {
+            failure: failure.clone(),
+            retry_at: Some(at(30)),
+        },
+    )
+    .await;
+    complete(
+        &dead,
+        Outcome::Failed {
+            failure,
+            retry_at: None,
+        },
+    )
+    .await;
+    check(&store, "completions").await;
+
+    let queued = echo(&store, alice, at(40)).await;
+    store.job_cancel(None, queued.id, at(41)).await.unwrap();
+    store.job_retry(None, dead.id, 1, at(42)).await.unwrap();
+    check(&store, "cancel and retry").await;
+
+    assert_eq!(store.job_promote_due(at(2_000)).await.unwrap(), 2);
+    assert_eq!(get(&store, scheduled.id).await.state, JobState::Queued);
+    check(&store, "promotion").await;
+
+    store.job_delete(None, queued.id).await.unwrap();
+    check(&store, "delete").await;
+    assert_eq!(store.job_prune(at(1_000_000), None).await.unwrap(), 1);
+    check(&store, "prune").await;
+    assert_eq!(store.job_stats().await.unwrap().total_submitted, 6);
+}
