@@ -24,6 +24,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_counts_by_the_writer.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_jobs_state_check.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
@@ -109,6 +113,10 @@ pub(super) fn open_reader(file: &Path) -> Result<Connection> {
 }
 
 /// Applies the migrations `conn` lacks, each in its own transaction; returns their versions.
+///
+/// Foreign keys are off while migrations run (SQLite ignores the setting inside a
+/// transaction, and a table rebuild needs them off: dropping the old table must not cascade)
+/// and each migration checks them before it commits.
 pub(super) fn migrate(conn: &Connection) -> Result<Vec<u32>> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -116,6 +124,14 @@ pub(super) fn migrate(conn: &Connection) -> Result<Vec<u32>> {
              applied_at INTEGER NOT NULL
          )",
     )?;
+    let enforced: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let applied = apply(conn);
+    conn.pragma_update(None, "foreign_keys", enforced)?;
+    applied
+}
+
+fn apply(conn: &Connection) -> Result<Vec<u32>> {
     let mut applied = Vec::new();
     for &(version, sql) in MIGRATIONS {
         // Checked inside the transaction, so two processes migrating at once cannot both
@@ -133,6 +149,14 @@ pub(super) fn migrate(conn: &Connection) -> Result<Vec<u32>> {
             continue;
         }
         tx.execute_batch(sql)?;
+        let dangling: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()?;
+        if let Some(table) = dangling {
+            return Err(backend(format!(
+                "migration {version} would leave rows of {table} referring to missing rows"
+            )));
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
             (version, chrono::Utc::now().timestamp_millis()),
@@ -150,7 +174,7 @@ mod tests {
     #[test]
     fn migrations_apply_once() {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4]);
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn
             .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
@@ -180,6 +204,76 @@ mod tests {
         }
         let head = conn.prepare_cached(super::super::claim::HEAD).unwrap();
         assert_eq!(head.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    #[test]
+    fn the_jobs_rebuild_keeps_rows_references_and_cascades() {
+        let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (
+                 version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for &(version, sql) in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [version])
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO users (id, username, password_hash, role, created_at)
+                 VALUES (1, 'a', 'x', 'client', 0);
+             INSERT INTO jobs (id, owner_id, type, queue, state, priority, payload,
+                               max_attempts, created_at, run_at, updated_at)
+                 VALUES (x'00000000000000000000000000000001', 1, 'echo', 'default',
+                         'succeeded', 0, '{}', 3, 0, 0, 0),
+                        (x'00000000000000000000000000000002', 1, 'echo', 'default',
+                         'queued', 0, '{}', 3, 0, 0, 0);
+             INSERT INTO job_events (job_id, seq, state, at, attempt)
+                 VALUES (x'00000000000000000000000000000001', 1, 'queued', 0, 0);
+             INSERT INTO job_logs (job_id, text, bytes, updated_at)
+                 VALUES (x'00000000000000000000000000000001', 'hi', 2, 0);
+             INSERT INTO idempotency_keys (owner_id, key, request_hash, job_id)
+                 VALUES (1, 'k', x'00', x'00000000000000000000000000000001');",
+        )
+        .unwrap();
+        assert_eq!(migrate(&conn).unwrap(), vec![4]);
+
+        let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(one("PRAGMA foreign_keys"), 1, "foreign keys are on again");
+        assert_eq!(one("SELECT count(*) FROM jobs"), 2);
+        assert_eq!(one("SELECT count(*) FROM pragma_index_list('jobs')"), 9);
+        assert!(
+            conn.execute("UPDATE jobs SET state = 'bogus'", []).is_err(),
+            "the state check still holds"
+        );
+        conn.execute(
+            "DELETE FROM jobs WHERE id = x'00000000000000000000000000000001'",
+            [],
+        )
+        .unwrap();
+        for child in ["job_events", "job_logs", "idempotency_keys"] {
+            assert_eq!(
+                one(&format!("SELECT count(*) FROM {child}")),
+                0,
+                "{child} rows go with their job"
+            );
+        }
+        // The point of the rebuild: no temporary table per job insert.
+        let ops: Vec<String> = conn
+            .prepare(
+                "EXPLAIN INSERT INTO jobs (id, owner_id, type, queue, state, priority,
+                     payload, max_attempts, created_at, run_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .unwrap()
+            .query_map(
+                rusqlite::params_from_iter([rusqlite::types::Null; 11]),
+                |r| r.get(1),
+            )
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{ops:?}");
     }
 
     #[test]
