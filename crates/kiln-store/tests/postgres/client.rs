@@ -244,11 +244,7 @@ async fn retry_report_and_delete_follow_the_state_machine() {
         return;
     };
     insert(&*store, job(ada, t0())).await;
-    let running = store
-        .job_claim(&claim_req("n", 1, at(1)))
-        .await
-        .unwrap()
-        .remove(0);
+    let running = claim_one(&*store, "n", at(1)).await;
     let not_terminal = store.job_delete(Some(ada), running.id).await;
     assert!(
         matches!(not_terminal, Err(StoreError::Conflict { .. })),

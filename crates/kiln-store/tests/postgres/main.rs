@@ -122,12 +122,17 @@ async fn wait_for(rx: &mut tokio::sync::broadcast::Receiver<Signal>, want: Signa
     assert!(found.is_ok(), "no {want:?} within 5 s");
 }
 
-async fn finish(store: &dyn Store, node: &str, now: Timestamp) -> kiln_domain::Job {
-    let job = store
+/// Claims the one best job for `node` (there must be one).
+async fn claim_one(store: &dyn Store, node: &str, now: Timestamp) -> kiln_domain::Job {
+    store
         .job_claim(&claim_req(node, 1, now))
         .await
         .unwrap()
-        .remove(0);
+        .remove(0)
+}
+
+async fn finish(store: &dyn Store, node: &str, now: Timestamp) -> kiln_domain::Job {
+    let job = claim_one(store, node, now).await;
     store
         .job_complete(&lease_of(&job), Outcome::Succeeded(json!(null)), now)
         .await

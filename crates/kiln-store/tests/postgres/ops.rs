@@ -81,11 +81,7 @@ async fn stats_count_states_and_time_runs() {
     );
     assert_eq!(empty.by_state.len(), 7);
     insert(&*store, job(ada, at(0))).await;
-    let running = store
-        .job_claim(&claim_req("n", 1, at(40)))
-        .await
-        .unwrap()
-        .remove(0);
+    let running = claim_one(&*store, "n", at(40)).await;
     store
         .job_complete(&lease_of(&running), Outcome::Succeeded(json!(1)), at(140))
         .await
@@ -174,11 +170,7 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
     // On reconnecting, a listener tells its subscribers to re-read.
     wait_for(&mut on_b, Signal::JobAvailable).await;
     insert(&*admin, job(ada, t0())).await;
-    let running = node_b
-        .job_claim(&claim_req("b", 1, at(1)))
-        .await
-        .unwrap()
-        .remove(0);
+    let running = claim_one(&*node_b, "b", at(1)).await;
     node_a.job_cancel(None, running.id, at(2)).await.unwrap();
     wait_for(&mut on_b, Signal::CancelRequested(running.id)).await;
     drop((node_a, node_b, admin));

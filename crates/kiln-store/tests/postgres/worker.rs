@@ -134,11 +134,7 @@ async fn a_stale_attempt_cannot_complete_or_report_progress() {
         return;
     };
     insert(&*store, job(ada, t0())).await;
-    let first = store
-        .job_claim(&claim_req("n1", 1, at(1)))
-        .await
-        .unwrap()
-        .remove(0);
+    let first = claim_one(&*store, "n1", at(1)).await;
     let stale = lease_of(&first);
     // The attempt fails with a retry due at 10; the job is claimed again by another node.
     let failed = store
@@ -155,11 +151,7 @@ async fn a_stale_attempt_cannot_complete_or_report_progress() {
     assert_eq!((failed.state, failed.run_at), (JobState::Failed, at(10)));
     assert_eq!(failed.error.as_ref().unwrap().code, "io");
     assert!(failed.finished_at.is_none() && failed.node.is_none());
-    let second = store
-        .job_claim(&claim_req("n2", 1, at(10)))
-        .await
-        .unwrap()
-        .remove(0);
+    let second = claim_one(&*store, "n2", at(10)).await;
     assert_eq!(second.attempts, 2);
     let done = Outcome::Succeeded(json!("late"));
     assert!(matches!(
@@ -213,11 +205,7 @@ async fn a_cancel_on_one_node_reaches_the_worker_on_another() {
     let mut on_b = node_b.subscribe();
     let mut on_a = node_a.subscribe();
     insert(&*node_a, job(ada, t0())).await;
-    let running = node_b
-        .job_claim(&claim_req("b", 1, at(1)))
-        .await
-        .unwrap()
-        .remove(0);
+    let running = claim_one(&*node_b, "b", at(1)).await;
     let (after, step) = node_a
         .job_cancel(Some(ada), running.id, at(2))
         .await
@@ -385,11 +373,7 @@ async fn a_retryable_failure_after_a_cancel_request_ends_cancelled() {
         return;
     };
     insert(&*store, job(ada, t0())).await;
-    let running = store
-        .job_claim(&claim_req("n", 1, at(1)))
-        .await
-        .unwrap()
-        .remove(0);
+    let running = claim_one(&*store, "n", at(1)).await;
     store
         .job_cancel(Some(ada), running.id, at(2))
         .await
