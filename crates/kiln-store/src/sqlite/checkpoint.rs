@@ -13,8 +13,20 @@
 //! `synchronous=FULL`, synced) by the writer; checkpointing only moves committed pages into
 //! the main file, and SQLite's own locking keeps it safe beside the writer and the readers.
 //! When the last connection closes, SQLite checkpoints what is left.
+//!
+//! A passive checkpoint alone cannot bound the WAL under a steady stream of commits: SQLite
+//! starts the log over only when a write begins with every frame already copied back, and
+//! with commits every few hundred microseconds that moment never comes (the log grew by
+//! 200 MB a second under `kiln bench`, every frame a fresh page of the file). So the writer
+//! watches the log's length ([`LogLength`]) and, past `SqliteOptions::wal_restart_frames`
+//! (default 32 MiB of pages: the restart's pause, a copy of what the passive checkpoints
+//! have not copied yet and two fsyncs, then comes a few times a second at most under full
+//! load), runs a `RESTART` checkpoint itself between two batches, and the next batch writes
+//! from the start of the log again. Measured, this alone nearly doubled end-to-end jobs/s
+//! at 4 slots: overwriting pages of the file already cached costs far less than appending.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,6 +40,11 @@ use crate::error::Result;
 /// checkpoint (one pair of fsyncs) covers everything committed in this window.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a restart waits for readers to leave the log before giving up until the log has
+/// grown by another quarter of the restart length. A long read (a big export) must never
+/// stall the writer.
+const RESTART_WAIT: Duration = Duration::from_millis(20);
+
 /// What the writer and the checkpoint thread share.
 #[derive(Default)]
 struct State {
@@ -37,15 +54,18 @@ struct State {
     stop: bool,
 }
 
-/// The writer's handle: [`Checkpointer::committed`] after every commit.
+/// The writer's handle: [`Checkpointer::committed`] after every batch.
 pub(super) struct Checkpointer {
     shared: Arc<(Mutex<State>, Condvar)>,
     thread: Option<JoinHandle<()>>,
+    log: LogLength,
 }
 
 impl Checkpointer {
-    /// Starts the checkpoint thread on its own connection to `file`.
-    pub fn spawn(file: &Path) -> Result<Self> {
+    /// Starts the checkpoint thread on its own connection to `file`, and watches the WAL
+    /// length of `writer`, the write connection, starting it over past `restart_frames`.
+    pub fn spawn(file: &Path, writer: &mut Connection, restart_frames: u32) -> Result<Self> {
+        let log = LogLength::watch(writer, restart_frames)?;
         let conn = schema::open_checkpointer(file)?;
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let theirs = Arc::clone(&shared);
@@ -56,11 +76,14 @@ impl Checkpointer {
         Ok(Self {
             shared,
             thread: Some(thread),
+            log,
         })
     }
 
-    /// Tells the thread that the WAL has grown. Cheap: a flag and a wake-up.
-    pub fn committed(&self) {
+    /// After a batch of the writer on `writer`: tells the thread that the WAL has grown (a
+    /// flag and a wake-up), and starts the log over if it is long.
+    pub fn committed(&mut self, writer: &Connection) {
+        self.log.after_commit(writer);
         let (state, wake) = &*self.shared;
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         if !state.dirty {
@@ -80,6 +103,77 @@ impl Drop for Checkpointer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// The writer's view of its WAL: how many frames the last commit left in it, and when to
+/// start it over (module docs).
+struct LogLength {
+    /// Frames in the WAL after the writer's last commit, set by its WAL hook.
+    frames: Arc<AtomicI32>,
+    /// Length at which the next restart is tried.
+    restart_at: i32,
+    /// Length past which the log is started over.
+    limit: i32,
+}
+
+impl LogLength {
+    /// Watches the WAL of the writer connection `conn`.
+    fn watch(conn: &mut Connection, limit: u32) -> Result<Self> {
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        let frames = Arc::new(AtomicI32::new(0));
+        let hook = Arc::clone(&frames);
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+            hook.store(pages, Ordering::Relaxed);
+            Ok(())
+        }))?;
+        Ok(Self {
+            frames,
+            restart_at: limit,
+            limit,
+        })
+    }
+
+    /// After a batch: starts the log over if it is long. Runs on the writer thread, between
+    /// batches, so no write is in progress.
+    fn after_commit(&mut self, conn: &Connection) {
+        let frames = self.frames.load(Ordering::Relaxed);
+        if frames < self.restart_at {
+            return;
+        }
+        match restart(conn) {
+            Ok(true) => {
+                self.frames.store(0, Ordering::Relaxed);
+                self.restart_at = self.limit;
+            }
+            Ok(false) => {
+                tracing::debug!(frames, "WAL restart deferred: a reader is still in the log");
+                self.restart_at = frames.saturating_add(self.limit / 4);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, frames, "WAL restart failed");
+                self.restart_at = frames.saturating_add(self.limit / 4);
+            }
+        }
+    }
+}
+
+/// A `RESTART` checkpoint waiting at most [`RESTART_WAIT`]; `false` when readers kept it
+/// from completing.
+fn restart(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.busy_timeout(RESTART_WAIT)?;
+    let busy = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+        row.get::<_, i32>(0)
+    });
+    conn.busy_timeout(schema::BUSY_TIMEOUT)?;
+    match busy {
+        Ok(busy) => Ok(busy == 0),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -165,5 +259,51 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+    #[tokio::test]
+    async fn a_steady_stream_of_commits_beside_readers_keeps_the_wal_short() {
+        const LIMIT: u32 = 64;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kiln.db");
+        let store: Arc<dyn Store> = SqliteStore::open(SqliteOptions {
+            path: SqlitePath::File(file.clone()),
+            wal_restart_frames: LIMIT,
+            ..SqliteOptions::default()
+        })
+        .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut reads = 0_u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.user_list().await.unwrap();
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        // One commit after another, each a batch of its own: the passive checkpoints never
+        // find the log fully copied when a write begins.
+        for n in 0..2000 {
+            let user = NewUser {
+                username: format!("user-{n}-{}", "x".repeat(200)),
+                password_hash: "h".repeat(100),
+                role: Role::Client,
+            };
+            store.user_insert(user, chrono::Utc::now()).await.unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.await.unwrap() > 0, "the reader never read");
+        // A frame is a 4 KiB page and a 24-byte header. The log may run past the limit while
+        // a restart waits for a reader, by a quarter of the limit per try.
+        let wal = std::fs::metadata(dir.path().join("kiln.db-wal"))
+            .unwrap()
+            .len();
+        let frames = wal / (4096 + 24);
+        assert!(
+            frames <= u64::from(LIMIT) * 4,
+            "the WAL grew to {frames} frames ({wal} bytes) against a limit of {LIMIT}"
+        );
     }
 }

@@ -83,6 +83,9 @@ pub struct SqliteOptions {
     /// Read connections; default 4. With 0 (and always in memory mode) reads queue behind
     /// the writer.
     pub readers: usize,
+    /// WAL length, in pages, past which the writer starts the log over (see
+    /// `sqlite/checkpoint.rs`); default 8,192 (32 MiB of 4 KiB pages).
+    pub wal_restart_frames: u32,
 }
 
 impl Default for SqliteOptions {
@@ -92,6 +95,7 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::Normal,
             log_limit_bytes: 64 * 1024,
             readers: 4,
+            wal_restart_frames: 8192,
         }
     }
 }
@@ -140,7 +144,7 @@ impl SqliteStore {
     /// embedded migrations, starts the writer thread and opens the readers. Blocking: call
     /// it at start-up.
     pub fn open(opts: SqliteOptions) -> Result<Arc<SqliteStore>> {
-        let conn = schema::open_writer(&opts.path, opts.synchronous)?;
+        let mut conn = schema::open_writer(&opts.path, opts.synchronous)?;
         schema::migrate(&conn)?;
         let readers = match &opts.path {
             SqlitePath::File(path) if opts.readers > 0 => {
@@ -149,7 +153,11 @@ impl SqliteStore {
             _ => None,
         };
         let checkpointer = match &opts.path {
-            SqlitePath::File(path) => Some(Checkpointer::spawn(path)?),
+            SqlitePath::File(path) => Some(Checkpointer::spawn(
+                path,
+                &mut conn,
+                opts.wal_restart_frames,
+            )?),
             SqlitePath::Memory => None,
         };
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);

@@ -33,7 +33,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
 /// How long a connection waits for another process's lock before reporting busy. Only a
 /// second process (say `kiln user add` beside a running server) ever contends: within one
 /// process there is a single writer.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Prepared statements kept per connection. Lists build a few dozen SQL variants (filters ×
 /// sorts), the rest are fixed; 256 keeps every hot statement prepared.

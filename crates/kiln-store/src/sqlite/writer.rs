@@ -135,7 +135,7 @@ impl Writer {
         let (commands, inbox) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("kiln-sqlite-writer".to_owned())
-            .spawn(move || run(conn, &inbox, &signals, log_limit, checkpointer.as_ref()))
+            .spawn(move || run(conn, &inbox, &signals, log_limit, checkpointer))
             .map_err(|e| backend(format!("cannot start the SQLite writer thread: {e}")))?;
         Ok(Self {
             commands: Some(commands),
@@ -207,7 +207,7 @@ fn run(
     inbox: &mpsc::Receiver<Box<dyn Command>>,
     signals: &broadcast::Sender<Signal>,
     log_limit: usize,
-    checkpointer: Option<&Checkpointer>,
+    mut checkpointer: Option<Checkpointer>,
 ) {
     while let Ok(first) = inbox.recv() {
         let mut batch = Vec::with_capacity(16);
@@ -219,8 +219,8 @@ fn run(
             }
         }
         run_batch(&mut conn, batch, signals, log_limit);
-        if let Some(checkpointer) = checkpointer {
-            checkpointer.committed();
+        if let Some(checkpointer) = &mut checkpointer {
+            checkpointer.committed(&conn);
         }
     }
 }
