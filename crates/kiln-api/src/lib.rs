@@ -329,7 +329,8 @@ pub struct MetricsSummary {
     pub cancelled: u64,
     /// Mean run time of the 1,000 most recently finished succeeded jobs, ms.
     pub avg_duration_ms: f64,
-    /// p95 of `started_at − created_at`.
+    /// p95 of `started_at − created_at` over the 1,000 most recently finished jobs that
+    /// started, ms.
     pub p95_start_latency_ms: f64,
 }
 

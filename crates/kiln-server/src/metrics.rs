@@ -60,7 +60,7 @@ pub fn render_text(m: &MetricsSummary) -> String {
         &mut out,
         "kiln_job_start_latency_p95_seconds",
         "gauge",
-        "p95 of the time from submission to start over recent jobs.",
+        "p95 of the time from submission to start over the 1,000 most recently finished jobs.",
     );
     let _ = writeln!(
         out,

@@ -72,8 +72,8 @@ pub(super) async fn stats(db: &impl GenericClient) -> Result<Stats> {
                     ORDER BY finished_at DESC LIMIT $1) recent_runs),
              (SELECT percentile_disc(0.95) WITHIN GROUP (ORDER BY latency)::float8
               FROM (SELECT extract(epoch FROM started_at - created_at) * 1000 AS latency
-                    FROM jobs WHERE started_at IS NOT NULL
-                    ORDER BY started_at DESC LIMIT $1) recent)",
+                    FROM jobs WHERE finished_at IS NOT NULL AND started_at IS NOT NULL
+                    ORDER BY finished_at DESC LIMIT $1) recent)",
         &[&LATENCY_SAMPLE],
     )
     .await?;

@@ -10,7 +10,13 @@ use tokio_postgres::NoTls;
 use crate::error::Result;
 
 /// Every migration, in order: (version, SQL).
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_drop_jobs_started.sql"),
+    ),
+];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_6c6e_6d69_6772;

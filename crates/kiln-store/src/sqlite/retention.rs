@@ -81,8 +81,9 @@ pub(super) fn stats(db: &Connection) -> Result<Stats> {
         .query_row([LATENCY_SAMPLE], |r| r.get(0))?;
     let latencies = db
         .prepare_cached(
-            "SELECT started_at - created_at FROM jobs INDEXED BY jobs_started
-             WHERE started_at IS NOT NULL ORDER BY started_at DESC LIMIT ?1",
+            "SELECT started_at - created_at FROM jobs INDEXED BY jobs_finished
+             WHERE finished_at IS NOT NULL AND started_at IS NOT NULL
+             ORDER BY finished_at DESC LIMIT ?1",
         )?
         .query_map([LATENCY_SAMPLE], |r| r.get::<_, i64>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -28,6 +28,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_jobs_state_check.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_drop_jobs_started.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
@@ -174,7 +178,7 @@ mod tests {
     #[test]
     fn migrations_apply_once() {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5]);
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn
             .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
@@ -236,12 +240,14 @@ mod tests {
                  VALUES (1, 'k', x'00', x'00000000000000000000000000000001');",
         )
         .unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![4]);
+        assert_eq!(migrate(&conn).unwrap(), vec![4, 5]);
 
         let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
         assert_eq!(one("PRAGMA foreign_keys"), 1, "foreign keys are on again");
         assert_eq!(one("SELECT count(*) FROM jobs"), 2);
-        assert_eq!(one("SELECT count(*) FROM pragma_index_list('jobs')"), 9);
+        // The rebuild's nine indexes (eight of its own and the primary key's), less the
+        // one version 5 drops.
+        assert_eq!(one("SELECT count(*) FROM pragma_index_list('jobs')"), 8);
         assert!(
             conn.execute("UPDATE jobs SET state = 'bogus'", []).is_err(),
             "the state check still holds"

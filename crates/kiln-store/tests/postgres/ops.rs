@@ -30,7 +30,7 @@ async fn nodes_starting_together_migrate_once() {
     for run in runs {
         applied.extend(run.await.unwrap());
     }
-    assert_eq!(applied, vec![1]);
+    assert_eq!(applied, vec![1, 2]);
 }
 
 #[tokio::test]
