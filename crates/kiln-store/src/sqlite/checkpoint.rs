@@ -41,8 +41,9 @@ use crate::error::Result;
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a restart waits for readers to leave the log before giving up until the log has
-/// grown by another quarter of the restart length. A long read (a big export) must never
-/// stall the writer.
+/// grown some more: a quarter of the restart length, then half, then a whole length for as
+/// long as readers keep it from completing. A long read (a big export) must not stall the
+/// writer often; a busy reader pool must not let the log grow far.
 const RESTART_WAIT: Duration = Duration::from_millis(20);
 
 /// What the writer and the checkpoint thread share.
@@ -115,6 +116,10 @@ struct LogLength {
     restart_at: i32,
     /// Length past which the log is started over.
     limit: i32,
+    /// Restarts that readers kept from completing since the last one that did.
+    misses: u32,
+    /// Restarts tried (for tests).
+    tries: u64,
 }
 
 impl LogLength {
@@ -131,6 +136,8 @@ impl LogLength {
             frames,
             restart_at: limit,
             limit,
+            misses: 0,
+            tries: 0,
         })
     }
 
@@ -141,20 +148,24 @@ impl LogLength {
         if frames < self.restart_at {
             return;
         }
+        self.tries += 1;
         match restart(conn) {
             Ok(true) => {
                 self.frames.store(0, Ordering::Relaxed);
                 self.restart_at = self.limit;
+                self.misses = 0;
+                return;
             }
             Ok(false) => {
                 tracing::debug!(frames, "WAL restart deferred: a reader is still in the log");
-                self.restart_at = frames.saturating_add(self.limit / 4);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, frames, "WAL restart failed");
-                self.restart_at = frames.saturating_add(self.limit / 4);
-            }
+            Err(e) => tracing::warn!(error = %e, frames, "WAL restart failed"),
         }
+        let step = (self.limit / 4)
+            .max(1)
+            .saturating_mul(1 << self.misses.min(2));
+        self.misses += 1;
+        self.restart_at = frames.saturating_add(step);
     }
 }
 
@@ -295,15 +306,66 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(reader.await.unwrap() > 0, "the reader never read");
-        // A frame is a 4 KiB page and a 24-byte header. The log may run past the limit while
-        // a restart waits for a reader, by a quarter of the limit per try.
+        // A frame is a 4 KiB page and a 24-byte header. The log may run a few lengths past
+        // the limit while the busy reader makes restarts miss (up to a length per miss);
+        // without restarts it grows by thousands of frames here.
         let wal = std::fs::metadata(dir.path().join("kiln.db-wal"))
             .unwrap()
             .len();
         let frames = wal / (4096 + 24);
         assert!(
-            frames <= u64::from(LIMIT) * 4,
+            frames <= u64::from(LIMIT) * 16,
             "the WAL grew to {frames} frames ({wal} bytes) against a limit of {LIMIT}"
+        );
+    }
+    #[test]
+    fn a_long_reader_spaces_out_the_restarts_and_the_log_starts_over_once_it_ends() {
+        use super::{LogLength, Ordering};
+        use crate::sqlite::Synchronous;
+        use crate::sqlite::schema::{open_reader, open_writer};
+
+        const LIMIT: u32 = 64;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kiln.db");
+        let mut writer = open_writer(&SqlitePath::File(file.clone()), Synchronous::Normal).unwrap();
+        writer.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        let mut log = LogLength::watch(&mut writer, LIMIT).unwrap();
+        let commit = |n: usize, log: &mut LogLength| {
+            for _ in 0..n {
+                writer
+                    .execute("INSERT INTO t VALUES (randomblob(3000))", [])
+                    .unwrap();
+                log.after_commit(&writer);
+            }
+        };
+        commit(10, &mut log);
+        // A read transaction on a snapshot inside the log, held through 2,000 commits.
+        let reader = open_reader(&file).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        commit(2000, &mut log);
+        let held = log.frames.load(Ordering::Relaxed);
+        assert!(
+            held > 1000,
+            "the log restarted under a reader ({held} frames)"
+        );
+        // After two misses a try comes once per limit's worth of frames, not once per
+        // quarter: a quarter of the waits on the reader.
+        let most = u64::try_from(held).unwrap() / u64::from(LIMIT) + 3;
+        assert!(
+            log.tries <= most,
+            "{} restarts tried under the reader in {held} frames (at most {most})",
+            log.tries
+        );
+
+        reader.execute_batch("COMMIT").unwrap();
+        commit(2000, &mut log);
+        let frames = log.frames.load(Ordering::Relaxed);
+        assert!(
+            frames <= 2 * i32::try_from(LIMIT).unwrap(),
+            "the log did not start over once the reader ended ({frames} frames)"
         );
     }
 }
