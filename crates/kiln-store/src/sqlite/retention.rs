@@ -80,11 +80,7 @@ pub(super) fn stats(db: &Connection) -> Result<Stats> {
         )?
         .query_row([LATENCY_SAMPLE], |r| r.get(0))?;
     let latencies = db
-        .prepare_cached(
-            "SELECT started_at - created_at FROM jobs INDEXED BY jobs_finished
-             WHERE finished_at IS NOT NULL AND started_at IS NOT NULL
-             ORDER BY finished_at DESC LIMIT ?1",
-        )?
+        .prepare_cached(START_LATENCIES)?
         .query_map([LATENCY_SAMPLE], |r| r.get::<_, i64>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Stats {
@@ -94,6 +90,13 @@ pub(super) fn stats(db: &Connection) -> Result<Stats> {
         p95_start_latency_ms: p95(latencies),
     })
 }
+
+/// The start latencies of the most recently finished jobs that started: an index-only read
+/// of `jobs_finished` (migration 5).
+pub(super) const START_LATENCIES: &str =
+    "SELECT started_at - created_at FROM jobs INDEXED BY jobs_finished
+     WHERE finished_at IS NOT NULL AND started_at IS NOT NULL
+     ORDER BY finished_at DESC LIMIT ?1";
 
 /// Jobs the mean run time and the start-latency percentile look at (the most recently
 /// finished / started): recent enough to follow changes in load, many enough to be stable,

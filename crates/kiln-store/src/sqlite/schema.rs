@@ -211,6 +211,27 @@ mod tests {
     }
 
     #[test]
+    fn the_start_latency_sample_reads_only_its_index() {
+        let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
+        migrate(&conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                super::super::retention::START_LATENCIES
+            ))
+            .unwrap()
+            .query_map([1000], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("COVERING INDEX jobs_finished")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
     fn the_jobs_rebuild_keeps_rows_references_and_cascades() {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
         conn.execute_batch(
