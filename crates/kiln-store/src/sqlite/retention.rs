@@ -99,7 +99,7 @@ pub(super) const START_LATENCIES: &str =
      ORDER BY finished_at DESC LIMIT ?1";
 
 /// Jobs the mean run time and the start-latency percentile look at (the most recently
-/// finished / started): recent enough to follow changes in load, many enough to be stable,
+/// finished): recent enough to follow changes in load, many enough to be stable,
 /// and a bounded read whatever the table's size (an average over every succeeded job was a
 /// full index scan per `/metrics` call: ~10 ms at a million jobs).
 const LATENCY_SAMPLE: i64 = 1000;
