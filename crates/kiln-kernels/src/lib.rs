@@ -4,6 +4,8 @@
 //! - this file: [`Kernel`], [`JobContext`] (cancel token, progress and log sinks),
 //!   [`KernelError`] and the [`Registry`] that maps each executed [`JobType`] to its kernel.
 //! - [`echo`], [`sleep`], [`primes`], [`matrix`], [`csv_aggregate`]: the built-in kernels.
+//! - [`command`]: real Linux processes from an allow-list (registered only when the node
+//!   has one).
 //! - [`cpu`]: the CPU pool compute kernels run on, and their cancel/progress [`cpu::Check`].
 //! - [`input`]: [`Inputs`], the uploaded files of the job's owner.
 //!
@@ -11,6 +13,7 @@
 //! returns a result or a classified error. The worker adds timeouts, fencing and retries.
 #![warn(missing_docs)]
 
+pub mod command;
 pub mod cpu;
 pub mod csv_aggregate;
 pub mod echo;
@@ -227,6 +230,11 @@ pub trait Kernel: Send + Sync + 'static {
     fn job_type(&self) -> JobType;
     /// Runs the attempt to a result, an error, or `Cancelled` when `ctx.cancel` fires.
     async fn run(&self, ctx: JobContext) -> Result<Value, KernelError>;
+    /// How long the kernel may take to wind down once `ctx.cancel` fires, beyond the
+    /// worker's own allowance, before its task is aborted: a process's SIGTERM grace.
+    fn stop_grace(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// The kernels a node can run, by type.

@@ -17,7 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate, time_limit};
-use crate::routes::{admin, artifacts, auth, files, jobs, ops};
+use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops};
 use crate::state::AppState;
 
 /// The whole HTTP API with `state` applied.
@@ -66,7 +66,8 @@ fn api(upload_limit: u64) -> Router<AppState> {
         )
         .route("/jobs/{id}/status", get(jobs::status))
         .route("/jobs/{id}/events", get(jobs::events))
-        .route("/jobs/{id}/logs", get(jobs::logs))
+        .route("/jobs/{id}/logs", get(logs::logs))
+        .route("/events", get(events::events))
         .route("/jobs/{id}/artifacts", get(artifacts::list))
         .route("/jobs/{id}/artifacts/{name}", get(artifacts::download))
         .route("/jobs/{id}/cancel", post(jobs::cancel))

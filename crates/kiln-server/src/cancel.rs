@@ -39,9 +39,7 @@ pub async fn cancel(
     let _ = tokio::time::timeout(wait, async {
         loop {
             match signals.recv().await {
-                Ok(Signal::Changed {
-                    id: changed, state, ..
-                }) if changed == id && state.is_terminal() => {
+                Ok(Signal::Changed(e)) if e.job_id == id && e.state.is_terminal() => {
                     return;
                 }
                 // Missed signals: look at the job itself.

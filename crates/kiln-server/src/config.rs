@@ -28,6 +28,9 @@ pub struct ServerConfig {
     /// Largest accepted upload in bytes; larger ones get 413 and nothing is kept.
     /// Default 50 MiB. The 1 MiB `body_limit` does not apply to uploads.
     pub upload_limit: u64,
+    /// The programs `command` jobs may run; empty (the default): the type is disabled and
+    /// submitting it answers 400.
+    pub command_allow: std::sync::Arc<kiln_domain::job_type::command::AllowList>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             objects: None,
             upload_limit: 50 * 1024 * 1024,
+            command_allow: std::sync::Arc::default(),
         }
     }
 }

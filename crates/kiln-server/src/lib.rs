@@ -10,6 +10,7 @@
 //! - [`auth`]: argon2id passwords, bearer tokens and the [`auth::CurrentUser`] extractor.
 //! - [`bootstrap`]: [`ensure_admin`], the first `admin` user.
 //! - [`metrics`]: `/metrics` as JSON or Prometheus text.
+//! - [`follow`]: the live log fan-out behind `GET /jobs/{id}/logs?follow=true`.
 //! - [`routes`]: the handlers; [`submit`], [`cancel`] and [`list`] hold the logic they
 //!   need beyond one store call; [`view`] maps store rows to wire types.
 //!
@@ -22,6 +23,7 @@ pub mod bootstrap;
 pub mod cancel;
 pub mod config;
 pub mod extract;
+pub mod follow;
 pub mod list;
 pub mod metrics;
 pub mod middleware;

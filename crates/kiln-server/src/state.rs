@@ -1,16 +1,18 @@
 //! [`AppState`]: what every handler shares (store, catalogue, clock, config, token cache,
 //! shutdown flag).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use kiln_domain::job_type::Catalogue;
 use kiln_domain::{Clock, Timestamp};
 use kiln_store::Store;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::token::TokenCache;
 use crate::config::ServerConfig;
+use crate::follow::LogHub;
 
 /// Shared state of the HTTP API; cheap to clone.
 #[derive(Clone)]
@@ -26,6 +28,10 @@ struct Inner {
     tokens: TokenCache,
     logins: LoginThrottle,
     shutting_down: AtomicBool,
+    /// Fired with `shutting_down`: ends live streams, which would hold the listener open.
+    shutdown: CancellationToken,
+    /// Started by the first log follower.
+    log_hub: OnceLock<LogHub>,
 }
 
 impl AppState {
@@ -45,6 +51,8 @@ impl AppState {
                 tokens: TokenCache::default(),
                 logins: LoginThrottle::default(),
                 shutting_down: AtomicBool::new(false),
+                shutdown: CancellationToken::new(),
+                log_hub: OnceLock::new(),
             }),
         }
     }
@@ -52,6 +60,19 @@ impl AppState {
     /// From now on every request except `/healthz` is answered 503 (SPEC §6).
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.shutdown.cancel();
+    }
+
+    /// Fires when shutdown begins; live streams end then.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// The live log fan-out (started on first use).
+    pub fn log_hub(&self) -> &LogHub {
+        self.inner
+            .log_hub
+            .get_or_init(|| LogHub::start(self.inner.store.as_ref()))
     }
 
     /// Whether [`AppState::begin_shutdown`] was called.

@@ -9,7 +9,7 @@
 use axum::http::HeaderMap;
 use kiln_api::SubmitJob;
 use kiln_domain::job::Submission;
-use kiln_domain::job_type::CsvPayload;
+use kiln_domain::job_type::{CommandPayload, CsvPayload};
 use kiln_domain::{JobType, NewJob, User};
 use kiln_objects::{FileId, ObjectsError};
 use kiln_store::{Idempotency, InsertOptions};
@@ -31,6 +31,16 @@ pub fn prepare(
     body: SubmitJob,
 ) -> Result<(NewJob, InsertOptions), ApiError> {
     let idempotency = idempotency(headers, &body)?;
+    // A role too low for the type is a 403, whatever the payload (the domain's own check
+    // would make it a 400).
+    if let Ok(spec) = state.catalogue().get_by_name(&body.job_type)
+        && user.role < spec.min_role
+    {
+        return Err(ApiError::forbidden(format!(
+            "`{}` jobs need the {} role",
+            spec.name, spec.min_role
+        )));
+    }
     let sub = Submission {
         job_type: body.job_type,
         payload: body.payload,
@@ -40,7 +50,12 @@ pub fn prepare(
         delay_ms: body.delay_ms,
         name: body.name,
     };
-    let job = NewJob::parse(sub, user.id, user.role, state.catalogue(), state.now())?;
+    let mut job = NewJob::parse(sub, user.id, user.role, state.catalogue(), state.now())?;
+    if job.job_type == JobType::Command {
+        let payload = CommandPayload::parse(&job.payload)?;
+        let program = state.config().command_allow.check(&payload.argv[0])?;
+        job.max_attempts = program.max_attempts;
+    }
     let opts = InsertOptions {
         idempotency,
         max_queued: state.config().max_queued,

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`error`]: [`StoreError`] and the one place each backend maps driver errors.
 //! - [`model`]: the rows and queries the trait speaks in (users, tokens, list queries,
-//!   claims, outcomes, signals).
+//!   claims, outcomes, log reads, feed events and cursors, signals).
+//! - `log_text`: the rules of bounded job logs (head, tail, skipped bytes, offsets), shared
+//!   by both backends.
 //! - [`sqlite`]: the embedded backend (WAL, one writer thread with group commit, a pool
 //!   of readers).
 //! - [`postgres`]: the shared backend for many nodes (a connection pool, claims with
@@ -25,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+mod log_text;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -114,8 +117,28 @@ pub trait Store: Send + Sync + 'static {
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()>;
     /// The job's state history, oldest first.
     async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>>;
-    /// The job's log text (bounded; a marker shows where old lines were dropped).
-    async fn log_get(&self, owner: Option<UserId>, id: JobId) -> Result<String>;
+    /// The events of `owner`'s jobs (everyone's with `None`) strictly after `after` in
+    /// (`at`, `job_id`, `seq`) order, oldest first, at most `limit`: what a live feed
+    /// replays on (re)connecting before it follows [`Signal::Changed`]. Events of deleted
+    /// or pruned jobs are gone.
+    async fn event_feed(
+        &self,
+        owner: Option<UserId>,
+        after: &FeedCursor,
+        limit: u32,
+    ) -> Result<Vec<FeedEvent>>;
+    /// The job's log text: [`Store::log_read`] from offset 0.
+    async fn log_get(&self, owner: Option<UserId>, id: JobId) -> Result<String> {
+        Ok(self.log_read(owner, id, 0).await?.text)
+    }
+    /// The job's log from byte offset `from` of its log stream (every byte ever appended has
+    /// one) to the end, with the job's state read in the same snapshot. Logs keep their head
+    /// and their tail (at most `log_limit` bytes together); where the text crosses or starts
+    /// in the bytes skipped between them, a line `[… N bytes skipped …]` stands for the N
+    /// skipped bytes at or after `from`. `from` at or past the end gives an empty text; a
+    /// `from` inside a multi-byte character starts at the next character. `NotFound` if
+    /// absent or not `owner`'s.
+    async fn log_read(&self, owner: Option<UserId>, id: JobId, from: u64) -> Result<LogRead>;
 
     // ---- jobs: worker side -------------------------------------------------------------
 
@@ -157,8 +180,12 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Fenced progress report (0.0–1.0).
     async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()>;
-    /// Appends to a job's log, dropping the oldest text beyond `log_limit` bytes.
-    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<()>;
+    /// Appends to a job's log and returns the log's end offset after it (every byte ever
+    /// appended; `""` appends nothing and returns the current end). Past `log_limit` bytes
+    /// the log keeps its head (fixed at the first overflow: the first lines within half the
+    /// limit) and its newest lines, and counts the bytes skipped between them. `NotFound`
+    /// if the job does not exist.
+    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<u64>;
     /// Extends the given leases to `until`; reports which are lost and which have a cancel
     /// request pending (the polling fallback for cancel signals).
     async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal>;

@@ -1,5 +1,7 @@
 //! The rows and requests the [`crate::Store`] trait speaks in.
 
+use std::sync::Arc;
+
 use kiln_domain::{Failure, Job, JobId, JobState, Role, Timestamp, User, UserId};
 use serde_json::Value;
 
@@ -300,6 +302,128 @@ pub struct Stats {
     pub p95_start_latency_ms: f64,
 }
 
+/// What [`crate::Store::log_read`] found: a job's log from an offset, and the job's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRead {
+    /// The log from the offset asked for to its end, with a
+    /// `[… N bytes skipped …]` line where bytes between the kept head and tail are missing.
+    pub text: String,
+    /// The end offset of the log: every byte ever appended. Read from here next time.
+    pub end: u64,
+    /// The job's state when the text was read (terminal: no more text will come).
+    pub state: JobState,
+}
+
+/// One state change of a job, with what a live feed of events shows of the job. Published
+/// as [`Signal::Changed`] and read back by [`crate::Store::event_feed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEvent {
+    /// The job.
+    pub job_id: JobId,
+    /// Its owner.
+    pub owner: UserId,
+    /// Its type.
+    pub job_type: String,
+    /// Its queue.
+    pub queue: String,
+    /// The event's sequence number within the job, from 1.
+    pub seq: i64,
+    /// The state entered (or, for a cancel request, still `running`).
+    pub state: JobState,
+    /// The attempt number at that time.
+    pub attempt: u32,
+    /// When.
+    pub at: Timestamp,
+}
+
+impl FeedEvent {
+    /// The event of `job` as it is now (its state, `updated_at` and attempt), numbered `seq`:
+    /// what a backend stores and publishes for each state change.
+    pub(crate) fn of(job: &Job, seq: i64) -> Self {
+        Self {
+            job_id: job.id,
+            owner: job.owner,
+            job_type: job.job_type.clone(),
+            queue: job.queue.clone(),
+            seq,
+            state: job.state,
+            attempt: job.attempts,
+            at: kiln_domain::clock::truncate_ms(job.updated_at),
+        }
+    }
+
+    /// The feed position of this event: resume after it with [`crate::Store::event_feed`].
+    pub fn cursor(&self) -> FeedCursor {
+        FeedCursor {
+            at: self.at,
+            job_id: self.job_id,
+            seq: self.seq,
+        }
+    }
+}
+
+/// A position in the feed of job events, ordered by (`at`, `job_id`, `seq`) as the feed is.
+/// As text (`Display`/`FromStr`): `{at unix ms}.{job uuid as simple hex}.{seq}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FeedCursor {
+    /// The event's time (millisecond precision, as stored).
+    pub at: Timestamp,
+    /// Its job.
+    pub job_id: JobId,
+    /// Its sequence number within the job.
+    pub seq: i64,
+}
+
+impl FeedCursor {
+    /// The position just before every event at `at` or later (no job id sorts below the nil
+    /// UUID, no event number below 1).
+    pub fn before(at: Timestamp) -> Self {
+        Self {
+            at: kiln_domain::clock::truncate_ms(at),
+            job_id: JobId(uuid::Uuid::nil()),
+            seq: 0,
+        }
+    }
+}
+
+impl std::fmt::Display for FeedCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = self.at.timestamp_millis();
+        write!(f, "{at}.{}.{}", self.job_id.0.simple(), self.seq)
+    }
+}
+
+/// A string that is not a [`FeedCursor`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a feed cursor (expected `<unix ms>.<job id hex>.<seq>`)")]
+pub struct BadFeedCursor;
+
+impl std::str::FromStr for FeedCursor {
+    type Err = BadFeedCursor;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split('.');
+        let (Some(at), Some(id), Some(seq), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(BadFeedCursor);
+        };
+        let at = at
+            .parse()
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        let id = uuid::Uuid::try_parse(id).ok().filter(|_| id.len() == 32);
+        match (at, id, seq.parse()) {
+            (Some(at), Some(id), Ok(seq)) => Ok(Self {
+                at,
+                job_id: JobId(id),
+                seq,
+            }),
+            _ => Err(BadFeedCursor),
+        }
+    }
+}
+
 /// Published after a commit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Signal {
@@ -307,13 +431,83 @@ pub enum Signal {
     JobAvailable,
     /// A running job's owner asked to cancel it.
     CancelRequested(JobId),
-    /// A job changed state.
-    Changed {
-        /// Job.
+    /// A job changed state: the event just stored (shared, so every subscriber's copy is a
+    /// reference count).
+    Changed(Arc<FeedEvent>),
+    /// Text was appended to a job's log, ending at offset `end` of its log stream. `text` is
+    /// the appended text on the node that wrote it, and `None` on other nodes (NOTIFY
+    /// carries only the offset: they read the text from the database if they need it).
+    LogAppended {
+        /// The job.
         id: JobId,
-        /// Its owner.
-        owner: UserId,
-        /// Its new state.
-        state: JobState,
+        /// The log's end offset after the append.
+        end: u64,
+        /// What was appended, where known.
+        text: Option<Arc<str>>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor() -> FeedCursor {
+        FeedCursor {
+            at: kiln_domain::clock::from_millis(1_767_225_600_123),
+            job_id: JobId(uuid::Uuid::from_u128(
+                0x0193_0000_0000_7000_8000_0000_0000_00ab,
+            )),
+            seq: 7,
+        }
+    }
+
+    #[test]
+    fn feed_cursors_survive_a_round_trip_through_text() {
+        let text = cursor().to_string();
+        assert_eq!(text, "1767225600123.019300000000700080000000000000ab.7");
+        assert_eq!(text.parse::<FeedCursor>(), Ok(cursor()));
+        let early = FeedCursor::before(kiln_domain::clock::from_millis(-5));
+        assert_eq!(early.to_string().parse::<FeedCursor>(), Ok(early));
+    }
+
+    #[test]
+    fn anything_else_is_not_a_feed_cursor() {
+        let hex = cursor().job_id.0.simple().to_string();
+        for bad in [
+            String::new(),
+            ".".to_owned(),
+            "..".to_owned(),
+            "1.2".to_owned(),
+            format!("x.{hex}.1"),
+            format!("1.{hex}.x"),
+            format!("1.{hex}.1.2"),
+            format!("1.{hex}"),
+            "1.0193-0000.1".to_owned(),
+            format!("1.{}.1", cursor().job_id.0),
+            format!("99999999999999999999.{hex}.1"),
+            format!("{}.{hex}.1", i64::MAX),
+            format!("1.{hex}.99999999999999999999"),
+            "1.é€.1".to_owned(),
+        ] {
+            assert_eq!(bad.parse::<FeedCursor>(), Err(BadFeedCursor), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn feed_cursors_order_by_time_then_job_then_seq() {
+        let c = cursor();
+        let later_job = FeedCursor {
+            job_id: JobId(uuid::Uuid::from_u128(c.job_id.0.as_u128() + 1)),
+            seq: 1,
+            ..c
+        };
+        let later_time = FeedCursor {
+            at: c.at + chrono::TimeDelta::milliseconds(1),
+            job_id: JobId(uuid::Uuid::nil()),
+            seq: 0,
+        };
+        assert!(FeedCursor::before(c.at) < c);
+        assert!(c < FeedCursor { seq: 8, ..c });
+        assert!(c < later_job && later_job < later_time);
+    }
 }

@@ -143,8 +143,8 @@ impl RequestBuilder<'_> {
         self
     }
 
-    /// Sends it and reads the whole response.
-    pub async fn send(self) -> TestResponse {
+    /// Sends it and returns as soon as the response head arrives.
+    pub async fn open(self) -> Streaming {
         let mut req = Request::builder()
             .method(self.method)
             .uri(format!("{}{}", self.client.base, self.path));
@@ -159,12 +159,58 @@ impl RequestBuilder<'_> {
             .await
             .expect("the server answers");
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("a readable body").to_bytes();
-        TestResponse {
+        Streaming {
             status: parts.status,
             headers: parts.headers,
             body,
         }
+    }
+
+    /// Sends it and reads the whole response.
+    pub async fn send(self) -> TestResponse {
+        let streaming = self.open().await;
+        let (status, headers) = (streaming.status, streaming.headers.clone());
+        let body = streaming
+            .body
+            .collect()
+            .await
+            .expect("a readable body")
+            .to_bytes();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// A response whose body is read as it arrives (a live stream).
+pub struct Streaming {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    body: hyper::body::Incoming,
+}
+
+impl Streaming {
+    /// The next chunk of the body; `None` at its end.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            let frame = self.body.frame().await?.ok()?;
+            if let Ok(data) = frame.into_data() {
+                return Some(data);
+            }
+        }
+    }
+
+    /// Reads the rest of the body, up to its end.
+    pub async fn rest(mut self) -> String {
+        let mut text = Vec::new();
+        while let Some(chunk) = self.next_chunk().await {
+            text.extend_from_slice(&chunk);
+        }
+        String::from_utf8_lossy(&text).into_owned()
     }
 }
 

@@ -15,6 +15,6 @@ pub mod pg;
 pub mod wait;
 
 pub use db::TempSqlite;
-pub use http::{Client, Part, TestResponse, multipart_body};
+pub use http::{Client, Part, Streaming, TestResponse, multipart_body};
 pub use pg::TempPostgres;
 pub use wait::wait_until;

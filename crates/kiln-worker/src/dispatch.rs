@@ -57,7 +57,7 @@ pub(crate) async fn run(
                 signal = signals.recv() => match signal {
                     Ok(Signal::JobAvailable) => continue 'claim,
                     Ok(Signal::CancelRequested(id)) => cancel(&shared, id),
-                    Ok(Signal::Changed { .. }) => {}
+                    Ok(Signal::Changed(_) | Signal::LogAppended { .. }) => {}
                     Err(RecvError::Lagged(missed)) => {
                         // Missed signals may have included cancels: let the heartbeat
                         // read pending cancel requests from the store now.

@@ -14,7 +14,8 @@ use tokio::time::{Instant, interval_at, sleep_until};
 
 use crate::{Shared, Stop, StopReason, artifact};
 
-/// How long a kernel may take to honour its cancel token before its task is aborted.
+/// How long a kernel may take to honour its cancel token before its task is aborted
+/// (plus the kernel's own [`kiln_kernels::Kernel::stop_grace`]).
 const ABORT_AFTER: Duration = Duration::from_secs(2);
 /// Attempts at storing an outcome when the store reports a transient error.
 const COMPLETE_TRIES: u32 = 5;
@@ -75,6 +76,7 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
         .get_by_name(&job.job_type)
         .ok()
         .and_then(|spec| spec.policy.timeout());
+    let abort_after = ABORT_AFTER + kernel.stop_grace();
     let (log, mut log_rx) = LogSink::channel();
     let progress = Progress::default();
     let artifacts = match artifact::prepare(shared, job).await {
@@ -113,7 +115,7 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
                 stop.stop(StopReason::Timeout);
             }
             () = stop.token.cancelled(), if abort_at.is_none() => {
-                abort_at = Some(Instant::now() + ABORT_AFTER);
+                abort_at = Some(Instant::now() + abort_after);
             }
             () = sleep_until(abort_at.unwrap_or_else(never)), if abort_at.is_some() => {
                 tracing::warn!(job_id = %job.id, "kernel ignored its cancel token: aborting it");

@@ -129,6 +129,15 @@ pub struct Config {
     /// (nothing kept). Default: `objects/` beside the SQLite file.
     #[arg(long, env = "KILN_OBJECT_STORE")]
     pub object_store: Option<String>,
+    /// Programs `command` jobs may run (comma-separated): absolute paths, or bare names
+    /// resolved on this server's PATH at start-up. Without it `command` jobs are disabled.
+    /// Only operators and admins may submit them; limits per program in `kiln.toml`.
+    #[arg(long, env = "KILN_COMMAND_ALLOW", value_delimiter = ',')]
+    pub command_allow: Vec<String>,
+    /// How long a `command` job's processes get between SIGTERM and SIGKILL on cancel,
+    /// timeout and shutdown.
+    #[arg(long, env = "KILN_COMMAND_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub command_grace: Duration,
 }
 
 /// Parses a byte size: digits with an optional binary unit (`KiB`/`K`, `MiB`/`M`,
@@ -163,6 +172,9 @@ pub struct FileConfig {
     /// `[types.<name>] max_attempts / timeout_ms / backoff_base_ms / backoff_cap_ms`.
     #[serde(default)]
     pub types: BTreeMap<String, TypeConfig>,
+    /// `[command.limits]` and `[command.programs.<name>]`.
+    #[serde(default)]
+    pub command: crate::command_config::CommandFileConfig,
 }
 
 /// One queue's settings.
@@ -198,6 +210,8 @@ pub struct Validated {
     pub catalogue: Catalogue,
     /// The node id to use.
     pub node_id: String,
+    /// The programs `command` jobs may run, resolved, with their limits.
+    pub command_allow: std::sync::Arc<kiln_domain::job_type::command::AllowList>,
 }
 
 impl Config {
@@ -251,6 +265,8 @@ impl Config {
         }
         let file = self.read_file(&mut problems);
         let catalogue = catalogue(&file, &mut problems);
+        let command_allow =
+            crate::command_config::allow_list(&self.command_allow, &file.command, &mut problems);
         for (name, queue) in &file.queues {
             if let Err(e) = kiln_domain::QueueName::parse(name) {
                 problems.push(format!("kiln.toml [queues.{name}]: {}", e.reason));
@@ -270,6 +286,7 @@ impl Config {
             file,
             catalogue,
             node_id,
+            command_allow: std::sync::Arc::new(command_allow),
         })
     }
 

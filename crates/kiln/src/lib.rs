@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: flags with env fallbacks, `kiln.toml`, validation.
+//! - [`command_config`]: the `command` allow-list and its limits.
 //! - [`node`]: starts the store, worker and HTTP API together and stops them gracefully.
 //! - [`cli`]: subcommands (`serve`, `worker`, `migrate`, `user`, `bench`).
 //!
@@ -10,5 +11,6 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod command_config;
 pub mod config;
 pub mod node;

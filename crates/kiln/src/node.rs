@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use kiln_domain::{Clock, SystemClock};
 use kiln_kernels::Registry;
+use kiln_kernels::command::{Command, CommandConfig};
 use kiln_server::{AppState, ServerConfig};
 use kiln_store::Store;
 use kiln_store::postgres::{PgOptions, PgStore};
@@ -107,7 +108,7 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
             ..worker_config(v)
         },
         Arc::clone(&store),
-        Registry::default(),
+        registry(v),
         Arc::clone(&catalogue),
         Arc::clone(&clock),
     )
@@ -168,6 +169,33 @@ fn open_objects(v: &Validated) -> anyhow::Result<kiln_objects::Objects> {
         .with_context(|| format!("while opening the object store in {}", root.display()))
 }
 
+/// Every built-in kernel, and `command` with the node's allow-list. `command` is registered
+/// even without one, so a job submitted while a list was set ends `dead` with a clear
+/// error instead of waiting for ever.
+fn registry(v: &Validated) -> Registry {
+    let mut registry = Registry::default();
+    let mut config = CommandConfig::new(Arc::clone(&v.command_allow));
+    config.grace = v.config.command_grace;
+    config.scratch = data_dir(&v.config.database_url, "command-scratch", &v.node_id);
+    if v.command_allow.is_enabled() {
+        let names: Vec<&str> = v
+            .command_allow
+            .programs()
+            .iter()
+            .map(|p| p.path.as_str())
+            .collect();
+        tracing::info!(programs = ?names, "command jobs are enabled");
+        if let Err(why) = &config.cgroups {
+            tracing::warn!(
+                reason = %why,
+                "command jobs run under rlimits only: cgroup v2 limits are not available"
+            );
+        }
+    }
+    registry.register(Arc::new(Command::new(config)));
+    registry
+}
+
 fn worker_config(v: &Validated) -> WorkerConfig {
     WorkerConfig {
         node_id: v.node_id.clone(),
@@ -207,6 +235,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         cors_origins: v.config.cors_origins.clone(),
         upload_limit: v.config.upload_limit,
         upload_timeout: v.config.upload_timeout,
+        command_allow: Arc::clone(&v.command_allow),
         ..ServerConfig::default()
     }
 }

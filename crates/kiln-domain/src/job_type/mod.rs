@@ -13,8 +13,10 @@ use serde_json::{Value, json};
 
 use crate::{Backoff, Invalid, Role};
 
+pub mod command;
 mod payload;
 
+pub use command::CommandPayload;
 use payload::parse_payload;
 pub use payload::*;
 
@@ -34,17 +36,20 @@ pub enum JobType {
     MatrixMultiply,
     /// Generates a seeded CSV data set and aggregates it (sum, mean or per group).
     CsvAggregate,
+    /// Runs an allowed Linux program in a process group of its own (operators only).
+    Command,
 }
 
 impl JobType {
     /// Every type, in catalogue order.
-    pub const ALL: [JobType; 6] = [
+    pub const ALL: [JobType; 7] = [
         JobType::Echo,
         JobType::Sleep,
         JobType::External,
         JobType::Primes,
         JobType::MatrixMultiply,
         JobType::CsvAggregate,
+        JobType::Command,
     ];
 
     /// The snake_case name.
@@ -56,6 +61,7 @@ impl JobType {
             JobType::Primes => "primes",
             JobType::MatrixMultiply => "matrix_multiply",
             JobType::CsvAggregate => "csv_aggregate",
+            JobType::Command => "command",
         }
     }
 
@@ -73,6 +79,7 @@ impl JobType {
             JobType::Primes => parse_payload::<PrimesPayload>(payload).map(drop),
             JobType::MatrixMultiply => parse_payload::<MatrixPayload>(payload).map(drop),
             JobType::CsvAggregate => CsvPayload::parse(payload).map(drop),
+            JobType::Command => CommandPayload::parse(payload).map(drop),
         }
     }
 
@@ -150,6 +157,18 @@ impl JobType {
                     ],
                 }),
             ),
+            JobType::Command => (
+                "Runs a program from the server's allow-list in a process group of its own, with resource limits and a clean environment; stdout and stderr are the job's log (operators only).",
+                CommandPayload::schema(),
+            ),
+        }
+    }
+
+    /// The least role that may submit it: `command` runs programs on the server's host.
+    pub fn min_role(self) -> Role {
+        match self {
+            JobType::Command => Role::Operator,
+            _ => Role::Client,
         }
     }
 
@@ -178,6 +197,13 @@ impl JobType {
             JobType::Primes | JobType::MatrixMultiply | JobType::CsvAggregate => Policy {
                 max_attempts: 2,
                 timeout_ms: 300_000,
+                backoff,
+            },
+            // A program's side effects are its own: no retry unless an operator turns it
+            // on per program. A payload's `timeout_ms` may shorten the day-long limit.
+            JobType::Command => Policy {
+                max_attempts: 1,
+                timeout_ms: CommandPayload::MAX_TIMEOUT_MS,
                 backoff,
             },
         }
@@ -244,7 +270,7 @@ impl Default for Catalogue {
                     description,
                     schema,
                     policy: job_type.default_policy(),
-                    min_role: Role::Client,
+                    min_role: job_type.min_role(),
                 }
             })
             .collect();

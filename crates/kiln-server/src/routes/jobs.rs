@@ -2,7 +2,7 @@
 //! owner-scoped: another user's job answers 404 exactly like an unknown id.
 
 use axum::extract::State;
-use axum::http::header::{CONTENT_TYPE, LOCATION};
+use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_api::{EventView, JobView, Page, PatchJob, StatusView, SubmitJob};
@@ -95,16 +95,6 @@ pub async fn events(
 ) -> Result<Json<Vec<EventView>>, ApiError> {
     let events = state.store().event_list(Some(me.user.id), id).await?;
     Ok(Json(events.into_iter().map(view::event).collect()))
-}
-
-/// `GET /jobs/{id}/logs` as `text/plain`.
-pub async fn logs(
-    State(state): State<AppState>,
-    me: CurrentUser,
-    Path(id): Path<JobId>,
-) -> Result<Response, ApiError> {
-    let text = state.store().log_get(Some(me.user.id), id).await?;
-    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
 /// `POST /jobs/{id}/cancel`: 200 with the job, or 202 if a running job is still stopping.

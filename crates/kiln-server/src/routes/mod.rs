@@ -3,6 +3,8 @@
 pub mod admin;
 pub mod artifacts;
 pub mod auth;
+pub mod events;
 pub mod files;
 pub mod jobs;
+pub mod logs;
 pub mod ops;

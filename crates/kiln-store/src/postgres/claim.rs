@@ -11,9 +11,9 @@ use deadpool_postgres::{GenericClient, Transaction};
 use kiln_domain::{Event, Job, JobId, JobState, Step, Timestamp, UserId, transition};
 
 use super::notify::Signals;
-use super::row::{self, job_columns, query, ts};
+use super::row::{self, EVENT_SEQ, job_columns, query, ts};
 use crate::error::{Result, StoreError};
-use crate::model::ClaimRequest;
+use crate::model::{ClaimRequest, FeedEvent};
 
 /// Most jobs promoted per transaction, so a burst of jobs all due at once is spread over
 /// several short transactions instead of one long one.
@@ -56,17 +56,26 @@ pub(super) async fn promote_due(
          ), moved AS (
              UPDATE jobs j SET state = $3, updated_at = $1, event_seq = j.event_seq + 1
              FROM due WHERE j.id = due.id
-             RETURNING j.id, j.owner_id, j.attempts, j.event_seq
+             RETURNING j.id, j.owner_id, j.attempts, j.event_seq, j.type, j.queue
          ), events AS (
              INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
              SELECT id, event_seq, $3, $1, attempts, NULL, 'due' FROM moved
          )
-         SELECT id, owner_id FROM moved",
+         SELECT id, owner_id, type, queue, event_seq, attempts FROM moved",
         &[&ts(now), &max, &queued.as_str()],
     )
     .await?;
     for r in &rows {
-        signals.changed(JobId(row::get(r, 0)?), UserId(row::get(r, 1)?), queued);
+        signals.changed(FeedEvent {
+            job_id: JobId(row::get(r, 0)?),
+            owner: UserId(row::get(r, 1)?),
+            job_type: row::get(r, 2)?,
+            queue: row::get(r, 3)?,
+            seq: row::seq(r, 4)?,
+            state: queued,
+            attempt: row::count(r, 5)?,
+            at: ts(now),
+        });
     }
     Ok(rows.len() as u64)
 }
@@ -101,7 +110,7 @@ pub(super) async fn claim(
              )
              SELECT ",
             job_columns!(),
-            " FROM taken ORDER BY priority DESC, run_at, id"
+            ", event_seq FROM taken ORDER BY priority DESC, run_at, id"
         ),
         &[
             &req.types,
@@ -118,7 +127,7 @@ pub(super) async fn claim(
     let mut claimed = Vec::with_capacity(rows.len());
     for r in &rows {
         let job = row::job(r)?;
-        signals.changed(job.id, job.owner, job.state);
+        signals.changed(FeedEvent::of(&job, row::seq(r, EVENT_SEQ)?));
         claimed.push(job);
     }
     Ok(claimed)

@@ -17,7 +17,7 @@ use kiln_domain::{
 use super::notify::Signals;
 use super::row::{self, int, job_columns, json, query_one, query_opt, ts};
 use crate::error::{Result, StoreError};
-use crate::model::{InsertOptions, Inserted, Report, Signal};
+use crate::model::{FeedEvent, InsertOptions, Inserted, Report, Signal};
 
 /// The advisory lock key that serialises inserts checking `max_queued` (`kilnqcap`).
 const MAX_QUEUED_LOCK: i64 = 0x6b69_6c6e_7163_6170;
@@ -81,7 +81,7 @@ pub(super) async fn insert(
         ],
     )
     .await?;
-    signals.changed(job.id, job.owner, job.state);
+    signals.changed(FeedEvent::of(&job, 1));
     if let Some(key) = &opts.idempotency {
         // A concurrent insert with the same key waits here for the first to commit, then
         // inserts nothing: the caller rolls back and finds the winner's job.
@@ -250,7 +250,7 @@ pub(super) async fn record(
         ],
     )
     .await?;
-    signals.changed(job.id, job.owner, job.state);
+    signals.changed(FeedEvent::of(job, i64::from(seq)));
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 use super::notify::Signals;
 use super::row::{self, int, job_columns, json, query, query_opt, ts};
 use crate::error::{Result, StoreError};
-use crate::model::{LeaseFilter, Outcome, Renewal};
+use crate::model::{FeedEvent, LeaseFilter, Outcome, Renewal};
 
 /// The fence every attempt's write matches (parameters $1 id, $2 attempt, $3 node).
 macro_rules! fenced {
@@ -100,7 +100,7 @@ pub(super) async fn complete(
         .await?
         .ok_or(StoreError::LeaseLost)?;
     let job = row::job(&found)?;
-    signals.changed(job.id, job.owner, job.state);
+    signals.changed(FeedEvent::of(&job, row::seq(&found, row::EVENT_SEQ)?));
     Ok(job)
 }
 

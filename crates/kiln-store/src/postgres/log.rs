@@ -1,44 +1,67 @@
-//! Job logs, bounded per job, with the same rules as the SQLite backend (its
-//! [`cut_point`] and [`marker`] are shared).
+//! Job logs, bounded per job: the `job_logs` rows. What a row keeps and how it reads is
+//! [`crate::log_text`], shared with the SQLite backend.
 //!
-//! Each job has at most one `job_logs` row: the newest `log_limit` bytes of its log, their
-//! size, and how many bytes were dropped from the front so far. An append that still fits
-//! is a plain concatenation in SQL; one that overflows locks the row, drops the oldest lines
-//! in Rust and writes the tail back, in one transaction.
+//! An append that still fits is a plain concatenation in SQL; one that overflows locks the
+//! row, lets [`Kept::append`] keep the head and cut the tail, and writes it back, in one
+//! transaction.
 
 use deadpool_postgres::{GenericClient, Transaction};
 use kiln_domain::{JobId, Timestamp, UserId};
 
 use super::row::{self, query_opt, ts};
 use crate::error::{Result, StoreError};
-use crate::sqlite::log::{cut_point, marker};
+use crate::log_text::Kept;
+use crate::model::LogRead;
 
-/// Appends `text` to the job's log, keeping at most `limit` bytes; `NotFound` if the job
-/// does not exist.
+/// Appends `text` to the job's log, keeping at most `limit` bytes; returns the log's end
+/// offset. `NotFound` if the job does not exist.
 pub(super) async fn append(
     tx: &Transaction<'_>,
     id: JobId,
     text: &str,
     now: Timestamp,
     limit: usize,
-) -> Result<()> {
+) -> Result<u64> {
     if text.is_empty() {
-        return super::jobs::ensure_visible(tx, None, id).await;
+        return end(tx, id).await;
     }
     let now = ts(now);
     let added = i64::try_from(text.len()).unwrap_or(i64::MAX);
     let max = i64::try_from(limit).unwrap_or(i64::MAX);
     // Fast path: the text fits, so PostgreSQL concatenates without the text leaving it.
-    let fitted = row::execute(
+    let fitted = query_opt(
         tx,
         "UPDATE job_logs SET text = text || $2, bytes = bytes + $3, updated_at = $4
-         WHERE job_id = $1 AND bytes + $3 <= $5",
+         WHERE job_id = $1 AND bytes + $3 <= $5 RETURNING bytes + dropped",
         &[&id.0, &text, &added, &now, &max],
     )
     .await?;
-    if fitted == 1 {
-        return Ok(());
+    if let Some(fitted) = fitted {
+        return Ok(offset(row::get(&fitted, 0)?));
     }
+    let mut kept = locked(tx, id, now).await?;
+    kept.append(text, limit);
+    row::execute(
+        tx,
+        "UPDATE job_logs SET text = $2, bytes = $3, head_bytes = $4, dropped = $5,
+             updated_at = $6
+         WHERE job_id = $1",
+        &[
+            &id.0,
+            &kept.text(),
+            &kept.bytes(),
+            &kept.head_bytes(),
+            &kept.dropped(),
+            &now,
+        ],
+    )
+    .await?;
+    Ok(kept.total())
+}
+
+/// The job's log row, created empty if missing and locked until the transaction ends;
+/// `NotFound` if no such job.
+async fn locked(tx: &Transaction<'_>, id: JobId, now: Timestamp) -> Result<Kept> {
     super::jobs::ensure_visible(tx, None, id).await?;
     // The row exists from here on, so concurrent first appends serialise on its lock
     // instead of overwriting each other.
@@ -51,51 +74,56 @@ pub(super) async fn append(
     .await?;
     let current = row::query_one(
         tx,
-        "SELECT text, dropped FROM job_logs WHERE job_id = $1 FOR UPDATE",
+        "SELECT text, head_bytes, dropped FROM job_logs WHERE job_id = $1 FOR UPDATE",
         &[&id.0],
     )
     .await?;
-    let mut kept: String = row::get(&current, 0)?;
-    let dropped: i64 = row::get(&current, 1)?;
-    kept.push_str(text);
-    let cut = cut_point(&kept, limit);
-    kept.drain(..cut);
-    let dropped = dropped.saturating_add(i64::try_from(cut).unwrap_or(i64::MAX));
-    row::execute(
-        tx,
-        "UPDATE job_logs SET text = $2, bytes = $3, dropped = $4, updated_at = $5
-         WHERE job_id = $1",
-        &[
-            &id.0,
-            &kept,
-            &i64::try_from(kept.len()).unwrap_or(i64::MAX),
-            &dropped,
-            &now,
-        ],
-    )
-    .await?;
-    Ok(())
+    Ok(Kept::from_row(
+        row::get(&current, 0)?,
+        row::get(&current, 1)?,
+        row::get(&current, 2)?,
+    ))
 }
 
-/// The job's log with its drop marker; `NotFound` if the job is not visible to `owner`.
-pub(super) async fn get(
+/// The end offset of the job's log (0 without a log row); `NotFound` if no such job.
+async fn end(db: &impl GenericClient, id: JobId) -> Result<u64> {
+    let found = query_opt(
+        db,
+        "SELECT coalesce(l.bytes + l.dropped, 0) FROM jobs j
+         LEFT JOIN job_logs l ON l.job_id = j.id WHERE j.id = $1",
+        &[&id.0],
+    )
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    Ok(offset(row::get(&found, 0)?))
+}
+
+/// A stored byte count as an offset.
+fn offset(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// The job's log from offset `from`, with its state, in one statement (one snapshot);
+/// `NotFound` if the job is not visible to `owner`.
+pub(super) async fn read(
     db: &impl GenericClient,
     owner: Option<UserId>,
     id: JobId,
-) -> Result<String> {
+    from: u64,
+) -> Result<LogRead> {
     let found = query_opt(
         db,
-        "SELECT l.text, l.dropped FROM jobs j LEFT JOIN job_logs l ON l.job_id = j.id
+        "SELECT j.state, l.text, l.head_bytes, l.dropped FROM jobs j
+         LEFT JOIN job_logs l ON l.job_id = j.id
          WHERE j.id = $1 AND ($2::bigint IS NULL OR j.owner_id = $2)",
         &[&id.0, &owner.map(|o| o.0)],
     )
     .await?
     .ok_or(StoreError::NotFound)?;
-    let text: Option<String> = row::get(&found, 0)?;
-    let dropped: Option<i64> = row::get(&found, 1)?;
-    let text = text.unwrap_or_default();
-    Ok(match dropped.unwrap_or(0) {
-        0 => text,
-        n => format!("{}\n{text}", marker(n)),
-    })
+    let kept = Kept::from_row(
+        row::get::<Option<String>>(&found, 1)?.unwrap_or_default(),
+        row::get::<Option<i64>>(&found, 2)?.unwrap_or(0),
+        row::get::<Option<i64>>(&found, 3)?.unwrap_or(0),
+    );
+    Ok(kept.read(from, row::state(&found, 0)?))
 }

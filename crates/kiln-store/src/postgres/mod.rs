@@ -17,14 +17,15 @@
 //!   notifications locally.
 //! - SQL lives next to the function that runs it: [`jobs`] (submit, get, cancel, retry,
 //!   report, delete), [`list`], [`claim`] (claim and promotion of due work), [`lease`]
-//!   (fenced completion, progress, renewal, rescue lookup), [`log`], [`users`] (users and
-//!   tokens), [`retention`] (prune and stats); [`row`] maps rows to domain types, [`schema`]
-//!   applies the embedded migrations.
+//!   (fenced completion, progress, renewal, rescue lookup), [`feed`] (events across jobs,
+//!   for live streams), [`log`], [`users`] (users and tokens), [`retention`] (prune and
+//!   stats); [`row`] maps rows to domain types, [`schema`] applies the embedded migrations.
 //!
 //! This module owns the options, the pool and the one place driver errors are mapped
 //! ([`map_err`]); it does not decide legality (that is [`kiln_domain::transition`]).
 
 mod claim;
+mod feed;
 mod jobs;
 mod lease;
 mod list;
@@ -58,7 +59,8 @@ pub struct PgOptions {
     /// off behind PgBouncer in transaction mode (which cannot hold a `LISTEN`): signals then
     /// only reach this node's own subscribers, and workers fall back to polling.
     pub listen: bool,
-    /// Bytes of log kept per job; older text is dropped at a line boundary. Default 64 KiB.
+    /// Bytes of log kept per job: past it, the log's head and its newest lines, cut at line
+    /// boundaries (see `log_text.rs`). Default 64 KiB.
     pub log_limit_bytes: usize,
 }
 

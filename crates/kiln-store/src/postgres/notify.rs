@@ -3,7 +3,10 @@
 //! re-publishes other nodes' notifications to this node's subscribers.
 //!
 //! Channel `kiln_jobs`; payload `<origin>|<signal>` where `<signal>` is `available`,
-//! `cancel:<job uuid>` or `changed:<job uuid>:<owner id>:<state>`. `<origin>` names the
+//! `cancel:<job uuid>` or
+//! `changed:<job uuid>:<owner id>:<seq>:<state>:<attempt>:<at unix ms>:<queue>:<type>`
+//! (queue names are `[a-z0-9_-]`; the type comes last, so even a `:` in it would survive,
+//! and the longest payload stays far below `NOTIFY`'s 8,000 bytes). `<origin>` names the
 //! [`PgStore`](super::PgStore) that wrote it, so a listener skips its own store's
 //! notifications (those were already published locally, right after the commit).
 //!
@@ -14,14 +17,15 @@
 //! lost, so subscribers should re-read. A ping every 30 s (10 s to answer) catches a
 //! connection that died without the socket noticing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_domain::{JobId, JobState, UserId};
+use kiln_domain::{JobState, UserId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::Result;
-use crate::model::Signal;
+use crate::model::{FeedEvent, Signal};
 
 /// How often the listener checks that its connection still answers, and how long it waits.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -44,11 +48,12 @@ impl Signals {
         self.0.push(signal);
     }
 
-    /// Queues the signals of a state change: `Changed`, and `JobAvailable` when the job
-    /// became `queued`.
-    pub fn changed(&mut self, id: JobId, owner: UserId, state: JobState) {
-        self.push(Signal::Changed { id, owner, state });
-        if state == JobState::Queued {
+    /// Queues the signals of a state change, `event` being the event row just written:
+    /// `Changed`, and `JobAvailable` when the job became `queued`.
+    pub fn changed(&mut self, event: FeedEvent) {
+        let queued = event.state == JobState::Queued;
+        self.push(Signal::Changed(Arc::new(event)));
+        if queued {
             self.push(Signal::JobAvailable);
         }
     }
@@ -89,7 +94,18 @@ pub(super) fn encode(signal: &Signal) -> String {
     match signal {
         Signal::JobAvailable => "available".to_owned(),
         Signal::CancelRequested(id) => format!("cancel:{}", id.0),
-        Signal::Changed { id, owner, state } => format!("changed:{}:{}:{state}", id.0, owner.0),
+        Signal::Changed(e) => format!(
+            "changed:{}:{}:{}:{}:{}:{}:{}:{}",
+            e.job_id.0,
+            e.owner.0,
+            e.seq,
+            e.state,
+            e.attempt,
+            e.at.timestamp_millis(),
+            e.queue,
+            e.job_type
+        ),
+        Signal::LogAppended { id, end, .. } => format!("log:{}:{end}", id.0),
     }
 }
 
@@ -101,14 +117,27 @@ pub(super) fn decode(payload: &str) -> Option<Signal> {
     if let Some(id) = payload.strip_prefix("cancel:") {
         return Some(Signal::CancelRequested(id.parse().ok()?));
     }
-    let mut parts = payload.strip_prefix("changed:")?.split(':');
-    let id: JobId = parts.next()?.parse().ok()?;
-    let owner = UserId(parts.next()?.parse().ok()?);
-    let state: JobState = parts.next()?.parse().ok()?;
-    if parts.next().is_some() {
-        return None;
+    if let Some(rest) = payload.strip_prefix("log:") {
+        let (id, end) = rest.split_once(':')?;
+        return Some(Signal::LogAppended {
+            id: id.parse().ok()?,
+            end: end.parse().ok()?,
+            text: None,
+        });
     }
-    Some(Signal::Changed { id, owner, state })
+    let mut parts = payload.strip_prefix("changed:")?.splitn(8, ':');
+    let mut next = || parts.next();
+    let event = FeedEvent {
+        job_id: next()?.parse().ok()?,
+        owner: UserId(next()?.parse().ok()?),
+        seq: next()?.parse().ok()?,
+        state: next()?.parse().ok()?,
+        attempt: next()?.parse().ok()?,
+        at: chrono::DateTime::from_timestamp_millis(next()?.parse().ok()?)?,
+        queue: next()?.to_owned(),
+        job_type: next()?.to_owned(),
+    };
+    Some(Signal::Changed(Arc::new(event)))
 }
 
 /// Most notifications sent in one `pg_notify` statement.
@@ -290,23 +319,66 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_domain::JobId;
+    use kiln_domain::clock::from_millis;
+
+    fn event(state: JobState) -> FeedEvent {
+        FeedEvent {
+            job_id: JobId::new(),
+            owner: UserId(42),
+            job_type: "echo".to_owned(),
+            queue: "default".to_owned(),
+            seq: 3,
+            state,
+            attempt: 2,
+            at: from_millis(1_767_225_600_123),
+        }
+    }
 
     #[test]
     fn every_signal_survives_a_round_trip_through_its_payload() {
         let id = JobId::new();
+        let odd = FeedEvent {
+            job_type: "made:up".to_owned(),
+            queue: "bulk-2_x".to_owned(),
+            at: from_millis(-1),
+            ..event(JobState::Dead)
+        };
         for signal in [
             Signal::JobAvailable,
             Signal::CancelRequested(id),
-            Signal::Changed {
-                id,
-                owner: UserId(42),
-                state: JobState::Running,
-            },
+            Signal::Changed(Arc::new(event(JobState::Running))),
+            Signal::Changed(Arc::new(odd)),
         ] {
             assert_eq!(decode(&encode(&signal)), Some(signal));
         }
         assert_eq!(decode("changed:nope"), None);
         assert_eq!(decode("something-else"), None);
+    }
+
+    #[test]
+    fn changed_payloads_carry_every_field_of_the_event() {
+        let e = event(JobState::Running);
+        let payload = encode(&Signal::Changed(Arc::new(e.clone())));
+        assert_eq!(
+            payload,
+            format!(
+                "changed:{}:42:3:running:2:1767225600123:default:echo",
+                e.job_id
+            )
+        );
+        // The old three-field shape, a bad field or a missing one: not a signal.
+        let id = e.job_id;
+        for bad in [
+            format!("changed:{id}:42:running"),
+            format!("changed:{id}:42:x:running:2:1767225600123:default:echo"),
+            format!("changed:{id}:42:3:bogus:2:1767225600123:default:echo"),
+            format!("changed:{id}:42:3:running:-1:1767225600123:default:echo"),
+            format!("changed:{id}:42:3:running:2:{}:default:echo", i64::MAX),
+            format!("changed:{id}:42:3:running:2:1767225600123:default"),
+        ] {
+            assert_eq!(decode(&bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -323,8 +395,8 @@ mod tests {
     fn job_available_is_published_once_per_write() {
         let (tx, mut rx) = broadcast::channel(8);
         let mut signals = Signals::default();
-        signals.changed(JobId::new(), UserId(1), JobState::Queued);
-        signals.changed(JobId::new(), UserId(1), JobState::Queued);
+        signals.changed(event(JobState::Queued));
+        signals.changed(event(JobState::Queued));
         signals.publish(&tx);
         let mut got = Vec::new();
         while let Ok(s) = rx.try_recv() {

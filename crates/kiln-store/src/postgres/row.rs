@@ -65,6 +65,14 @@ pub(super) fn job(row: &Row) -> Result<Job> {
     })
 }
 
+/// The column of `event_seq` in a row that selects it right after [`job_columns!`].
+pub(super) const EVENT_SEQ: usize = 21;
+
+/// An event number (`integer`) as the feed carries it.
+pub(super) fn seq(row: &Row, idx: usize) -> Result<i64> {
+    get::<i32>(row, idx).map(i64::from)
+}
+
 /// Reads a row selected with [`user_columns!`] starting at column `at`.
 pub(super) fn user(row: &Row, at: usize) -> Result<User> {
     Ok(User {

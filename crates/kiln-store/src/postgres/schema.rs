@@ -16,6 +16,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_drop_jobs_started.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_job_log_heads.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -4,13 +4,15 @@
 //! sends the signals). Nothing else happens here, except splitting long maintenance work
 //! (promotion, pruning) into chunks so each is one short transaction.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId};
 use tokio::sync::broadcast;
 
 use super::jobs::Insert;
 use super::notify::Signals;
-use super::{PgStore, claim, jobs, lease, list, log, retention, users};
+use super::{PgStore, claim, feed, jobs, lease, list, log, retention, users};
 use crate::Store;
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::*;
@@ -163,8 +165,20 @@ impl Store for PgStore {
         super::row::events(&client, id).await
     }
 
-    async fn log_get(&self, owner: Option<UserId>, id: JobId) -> Result<String> {
-        log::get(&self.client().await?, owner, id).await
+    async fn event_feed(
+        &self,
+        owner: Option<UserId>,
+        after: &FeedCursor,
+        limit: u32,
+    ) -> Result<Vec<FeedEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        feed::feed(&self.client().await?, owner, after, limit).await
+    }
+
+    async fn log_read(&self, owner: Option<UserId>, id: JobId, from: u64) -> Result<LogRead> {
+        log::read(&self.client().await?, owner, id, from).await
     }
 
     async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>> {
@@ -186,9 +200,20 @@ impl Store for PgStore {
         lease::progress(&self.client().await?, lease, progress, now).await
     }
 
-    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<()> {
+    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<u64> {
         let limit = self.log_limit;
-        in_tx!(self, |tx, _sig| log::append(&tx, id, text, now, limit))
+        let end = in_tx!(self, |tx, sig| async {
+            let end = log::append(&tx, id, text, now, limit).await?;
+            if !text.is_empty() {
+                sig.push(Signal::LogAppended {
+                    id,
+                    end,
+                    text: Some(Arc::from(text)),
+                });
+            }
+            Ok::<_, StoreError>(end)
+        })?;
+        Ok(end)
     }
 
     async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal> {

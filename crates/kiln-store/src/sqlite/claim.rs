@@ -7,6 +7,7 @@
 //! same job; the `state = 'queued'` guard on the `UPDATE` keeps that true even against
 //! another process writing the same file.
 
+use kiln_domain::clock::truncate_ms;
 use kiln_domain::{Event, Job, JobId, JobState, Step, Timestamp, UserId, transition};
 use rusqlite::Connection;
 
@@ -14,7 +15,7 @@ use super::event;
 use super::row::{self, id_bytes, ms};
 use super::writer::Tx;
 use crate::error::Result;
-use crate::model::ClaimRequest;
+use crate::model::{ClaimRequest, FeedEvent};
 
 /// Most jobs promoted per writer command, so a burst of jobs all due at once is spread
 /// over several short transactions instead of holding the writer for one long one.
@@ -26,41 +27,47 @@ pub(super) fn promote_due(tx: &mut Tx<'_>, now: Timestamp, max: usize) -> Result
     let db = tx.db;
     let due = db
         .prepare_cached(
-            "SELECT id, owner_id, state, attempts FROM jobs
+            "SELECT id, owner_id, state, attempts, type, queue FROM jobs
              WHERE state IN ('scheduled', 'failed') AND run_at <= ?1
              ORDER BY run_at LIMIT ?2",
         )?
         .query_map((ms(now), i64::try_from(max).unwrap_or(i64::MAX)), |r| {
-            Ok((
-                row::job_id(r, 0)?,
-                UserId(r.get(1)?),
-                row::state(r, 2)?,
-                r.get::<_, u32>(3)?,
-            ))
+            Ok(FeedEvent {
+                job_id: row::job_id(r, 0)?,
+                owner: UserId(r.get(1)?),
+                job_type: r.get(4)?,
+                queue: r.get(5)?,
+                seq: 0,
+                state: row::state(r, 2)?,
+                attempt: r.get(3)?,
+                at: truncate_ms(now),
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let promoted = due.len() as u64;
     let mut update =
         db.prepare_cached("UPDATE jobs SET state = ?2, updated_at = ?3 WHERE id = ?1")?;
-    for &(id, owner, from, attempt) in &due {
-        let Step::To(state) = transition(from, Event::Due)? else {
+    for mut job in due {
+        let Step::To(state) = transition(job.state, Event::Due)? else {
             continue;
         };
-        update.execute((id_bytes(id), state.as_str(), ms(now)))?;
-        tx.counts.moved(from, state);
-        event::append(
+        update.execute((id_bytes(job.job_id), state.as_str(), ms(now)))?;
+        tx.counts.moved(job.state, state);
+        job.state = state;
+        job.seq = event::append(
             db,
             &event::New {
-                job: id,
+                job: job.job_id,
                 state,
                 at: ms(now),
-                attempt,
+                attempt: job.attempt,
                 node: None,
                 message: "due",
             },
         )?;
-        event::changed(tx, id, owner, state);
+        event::changed(tx, job);
     }
-    Ok(due.len() as u64)
+    Ok(promoted)
 }
 
 /// Promotes due work, then claims up to `req.limit` queued jobs for `req.node`.

@@ -1,142 +1,154 @@
-//! Job logs, bounded per job. [`cut_point`] and [`marker`] are shared with the PostgreSQL
-//! backend, so both bound logs identically.
+//! Job logs, bounded per job: the `job_logs` rows. What a row keeps and how it reads is
+//! [`crate::log_text`], shared with the PostgreSQL backend.
 //!
-//! Each job has at most one `job_logs` row: the newest `log_limit` bytes of its log, their
-//! size, and how many bytes were dropped from the front so far. An append that still fits
-//! is a plain concatenation in SQL; one that overflows reads the text, drops the oldest
-//! lines (cutting inside a line only when a single line is longer than the limit) and
-//! writes the tail back. Readers see a one-line marker with the total dropped, then the
-//! text.
+//! An append that still fits is a plain concatenation in SQL, so the text never leaves
+//! SQLite; one that overflows reads the row, lets [`Kept::append`] keep the head and cut
+//! the tail, and writes it back.
 
 use kiln_domain::{JobId, Timestamp, UserId};
 use rusqlite::{Connection, OptionalExtension};
 
-use super::row::{id_bytes, ms};
+use super::row::{self, id_bytes, ms};
 use super::writer::Tx;
 use crate::error::{Result, StoreError};
+use crate::log_text::Kept;
+use crate::model::LogRead;
 
-/// Appends `text` to the job's log; `NotFound` if the job does not exist.
-pub(super) fn append(tx: &Tx<'_>, id: JobId, text: &str, now: Timestamp) -> Result<()> {
+/// Appends `text` to the job's log; returns the log's end offset. `NotFound` if the job
+/// does not exist.
+pub(super) fn append(tx: &Tx<'_>, id: JobId, text: &str, now: Timestamp) -> Result<u64> {
     if text.is_empty() {
-        return super::jobs::ensure_visible(tx.db, None, id);
+        return end(tx.db, id);
+    }
+    if let Some(end) = concatenate(tx, id, text, now)? {
+        return Ok(end);
     }
     let db = tx.db;
+    let mut kept = match stored(db, id)? {
+        Some(kept) => kept,
+        None => {
+            super::jobs::ensure_visible(db, None, id)?;
+            Kept::default()
+        }
+    };
+    kept.append(text, tx.log_limit);
+    db.prepare_cached(
+        "INSERT INTO job_logs (job_id, text, bytes, head_bytes, dropped, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (job_id) DO UPDATE SET text = excluded.text, bytes = excluded.bytes,
+             head_bytes = excluded.head_bytes, dropped = excluded.dropped,
+             updated_at = excluded.updated_at",
+    )?
+    .execute((
+        id_bytes(id),
+        kept.text(),
+        kept.bytes(),
+        kept.head_bytes(),
+        kept.dropped(),
+        ms(now),
+    ))?;
+    Ok(kept.total())
+}
+
+/// The fast path: when the job has a log row and `text` fits in it, SQLite concatenates
+/// without the text leaving it. Returns the new end offset, or `None` (nothing written)
+/// when the slow path must run.
+fn concatenate(tx: &Tx<'_>, id: JobId, text: &str, now: Timestamp) -> Result<Option<u64>> {
     let key = id_bytes(id);
     let added = i64::try_from(text.len()).unwrap_or(i64::MAX);
     let limit = i64::try_from(tx.log_limit).unwrap_or(i64::MAX);
-    // Fast path: the text fits, so SQLite concatenates without the text leaving it.
-    let fitted = db
+    let fitted = tx
+        .db
         .prepare_cached(
             "UPDATE job_logs SET text = text || ?2, bytes = bytes + ?3, updated_at = ?4
              WHERE job_id = ?1 AND bytes + ?3 <= ?5",
         )?
         .execute((key, text, added, ms(now), limit))?;
-    if fitted == 1 {
-        return Ok(());
+    if fitted == 0 {
+        return Ok(None);
     }
-    let current: Option<(String, i64)> = db
-        .prepare_cached("SELECT text, dropped FROM job_logs WHERE job_id = ?1")?
-        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let (mut kept, mut dropped) = match current {
-        Some(found) => found,
-        None => {
-            super::jobs::ensure_visible(db, None, id)?;
-            (String::new(), 0)
-        }
-    };
-    kept.push_str(text);
-    let cut = cut_point(&kept, tx.log_limit);
-    kept.drain(..cut);
-    dropped = dropped.saturating_add(i64::try_from(cut).unwrap_or(i64::MAX));
-    db.prepare_cached(
-        "INSERT INTO job_logs (job_id, text, bytes, dropped, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (job_id) DO UPDATE SET text = excluded.text, bytes = excluded.bytes,
-             dropped = excluded.dropped, updated_at = excluded.updated_at",
-    )?
-    .execute((
-        key,
-        &kept,
-        i64::try_from(kept.len()).unwrap_or(i64::MAX),
-        dropped,
-        ms(now),
-    ))?;
-    Ok(())
+    // A lookup rather than `RETURNING`, which SQLite stages in a temporary table.
+    let total: i64 = tx
+        .db
+        .prepare_cached("SELECT bytes + dropped FROM job_logs WHERE job_id = ?1")?
+        .query_row([key], |r| r.get(0))?;
+    Ok(Some(u64::try_from(total).unwrap_or(0)))
 }
 
-/// The job's log with its drop marker; `NotFound` if the job is not visible to `owner`.
-pub(super) fn get(db: &Connection, owner: Option<UserId>, id: JobId) -> Result<String> {
-    let found: Option<(Option<String>, Option<i64>)> = db
-        .prepare_cached(
-            "SELECT l.text, l.dropped FROM jobs j LEFT JOIN job_logs l ON l.job_id = j.id
-             WHERE j.id = ?1 AND (?2 IS NULL OR j.owner_id = ?2)",
-        )?
-        .query_row((id_bytes(id), owner.map(|o| o.0)), |r| {
-            Ok((r.get(0)?, r.get(1)?))
+/// The job's log row, if it has one.
+fn stored(db: &Connection, id: JobId) -> Result<Option<Kept>> {
+    Ok(db
+        .prepare_cached("SELECT text, head_bytes, dropped FROM job_logs WHERE job_id = ?1")?
+        .query_row([id_bytes(id)], |r| {
+            Ok(Kept::from_row(r.get(0)?, r.get(1)?, r.get(2)?))
         })
+        .optional()?)
+}
+
+/// The end offset of the job's log (0 without a log row); `NotFound` if no such job.
+fn end(db: &Connection, id: JobId) -> Result<u64> {
+    let total: Option<i64> = db
+        .prepare_cached(
+            "SELECT coalesce(l.bytes + l.dropped, 0) FROM jobs j
+             LEFT JOIN job_logs l ON l.job_id = j.id WHERE j.id = ?1",
+        )?
+        .query_row([id_bytes(id)], |r| r.get(0))
         .optional()?;
-    let (text, dropped) = found.ok_or(StoreError::NotFound)?;
-    let text = text.unwrap_or_default();
-    Ok(match dropped.unwrap_or(0) {
-        0 => text,
-        n => format!("{}\n{text}", marker(n)),
-    })
+    let total = total.ok_or(StoreError::NotFound)?;
+    Ok(u64::try_from(total).unwrap_or(0))
 }
 
-/// The line shown where old text was dropped.
-pub(crate) fn marker(dropped: i64) -> String {
-    format!("[... {dropped} bytes dropped ...]")
-}
-
-/// How many bytes to drop from the front of `text` so at most `limit` remain: through the
-/// end of a line when possible, else (a single line longer than the limit) at the first
-/// character boundary that is far enough.
-pub(crate) fn cut_point(text: &str, limit: usize) -> usize {
-    let Some(min_cut) = text.len().checked_sub(limit).filter(|&c| c > 0) else {
-        return 0;
-    };
-    // Cutting right after a '\n' at or past `min_cut - 1` drops whole lines. '\n' never
-    // occurs inside a multi-byte character, so that is also a character boundary.
-    let at_line = text.as_bytes()[min_cut - 1..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|pos| min_cut + pos)
-        .filter(|&cut| cut < text.len());
-    at_line.unwrap_or_else(|| {
-        (min_cut..=text.len())
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(text.len())
+/// The job's log from offset `from`, with its state, in one statement (one snapshot);
+/// `NotFound` if the job is not visible to `owner`.
+pub(super) fn read(
+    db: &Connection,
+    owner: Option<UserId>,
+    id: JobId,
+    from: u64,
+) -> Result<LogRead> {
+    db.prepare_cached(
+        "SELECT j.state, l.text, l.head_bytes, l.dropped FROM jobs j
+         LEFT JOIN job_logs l ON l.job_id = j.id
+         WHERE j.id = ?1 AND (?2 IS NULL OR j.owner_id = ?2)",
+    )?
+    .query_row((id_bytes(id), owner.map(|o| o.0)), |r| {
+        let kept = Kept::from_row(
+            r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+            r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+        );
+        Ok(kept.read(from, row::state(r, 0)?))
     })
+    .optional()?
+    .ok_or(StoreError::NotFound)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqlite::{SqlitePath, Synchronous, schema};
 
     #[test]
-    fn text_within_the_limit_is_kept_whole() {
-        assert_eq!(cut_point("abc\ndef\n", 8), 0);
-        assert_eq!(cut_point("", 0), 0);
-    }
-
-    #[test]
-    fn overflow_drops_whole_old_lines() {
-        let text = "one\ntwo\nthree\n";
-        // 14 bytes, limit 10: at least 4 must go, and "one\n" is exactly 4.
-        assert_eq!(cut_point(text, 10), 4);
-        // Limit 9: at least 5 must go, so the whole of "two\n" goes too.
-        assert_eq!(&text[cut_point(text, 9)..], "three\n");
-    }
-
-    #[test]
-    fn a_line_longer_than_the_limit_is_cut_inside_at_a_char_boundary() {
-        let text = "ééééé"; // 10 bytes, no newline
-        let cut = cut_point(text, 5);
-        assert_eq!(cut, 6);
-        assert_eq!(&text[cut..], "éé");
-        // The newest line alone is too long: keep its tail rather than nothing.
-        let text = "old\nxxxxxxxxxx\n";
-        assert_eq!(&text[cut_point(text, 5)..], "xxxx\n");
+    fn a_row_from_before_heads_reads_as_marker_and_tail() {
+        let conn = schema::open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
+        schema::migrate(&conn).unwrap();
+        // A row as version 5 wrote it: no `head_bytes`, so the column's default.
+        conn.execute_batch(
+            "INSERT INTO users (id, username, password_hash, role, created_at)
+                 VALUES (1, 'a', 'x', 'client', 0);
+             INSERT INTO jobs (id, owner_id, type, queue, state, priority, payload,
+                               max_attempts, created_at, run_at, updated_at)
+                 VALUES (x'00000000000000000000000000000001', 1, 'echo', 'default',
+                         'running', 0, '{}', 3, 0, 0, 0);
+             INSERT INTO job_logs (job_id, text, bytes, dropped, updated_at)
+                 VALUES (x'00000000000000000000000000000001', 'tail\n', 5, 7, 0);",
+        )
+        .unwrap();
+        let id = JobId(uuid::Uuid::from_u128(1));
+        let read = super::read(&conn, Some(UserId(1)), id, 0).unwrap();
+        assert_eq!(read.text, "[… 7 bytes skipped …]\ntail\n");
+        assert_eq!(read.end, 12);
+        assert_eq!(read.state, kiln_domain::JobState::Running);
+        assert_eq!(end(&conn, id).unwrap(), 12);
     }
 }

@@ -14,9 +14,10 @@
 //!   invisible to other connections, so in memory mode reads go through the writer too.
 //! - SQL lives next to the function that runs it: [`jobs`] (submit, get, cancel, retry,
 //!   report, delete), [`list`], [`claim`] (claim and promotion of due work), [`lease`]
-//!   (fenced completion, progress, renewal, rescue lookup), [`event`], [`log`], [`users`]
-//!   (users and tokens), [`retention`] (prune and stats). [`row`] maps rows to domain types;
-//!   [`schema`] opens connections and applies the embedded migrations.
+//!   (fenced completion, progress, renewal, rescue lookup), [`event`] (per job, and the
+//!   feed across jobs), [`log`], [`users`] (users and tokens), [`retention`] (prune and
+//!   stats). [`row`] maps rows to domain types; [`schema`] opens connections and applies
+//!   the embedded migrations.
 //!
 //! This module owns the options, the URL syntax and the one place driver errors are mapped
 //! ([`map_err`]); it does not decide legality (that is [`kiln_domain::transition`]).
@@ -28,7 +29,7 @@ mod event;
 mod jobs;
 mod lease;
 mod list;
-pub(crate) mod log;
+mod log;
 mod reader;
 mod retention;
 mod row;
@@ -78,7 +79,8 @@ pub struct SqliteOptions {
     pub path: SqlitePath,
     /// Durability of commits; default [`Synchronous::Normal`].
     pub synchronous: Synchronous,
-    /// Bytes of log kept per job; older text is dropped at a line boundary. Default 64 KiB.
+    /// Bytes of log kept per job: past it, the log's head and its newest lines, cut at line
+    /// boundaries (see `log_text.rs`). Default 64 KiB.
     pub log_limit_bytes: usize,
     /// Read connections; default 4. With 0 (and always in memory mode) reads queue behind
     /// the writer.

@@ -2,6 +2,8 @@
 //! hands it the function that does the work. Nothing else happens here, except splitting
 //! long maintenance work (promotion, pruning) into chunks so each is one short command.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId};
 use tokio::sync::broadcast;
@@ -117,8 +119,22 @@ impl Store for SqliteStore {
         self.read(move |db| event::list(db, owner, id)).await
     }
 
-    async fn log_get(&self, owner: Option<UserId>, id: JobId) -> Result<String> {
-        self.read(move |db| log::get(db, owner, id)).await
+    async fn event_feed(
+        &self,
+        owner: Option<UserId>,
+        after: &FeedCursor,
+        limit: u32,
+    ) -> Result<Vec<FeedEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = *after;
+        self.read(move |db| event::feed(db, owner, &after, limit))
+            .await
+    }
+
+    async fn log_read(&self, owner: Option<UserId>, id: JobId, from: u64) -> Result<LogRead> {
+        self.read(move |db| log::read(db, owner, id, from)).await
     }
 
     async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>> {
@@ -152,10 +168,20 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<()> {
-        let text = text.to_owned();
-        self.write_unguarded(move |tx| log::append(tx, id, &text, now))
-            .await
+    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<u64> {
+        let text: Arc<str> = Arc::from(text);
+        self.write_unguarded(move |tx| {
+            let end = log::append(tx, id, &text, now)?;
+            if !text.is_empty() {
+                tx.signal(Signal::LogAppended {
+                    id,
+                    end,
+                    text: Some(text),
+                });
+            }
+            Ok(end)
+        })
+        .await
     }
 
     async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal> {

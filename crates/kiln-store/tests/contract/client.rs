@@ -1,4 +1,4 @@
-//! Client-side transitions (cancel, retry, report, delete), the event history and logs.
+//! Client-side transitions (cancel, retry, report, delete) and the event history.
 
 use std::sync::Arc;
 
@@ -484,90 +484,4 @@ pub async fn every_transition_appends_exactly_one_event(store: Arc<dyn Store>) {
 
     store.job_cancel(None, job.id, at(800)).await.unwrap();
     check(want.clone()).await; // terminal cancel: unchanged, no event
-}
-
-pub async fn log_append_and_get(store: Arc<dyn Store>) {
-    let alice = user(&store, "alice").await;
-    let job = echo(&store, alice, at(0)).await;
-    assert_eq!(store.log_get(Some(alice), job.id).await.unwrap(), "");
-    store.log_append(job.id, "one\n", at(1)).await.unwrap();
-    store.log_append(job.id, "", at(2)).await.unwrap();
-    store.log_append(job.id, "two\nthr", at(3)).await.unwrap();
-    store.log_append(job.id, "ee\n", at(4)).await.unwrap();
-    assert_eq!(
-        store.log_get(Some(alice), job.id).await.unwrap(),
-        "one\ntwo\nthree\n"
-    );
-}
-
-pub async fn log_is_bounded_with_a_drop_marker(store: Arc<dyn Store>) {
-    let alice = user(&store, "alice").await;
-    let job = echo(&store, alice, at(0)).await;
-    // 100 lines of 20 bytes: 2000 bytes, about twice LOG_LIMIT.
-    let line = |i: usize| format!("line {i:04} xxxxxxxxx\n");
-    assert_eq!(line(0).len(), 20);
-    for i in 0..100 {
-        store
-            .log_append(job.id, &line(i), at(i as i64))
-            .await
-            .unwrap();
-    }
-    let log = store.log_get(None, job.id).await.unwrap();
-    let (marker, kept) = log.split_once('\n').expect("a marker line");
-    let kept_lines = LOG_LIMIT / 20; // whole lines fit exactly
-    let dropped = (100 - kept_lines) * 20;
-    assert_eq!(marker, format!("[... {dropped} bytes dropped ...]"));
-    let want: String = (100 - kept_lines..100).map(line).collect();
-    assert_eq!(kept, want);
-    assert!(kept.len() <= LOG_LIMIT);
-}
-
-/// Splits a bounded log into (bytes dropped, text kept), checking the marker's shape.
-fn split_marker(log: &str) -> (usize, &str) {
-    match log.split_once('\n') {
-        Some((first, rest)) if first.starts_with("[... ") => {
-            let n = first
-                .strip_prefix("[... ")
-                .and_then(|r| r.strip_suffix(" bytes dropped ...]"))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("a malformed drop marker: {first:?}"));
-            (n, rest)
-        }
-        _ => (0, log),
-    }
-}
-
-pub async fn log_keeps_a_suffix_of_at_most_the_limit_whatever_is_appended(store: Arc<dyn Store>) {
-    let alice = user(&store, "alice").await;
-    let job = echo(&store, alice, at(0)).await;
-    let mut full = String::new();
-    // Multi-byte text, a line longer than the limit, many small lines, empty appends.
-    let pieces: Vec<String> = vec![
-        "é".repeat(600),
-        "\nnext\n".to_owned(),
-        "a\n".repeat(300),
-        String::new(),
-        "日本語のログ\n".repeat(40),
-        "x".repeat(LOG_LIMIT + 1),
-        "tail\n".to_owned(),
-    ];
-    for (i, piece) in pieces.iter().enumerate() {
-        store.log_append(job.id, piece, at(i as i64)).await.unwrap();
-        full.push_str(piece);
-        let log = store.log_get(Some(alice), job.id).await.unwrap();
-        let (dropped, kept) = split_marker(&log);
-        assert!(
-            kept.len() <= LOG_LIMIT,
-            "piece {i}: kept {} bytes",
-            kept.len()
-        );
-        assert!(
-            full.ends_with(kept),
-            "piece {i}: kept text is not the log's tail"
-        );
-        assert_eq!(dropped + kept.len(), full.len(), "piece {i}: marker total");
-        assert!(!kept.is_empty(), "piece {i}: something recent is kept");
-    }
-    let log = store.log_get(None, job.id).await.unwrap();
-    assert!(log.ends_with("tail\n"), "{log:?}");
 }

@@ -6,7 +6,9 @@ use kiln_domain::clock::from_millis;
 use kiln_domain::job::Submission;
 use kiln_domain::job_type::Catalogue;
 use kiln_domain::{Job, JobId, Lease, NewJob, Role, Timestamp, UserId};
-use kiln_store::{ClaimRequest, InsertOptions, Inserted, NewUser, Store, StoreError};
+use kiln_store::{
+    ClaimRequest, FeedEvent, InsertOptions, Inserted, NewUser, Signal, Store, StoreError,
+};
 use serde_json::{Value, json};
 
 /// Bytes of log every backend under test keeps per job.
@@ -106,6 +108,25 @@ pub fn lease_of(job: &Job) -> Lease {
 /// The job as stored now (operator view).
 pub async fn get(store: &Arc<dyn Store>, id: JobId) -> Job {
     store.job_get(None, id).await.expect("get the job")
+}
+
+/// Event `seq` of `job` as the feed shows it, `job` being as that event left it.
+pub fn feed_event(job: &Job, seq: i64) -> FeedEvent {
+    FeedEvent {
+        job_id: job.id,
+        owner: job.owner,
+        job_type: job.job_type.clone(),
+        queue: job.queue.clone(),
+        seq,
+        state: job.state,
+        attempt: job.attempts,
+        at: job.updated_at,
+    }
+}
+
+/// The `Changed` signal of [`feed_event`]`(job, seq)`.
+pub fn changed(job: &Job, seq: i64) -> Signal {
+    Signal::Changed(Arc::new(feed_event(job, seq)))
 }
 
 /// Asserts `result` failed with `NotFound`.

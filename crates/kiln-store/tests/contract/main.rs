@@ -6,9 +6,10 @@
 //!   added** (see the `contract!` invocations at the bottom of this file).
 //! - [`helpers`]: fixed timestamps, users, jobs and claim requests in one line.
 //! - the check modules ([`users`], [`submit`], [`list`], [`claim`], [`lease`],
-//!   [`client`], [`maintenance`], [`races`]): each check is an `async fn(Arc<dyn Store>)`
-//!   that panics on a broken rule. A new check is added to its module and to the list in
-//!   `contract!`; a `Store` change comes with a change here (STYLE §5).
+//!   [`client`], [`logs`], [`feed`], [`maintenance`], [`races`]): each check is an
+//!   `async fn(Arc<dyn Store>)` that panics on a broken rule. A new check is added to its
+//!   module and to the list in `contract!`; a `Store` change comes with a change here
+//!   (STYLE §5).
 //!
 //! The store never reads a clock: every check passes explicit timestamps, so nothing sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,9 +17,11 @@
 mod backends;
 mod claim;
 mod client;
+mod feed;
 mod helpers;
 mod lease;
 mod list;
+mod logs;
 mod maintenance;
 mod races;
 mod submit;
@@ -78,9 +81,16 @@ macro_rules! contract {
             client::delete_of_terminal_job_cascades,
             client::delete_of_non_terminal_job_is_a_conflict,
             client::every_transition_appends_exactly_one_event,
-            client::log_append_and_get,
-            client::log_is_bounded_with_a_drop_marker,
-            client::log_keeps_a_suffix_of_at_most_the_limit_whatever_is_appended,
+            logs::log_append_and_get,
+            logs::log_keeps_its_head_and_tail_around_a_skip_marker,
+            logs::log_read_reports_the_job_state_and_hides_other_owners_logs,
+            logs::a_single_huge_line_keeps_its_start_and_its_end,
+            logs::multi_byte_text_is_cut_and_read_at_char_boundaries,
+            logs::log_keeps_a_head_and_a_tail_whatever_is_appended,
+            feed::feed_lists_one_owners_events_in_order_and_resumes,
+            feed::feed_pages_with_a_limit,
+            feed::feed_without_owner_has_everyones_events,
+            feed::changed_signals_carry_the_event_the_feed_shows,
             maintenance::promote_due_and_next_due,
             maintenance::prune_by_age_and_keep_max_spares_non_terminal_jobs,
             maintenance::stats_count_jobs_per_state,

@@ -231,51 +231,23 @@ pub async fn subscribe_hears_job_available_and_changed(store: Arc<dyn Store>) {
     let job = echo(&store, alice, at(0)).await;
     let mut got = vec![next(&mut rx).await, next(&mut rx).await];
     got.sort_by_key(|s| format!("{s:?}"));
-    let mut want = vec![
-        Signal::JobAvailable,
-        Signal::Changed {
-            id: job.id,
-            owner: alice,
-            state: JobState::Queued,
-        },
-    ];
+    let mut want = vec![Signal::JobAvailable, changed(&job, 1)];
     want.sort_by_key(|s| format!("{s:?}"));
     assert_eq!(got, want);
 
     let running = claim_one(&store, "n1", at(10)).await;
-    assert_eq!(
-        next(&mut rx).await,
-        Signal::Changed {
-            id: job.id,
-            owner: alice,
-            state: JobState::Running
-        }
-    );
-    store
+    assert_eq!(next(&mut rx).await, changed(&running, 2));
+    let done = store
         .job_complete(&lease_of(&running), Outcome::Succeeded(json!(1)), at(20))
         .await
         .unwrap();
-    assert_eq!(
-        next(&mut rx).await,
-        Signal::Changed {
-            id: job.id,
-            owner: alice,
-            state: JobState::Succeeded
-        }
-    );
+    assert_eq!(next(&mut rx).await, changed(&done, 3));
 
     // A scheduled job is not available yet; it becomes so when promoted.
     let mut s = sub("echo");
     s.delay_ms = Some(1_000);
     let later = insert(&store, alice, s, at(30)).await;
-    assert_eq!(
-        next(&mut rx).await,
-        Signal::Changed {
-            id: later.id,
-            owner: alice,
-            state: JobState::Scheduled
-        }
-    );
+    assert_eq!(next(&mut rx).await, changed(&later, 1));
     // A refused write publishes nothing.
     assert_not_found(
         store
@@ -283,16 +255,11 @@ pub async fn subscribe_hears_job_available_and_changed(store: Arc<dyn Store>) {
             .await,
     );
     assert_eq!(store.job_promote_due(at(1_030)).await.unwrap(), 1);
+    let promoted = get(&store, later.id).await;
+    assert_eq!(promoted.state, JobState::Queued);
     let mut got = vec![next(&mut rx).await, next(&mut rx).await];
     got.sort_by_key(|s| format!("{s:?}"));
-    let mut want = vec![
-        Signal::JobAvailable,
-        Signal::Changed {
-            id: later.id,
-            owner: alice,
-            state: JobState::Queued,
-        },
-    ];
+    let mut want = vec![Signal::JobAvailable, changed(&promoted, 2)];
     want.sort_by_key(|s| format!("{s:?}"));
     assert_eq!(got, want);
     assert!(rx.try_recv().is_err(), "no further signals");

@@ -16,8 +16,8 @@ use kiln_domain::{
 };
 use kiln_store::postgres::{PgOptions, PgStore};
 use kiln_store::{
-    ClaimRequest, Cursor, Idempotency, InsertOptions, Inserted, LeaseFilter, ListQuery, NewToken,
-    NewUser, Outcome, Signal, Sort, Store, StoreError, TokenKind, UserPatch,
+    ClaimRequest, Cursor, FeedEvent, Idempotency, InsertOptions, Inserted, LeaseFilter, ListQuery,
+    NewToken, NewUser, Outcome, Signal, Sort, Store, StoreError, TokenKind, UserPatch,
 };
 use kiln_testkit::TempPostgres;
 use kiln_testkit::factory::new_job;

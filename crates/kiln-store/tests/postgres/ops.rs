@@ -30,7 +30,7 @@ async fn nodes_starting_together_migrate_once() {
     for run in runs {
         applied.extend(run.await.unwrap());
     }
-    assert_eq!(applied, vec![1, 2]);
+    assert_eq!(applied, vec![1, 2, 3]);
 }
 
 #[tokio::test]
@@ -106,7 +106,7 @@ async fn stats_count_states_and_time_runs() {
 }
 
 #[tokio::test]
-async fn logs_keep_the_newest_bytes_behind_a_drop_marker() {
+async fn logs_keep_their_head_and_newest_bytes_around_a_marker() {
     let Some(db) = TempPostgres::create().await else {
         return;
     };
@@ -120,14 +120,18 @@ async fn logs_keep_the_newest_bytes_behind_a_drop_marker() {
     let bob = add_user(&*store, "bob").await;
     let id = insert(&*store, job(ada, t0())).await.id;
     assert_eq!(store.log_get(Some(ada), id).await.unwrap(), "");
-    store.log_append(id, "one\n", t0()).await.unwrap();
-    store.log_append(id, "two\n", t0()).await.unwrap();
+    assert_eq!(store.log_append(id, "one\n", t0()).await.unwrap(), 4);
+    assert_eq!(store.log_append(id, "two\n", t0()).await.unwrap(), 8);
     assert_eq!(store.log_get(Some(ada), id).await.unwrap(), "one\ntwo\n");
-    store.log_append(id, "three\nfour\n", t0()).await.unwrap();
-    // 19 bytes, limit 16: at least 3 must go, so the whole first line goes.
+    assert_eq!(
+        store.log_append(id, "three\nfour\n", t0()).await.unwrap(),
+        19
+    );
+    // 19 bytes, limit 16: the head is the lines within 8 bytes, the tail the newest lines
+    // within the other 8.
     assert_eq!(
         store.log_get(None, id).await.unwrap(),
-        "[... 4 bytes dropped ...]\ntwo\nthree\nfour\n"
+        "one\ntwo\n[… 6 bytes skipped …]\nfour\n"
     );
     assert!(matches!(
         store.log_get(Some(bob), id).await,
@@ -137,6 +141,36 @@ async fn logs_keep_the_newest_bytes_behind_a_drop_marker() {
         store.log_append(JobId::new(), "x", t0()).await,
         Err(StoreError::NotFound)
     ));
+}
+
+#[tokio::test]
+async fn a_log_row_from_before_heads_reads_as_marker_and_tail() {
+    let Some((db, store, ada)) = setup().await else {
+        return;
+    };
+    let id = insert(&*store, job(ada, t0())).await.id;
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // A row as version 2 wrote it: no `head_bytes`, so the column's default.
+    client
+        .execute(
+            "INSERT INTO job_logs (job_id, text, bytes, dropped, updated_at)
+             VALUES ($1, 'tail\n', 5, 7, now())",
+            &[&id.0],
+        )
+        .await
+        .unwrap();
+    let read = store.log_read(Some(ada), id, 0).await.unwrap();
+    assert_eq!(read.text, "[… 7 bytes skipped …]\ntail\n");
+    assert_eq!((read.end, read.state), (12, JobState::Queued));
+    // It stays headless: its start is long gone.
+    assert_eq!(store.log_append(id, "more\n", t0()).await.unwrap(), 17);
+    assert_eq!(
+        store.log_get(None, id).await.unwrap(),
+        "[… 7 bytes skipped …]\ntail\nmore\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -226,15 +226,19 @@ async fn a_cancel_on_one_node_reaches_the_worker_on_another() {
         .await
         .unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
-    wait_for(
-        &mut on_a,
-        Signal::Changed {
-            id: running.id,
-            owner: ada,
-            state: JobState::Cancelled,
-        },
-    )
-    .await;
+    // Node A hears of node B's write with every field of the event, as B's own
+    // subscribers do: submitted 1, claimed 2, cancel requested 3, cancelled 4.
+    let event = FeedEvent {
+        job_id: running.id,
+        owner: ada,
+        job_type: "echo".to_owned(),
+        queue: running.queue.clone(),
+        seq: 4,
+        state: JobState::Cancelled,
+        attempt: 1,
+        at: at(4),
+    };
+    wait_for(&mut on_a, Signal::Changed(Arc::new(event))).await;
     // Cancelling a terminal job changes nothing.
     let (same, step) = node_a.job_cancel(None, running.id, at(5)).await.unwrap();
     assert_eq!((step, same.state), (Step::Unchanged, JobState::Cancelled));

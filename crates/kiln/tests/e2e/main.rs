@@ -6,10 +6,12 @@
 mod artifacts;
 mod bench;
 mod cancel;
+mod command;
 mod compute;
 mod helpers;
 mod lifecycle;
 mod process;
 mod retry;
 mod scheduling;
+mod stream;
 mod uploads;

@@ -137,6 +137,34 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `GET path` with `Accept: accept`, returning as soon as the head arrives; the body is
+    /// read as it streams (an SSE stream, say).
+    pub async fn open(
+        &self,
+        path: &str,
+        accept: &str,
+    ) -> anyhow::Result<(StatusCode, hyper::body::Incoming)> {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{}", self.base, path))
+            .header(ACCEPT, accept);
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .context("while building a request")?;
+        let resp = self
+            .inner
+            .request(req)
+            .await
+            .with_context(|| format!("while calling {}{path}", self.base))?;
+        let (parts, body) = resp.into_parts();
+        Ok((parts.status, body))
+    }
+}
+
 /// A JSON value as a request body.
 pub fn json_bytes(value: &Value) -> Bytes {
     // Serialising a `Value` cannot fail: its keys are strings.

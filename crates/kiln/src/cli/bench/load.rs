@@ -11,6 +11,7 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::json;
 
+use super::JobKind;
 use super::http::{Client, json_bytes};
 use super::report::Report;
 
@@ -23,6 +24,32 @@ const METRICS_POLL: Duration = Duration::from_millis(25);
 /// The body of a no-op `echo` submission.
 pub fn echo_body() -> Bytes {
     json_bytes(&json!({"type": "echo", "payload": {}}))
+}
+
+/// The body of a job that ends at once: `echo`, or a `command` of `/bin/true`.
+pub fn quick_body(kind: JobKind) -> Bytes {
+    match kind {
+        JobKind::Echo => echo_body(),
+        JobKind::Command => json_bytes(&json!({"type": "command", "payload": {"argv": ["true"]}})),
+    }
+}
+
+/// The body of a job that runs for a minute unless cancelled.
+pub fn long_body(kind: JobKind) -> Bytes {
+    match kind {
+        JobKind::Echo => json_bytes(&json!({"type": "sleep", "payload": {"ms": 60_000}})),
+        JobKind::Command => {
+            json_bytes(&json!({"type": "command", "payload": {"argv": ["sleep", "60"]}}))
+        }
+    }
+}
+
+/// The jobs of `kind`, in words for the report.
+pub fn describe(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Echo => "no-op `echo` (cancel: 60 s `sleep`)",
+        JobKind::Command => "`command` of /bin/true (cancel: `sleep 60` processes)",
+    }
 }
 
 /// What [`submit_many`] measured.
@@ -115,6 +142,7 @@ pub async fn drain(client: &Client, limit: Duration) -> anyhow::Result<()> {
 /// `submit`: `jobs` echo submissions over `connections`; accepted jobs/s and latency.
 pub async fn submit(
     client: &Client,
+    kind: JobKind,
     jobs: usize,
     connections: usize,
     limit: Duration,
@@ -122,7 +150,7 @@ pub async fn submit(
 ) -> anyhow::Result<()> {
     let done = submit_many(
         client,
-        echo_body(),
+        quick_body(kind),
         jobs,
         connections,
         Instant::now() + limit,
@@ -147,6 +175,7 @@ pub async fn submit(
 /// `succeeded`; jobs/s over the whole time, first submission to last success seen.
 pub async fn e2e(
     client: &Client,
+    kind: JobKind,
     jobs: usize,
     connections: usize,
     limit: Duration,
@@ -155,7 +184,7 @@ pub async fn e2e(
     let deadline = Instant::now() + limit;
     let before = counts(client).await?.succeeded;
     let started = Instant::now();
-    let done = submit_many(client, echo_body(), jobs, connections, deadline).await?;
+    let done = submit_many(client, quick_body(kind), jobs, connections, deadline).await?;
     let target = done.latencies.len() as u64;
     let mut succeeded = 0;
     while Instant::now() < deadline {

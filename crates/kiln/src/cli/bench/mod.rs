@@ -18,6 +18,7 @@ mod probe;
 mod procfs;
 mod report;
 mod server;
+mod stream;
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,20 @@ pub enum Scenario {
     Cancel,
     /// `GET /api/v1/jobs` latency on a (seeded) table.
     List,
+    /// Live log streaming: a `command` job writing `--stream-lines` lines, followed by
+    /// `--stream-readers` SSE readers, against the same job with no reader.
+    Stream,
+}
+
+/// The jobs `submit`, `e2e`, `latency` and `cancel` run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum JobKind {
+    /// No-op `echo` jobs (`cancel`: a 60 s `sleep`).
+    #[default]
+    Echo,
+    /// `command` jobs of `/bin/true`, real processes (`cancel`: `sleep 60`); the server
+    /// must allow `true` and `sleep` (the local one does).
+    Command,
 }
 
 /// `kiln bench` options.
@@ -68,6 +83,15 @@ pub struct BenchArgs {
     /// Running jobs cancelled by `cancel`.
     #[arg(long, default_value_t = 50)]
     pub cancels: usize,
+    /// The jobs `submit`, `e2e`, `latency` and `cancel` run.
+    #[arg(long, value_enum, default_value_t = JobKind::Echo)]
+    pub job: JobKind,
+    /// Lines the `stream` scenario's job writes.
+    #[arg(long, default_value_t = 100_000)]
+    pub stream_lines: u64,
+    /// SSE readers following the `stream` scenario's job.
+    #[arg(long, default_value_t = 10)]
+    pub stream_readers: usize,
     /// Requests of each kind made by `list`.
     #[arg(long, default_value_t = 500)]
     pub list_requests: usize,
@@ -107,6 +131,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Cancel => "cancel",
             Scenario::List => "list",
+            Scenario::Stream => "stream",
         }
     }
 }
@@ -135,6 +160,14 @@ impl BenchArgs {
         check(
             self.list_requests >= 1,
             "--list-requests must be at least 1",
+        );
+        check(
+            (1..=10_000_000).contains(&self.stream_lines),
+            "--stream-lines must be between 1 and 10000000",
+        );
+        check(
+            (1..=1000).contains(&self.stream_readers),
+            "--stream-readers must be between 1 and 1000",
         );
         check(
             self.max_concurrency.is_none_or(|n| (1..=1024).contains(&n)),
@@ -228,8 +261,9 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
             server::sync_name(sync).to_uppercase()
         ),
         format!(
-            "`kiln serve` child process on 127.0.0.1, MAX_CONCURRENCY={}; RSS is its VmHWM",
-            opts.max_concurrency
+            "`kiln serve` child process on 127.0.0.1, MAX_CONCURRENCY={}; RSS is its VmHWM; jobs: {}",
+            opts.max_concurrency,
+            load::describe(args.job)
         ),
     );
     if args.seed_jobs > 0 {
@@ -268,7 +302,10 @@ async fn remote(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
     let client = client.with_token(&token)?;
     let mut report = new_report(
         "as configured on the server (remote)".to_owned(),
-        format!("{url} (remote; its RSS is not measured)"),
+        format!(
+            "{url} (remote; its RSS is not measured); jobs: {}",
+            load::describe(args.job)
+        ),
     );
     if args.seed_jobs > 0 {
         let n = usize::try_from(args.seed_jobs).unwrap_or(usize::MAX);
@@ -297,7 +334,7 @@ async fn scenarios(args: &BenchArgs, client: &Client, server: Option<u32>, repor
         }
         let cpu = |pid| procfs::cpu_seconds(pid).unwrap_or(0.0);
         let (client_cpu, server_cpu) = (cpu(None), server.map(|pid| cpu(Some(pid))));
-        let result = one(args, client, scenario, report).await;
+        let result = one(args, client, scenario, server, report).await;
         let name = scenario.name();
         report.push(name, "bench (client) CPU", cpu(None) - client_cpu, "s");
         if let (Some(pid), Some(before)) = (server, server_cpu) {
@@ -313,16 +350,22 @@ async fn one(
     args: &BenchArgs,
     client: &Client,
     scenario: Scenario,
+    server: Option<u32>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let (jobs, conns, limit) = (args.jobs, args.connections, args.limit());
+    let (jobs, conns, limit, kind) = (args.jobs, args.connections, args.limit(), args.job);
     match scenario {
-        Scenario::Submit => load::submit(client, jobs, conns, limit, report).await,
-        Scenario::E2e => load::e2e(client, jobs, conns, limit, report).await,
+        Scenario::Submit => load::submit(client, kind, jobs, conns, limit, report).await,
+        Scenario::E2e => load::e2e(client, kind, jobs, conns, limit, report).await,
         Scenario::Latency => {
-            probe::latency(client, args.latency_jobs, args.rate, limit, report).await
+            let rate = args.rate;
+            probe::latency(client, kind, args.latency_jobs, rate, limit, report).await
         }
-        Scenario::Cancel => probe::cancel(client, args.cancels, limit, report).await,
+        Scenario::Cancel => probe::cancel(client, kind, args.cancels, limit, report).await,
+        Scenario::Stream => {
+            let (lines, readers) = (args.stream_lines, args.stream_readers);
+            stream::stream(client, lines, readers, server, limit, report).await
+        }
         Scenario::List => {
             let rows = load::counts(client).await?.total;
             probe::list(client, args.list_requests, rows, limit, report).await

@@ -5,17 +5,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hyper::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::http::{Client, json_bytes};
-use super::load::echo_body;
+use super::JobKind;
+use super::http::Client;
+use super::load::{long_body, quick_body};
 use super::report::Report;
 
 /// Poll interval while one job is watched (the client-side timings' resolution).
 const JOB_POLL: Duration = Duration::from_millis(1);
 
 /// Submits `body` and returns the new job's id.
-async fn submit_one(client: &Client, body: bytes::Bytes) -> anyhow::Result<String> {
+pub async fn submit_one(client: &Client, body: bytes::Bytes) -> anyhow::Result<String> {
     let job = client
         .send(Method::POST, "/api/v1/jobs", Some(body))
         .await?
@@ -28,7 +29,7 @@ async fn submit_one(client: &Client, body: bytes::Bytes) -> anyhow::Result<Strin
 
 /// Polls `GET /api/v1/jobs/{id}` until the job is in `state`; fails on another terminal
 /// state or at `deadline`.
-async fn wait_state(
+pub async fn wait_state(
     client: &Client,
     id: &str,
     state: &str,
@@ -54,7 +55,7 @@ async fn wait_state(
 }
 
 /// `b − a` for two RFC 3339 fields of a job record (millisecond precision).
-fn span(job: &Value, a: &str, b: &str) -> anyhow::Result<Duration> {
+pub fn span(job: &Value, a: &str, b: &str) -> anyhow::Result<Duration> {
     let at = |field: &str| {
         job[field]
             .as_str()
@@ -72,12 +73,13 @@ type Timing = anyhow::Result<(Duration, Duration)>;
 /// `latency`: `count` echo jobs at `rate` per second, each watched until `succeeded`.
 pub async fn latency(
     client: &Client,
+    kind: JobKind,
     count: usize,
     rate: f64,
     limit: Duration,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let tasks = paced(client, count, rate, Instant::now() + limit).await;
+    let tasks = paced(client, kind, count, rate, Instant::now() + limit).await;
     let (mut start, mut seen, mut failure) = (Vec::new(), Vec::new(), None);
     for task in tasks {
         match task.await.context("a latency task panicked")? {
@@ -102,10 +104,11 @@ pub async fn latency(
     Ok(())
 }
 
-/// Starts one task per job at `rate` per second (until `deadline`); each submits an echo job
-/// and polls it until `succeeded`.
+/// Starts one task per job at `rate` per second (until `deadline`); each submits a job of
+/// `kind` and polls it until `succeeded`.
 async fn paced(
     client: &Client,
+    kind: JobKind,
     count: usize,
     rate: f64,
     deadline: Instant,
@@ -120,7 +123,7 @@ async fn paced(
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let id = submit_one(&client, echo_body()).await?;
+            let id = submit_one(&client, quick_body(kind)).await?;
             let job = wait_state(&client, &id, "succeeded", deadline).await?;
             Ok((span(&job, "created_at", "started_at")?, sent.elapsed()))
         }));
@@ -132,12 +135,13 @@ async fn paced(
 /// cancelled; the time from sending `POST /cancel` until the job is `cancelled`.
 pub async fn cancel(
     client: &Client,
+    kind: JobKind,
     count: usize,
     limit: Duration,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
-    let body = json_bytes(&json!({"type": "sleep", "payload": {"ms": 60_000}}));
+    let body = long_body(kind);
     let mut took = Vec::with_capacity(count);
     while took.len() < count && Instant::now() < deadline {
         let id = submit_one(client, body.clone()).await?;

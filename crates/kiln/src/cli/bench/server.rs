@@ -60,6 +60,8 @@ impl LocalServer {
             .args(["--sqlite-sync", sync_name(opts.sync)])
             .args(["--max-concurrency", &opts.max_concurrency.to_string()])
             .args(["--node-id", "kiln-bench"])
+            // For `--job command` and the `stream` scenario.
+            .args(["--command-allow", "true,sleep,sh"])
             .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("KILN_CONFIG")
             .stdin(Stdio::null())
