@@ -22,54 +22,54 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandFileConfig {
-    /// Limits of every program (over Kiln's defaults).
+    /// Limits of every program over Kiln's defaults (a key left out keeps its default).
+    #[serde(default = "no_limits")]
+    pub limits: Limits,
+    /// Per-program settings, keyed by the name or path given in `--command-allow`: the
+    /// keys of [`Limits`] and `max_attempts` (read by [`ProgramConfig::parse`]).
     #[serde(default)]
-    pub limits: LimitsConfig,
-    /// Per-program settings, keyed by the name or path given in `--command-allow`.
-    #[serde(default)]
-    pub programs: BTreeMap<String, ProgramConfig>,
+    pub programs: BTreeMap<String, toml::Table>,
 }
 
-/// Limits as `kiln.toml` writes them; an unset key keeps the limit below it.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// `RLIMIT_AS` and cgroup `memory.max`, bytes.
-    pub memory_bytes: Option<u64>,
-    /// `RLIMIT_CPU`, seconds.
-    pub cpu_seconds: Option<u64>,
-    /// `RLIMIT_NPROC` and cgroup `pids.max`.
-    pub processes: Option<u64>,
-    /// `RLIMIT_NOFILE`.
-    pub open_files: Option<u64>,
-    /// `RLIMIT_FSIZE`, bytes.
-    pub file_size_bytes: Option<u64>,
-    /// cgroup `cpu.max`, in cores.
-    pub cpu_cores: Option<f64>,
-}
-
-impl LimitsConfig {
-    fn as_limits(&self) -> Limits {
-        Limits {
-            memory_bytes: self.memory_bytes,
-            cpu_seconds: self.cpu_seconds,
-            processes: self.processes,
-            open_files: self.open_files,
-            file_size_bytes: self.file_size_bytes,
-            cpu_cores: self.cpu_cores,
-        }
+fn no_limits() -> Limits {
+    Limits {
+        memory_bytes: None,
+        cpu_seconds: None,
+        processes: None,
+        open_files: None,
+        file_size_bytes: None,
+        cpu_cores: None,
     }
 }
 
 /// One program's settings.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy)]
 pub struct ProgramConfig {
     /// Its limits (over `[command.limits]`).
-    #[serde(flatten)]
-    pub limits: LimitsConfig,
+    pub limits: Limits,
     /// Attempts of its jobs; 1 (the default) means a failed run is not retried.
-    pub max_attempts: Option<u32>,
+    pub max_attempts: u32,
+}
+
+impl ProgramConfig {
+    /// `max_attempts` and the limits of a `[command.programs.<name>]` table. (`Limits`
+    /// refuses unknown keys, which serde cannot combine with a flattened field.)
+    pub fn parse(table: &toml::Table) -> Result<Self, String> {
+        let mut limits = table.clone();
+        let max_attempts = match limits.remove("max_attempts") {
+            None => 1,
+            Some(v) => v
+                .as_integer()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|&n| n >= 1)
+                .ok_or("max_attempts must be a whole number of at least 1")?,
+        };
+        let limits = Limits::deserialize(toml::Value::Table(limits)).map_err(|e| e.to_string())?;
+        Ok(Self {
+            limits,
+            max_attempts,
+        })
+    }
 }
 
 /// Resolves every entry of `--command-allow`, adding a line to `problems` for each that
@@ -79,7 +79,7 @@ pub fn allow_list(
     file: &CommandFileConfig,
     problems: &mut Vec<String>,
 ) -> AllowList {
-    let base = Limits::default().merged(&file.limits.as_limits());
+    let base = Limits::default().merged(&file.limits);
     check_limits("[command.limits]", &file.limits, problems);
     let mut programs = Vec::new();
     for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
@@ -90,23 +90,24 @@ pub fn allow_list(
                 continue;
             }
         };
-        let own = file.programs.get(entry).copied().unwrap_or_default();
-        check_limits(
-            &format!("[command.programs.{entry}]"),
-            &own.limits,
-            problems,
-        );
-        let max_attempts = own.max_attempts.unwrap_or(1);
-        if max_attempts == 0 {
-            problems.push(format!(
-                "kiln.toml [command.programs.{entry}]: max_attempts must be at least 1"
-            ));
-        }
+        let section = format!("[command.programs.{entry}]");
+        let own = match file.programs.get(entry).map(ProgramConfig::parse) {
+            None => ProgramConfig {
+                limits: no_limits(),
+                max_attempts: 1,
+            },
+            Some(Ok(own)) => own,
+            Some(Err(why)) => {
+                problems.push(format!("kiln.toml {section}: {why}"));
+                continue;
+            }
+        };
+        check_limits(&section, &own.limits, problems);
         programs.push(Program {
             path: path.to_string_lossy().into_owned(),
             name: (!entry.contains('/')).then(|| entry.to_owned()),
-            limits: base.merged(&own.limits.as_limits()),
-            max_attempts,
+            limits: base.merged(&own.limits),
+            max_attempts: own.max_attempts,
         });
     }
     for name in file.programs.keys() {
@@ -119,7 +120,7 @@ pub fn allow_list(
     AllowList::new(programs)
 }
 
-fn check_limits(section: &str, limits: &LimitsConfig, problems: &mut Vec<String>) {
+fn check_limits(section: &str, limits: &Limits, problems: &mut Vec<String>) {
     if limits
         .cpu_cores
         .is_some_and(|c| !(c.is_finite() && c > 0.0))
@@ -153,7 +154,9 @@ fn resolve(entry: &str) -> Result<PathBuf, String> {
             Err("is not an executable file".to_owned())
         };
     }
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    // A server started with no PATH at all looks where the usual programs live.
+    let path_var = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path_var)
         .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(entry))
@@ -208,6 +211,9 @@ mod tests {
         ];
         let list = allow_list(&entries, &file, &mut problems);
         assert_eq!(problems.len(), 6, "{problems:#?}");
-        assert_eq!(list.programs().len(), 1);
+        assert!(
+            list.programs().is_empty(),
+            "only sh resolved, and its settings are bad"
+        );
     }
 }

@@ -110,14 +110,17 @@ enum Piece {
 }
 
 impl Piece {
-    /// SSE: one event per line, each with its end offset as id; then `end` or `dropped`.
-    fn into_events(self) -> Vec<Event> {
+    /// SSE: one event per line, each with its end offset as id (made as the stream is
+    /// polled, not all at once); then `end` or `dropped`.
+    fn into_events(self) -> Box<dyn Iterator<Item = Event> + Send> {
         match self {
-            Piece::Text { text, start, end } => lines_with_offsets(&text, start, end)
-                .map(|(line, at)| Event::default().id(at.to_string()).data(line))
-                .collect(),
-            Piece::End(state) => vec![Event::default().event("end").data(state.as_str())],
-            Piece::Dropped => vec![Event::default().event("dropped").data(DROPPED)],
+            Piece::Text { text, start, end } => Box::new(Lines::new(text, start, end)),
+            Piece::End(state) => Box::new(std::iter::once(
+                Event::default().event("end").data(state.as_str()),
+            )),
+            Piece::Dropped => Box::new(std::iter::once(
+                Event::default().event("dropped").data(DROPPED),
+            )),
         }
     }
 
@@ -133,22 +136,59 @@ impl Piece {
 const DROPPED: &str = "this follower fell too far behind and was dropped; reconnect to resume";
 
 /// The lines of `text`, read from log offset `start` up to `end`, each with the offset
-/// after it. The text may hold the store's one-line marker of skipped bytes, which stands
-/// for more (or fewer) bytes of the stream than its own length; it is the line that makes
+/// after it. The text may hold the store's marker of skipped bytes (at the end of a line),
+/// which stands for more (or fewer) bytes of the stream than its own length; its line makes
 /// up the difference.
-fn lines_with_offsets(text: &str, start: u64, end: u64) -> impl Iterator<Item = (&str, u64)> {
-    let gap = i128::from(end) - i128::from(start) - text.len() as i128;
-    let mut at = start;
-    let mut gap_left = gap != 0;
-    text.split_inclusive('\n').map(move |line| {
-        let mut advance = line.len() as i128;
-        if gap_left && line.starts_with("[… ") && line.contains(" bytes skipped …]") {
-            advance += gap;
-            gap_left = false;
+struct Lines {
+    text: String,
+    pos: usize,
+    at: u64,
+    end: u64,
+    /// Stream bytes not in `text` (the skipped ones, less the marker), until the marker.
+    gap: Option<i128>,
+}
+
+impl Lines {
+    fn new(text: String, start: u64, end: u64) -> Self {
+        let gap = i128::from(end) - i128::from(start) - text.len() as i128;
+        Self {
+            text,
+            pos: 0,
+            at: start,
+            end,
+            gap: (gap != 0).then_some(gap),
         }
-        at = u64::try_from(i128::from(at) + advance).unwrap_or(at);
-        (line.strip_suffix('\n').unwrap_or(line), at.min(end))
-    })
+    }
+
+    /// The next line's byte range in `text` (newline excluded) and its end offset.
+    fn next_line(&mut self) -> Option<(std::ops::Range<usize>, u64)> {
+        let rest = self.text.get(self.pos..).filter(|r| !r.is_empty())?;
+        let len = rest.find('\n').map_or(rest.len(), |i| i + 1);
+        let line = &rest[..len];
+        let content = line.strip_suffix('\n').unwrap_or(line);
+        let mut advance = len as i128;
+        if let Some(gap) = self.gap
+            && content.ends_with(" bytes skipped …]")
+        {
+            advance += gap;
+            self.gap = None;
+        }
+        self.at = u64::try_from(i128::from(self.at) + advance)
+            .unwrap_or(self.at)
+            .min(self.end);
+        let range = self.pos..self.pos + content.len();
+        self.pos += len;
+        Some((range, self.at))
+    }
+}
+
+impl Iterator for Lines {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        let (range, at) = self.next_line()?;
+        Some(Event::default().id(at.to_string()).data(&self.text[range]))
+    }
 }
 
 /// The stream of a followed log: what `first` holds, then the job's live chunks.
@@ -257,19 +297,32 @@ impl Following {
 mod tests {
     use super::*;
 
+    fn lines(text: &str, start: u64, end: u64) -> Vec<(String, u64)> {
+        let mut lines = Lines::new(text.to_owned(), start, end);
+        let mut out = Vec::new();
+        while let Some((range, at)) = lines.next_line() {
+            out.push((text[range].to_owned(), at));
+        }
+        out
+    }
+
     #[test]
     fn each_line_gets_the_offset_after_it() {
-        let got: Vec<_> = lines_with_offsets("a\nbc\nd", 10, 16).collect();
-        assert_eq!(got, [("a", 12), ("bc", 15), ("d", 16)]);
+        let got = lines("a\nbc\nd", 10, 16);
+        assert_eq!(got, [("a".into(), 12), ("bc".into(), 15), ("d".into(), 16)]);
     }
 
     #[test]
     fn the_skipped_marker_stands_for_the_bytes_it_replaces() {
         let text = "head\n[… 1000 bytes skipped …]\ntail\n";
         // 5 bytes of head, 1000 skipped, 5 of tail: the stream covers 0..1010.
-        let got: Vec<_> = lines_with_offsets(text, 0, 1010).collect();
-        assert_eq!(got[0], ("head", 5));
+        let got = lines(text, 0, 1010);
+        assert_eq!(got[0], ("head".into(), 5));
         assert_eq!(got[1].1, 1005);
-        assert_eq!(got[2], ("tail", 1010));
+        assert_eq!(got[2], ("tail".into(), 1010));
+        // A head without a final newline carries the marker on its last line.
+        let got = lines("xyz[… 10 bytes skipped …]\nabc\n", 0, 17);
+        assert_eq!(got[0].1, 13);
+        assert_eq!(got[1], ("abc".into(), 17));
     }
 }

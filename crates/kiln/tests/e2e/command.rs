@@ -155,28 +155,38 @@ fn alive(pid: i32) -> bool {
     })
 }
 
-#[tokio::test]
-async fn cancel_kills_the_whole_group_even_a_grandchild_ignoring_sigterm() {
-    let app = TestApp::spawn_with(allow("sh")).await;
-    let script = "trap '' TERM; (trap '' TERM; sleep 300 & echo pid $!; wait) & echo pid $$; echo pid $!; wait";
+/// Submits a script that prints `pid N` lines, and waits until `count` are in the log.
+async fn running_pids(app: &TestApp, script: &str, count: usize) -> (String, Vec<i32>) {
     let id = app
         .submit_ok(&app.admin, command(&["sh", "-c", script]))
         .await;
-    let pids: Vec<i32> = kiln_testkit::wait_until("three pids in the log", LONG, || async {
-        let log = app
-            .client
-            .get(Some(&app.admin), &format!("/api/v1/jobs/{id}/logs"))
-            .await
-            .text();
+    let path = format!("/api/v1/jobs/{id}/logs");
+    let pids = kiln_testkit::wait_until("the pids in the log", LONG, || async {
+        let log = app.client.get(Some(&app.admin), &path).await.text();
         let pids: Vec<i32> = log
             .lines()
             .filter_map(|l| l.strip_prefix("[stdout] pid "))
             .filter_map(|p| p.trim().parse().ok())
             .collect();
-        if pids.len() == 3 { Ok(pids) } else { Err(log) }
+        if pids.len() == count {
+            Ok(pids)
+        } else {
+            Err(log)
+        }
     })
     .await;
     assert!(pids.iter().all(|&p| alive(p)));
+    (id, pids)
+}
+
+/// A shell and a grandchild that both ignore SIGTERM: only SIGKILL stops them.
+const STUBBORN: &str =
+    "trap '' TERM; (trap '' TERM; sleep 300 & echo pid $!; wait) & echo pid $$; echo pid $!; wait";
+
+#[tokio::test]
+async fn cancel_kills_the_whole_group_even_a_grandchild_ignoring_sigterm() {
+    let app = TestApp::spawn_with(allow("sh")).await;
+    let (id, pids) = running_pids(&app, STUBBORN, 3).await;
     let resp = app.cancel(&app.admin, &id).await;
     assert!(resp.status.is_success(), "{}", resp.text());
     app.wait_state(&app.admin, &id, "cancelled", LONG).await;
@@ -184,4 +194,15 @@ async fn cancel_kills_the_whole_group_even_a_grandchild_ignoring_sigterm() {
         assert!(!alive(pid), "process {pid} survived the cancel");
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_shutting_down_kills_the_groups_of_its_command_jobs() {
+    let app = TestApp::spawn_with(allow("sh")).await;
+    let (_, pids) = running_pids(&app, STUBBORN, 3).await;
+    // The test node's shutdown grace is 2 s; then the job is interrupted like a cancel.
+    app.stop().await;
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} outlived the server");
+    }
 }

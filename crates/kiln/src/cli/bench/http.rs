@@ -106,10 +106,27 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
     ) -> anyhow::Result<Response> {
+        let (status, body) = self.call(method, path, "application/json", body).await?;
+        let body = body
+            .collect()
+            .await
+            .context("while reading a response body")?
+            .to_bytes();
+        Ok(Response { status, body })
+    }
+
+    /// Sends a request and returns once the response head has arrived.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<Bytes>,
+    ) -> anyhow::Result<(StatusCode, hyper::body::Incoming)> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path))
-            .header(ACCEPT, "application/json");
+            .header(ACCEPT, accept);
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
@@ -125,19 +142,9 @@ impl Client {
             .await
             .with_context(|| format!("while calling {}{path}", self.base))?;
         let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .context("while reading a response body")?
-            .to_bytes();
-        Ok(Response {
-            status: parts.status,
-            body,
-        })
+        Ok((parts.status, body))
     }
-}
 
-impl Client {
     /// `GET path` with `Accept: accept`, returning as soon as the head arrives; the body is
     /// read as it streams (an SSE stream, say).
     pub async fn open(
@@ -145,23 +152,7 @@ impl Client {
         path: &str,
         accept: &str,
     ) -> anyhow::Result<(StatusCode, hyper::body::Incoming)> {
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}{}", self.base, path))
-            .header(ACCEPT, accept);
-        if let Some(auth) = &self.auth {
-            req = req.header(AUTHORIZATION, auth.clone());
-        }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .context("while building a request")?;
-        let resp = self
-            .inner
-            .request(req)
-            .await
-            .with_context(|| format!("while calling {}{path}", self.base))?;
-        let (parts, body) = resp.into_parts();
-        Ok((parts.status, body))
+        self.call(Method::GET, path, accept, None).await
     }
 }
 

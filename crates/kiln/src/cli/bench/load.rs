@@ -30,7 +30,9 @@ pub fn echo_body() -> Bytes {
 pub fn quick_body(kind: JobKind) -> Bytes {
     match kind {
         JobKind::Echo => echo_body(),
-        JobKind::Command => json_bytes(&json!({"type": "command", "payload": {"argv": ["true"]}})),
+        JobKind::Command => {
+            json_bytes(&json!({"type": "command", "payload": {"argv": ["/bin/true"]}}))
+        }
     }
 }
 
@@ -39,7 +41,7 @@ pub fn long_body(kind: JobKind) -> Bytes {
     match kind {
         JobKind::Echo => json_bytes(&json!({"type": "sleep", "payload": {"ms": 60_000}})),
         JobKind::Command => {
-            json_bytes(&json!({"type": "command", "payload": {"argv": ["sleep", "60"]}}))
+            json_bytes(&json!({"type": "command", "payload": {"argv": ["/bin/sleep", "60"]}}))
         }
     }
 }

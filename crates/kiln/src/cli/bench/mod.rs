@@ -54,7 +54,7 @@ pub enum JobKind {
     #[default]
     Echo,
     /// `command` jobs of `/bin/true`, real processes (`cancel`: `sleep 60`); the server
-    /// must allow `true` and `sleep` (the local one does).
+    /// must allow `/bin/true` and `/bin/sleep` (the local one does; `stream` needs `/bin/sh`).
     Command,
 }
 

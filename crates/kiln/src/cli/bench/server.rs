@@ -61,7 +61,7 @@ impl LocalServer {
             .args(["--max-concurrency", &opts.max_concurrency.to_string()])
             .args(["--node-id", "kiln-bench"])
             // For `--job command` and the `stream` scenario.
-            .args(["--command-allow", "true,sleep,sh"])
+            .args(["--command-allow", "/bin/true,/bin/sleep,/bin/sh"])
             .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("KILN_CONFIG")
             .stdin(Stdio::null())

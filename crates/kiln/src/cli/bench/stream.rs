@@ -40,7 +40,7 @@ pub async fn stream(
     let body = |delay_ms: u64| {
         json_bytes(&json!({
             "type": "command",
-            "payload": {"argv": ["sh", "-c", script]},
+            "payload": {"argv": ["/bin/sh", "-c", script]},
             "delay_ms": delay_ms,
         }))
     };
