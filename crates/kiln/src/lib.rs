@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: flags with env fallbacks, `kiln.toml`, validation.
 //! - [`command_config`]: the `command` allow-list and its limits.
+//! - [`tls`]: rustls configuration (the client connector; the server's certificates).
 //! - [`node`]: starts the store, worker and HTTP API together and stops them gracefully.
 //! - [`cli`]: subcommands (`serve`, `worker`, `migrate`, `user`, `bench`).
 //!
@@ -14,3 +15,4 @@ pub mod cli;
 pub mod command_config;
 pub mod config;
 pub mod node;
+pub mod tls;

@@ -1,0 +1,29 @@
+//! TLS with rustls and the ring provider: the client side of the CLI and `kiln bench`
+//! ([`client`]).
+//!
+//! One crypto provider for the whole process (ring: no C build of aws-lc), installed by
+//! [`install_provider`] before any TLS configuration is made.
+
+pub mod client;
+
+/// Installs ring as the process's rustls provider; later calls do nothing.
+pub fn install_provider() {
+    // `Err` means a provider is already installed, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Reads every certificate of a PEM file.
+pub fn read_certs(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not a PEM certificate file", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no certificate", path.display());
+    }
+    Ok(certs)
+}
