@@ -272,6 +272,34 @@ impl Objects {
         Ok((meta, byte_stream(got)))
     }
 
+    /// `owner`'s files, newest first: the metadata objects under their folder (one list
+    /// call, then one read per file).
+    pub async fn file_list(&self, owner: UserId) -> Result<Vec<FileMeta>, ObjectsError> {
+        let folder = ObjectPath::from_iter(["files".to_owned(), owner.0.to_string()]);
+        let metas: Vec<ObjectPath> = self
+            .store
+            .list(Some(&folder))
+            .map_ok(|o| o.location)
+            .try_filter(|p| futures_util::future::ready(p.as_ref().ends_with(".json")))
+            .try_collect()
+            .await?;
+        let mut files = Vec::with_capacity(metas.len());
+        for path in metas {
+            // A file deleted between the list and the read is simply not listed.
+            let Ok(got) = self.store.get(&path).await else {
+                continue;
+            };
+            if let Ok(bytes) = got.bytes().await
+                && let Ok(meta) = serde_json::from_slice::<FileMeta>(&bytes)
+            {
+                files.push(meta);
+            }
+        }
+        // Ids are UUIDv7: by id is by upload time.
+        files.sort_by_key(|f| std::cmp::Reverse(f.id.0));
+        Ok(files)
+    }
+
     /// Deletes `owner`'s file `id`: the metadata first, so it stops being visible at once.
     pub async fn file_delete(&self, owner: UserId, id: FileId) -> Result<(), ObjectsError> {
         self.file_meta(owner, id).await?;

@@ -74,7 +74,9 @@ fn api(upload_limit: u64) -> Router<AppState> {
         .route("/jobs/{id}/retry", post(jobs::retry).put(jobs::retry))
         .route(
             "/files",
-            post(files::upload).layer(DefaultBodyLimit::max(upload_body)),
+            post(files::upload)
+                .layer(DefaultBodyLimit::max(upload_body))
+                .get(files::list),
         )
         .route("/files/{id}", get(files::get).delete(files::delete))
         .route("/files/{id}/content", get(files::content))

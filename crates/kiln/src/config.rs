@@ -14,6 +14,8 @@ use kiln_domain::job_type::Catalogue;
 use kiln_domain::{Backoff, Policy};
 use serde::Deserialize;
 
+use crate::tls::server::{ServerTls, TlsFiles};
+
 /// Where the default SQLite database lives.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./kiln-data/kiln.db";
 
@@ -138,6 +140,17 @@ pub struct Config {
     /// timeout and shutdown.
     #[arg(long, env = "KILN_COMMAND_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub command_grace: Duration,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first);
+    /// needs `--tls-key`. Re-read on SIGHUP, with the key and the client CA.
+    #[arg(long, env = "KILN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, env = "KILN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: refuse, at the handshake, clients without a certificate signed by a CA
+    /// of this PEM file.
+    #[arg(long, env = "KILN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Parses a byte size: digits with an optional binary unit (`KiB`/`K`, `MiB`/`M`,
@@ -212,6 +225,8 @@ pub struct Validated {
     pub node_id: String,
     /// The programs `command` jobs may run, resolved, with their limits.
     pub command_allow: std::sync::Arc<kiln_domain::job_type::command::AllowList>,
+    /// HTTPS: the loaded certificate and key (`None`: plain HTTP).
+    pub tls: Option<ServerTls>,
 }
 
 impl Config {
@@ -257,7 +272,12 @@ impl Config {
                 "DATABASE_URL `{}` must start with sqlite: or postgres://",
                 self.database_url
             ));
+        } else if self.database_url.starts_with("postgres")
+            && let Err(e) = kiln_store::postgres::tls::check_url(&self.database_url)
+        {
+            problems.push(format!("DATABASE_URL: {e}"));
         }
+        let tls = self.tls(&mut problems);
         if let Some(Secret(p)) = &self.admin_password
             && let Err(e) = kiln_domain::user::check_password(p)
         {
@@ -287,7 +307,31 @@ impl Config {
             catalogue,
             node_id,
             command_allow: std::sync::Arc::new(command_allow),
+            tls,
         })
+    }
+
+    /// The TLS files, loaded: both of `--tls-cert` and `--tls-key` or neither, and a client
+    /// CA only with them.
+    fn tls(&self, problems: &mut Vec<String>) -> Option<ServerTls> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if self.tls_cert.is_some() || self.tls_key.is_some() {
+                problems.push(
+                    "KILN_TLS_CERT and KILN_TLS_KEY go together: set both or neither".to_owned(),
+                );
+            } else if self.tls_client_ca.is_some() {
+                problems.push("KILN_TLS_CLIENT_CA needs KILN_TLS_CERT and KILN_TLS_KEY".to_owned());
+            }
+            return None;
+        };
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+        };
+        ServerTls::load(files)
+            .map_err(|e| problems.push(format!("TLS: {e:#}")))
+            .ok()
     }
 
     fn read_file(&self, problems: &mut Vec<String>) -> FileConfig {
@@ -438,6 +482,45 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_must_load() {
+        let problems = parse(&["--tls-cert", "/x/cert.pem"])
+            .validate()
+            .unwrap_err();
+        assert!(problems[0].contains("both or neither"), "{problems:?}");
+        let problems = parse(&["--tls-client-ca", "/x/ca.pem"])
+            .validate()
+            .unwrap_err();
+        assert!(problems[0].contains("needs KILN_TLS_CERT"), "{problems:?}");
+        let problems = parse(&[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+            "--database",
+            "postgres://u@db/kiln?sslmode=sometimes",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].contains("sslmode `sometimes`"), "{problems:?}");
+        assert!(
+            problems[1].contains("/nonexistent/cert.pem"),
+            "{problems:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let one = crate::tls::dev::DevCerts::generate(&[]).unwrap();
+        let paths = one.write(dir.path(), false).unwrap();
+        let flags = |key: &std::path::Path| {
+            let (cert, key) = (paths.server.to_str().unwrap(), key.to_str().unwrap());
+            parse(&["--tls-cert", cert, "--tls-key", key]).validate()
+        };
+        assert!(flags(&paths.server_key).unwrap().tls.is_some());
+        let problems = flags(&paths.client_key).unwrap_err();
+        assert!(problems[0].contains("does not fit"), "{problems:?}");
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! - [`command_config`]: the `command` allow-list and its limits.
 //! - [`tls`]: rustls configuration (the client connector; the server's certificates).
 //! - [`node`]: starts the store, worker and HTTP API together and stops them gracefully.
-//! - [`cli`]: subcommands (`serve`, `worker`, `migrate`, `user`, `bench`).
+//! - [`cli`]: subcommands (`serve`, `worker`, `migrate`, `user`, `bench`, `dev-cert`).
+//! - [`client`]: the client commands (`login`, `submit`, `ls`, `logs`, `watch`, …).
 //!
 //! Tests start nodes in-process through [`node::start`] with a [`config::Validated`] built
 //! in code.
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod client;
 pub mod command_config;
 pub mod config;
 pub mod node;

@@ -4,6 +4,10 @@
 //! Shutdown order (SPEC §6): new requests get 503 at once; running attempts get
 //! `shutdown_grace` to finish, then are interrupted and stored `failed`, due now, so they
 //! run again after a restart or on another node; then the HTTP listener closes.
+//!
+//! With `--tls-cert`/`--tls-key` the API is served over HTTPS ([`crate::tls::server`]) and
+//! SIGHUP re-reads the certificate files; without them it is plain HTTP, with a warning when
+//! the address is reachable from other machines.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SqliteSync, Validated};
+use crate::tls::server::ServerTls;
 
 /// A running node.
 pub struct Node {
@@ -30,6 +35,7 @@ pub struct Node {
     http: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
     grace: std::time::Duration,
     store: Arc<dyn Store>,
+    tls: Option<ServerTls>,
 }
 
 /// What a node runs.
@@ -122,6 +128,7 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
         http: None,
         grace: v.config.shutdown_grace,
         store: Arc::clone(&store),
+        tls: None,
     };
     if role == Role::Serve {
         let admin_password = v.config.admin_password.as_ref().map(|s| s.0.as_str());
@@ -144,12 +151,37 @@ pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
         node.addr = Some(listener.local_addr()?);
         let stop = CancellationToken::new();
         let app = kiln_server::router(state.clone());
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-        node.http = Some((stop, tokio::spawn(async move { serve.await })));
+        let http = spawn_http(listener, app, v.tls.clone(), stop.clone());
+        node.http = Some((stop, http));
         node.state = Some(state);
+        node.tls = v.tls.clone();
     }
     Ok(node)
+}
+
+/// Serves the API on `listener` until `stop`: HTTPS with `tls`, else plain HTTP (with a
+/// warning unless only this machine can reach it).
+fn spawn_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<ServerTls>,
+    stop: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    if let Some(tls) = tls {
+        return tokio::spawn(crate::tls::server::serve(listener, app, tls, stop));
+    }
+    if let Ok(addr) = listener.local_addr()
+        && !addr.ip().is_loopback()
+    {
+        tracing::warn!(
+            %addr,
+            "serving plain HTTP on a non-loopback address: passwords and tokens cross the \
+             network in clear text (set KILN_TLS_CERT and KILN_TLS_KEY, or bind 127.0.0.1 \
+             behind a TLS proxy)"
+        );
+    }
+    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+    tokio::spawn(async move { serve.await })
 }
 
 /// The object store of uploaded files and job artifacts: `KILN_OBJECT_STORE`, else
@@ -251,6 +283,12 @@ impl Node {
         &self.store
     }
 
+    /// The HTTPS configuration, for `kiln serve` nodes with TLS: [`ServerTls::reload`]
+    /// re-reads its files (what SIGHUP does).
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.tls.as_ref()
+    }
+
     /// Stops gracefully (see the module docs).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         if let Some(state) = &self.state {
@@ -273,8 +311,14 @@ impl Node {
 pub async fn run(v: Validated, role: Role) -> anyhow::Result<()> {
     let node = start(&v, role).await?;
     match node.addr() {
-        Some(addr) => tracing::info!(%addr, node = %v.node_id, "kiln is serving"),
+        Some(addr) => {
+            let tls = node.tls().is_some();
+            tracing::info!(%addr, tls, node = %v.node_id, "kiln is serving");
+        }
         None => tracing::info!(node = %v.node_id, "kiln worker is running"),
+    }
+    if let Some(tls) = node.tls() {
+        tokio::spawn(tls.clone().reload_on_sighup());
     }
     shutdown_signal().await;
     node.shutdown().await

@@ -74,6 +74,19 @@ pub async fn upload(
     Ok(resp)
 }
 
+/// `GET /files`: the caller's files, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    me: CurrentUser,
+) -> Result<Json<Vec<FileView>>, ApiError> {
+    let objects = objects(&state)?;
+    let files = objects
+        .file_list(me.user.id)
+        .await
+        .map_err(|e| ApiError::internal(crate::problem::error_chain(&e)))?;
+    Ok(Json(files.into_iter().map(view).collect()))
+}
+
 /// `GET /files/{id}`: the file's metadata.
 pub async fn get(
     State(state): State<AppState>,

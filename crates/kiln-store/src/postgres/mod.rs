@@ -19,7 +19,8 @@
 //!   report, delete), [`list`], [`claim`] (claim and promotion of due work), [`lease`]
 //!   (fenced completion, progress, renewal, rescue lookup), [`feed`] (events across jobs,
 //!   for live streams), [`log`], [`users`] (users and tokens), [`retention`] (prune and
-//!   stats); [`row`] maps rows to domain types, [`schema`] applies the embedded migrations.
+//!   stats); [`row`] maps rows to domain types, [`schema`] applies the embedded migrations,
+//!   [`tls`] reads `sslmode`/`sslrootcert` into the rustls connector every connection uses.
 //!
 //! This module owns the options, the pool and the one place driver errors are mapped
 //! ([`map_err`]); it does not decide legality (that is [`kiln_domain::transition`]).
@@ -35,6 +36,7 @@ mod retention;
 mod row;
 mod schema;
 mod store;
+pub mod tls;
 mod users;
 
 use std::sync::Arc;
@@ -42,7 +44,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::broadcast;
-use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::error::{BoxError, Result, StoreError};
@@ -96,16 +97,16 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects to `url` (`postgres://user@host/db`), applies the embedded migrations under
-    /// an advisory lock (so nodes starting together migrate once) and, with
-    /// [`PgOptions::listen`], starts the listener and waits until it listens (an error if
-    /// its first connection fails). Must run inside a tokio runtime.
+    /// Connects to `url` (`postgres://user@host/db`; `?sslmode=…` for TLS, see [`tls`]),
+    /// applies the embedded migrations under an advisory lock (so nodes starting together
+    /// migrate once) and, with [`PgOptions::listen`], starts the listener and waits until it
+    /// listens (an error if its first connection fails). Must run inside a tokio runtime.
     pub async fn connect(url: &str, opts: PgOptions) -> Result<Arc<PgStore>> {
-        let config = parse_url(url)?;
-        schema::migrate(&config).await?;
+        let target = parse_url(url)?;
+        schema::migrate(&target).await?;
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            target.config.clone(),
+            target.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -121,7 +122,7 @@ impl PgStore {
         let origin = uuid::Uuid::now_v7().simple().to_string();
         let listener = if opts.listen {
             let (ready, listening) = tokio::sync::oneshot::channel();
-            let task = notify::spawn_listener(config, signals.clone(), origin.clone(), ready);
+            let task = notify::spawn_listener(target, signals.clone(), origin.clone(), ready);
             // Hand the store out only once other nodes' signals can reach it.
             match listening.await {
                 Ok(Ok(())) => {}
@@ -187,9 +188,8 @@ impl Drop for PgStore {
     }
 }
 
-fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
-    url.parse::<tokio_postgres::Config>()
-        .map_err(|e| backend(format!("invalid PostgreSQL URL: {e}")))
+fn parse_url(url: &str) -> Result<tls::Target> {
+    tls::target(url)
 }
 
 /// SQLSTATEs worth retrying: serialisation failures, deadlocks, lock timeouts, and a server

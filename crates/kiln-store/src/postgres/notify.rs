@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use kiln_domain::{JobState, UserId};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::error::Result;
 use crate::model::{FeedEvent, Signal};
@@ -185,20 +185,20 @@ pub(super) type Ready = oneshot::Sender<std::result::Result<(), tokio_postgres::
 /// Starts the listener task; aborting it closes its connection. `ready` hears the outcome
 /// of the first attempt, so a new store listens before it is handed out.
 pub(super) fn spawn_listener(
-    mut config: tokio_postgres::Config,
+    mut target: super::tls::Target,
     signals: broadcast::Sender<Signal>,
     origin: String,
     ready: Ready,
 ) -> tokio::task::JoinHandle<()> {
     // Named, so an operator can tell it apart in `pg_stat_activity`.
-    config.application_name(LISTENER_NAME);
+    target.config.application_name(LISTENER_NAME);
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
         let mut ready = Some(ready);
         loop {
             let reconnect = ready.is_none();
             match listen(
-                &config,
+                &target,
                 &signals,
                 &origin,
                 &mut ready,
@@ -227,14 +227,14 @@ pub const LISTENER_NAME: &str = "kiln-listener";
 /// One listener connection: `LISTEN`, then re-publish notifications until it drops. A
 /// successful `LISTEN` resets the backoff.
 async fn listen(
-    config: &tokio_postgres::Config,
+    target: &super::tls::Target,
     signals: &broadcast::Sender<Signal>,
     origin: &str,
     ready: &mut Option<Ready>,
     reconnect: bool,
     backoff: &mut Duration,
 ) -> std::result::Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = target.config.connect(target.tls.clone()).await?;
     let (messages, mut inbox) = mpsc::unbounded_channel();
     // The connection must be polled for the client's requests to progress, so it runs
     // beside the `LISTEN` below and forwards what the server pushes.

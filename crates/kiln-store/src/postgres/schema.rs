@@ -5,8 +5,6 @@
 //! others wait for it and then find nothing left to do. Each migration runs in its own
 //! transaction, so a failing one leaves the schema at the previous version.
 
-use tokio_postgres::NoTls;
-
 use crate::error::Result;
 
 /// Every migration, in order: (version, SQL).
@@ -27,8 +25,8 @@ const MIGRATION_LOCK: i64 = 0x6b69_6c6e_6d69_6772;
 
 /// Applies the migrations the database lacks on a connection of its own; returns their
 /// versions.
-pub(super) async fn migrate(config: &tokio_postgres::Config) -> Result<Vec<u32>> {
-    let (mut client, connection) = config.connect(NoTls).await?;
+pub(super) async fn migrate(target: &super::tls::Target) -> Result<Vec<u32>> {
+    let (mut client, connection) = target.config.connect(target.tls.clone()).await?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "the PostgreSQL migration connection failed");

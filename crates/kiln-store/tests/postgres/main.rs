@@ -91,6 +91,7 @@ fn lease_of(job: &kiln_domain::Job) -> Lease {
 
 mod client;
 mod ops;
+mod tls;
 mod worker;
 
 fn keyed(key: &str, hash: u8) -> InsertOptions {

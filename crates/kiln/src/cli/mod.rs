@@ -1,8 +1,11 @@
-//! The command line: `kiln serve | worker | migrate | user … | bench`.
+//! The command line: `kiln serve | worker | migrate | user … | bench`, and the client
+//! commands of [`crate::client`].
 //!
-//! Exit codes: 0 success, 1 a command failed, 2 bad usage or configuration.
+//! Exit codes: 0 success, 1 a command failed, 2 bad usage or configuration; the client
+//! commands add 3–6 (see [`EXIT_CODES`]).
 
 pub mod bench;
+mod dev_cert;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -10,9 +13,21 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, LogFormat, SqliteSync};
 use crate::node::{self, Role};
 
+/// The exit codes, as `kiln --help` shows them.
+pub const EXIT_CODES: &str = "Exit codes:
+  0  done
+  1  the job ended dead or cancelled (submit --wait), or the command failed
+  2  bad usage or input (a flag, a payload, a bad configuration, a 400)
+  3  not found (an unknown job, file or token)
+  4  conflict (an illegal move, an idempotency key reused)
+  5  not logged in, token expired, or not allowed
+  6  the server failed or could not be reached
+
+Start: `kiln serve` runs the service; `kiln login`, then `kiln submit sleep ms=2000 --wait`.";
+
 /// Kiln: a durable job service.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about)]
+#[command(name = "kiln", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +45,10 @@ enum Command {
     User(user::UserArgs),
     /// Measures a server: submissions/s, end-to-end jobs/s, start, cancel and list latency.
     Bench(Box<bench::BenchArgs>),
+    /// Writes a local CA, a server and a client certificate for trying HTTPS and mutual TLS.
+    DevCert(dev_cert::DevCertArgs),
+    #[command(flatten)]
+    Client(Box<crate::client::ClientCommand>),
 }
 
 /// Which database an offline command works on.
@@ -84,6 +103,8 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         }
         Command::User(args) => user::run(args).await.map(|()| 0),
         Command::Bench(args) => bench::run(*args).await,
+        Command::DevCert(args) => dev_cert::run(&args),
+        Command::Client(command) => Ok(crate::client::run(*command).await),
     }
 }
 

@@ -1,10 +1,16 @@
-//! TLS with rustls and the ring provider: the client side of the CLI and `kiln bench`
-//! ([`client`]).
+//! TLS with rustls and the ring provider (ADR 0011):
+//! - [`client`]: the connector of the CLI and `kiln bench` (system roots plus `--ca-cert`);
+//! - [`server`]: HTTPS for `kiln serve` (`--tls-cert`/`--tls-key`, mutual TLS with
+//!   `--tls-client-ca`, HTTP/2 by ALPN, files re-read on SIGHUP);
+//! - [`dev`]: a local CA and its certificates (`kiln dev-cert`, `kiln bench --tls`, tests).
 //!
 //! One crypto provider for the whole process (ring: no C build of aws-lc), installed by
-//! [`install_provider`] before any TLS configuration is made.
+//! [`install_provider`] before any TLS configuration is made. PostgreSQL's TLS lives in
+//! `kiln_store::postgres::tls`.
 
 pub mod client;
+pub mod dev;
+pub mod server;
 
 /// Installs ring as the process's rustls provider; later calls do nothing.
 pub fn install_provider() {

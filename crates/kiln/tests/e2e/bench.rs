@@ -128,6 +128,23 @@ fn bench_prints_a_markdown_table_by_default_with_full_durability() {
     );
 }
 
+#[test]
+fn bench_serves_its_local_server_over_tls_with_tls() {
+    let r = report(&bench(&[
+        "--tls",
+        "--scenario",
+        "submit,e2e",
+        "--jobs",
+        "100",
+        "--connections",
+        "8",
+        "--json",
+    ]));
+    assert!(r["server"].as_str().unwrap().contains("HTTPS"), "{r}");
+    assert_eq!(figure(&r, "submit", "accepted (202)"), 100.0);
+    assert_eq!(figure(&r, "e2e", "jobs succeeded"), 100.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bench_measures_a_running_server_given_by_url() {
     let app = TestApp::spawn().await;
@@ -168,6 +185,10 @@ fn bench_rejects_bad_flags_with_exit_2_and_says_why() {
             "--jobs must be at least 1",
         ),
         (&["--url", "http://127.0.0.1:1"][..], "--url needs --token"),
+        (
+            &["--url", "http://127.0.0.1:1", "--token", "t", "--tls"][..],
+            "--tls apply to the local server only",
+        ),
         (&["--scenario", "nope"][..], "invalid value 'nope'"),
     ] {
         let out = bench(args);

@@ -6,6 +6,7 @@
 mod artifacts;
 mod bench;
 mod cancel;
+mod cli;
 mod command;
 mod compute;
 mod helpers;
@@ -14,4 +15,5 @@ mod process;
 mod retry;
 mod scheduling;
 mod stream;
+mod tls;
 mod uploads;

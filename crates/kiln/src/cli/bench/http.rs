@@ -1,9 +1,11 @@
 //! The benchmark's HTTP/1.1 client: hyper with keep-alive and a connection pool as large as
-//! the number of concurrent workers, a bearer token, and bodies read whole.
+//! the number of concurrent workers, a bearer token, and bodies read whole; `https://` URLs
+//! through rustls ([`crate::tls::client`]: the system's roots plus `--ca-cert`).
 //!
 //! Written on hyper directly (not the test kit) because its errors must be values the
 //! benchmark reports, not panics.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -11,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -21,7 +24,7 @@ use serde_json::Value;
 pub struct Client {
     base: String,
     auth: Option<HeaderValue>,
-    inner: HyperClient<HttpConnector, Full<Bytes>>,
+    inner: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 /// A response read whole.
@@ -57,20 +60,19 @@ impl Response {
 }
 
 impl Client {
-    /// A client for `base` (e.g. `http://127.0.0.1:8080`) keeping up to `connections`
-    /// idle connections open.
-    pub fn new(base: &str, connections: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+    /// A client for `base` (e.g. `http://127.0.0.1:8080` or `https://…`) keeping up to
+    /// `connections` idle connections open; `ca_cert` is trusted besides the system's roots.
+    pub fn new(base: &str, connections: usize, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        let connector = crate::tls::client::connector(ca_cert)?;
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(connections)
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Self {
+        Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             auth: None,
             inner,
-        }
+        })
     }
 
     /// Sends every later request with `Authorization: Bearer token`.

@@ -105,9 +105,16 @@ pub struct BenchArgs {
     /// Local server only: `MAX_CONCURRENCY` (default 4).
     #[arg(long)]
     pub max_concurrency: Option<usize>,
+    /// Local server only: serve HTTPS with a fresh development certificate (made in the
+    /// temp dir), to compare with a plain-HTTP run.
+    #[arg(long)]
+    pub tls: bool,
     /// A running server to measure instead of a local one.
     #[arg(long, env = "KILN_URL")]
     pub url: Option<String>,
+    /// With an `https://` `--url`: a CA certificate (PEM) to trust besides the system's.
+    #[arg(long, env = "KILN_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// With `--url`: an API or session token (else `--username`/`--password` log in).
     #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -175,8 +182,8 @@ impl BenchArgs {
         );
         if self.url.is_some() {
             check(
-                self.sqlite_sync.is_none() && self.max_concurrency.is_none(),
-                "--sqlite-sync and --max-concurrency apply to the local server only, not with --url",
+                self.sqlite_sync.is_none() && self.max_concurrency.is_none() && !self.tls,
+                "--sqlite-sync, --max-concurrency and --tls apply to the local server only, not with --url",
             );
             check(
                 self.token.is_some() || self.password.is_some(),
@@ -253,6 +260,7 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
         sync,
         max_concurrency: args.max_concurrency.unwrap_or(4),
         seed_jobs: args.seed_jobs,
+        tls: args.tls,
     };
     let (server, seeding) = LocalServer::start(&opts).await?;
     let mut report = new_report(
@@ -261,7 +269,12 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
             server::sync_name(sync).to_uppercase()
         ),
         format!(
-            "`kiln serve` child process on 127.0.0.1, MAX_CONCURRENCY={}; RSS is its VmHWM; jobs: {}",
+            "`kiln serve` child process on 127.0.0.1 over {}, MAX_CONCURRENCY={}; RSS is its VmHWM; jobs: {}",
+            if opts.tls {
+                "HTTPS (rustls, ring)"
+            } else {
+                "plain HTTP"
+            },
             opts.max_concurrency,
             load::describe(args.job)
         ),
@@ -275,7 +288,7 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
         );
         report.push("seed", "time", seeding.as_secs_f64(), "s");
     }
-    let client = Client::new(&server.base, args.connections);
+    let client = Client::new(&server.base, args.connections, server.ca_cert.as_deref())?;
     let token = server.login(&client).await?;
     let client = client.with_token(&token)?;
     scenarios(args, &client, server.pid(), &mut report).await;
@@ -293,7 +306,7 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
 
 /// Against `--url`.
 async fn remote(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
-    let client = Client::new(url, args.connections);
+    let client = Client::new(url, args.connections, args.ca_cert.as_deref())?;
     let token = match (&args.token, &args.password) {
         (Some(token), _) => token.clone(),
         (None, Some(password)) => client.login(&args.username, password).await?,

@@ -1,10 +1,12 @@
 //! The server under test: either a `kiln serve` child process on a fresh SQLite file in a
-//! temp dir (seeded beforehand straight through the store), or a running server at `--url`.
+//! temp dir (seeded beforehand straight through the store; with `--tls`, serving HTTPS with
+//! a development certificate made in that dir), or a running server at `--url`.
 //!
 //! Why a child process and not a node in this process: its peak RSS (`VmHWM` in
 //! `/proc/<pid>/status`) is then the server's alone, and client and server CPU time are
 //! not mixed in one runtime.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +29,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct LocalServer {
     child: Child,
     pid: Option<u32>,
-    /// Its address, `http://127.0.0.1:PORT`.
+    /// Its address, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub base: String,
+    /// With TLS: the CA of its certificate, for the client to trust.
+    pub ca_cert: Option<PathBuf>,
     // Kept so the database outlives the server; removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -41,6 +45,8 @@ pub struct LocalOptions {
     pub max_concurrency: usize,
     /// Jobs to seed before it starts.
     pub seed_jobs: u64,
+    /// Serve HTTPS with a fresh development certificate.
+    pub tls: bool,
 }
 
 impl LocalServer {
@@ -52,9 +58,15 @@ impl LocalServer {
         let seeded = seed(&db, opts).await?;
         let port = free_port()?;
         let exe = std::env::current_exe().context("while locating the kiln binary")?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .current_dir(dir.path())
-            .args(["serve", "--bind", "127.0.0.1", "--log", "warn"])
+            .args(["serve", "--bind", "127.0.0.1", "--log", "warn"]);
+        let ca_cert = match opts.tls {
+            true => Some(dev_certificate(dir.path(), &mut command)?),
+            false => None,
+        };
+        let child = command
             .args(["--port", &port.to_string()])
             .args(["--database", &format!("sqlite://{}", db.display())])
             .args(["--sqlite-sync", sync_name(opts.sync)])
@@ -64,15 +76,21 @@ impl LocalServer {
             .args(["--command-allow", "/bin/true,/bin/sleep,/bin/sh"])
             .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("KILN_CONFIG")
+            // TLS only as `--tls` asks: not from the caller's environment.
+            .env_remove("KILN_TLS_CERT")
+            .env_remove("KILN_TLS_KEY")
+            .env_remove("KILN_TLS_CLIENT_CA")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("while starting `kiln serve`")?;
+        let scheme = if opts.tls { "https" } else { "http" };
         let mut server = Self {
             pid: child.id(),
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
+            ca_cert,
             _dir: dir,
         };
         server.wait_ready().await?;
@@ -85,7 +103,7 @@ impl LocalServer {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let probe = Client::new(&self.base, 1);
+        let probe = Client::new(&self.base, 1, self.ca_cert.as_deref())?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -115,6 +133,19 @@ impl LocalServer {
             .await
             .context("while stopping `kiln serve`")
     }
+}
+
+/// Writes a development CA and server certificate into `dir` and adds the flags that
+/// serve them to `command`; returns the CA's path.
+fn dev_certificate(dir: &std::path::Path, command: &mut Command) -> anyhow::Result<PathBuf> {
+    let certs = crate::tls::dev::DevCerts::generate(&[])?;
+    let paths = certs.write(&dir.join("certs"), false)?;
+    command
+        .arg("--tls-cert")
+        .arg(&paths.server)
+        .arg("--tls-key")
+        .arg(&paths.server_key);
+    Ok(paths.ca)
 }
 
 /// Opens the database, creates the admin and writes `seed_jobs` finished jobs; the store

@@ -1,0 +1,146 @@
+//! HTTPS for `kiln serve`: the certificate chain and key (and, for mutual TLS, the CA that
+//! clients' certificates must chain to) read from PEM files into a rustls configuration,
+//! served by axum-server's rustls acceptor, and re-read on SIGHUP.
+//!
+//! A reload swaps the configuration that *new* handshakes use; open connections keep the
+//! session they negotiated, so nothing in flight is dropped. Files that do not load leave the
+//! previous configuration in place. ALPN offers `h2` and `http/1.1`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use tokio_util::sync::CancellationToken;
+
+/// The PEM files of the server's TLS configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Mutual TLS: clients must present a certificate signed by a CA of this file.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the files into a rustls server configuration.
+    pub fn load(&self) -> anyhow::Result<rustls::ServerConfig> {
+        super::install_provider();
+        let certs = super::read_certs(&self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .with_context(|| format!("{} is not a readable PEM private key", self.key.display()))?;
+        let builder = rustls::ServerConfig::builder();
+        let builder = match &self.client_ca {
+            Some(ca) => builder.with_client_cert_verifier(client_verifier(ca)?),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(certs, key).with_context(|| {
+            format!(
+                "the key {} does not fit the certificate {}",
+                self.key.display(),
+                self.cert.display()
+            )
+        })?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// Accepts only clients whose certificate chains to a CA of `path`: the handshake fails
+/// without one.
+fn client_verifier(path: &Path) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in super::read_certs(path)? {
+        roots
+            .add(cert)
+            .with_context(|| format!("{} is not a usable CA certificate", path.display()))?;
+    }
+    WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .with_context(|| format!("cannot verify clients with {}", path.display()))
+}
+
+/// The live TLS configuration of a server and the files it came from; clones share it.
+#[derive(Clone)]
+pub struct ServerTls {
+    files: TlsFiles,
+    config: RustlsConfig,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Loads the files (the first time: an error stops start-up).
+    pub fn load(files: TlsFiles) -> anyhow::Result<Self> {
+        let config = RustlsConfig::from_config(Arc::new(files.load()?));
+        Ok(Self { files, config })
+    }
+
+    /// The files.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// Re-reads the files; new handshakes use them from now on. On error nothing changes.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let config = self.files.load()?;
+        self.config.reload_from_config(Arc::new(config));
+        Ok(())
+    }
+
+    /// Reloads on every SIGHUP until the process ends, logging the outcome.
+    pub async fn reload_on_sighup(self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: TLS reload is off");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match self.reload() {
+                Ok(()) => tracing::info!(cert = %self.files.cert.display(), "TLS files reloaded"),
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "TLS reload failed: the previous certificate stays in use"
+                ),
+            }
+        }
+    }
+}
+
+/// Serves `app` over TLS (HTTP/1.1 and HTTP/2) on `listener` until `stop`, then as
+/// `axum::serve` does: no new connections, open ones finish their requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: ServerTls,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::<std::net::SocketAddr>::new();
+    let serving = axum_server::Server::from_listener(listener)
+        .acceptor(RustlsAcceptor::new(tls.config))
+        .handle(handle.clone())
+        .serve(app.into_make_service());
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => result,
+        () = stop.cancelled() => {
+            handle.graceful_shutdown(None);
+            serving.await
+        }
+    }
+}
