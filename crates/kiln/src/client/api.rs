@@ -1,7 +1,6 @@
 //! [`Api`]: the client commands' HTTP client: a base URL, a bearer token, JSON in and
 //! out, streamed bodies both ways, and every failure turned into a [`CliError`].
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,17 +39,26 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 impl Api {
-    /// A client for `base` (`http://host:port` or `https://…`), trusting `ca_cert` besides
-    /// the system's roots.
-    pub fn new(base: &str, token: Option<String>, ca_cert: Option<&Path>) -> CliResult<Self> {
+    /// A client for `base` (`http://host:port` or `https://…`), trusting `tls.ca_cert`
+    /// besides the system's roots and presenting `tls.client_cert` when asked.
+    pub fn new(base: &str, token: Option<String>, tls: &super::Conn) -> CliResult<Self> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(CliError::usage(format!(
                 "--url `{base}` must start with http:// or https://"
             )));
         }
-        let connector = crate::tls::client::connector(ca_cert)
-            .map_err(|e| CliError::usage(format!("--ca-cert: {e:#}")))?;
+        let identity = match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => {
+                return Err(CliError::usage(
+                    "give --client-cert and --client-key together",
+                ));
+            }
+        };
+        let connector = crate::tls::client::connector(tls.ca_cert.as_deref(), identity)
+            .map_err(|e| CliError::usage(format!("TLS: {e:#}")))?;
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             base,

@@ -106,7 +106,7 @@ pub async fn logout(conn: &Conn) -> CliResult<i32> {
     let Some(entry) = saved.servers.remove(&url) else {
         return Err(CliError::new(Kind::Auth, format!("not logged in to {url}")));
     };
-    let api = Api::new(&url, Some(entry.token), conn.ca_cert.as_deref())?;
+    let api = Api::new(&url, Some(entry.token), conn)?;
     // An expired or revoked token is logged out already.
     match api.json(Method::POST, "/api/v1/auth/logout", None).await {
         Ok(_) => {}

@@ -46,6 +46,13 @@ pub struct Conn {
     /// `ca.pem`.
     #[arg(long, env = "KILN_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) for a server that asks for one (mutual TLS), e.g.
+    /// `kiln dev-cert`'s `client.pem`.
+    #[arg(long, env = "KILN_CLIENT_CERT", global = true, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--client-cert`.
+    #[arg(long, env = "KILN_CLIENT_KEY", global = true, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Machine output on stdout: one JSON document, or JSON Lines for a stream.
     #[arg(long, global = true)]
     pub json: bool,
@@ -77,13 +84,13 @@ impl Conn {
                     format!("not logged in to {url}: run `kiln login --url {url}` or pass --token"),
                 )
             })?;
-        Api::new(&url, Some(token), self.ca_cert.as_deref())
+        Api::new(&url, Some(token), self)
     }
 
     /// A client without a token (to log in).
     pub fn anonymous(&self) -> CliResult<Api> {
         let saved = creds::Credentials::load()?;
-        Api::new(&self.url(&saved), None, self.ca_cert.as_deref())
+        Api::new(&self.url(&saved), None, self)
     }
 
     /// How to print.

@@ -10,8 +10,12 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 
 /// A connector for `http://` and `https://` URLs; `ca_cert` is trusted besides the
-/// system's roots.
-pub fn connector(ca_cert: Option<&Path>) -> anyhow::Result<HttpsConnector<HttpConnector>> {
+/// system's roots, and `identity` (a certificate chain and its key, PEM) is presented to
+/// servers that ask for a client certificate (mutual TLS).
+pub fn connector(
+    ca_cert: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> anyhow::Result<HttpsConnector<HttpConnector>> {
     super::install_provider();
     let mut roots = rustls::RootCertStore::empty();
     // A machine without a system store still works with `--ca-cert`.
@@ -24,9 +28,19 @@ pub fn connector(ca_cert: Option<&Path>) -> anyhow::Result<HttpsConnector<HttpCo
                 .with_context(|| format!("{} is not a usable CA certificate", path.display()))?;
         }
     }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(super::read_certs(cert)?, super::read_key(key)?)
+            .with_context(|| {
+                format!(
+                    "the key {} does not fit the certificate {}",
+                    key.display(),
+                    cert.display()
+                )
+            })?,
+    };
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -33,3 +33,13 @@ pub fn read_certs(
     }
     Ok(certs)
 }
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn read_key(
+    path: &std::path::Path,
+) -> anyhow::Result<rustls_pki_types::PrivateKeyDer<'static>> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("{} is not a readable PEM private key", path.display()))
+}

@@ -13,8 +13,6 @@ use anyhow::Context;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
 use tokio_util::sync::CancellationToken;
 
 /// The PEM files of the server's TLS configuration.
@@ -33,8 +31,7 @@ impl TlsFiles {
     pub fn load(&self) -> anyhow::Result<rustls::ServerConfig> {
         super::install_provider();
         let certs = super::read_certs(&self.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .with_context(|| format!("{} is not a readable PEM private key", self.key.display()))?;
+        let key = super::read_key(&self.key)?;
         let builder = rustls::ServerConfig::builder();
         let builder = match &self.client_ca {
             Some(ca) => builder.with_client_cert_verifier(client_verifier(ca)?),

@@ -444,3 +444,49 @@ async fn watch_streams_the_changes_of_my_jobs() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn submit_wait_of_an_external_job_ends_when_its_owner_reports_it() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let app = TestApp::spawn().await;
+    let cli = Cli::login(&app).await;
+    let mut child = cli
+        .command(&["submit", "external", "name=nightly-export", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln runs");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = stderr
+        .next_line()
+        .await
+        .unwrap()
+        .expect("a line naming the job");
+    let id = first
+        .strip_prefix("Submitted ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    for state in [
+        serde_json::json!({"state": "running"}),
+        serde_json::json!({"state": "succeeded", "result": {"rows": 7}}),
+    ] {
+        let resp = app
+            .client
+            .send_json(
+                hyper::Method::PATCH,
+                Some(&app.admin),
+                &format!("/api/v1/jobs/{id}"),
+                &state,
+            )
+            .await;
+        assert_eq!(resp.status, hyper::StatusCode::OK, "{}", resp.text());
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("--wait ends with the job")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"rows\": 7"));
+    app.stop().await;
+}

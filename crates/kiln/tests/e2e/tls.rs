@@ -461,3 +461,50 @@ async fn bench_measures_an_https_url_trusting_ca_cert() {
     assert_eq!(accepted, Some(json!(50.0)), "{report:#}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_cli_logs_in_over_mutual_tls_with_its_client_certificate() {
+    let app = TlsApp::start(true).await;
+    let client = app.ca.client("cli").unwrap();
+    write_file(&app.certs.join("client.pem"), client.cert.as_bytes(), 0o644).unwrap();
+    write_file(
+        &app.certs.join("client-key.pem"),
+        client.key.as_bytes(),
+        0o600,
+    )
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let url = format!("https://localhost:{}", app.addr().port());
+    let login = |with_cert: bool| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(["login", "--password-stdin", "admin", "--url", &url])
+            .args(["--ca-cert", &file(&app.certs, "ca.pem")])
+            .env_clear()
+            .env("HOME", home.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if with_cert {
+            cmd.args(["--client-cert", &file(&app.certs, "client.pem")])
+                .args(["--client-key", &file(&app.certs, "client-key.pem")]);
+        }
+        cmd.spawn().unwrap()
+    };
+    for (with_cert, code) in [(false, 6), (true, 0)] {
+        let mut child = login(with_cert);
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{ADMIN_PASSWORD}\n").as_bytes())
+            .await
+            .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "client cert {with_cert}: {stderr}"
+        );
+    }
+    app.stop().await;
+}

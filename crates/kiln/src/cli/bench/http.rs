@@ -63,7 +63,7 @@ impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:8080` or `https://…`) keeping up to
     /// `connections` idle connections open; `ca_cert` is trusted besides the system's roots.
     pub fn new(base: &str, connections: usize, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
-        let connector = crate::tls::client::connector(ca_cert)?;
+        let connector = crate::tls::client::connector(ca_cert, None)?;
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(connections)
             .pool_idle_timeout(Duration::from_secs(90))
