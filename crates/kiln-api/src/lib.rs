@@ -40,34 +40,37 @@ pub struct SubmitJob {
 /// A job as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
-    /// UUIDv7.
+    /// The job's id, a UUIDv7 (ids sort by creation time).
     pub id: String,
     /// Type name.
     #[serde(rename = "type")]
     pub job_type: String,
-    /// Queue.
+    /// The queue it was submitted to (`default` unless the submission named one).
     pub queue: String,
-    /// Name.
+    /// The free-text name given at submission, if any (a filter of `GET /jobs`).
     pub name: Option<String>,
-    /// State.
+    /// Where the job is in its lifecycle.
     pub state: JobState,
-    /// Priority.
+    /// -100..=100; higher-priority jobs are claimed first. Default 0.
     pub priority: i16,
-    /// Payload.
+    /// The payload as submitted (valid for the type's schema).
     pub payload: Value,
-    /// Result.
+    /// The result once `succeeded` (or as an `external` job's owner reported it); a result
+    /// over 64 KiB is a summary pointing at the artifact `result.json`.
     pub result: Option<Value>,
-    /// Last failure.
+    /// The last attempt's failure (`code`, `message`, `retryable`), kept after a retry.
     pub error: Option<Failure>,
-    /// Attempts started.
+    /// Attempts started so far: the current attempt's number (it never goes back).
     pub attempts: u32,
-    /// Attempt budget.
+    /// Attempts allowed before a retryable failure makes the job `dead`; a manual retry
+    /// raises it.
     pub max_attempts: u32,
-    /// 0.0–1.0.
+    /// 0.0–1.0, reported by the running attempt; 1.0 once succeeded.
     pub progress: f32,
-    /// Cancel requested while running.
+    /// A cancel was requested while the job was running. It stays set after the attempt
+    /// stopped; the next claim or a manual retry clears it.
     pub cancel_requested: bool,
-    /// Submitted.
+    /// Submission time.
     #[serde(with = "ts")]
     pub created_at: Timestamp,
     /// (Next) run time.
@@ -76,10 +79,10 @@ pub struct JobView {
     /// Latest attempt's start.
     #[serde(with = "ts::option")]
     pub started_at: Option<Timestamp>,
-    /// Terminal time.
+    /// When the job reached a terminal state (`null` before).
     #[serde(with = "ts::option")]
     pub finished_at: Option<Timestamp>,
-    /// Last change.
+    /// The last change of state, progress or cancel request.
     #[serde(with = "ts")]
     pub updated_at: Timestamp,
 }
@@ -88,8 +91,8 @@ impl From<Job> for JobView {
     fn from(job: Job) -> Self {
         Self {
             id: job.id.to_string(),
-            job_type: job.job_type,
-            queue: job.queue,
+            job_type: job.job_type.as_str().to_owned(),
+            queue: job.queue.into(),
             name: job.name,
             state: job.state,
             priority: job.priority,
@@ -112,9 +115,9 @@ impl From<Job> for JobView {
 /// `GET /api/v1/jobs/{id}/status`: what a poller needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
-    /// Id.
+    /// The job's id.
     pub id: String,
-    /// State.
+    /// Its current state.
     pub state: JobState,
     /// 0.0–1.0.
     pub progress: f32,
@@ -149,7 +152,7 @@ pub struct EventView {
     pub seq: i64,
     /// State entered.
     pub state: JobState,
-    /// When.
+    /// When the state was entered (or the cancel requested).
     #[serde(with = "ts")]
     pub at: Timestamp,
     /// Attempt number then.
@@ -163,7 +166,7 @@ pub struct EventView {
 /// A page of a list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
-    /// Items.
+    /// At most the `limit` asked for (default 20, at most 100), in the requested order.
     pub items: Vec<T>,
     /// Pass as `cursor` for the next page; absent on the last.
     pub next_cursor: Option<String>,
@@ -187,18 +190,18 @@ pub struct PatchJob {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    /// Username.
+    /// The user's login name.
     pub username: String,
-    /// Password.
+    /// The user's password (ten failures within five minutes: 429 for that username).
     pub password: String,
 }
 
 /// `POST /api/v1/auth/login` response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoginResponse {
-    /// Bearer token.
+    /// The session token, sent as `Authorization: Bearer <token>`.
     pub token: String,
-    /// Expiry.
+    /// When the token stops working (the server's session TTL, 24 h by default).
     #[serde(with = "ts")]
     pub expires_at: Timestamp,
     /// Who logged in.
@@ -208,15 +211,15 @@ pub struct LoginResponse {
 /// A user as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserView {
-    /// Id.
+    /// The user's id (`PATCH /admin/users/{id}`).
     pub id: i64,
-    /// Username.
+    /// The unique login name.
     pub username: String,
-    /// Role.
+    /// What the user may do: `client`, `operator` or `admin`.
     pub role: Role,
-    /// Disabled.
+    /// A disabled user cannot log in, and their tokens stop working.
     pub disabled: bool,
-    /// Created.
+    /// When the user was created.
     #[serde(with = "ts")]
     pub created_at: Timestamp,
 }
@@ -237,7 +240,7 @@ impl From<User> for UserView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
-    /// Username.
+    /// The login name: 1–64 characters of letters, digits, `.`, `_`, `@` or `-`; unique.
     pub username: String,
     /// Password (at least 8 characters).
     pub password: String,
@@ -250,13 +253,13 @@ pub struct CreateUser {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
-    /// New role.
+    /// New role; absent keeps it.
     #[serde(default)]
     pub role: Option<Role>,
-    /// New password.
+    /// New password (at least 8 characters); absent keeps it.
     #[serde(default)]
     pub password: Option<String>,
-    /// Disable or enable.
+    /// `true` disables the user (no login, tokens stop working), `false` enables them.
     #[serde(default)]
     pub disabled: Option<bool>,
 }
@@ -265,7 +268,7 @@ pub struct PatchUser {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    /// Label.
+    /// A label to recognise the token by in `GET /tokens`.
     pub name: String,
     /// Lifetime in days (default: never expires).
     #[serde(default)]
@@ -275,14 +278,14 @@ pub struct CreateToken {
 /// An API token's metadata; `token` (the secret) only in the creation response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenView {
-    /// Id.
+    /// The token's id (`DELETE /tokens/{id}`).
     pub id: i64,
-    /// Label.
+    /// The label given at creation.
     pub name: String,
-    /// Created.
+    /// When it was created.
     #[serde(with = "ts")]
     pub created_at: Timestamp,
-    /// Expiry.
+    /// When it stops working; `null`: never.
     #[serde(with = "ts::option")]
     pub expires_at: Option<Timestamp>,
     /// The secret, shown once.
@@ -308,7 +311,8 @@ pub struct FileView {
     pub created_at: Timestamp,
 }
 
-/// `GET /metrics` with `Accept: application/json`.
+/// The JSON answer of `GET /metrics` (any `Accept` that names neither `text/plain` nor
+/// OpenMetrics, or none).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricsSummary {
     /// Jobs ever submitted.
@@ -321,11 +325,11 @@ pub struct MetricsSummary {
     pub running: u64,
     /// Now failed (retry pending).
     pub failed: u64,
-    /// Succeeded.
+    /// Now succeeded (until pruned).
     pub succeeded: u64,
-    /// Dead.
+    /// Now dead (until retried or pruned).
     pub dead: u64,
-    /// Cancelled.
+    /// Now cancelled (until pruned).
     pub cancelled: u64,
     /// Mean run time of the 1,000 most recently finished succeeded jobs, ms.
     pub avg_duration_ms: f64,

@@ -59,7 +59,8 @@ pub fn truncate_ms(t: Timestamp) -> Timestamp {
     from_millis(t.timestamp_millis())
 }
 
-/// Milliseconds since the Unix epoch → timestamp (saturating at the representable range).
+/// Milliseconds since the Unix epoch → timestamp. A value outside chrono's range, too early
+/// or too late, gives the earliest representable instant (`DateTime::<Utc>::MIN_UTC`).
 pub fn from_millis(ms: i64) -> Timestamp {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }

@@ -1,5 +1,7 @@
 //! [`Failure`]: why an attempt did not succeed, classified retryable or permanent.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 /// A job error as users see it (`error {code, message, retryable}`).
@@ -48,5 +50,12 @@ impl Failure {
     /// The node shut down and interrupted the attempt.
     pub fn interrupted() -> Self {
         Self::retryable("interrupted", "the attempt was interrupted by a shutdown")
+    }
+}
+
+/// `<code>: <message>`, as a job's event history shows a failure.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
     }
 }

@@ -67,7 +67,7 @@ impl Priority {
         Ok(Self(value as i16))
     }
 
-    /// The number.
+    /// The priority as a number in `MIN..=MAX`.
     pub fn get(self) -> i16 {
         self.0
     }
@@ -98,6 +98,26 @@ impl QueueName {
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl FromStr for QueueName {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl From<QueueName> for String {
+    fn from(queue: QueueName) -> Self {
+        queue.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -134,17 +154,17 @@ pub struct Submission {
 /// A validated job, ready to insert.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
-    /// Fresh id.
+    /// Fresh id (UUIDv7).
     pub id: JobId,
-    /// Who submitted it.
+    /// Who submitted it; only they see the job.
     pub owner: UserId,
-    /// Its type.
+    /// Its type, known to the catalogue and allowed for the submitter's role.
     pub job_type: JobType,
-    /// Its queue.
+    /// Its queue (`default` unless the submission named one).
     pub queue: QueueName,
-    /// Optional name.
+    /// Optional free-text name (at most [`MAX_NAME_LEN`] bytes).
     pub name: Option<String>,
-    /// Priority.
+    /// Priority (default 0).
     pub priority: Priority,
     /// Payload (schema-valid).
     pub payload: Value,
@@ -152,7 +172,7 @@ pub struct NewJob {
     pub state: JobState,
     /// When it may first run.
     pub run_at: Timestamp,
-    /// The type's attempt budget.
+    /// The type's attempt budget (its policy's `max_attempts` at submission).
     pub max_attempts: u32,
     /// Submission time.
     pub created_at: Timestamp,
@@ -233,8 +253,8 @@ impl NewJob {
         Job {
             id: self.id,
             owner: self.owner,
-            job_type: self.job_type.as_str().to_owned(),
-            queue: self.queue.as_str().to_owned(),
+            job_type: self.job_type,
+            queue: self.queue,
             name: self.name,
             state: self.state,
             priority: self.priority.get(),
@@ -259,21 +279,21 @@ impl NewJob {
 /// A job as stored: its submission plus its current, denormalised state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
-    /// Id.
+    /// The job's id (UUIDv7).
     pub id: JobId,
-    /// Owner.
+    /// The user who submitted it; owner-scoped reads hide it from everyone else.
     pub owner: UserId,
-    /// Type name.
-    pub job_type: String,
+    /// Type (its snake_case name in JSON and in the database).
+    pub job_type: JobType,
     /// Queue.
-    pub queue: String,
+    pub queue: QueueName,
     /// Optional name.
     pub name: Option<String>,
     /// Current state.
     pub state: JobState,
-    /// Priority.
+    /// -100..=100; higher is claimed first.
     pub priority: i16,
-    /// Payload.
+    /// The payload as submitted.
     pub payload: Value,
     /// Result once succeeded (or as reported for external jobs).
     pub result: Option<Value>,
@@ -281,11 +301,12 @@ pub struct Job {
     pub error: Option<Failure>,
     /// Attempts started so far; the current attempt's fencing token.
     pub attempts: u32,
-    /// Attempt budget.
+    /// Attempts allowed before a retryable failure makes the job `dead`; a manual retry sets
+    /// it to `attempts` plus the type's budget.
     pub max_attempts: u32,
     /// 0.0–1.0, reported by the running attempt.
     pub progress: f32,
-    /// A cancel was requested while running.
+    /// A cancel was requested while running (cleared by the next claim or a manual retry).
     pub cancel_requested: bool,
     /// Submission time.
     pub created_at: Timestamp,
@@ -295,7 +316,7 @@ pub struct Job {
     pub started_at: Option<Timestamp>,
     /// When it reached a terminal state.
     pub finished_at: Option<Timestamp>,
-    /// Last change.
+    /// The last change of state, progress or cancel request.
     pub updated_at: Timestamp,
     /// Node holding the lease while running.
     pub node: Option<String>,

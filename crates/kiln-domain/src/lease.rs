@@ -12,7 +12,7 @@ use crate::JobId;
 /// The identity of one running attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Lease {
-    /// The job.
+    /// The leased job.
     pub job_id: JobId,
     /// The attempt number (1-based), the fencing token.
     pub attempt: u32,

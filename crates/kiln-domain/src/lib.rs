@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`job`]: the job record, its identifiers and the validated parts of a submission.
 //! - [`state`]: [`JobState`], [`Event`] and [`transition()`], the only judge of legality.
+//! - [`change`]: what cancel, retry, a report and the end of an attempt do to a stored job,
+//!   decided here once so every storage backend only reads and writes rows.
 //! - [`retry`]: per-type retry policy and full-jitter exponential backoff.
 //! - [`failure`]: [`Failure`], an error classified retryable or permanent.
 //! - [`job_type`]: the catalogue of predefined job types, their schemas and policies.
@@ -13,6 +15,7 @@
 //! Nothing here touches tokio, a database or HTTP; every other crate asks this one.
 #![warn(missing_docs)]
 
+pub mod change;
 pub mod clock;
 pub mod failure;
 pub mod job;
@@ -22,6 +25,7 @@ pub mod retry;
 pub mod state;
 pub mod user;
 
+pub use change::{Completion, Outcome, Report};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use failure::Failure;
 pub use job::{Job, JobId, NewJob, Priority, QueueName};

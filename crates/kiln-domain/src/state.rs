@@ -26,7 +26,7 @@ pub enum JobState {
     /// Failed for good: permanent error, retries exhausted, or timed out on the last attempt.
     /// Terminal, but a manual retry queues it again with a fresh attempt budget.
     Dead,
-    /// Cancelled by its owner or an operator. Terminal.
+    /// Cancelled at its owner's request (`POST /jobs/{id}/cancel`). Terminal.
     Cancelled,
 }
 
@@ -102,11 +102,13 @@ pub enum Event {
         /// Retryable error and attempts remain.
         retry: bool,
     },
-    /// Cancel requested by the owner or an operator.
+    /// Cancel requested by the job's owner: immediate unless the job is running (then
+    /// [`Step::CancelRequested`]); nothing happens to a terminal job.
     Cancel,
     /// A running attempt stopped because a cancel was requested.
     Abort,
-    /// Manual retry of a failed or dead job: queued again with the attempt budget reset.
+    /// Manual retry of a failed or dead job: queued again with a fresh attempt budget
+    /// (`max_attempts` grows; `attempts`, the fencing token, never goes back).
     Retry,
 }
 
@@ -159,7 +161,8 @@ pub struct IllegalTransition {
     pub event: Event,
 }
 
-/// The state machine of SPEC §1: what `event` does to a job in state `from`.
+/// The job state machine (`docs/state-machine.md`; `docs/design.md`, "Lifecycle"): what
+/// `event` does to a job in state `from`.
 pub fn transition(from: JobState, event: Event) -> Result<Step, IllegalTransition> {
     use JobState::*;
     let step = match (from, event) {

@@ -66,11 +66,11 @@ impl FromStr for Role {
 /// A user as the rest of Kiln sees it (never with the password hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
-    /// Id.
+    /// The user's id.
     pub id: UserId,
     /// Unique login name.
     pub username: String,
-    /// Role.
+    /// What the user may do (see [`Role`]).
     pub role: Role,
     /// A disabled user cannot log in and their tokens stop working.
     pub disabled: bool,

@@ -103,7 +103,7 @@ fn main() {
         }
     }
     for n in [1024usize, 2048, 4096] {
-        // One thread only where the issue sets a target for it (n = 4096 would take ~20 s).
+        // One thread only where BENCHMARKS.md has a target for it (n = 4096 would take ~20 s).
         for threads in if n < 4096 { &[2usize, 1][..] } else { &[2][..] } {
             let name = multiplies(n, *threads);
             if !wanted(&name) {

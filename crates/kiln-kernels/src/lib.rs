@@ -4,8 +4,8 @@
 //! - this file: [`Kernel`], [`JobContext`] (cancel token, progress and log sinks),
 //!   [`KernelError`] and the [`Registry`] that maps each executed [`JobType`] to its kernel.
 //! - [`echo`], [`sleep`], [`primes`], [`matrix`], [`csv_aggregate`]: the built-in kernels.
-//! - [`command`]: real Linux processes from an allow-list (registered only when the node
-//!   has one).
+//! - [`command`]: real Linux processes from an allow-list (not in [`Registry::default`]; the
+//!   node registers it always, and with an empty allow-list it refuses every job).
 //! - [`cpu`]: the CPU pool compute kernels run on, and their cancel/progress [`cpu::Check`].
 //! - [`input`]: [`Inputs`], the uploaded files of the job's owner.
 //!
@@ -110,11 +110,7 @@ pub struct Progress(Arc<AtomicU32>);
 impl Progress {
     /// Records progress, clamped to 0.0–1.0.
     pub fn set(&self, fraction: f32) {
-        let clamped = if fraction.is_nan() {
-            0.0
-        } else {
-            fraction.clamp(0.0, 1.0)
-        };
+        let clamped = kiln_domain::change::clamp_progress(fraction);
         self.0.store(clamped.to_bits(), Ordering::Relaxed);
     }
 
@@ -146,7 +142,7 @@ impl LogSink {
 /// Everything one attempt gets.
 #[derive(Debug, Clone)]
 pub struct JobContext {
-    /// The job.
+    /// The job this attempt runs.
     pub job_id: JobId,
     /// Attempt number, from 1.
     pub attempt: u32,
@@ -297,7 +293,9 @@ impl Registry {
 }
 
 /// A context for tests: a fresh job id, attempt 1, artifacts under the system temp dir
-/// (removed by [`Artifacts::reset`]), no uploaded files, and the log receiver.
+/// (removed by [`Artifacts::reset`]), no uploaded files, and the log receiver. Only in the
+/// crate's own tests and with the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
 pub fn test_context(payload: Value) -> (JobContext, mpsc::UnboundedReceiver<String>) {
     let (log, rx) = LogSink::channel();
     let job_id = JobId::new();

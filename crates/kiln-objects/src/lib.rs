@@ -112,7 +112,7 @@ impl fmt::Display for FileId {
 /// What is known about a stored file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMeta {
-    /// Its id.
+    /// Its id: what `csv_aggregate {file_id}` and `/api/v1/files/{id}` take.
     pub id: FileId,
     /// The name it was uploaded under (no directories).
     pub name: String,
@@ -199,7 +199,7 @@ impl Objects {
     }
 
     /// Stores `body` as a new file of `owner`, computing its SHA-256 on the way. The body
-    /// is streamed to the backend in [`PART_SIZE`] parts and never held whole. Past `limit`
+    /// is streamed to the backend in 5 MiB parts (S3's minimum) and never held whole. Past `limit`
     /// bytes the upload is aborted and [`ObjectsError::TooLarge`] returned: nothing is kept.
     pub async fn file_put<S, E>(
         &self,

@@ -1,8 +1,9 @@
-//! `POST /jobs/{id}/cancel` (SPEC §1): a running job gets a cancel request, and the
-//! response waits up to `cancel_wait` for the worker to stop it.
+//! `POST /jobs/{id}/cancel` (what each state does: `docs/design.md`, "Cancel"): a running
+//! job gets a cancel request, and the response waits up to `cancel_wait` for the worker to
+//! stop it.
 
-use kiln_domain::{Job, JobId, JobState, Step, UserId};
-use kiln_store::{Report, Signal};
+use kiln_domain::{Job, JobId, Step, UserId};
+use kiln_store::Signal;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::problem::ApiError;
@@ -18,21 +19,9 @@ pub async fn cancel(
     // Subscribe before the write so the worker's "cancelled" signal cannot be missed.
     let mut signals = state.store().subscribe();
     let (job, step) = state.store().job_cancel(owner, id, state.now()).await?;
+    // Anything but a request is done (a running `external` job, which no attempt runs, is
+    // cancelled at once by the store).
     if step != Step::CancelRequested {
-        return Ok((job, false));
-    }
-    if !is_executed(state, &job) {
-        // No Kiln attempt to interrupt (an `external` job): it stops at once, as if its
-        // owner had reported `cancelled`.
-        let report = Report {
-            state: JobState::Cancelled,
-            result: None,
-            error: None,
-        };
-        let job = state
-            .store()
-            .job_report(owner, id, report, state.now())
-            .await?;
         return Ok((job, false));
     }
     let wait = state.config().cancel_wait;
@@ -50,7 +39,9 @@ pub async fn cancel(
                     }
                 }
                 Ok(_) => {}
-                // The store is gone: nothing more will change; stop waiting.
+                // The store is gone, so no signal will come: sleep out the rest of
+                // `cancel_wait` (a closed channel would answer at once, a busy loop), then
+                // read the job as it is.
                 Err(RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
@@ -59,11 +50,4 @@ pub async fn cancel(
     let job = state.store().job_get(owner, id).await?;
     let stopping = !job.state.is_terminal();
     Ok((job, stopping))
-}
-
-fn is_executed(state: &AppState, job: &Job) -> bool {
-    state
-        .catalogue()
-        .get_by_name(&job.job_type)
-        .map_or(true, |spec| spec.job_type.is_executed())
 }

@@ -12,7 +12,7 @@ pub struct ServerConfig {
     /// Largest accepted request body in bytes; larger ones get 413. Default 1 MiB.
     pub body_limit: usize,
     /// How long `POST /jobs/{id}/cancel` waits for a running job to stop before answering
-    /// 202 with `cancel_requested` (SPEC §1: 1 s).
+    /// 202 with `cancel_requested`. Default 1 s.
     pub cancel_wait: Duration,
     /// Every request is answered within this time (408 problem otherwise). Default 30 s.
     /// Uploads have [`ServerConfig::upload_timeout`] instead.

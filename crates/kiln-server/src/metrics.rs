@@ -1,4 +1,4 @@
-//! `GET /metrics` rendering: the JSON summary (SPEC §3, seed 002) or, for a Prometheus
+//! `GET /metrics` rendering: the JSON summary ([`MetricsSummary`]) or, for a Prometheus
 //! scraper, the same numbers in the text exposition format.
 //!
 //! Negotiation: a request whose `Accept` names `text/plain` or `application/openmetrics-text`

@@ -7,10 +7,12 @@
 //! other error response (405 from the router, 408 from the timeout, 500 from a panic) into a
 //! problem too. `From<StoreError>` and `From<Invalid>` are the only places errors are mapped.
 
+use axum::extract::multipart::MultipartError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_api::Problem;
 use kiln_domain::Invalid;
+use kiln_objects::ObjectsError;
 use kiln_store::StoreError;
 
 /// Seconds a client should wait after a 429 (queue full) before trying again.
@@ -182,6 +184,54 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<ObjectsError> for ApiError {
+    fn from(e: ObjectsError) -> Self {
+        Self::objects(e, "such file or artifact")
+    }
+}
+
+impl ApiError {
+    /// The one mapping of object-store errors: a missing object is 404 `no {what}`, an
+    /// upload over its limit 413, a broken upload body 400 (413 when the multipart layer
+    /// hit the route's limit), anything else a 500 whose cause is logged.
+    pub fn objects(e: ObjectsError, what: impl std::fmt::Display) -> Self {
+        match e {
+            ObjectsError::NotFound => Self::not_found(format!("no {what}")),
+            ObjectsError::TooLarge { limit } => Self::too_large(limit),
+            ObjectsError::Body(source) => match source.downcast::<MultipartError>() {
+                Ok(multipart) => Self::multipart(*multipart),
+                Err(other) => Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_multipart",
+                    format!("the upload failed: {other}"),
+                ),
+            },
+            other => Self::internal(error_chain(&other)),
+        }
+    }
+
+    /// 413: an upload over the limit of `limit` bytes.
+    pub fn too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the file is larger than the upload limit of {limit} bytes"),
+        )
+    }
+
+    /// A malformed multipart body is a 400; one over the route's limit a 413.
+    pub fn multipart(e: MultipartError) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is larger than the upload limit",
+            );
+        }
+        Self::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text())
+    }
+}
+
 impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
         Self::invalid(e.field, e.reason)
@@ -219,6 +269,25 @@ mod tests {
         assert_eq!(problem.status, 500);
         assert!(!problem.detail.contains("disk"));
         assert!(e.cause.unwrap().contains("disk on fire"));
+    }
+
+    #[test]
+    fn object_errors_map_to_their_status() {
+        let missing = ApiError::objects(ObjectsError::NotFound, "file 42");
+        assert_eq!(
+            (missing.status, missing.detail.as_str()),
+            (StatusCode::NOT_FOUND, "no file 42")
+        );
+        let big = ApiError::from(ObjectsError::TooLarge { limit: 10 });
+        assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let broken = ApiError::from(ObjectsError::Body("reset".into()));
+        assert_eq!(
+            (broken.status, broken.code),
+            (StatusCode::BAD_REQUEST, "invalid_multipart")
+        );
+        let io = ApiError::from(ObjectsError::Io(std::io::Error::other("disk")));
+        assert_eq!(io.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!io.detail.contains("disk"));
     }
 
     #[test]

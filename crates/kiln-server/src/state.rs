@@ -57,7 +57,8 @@ impl AppState {
         }
     }
 
-    /// From now on every request except `/healthz` is answered 503 (SPEC §6).
+    /// From now on every request except `/healthz` is answered 503, and live streams end
+    /// (the shutdown order is in `docs/design.md`, "Operations").
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.shutdown.cancel();

@@ -9,7 +9,7 @@
 use axum::http::HeaderMap;
 use kiln_api::SubmitJob;
 use kiln_domain::job::Submission;
-use kiln_domain::job_type::{CommandPayload, CsvPayload};
+use kiln_domain::job_type::CommandPayload;
 use kiln_domain::{JobType, NewJob, User};
 use kiln_objects::{FileId, ObjectsError};
 use kiln_store::{Idempotency, InsertOptions};
@@ -63,16 +63,14 @@ pub fn prepare(
     Ok((job, opts))
 }
 
-/// Checks that the uploaded file a payload names exists and belongs to the submitter
-/// (400 naming `payload.file_id` otherwise), so a job never starts on a missing input.
+/// Checks that every uploaded file a payload names (its type says which:
+/// [`JobType::input_files`]) exists and belongs to the submitter (400 naming
+/// `payload.file_id` otherwise), so a job never starts on a missing input.
 pub async fn check_inputs(state: &AppState, job: &NewJob) -> Result<(), ApiError> {
-    if job.job_type != JobType::CsvAggregate {
+    let files = job.job_type.input_files(&job.payload)?;
+    if files.is_empty() {
         return Ok(());
     }
-    let payload = CsvPayload::parse(&job.payload)?;
-    let Some(file_id) = payload.file_id() else {
-        return Ok(());
-    };
     const FIELD: &str = "payload.file_id";
     let objects = state.config().objects.as_ref().ok_or_else(|| {
         ApiError::invalid(
@@ -80,13 +78,16 @@ pub async fn check_inputs(state: &AppState, job: &NewJob) -> Result<(), ApiError
             "this server has no object storage for uploaded files",
         )
     })?;
-    let missing = || ApiError::invalid(FIELD, format!("you have no file {file_id}"));
-    let id = FileId::parse(file_id).map_err(|_| missing())?;
-    match objects.file_meta(job.owner, id).await {
-        Ok(_) => Ok(()),
-        Err(ObjectsError::NotFound) => Err(missing()),
-        Err(e) => Err(ApiError::internal(crate::problem::error_chain(&e))),
+    for file_id in files {
+        let missing = || ApiError::invalid(FIELD, format!("you have no file {file_id}"));
+        let id = FileId::parse(&file_id).map_err(|_| missing())?;
+        match objects.file_meta(job.owner, id).await {
+            Ok(_) => {}
+            Err(ObjectsError::NotFound) => return Err(missing()),
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(())
 }
 
 fn idempotency(headers: &HeaderMap, body: &SubmitJob) -> Result<Option<Idempotency>, ApiError> {

@@ -6,6 +6,7 @@
 //! [`StoreError::Transient`]; anything else [`StoreError::Backend`].
 
 use kiln_domain::IllegalTransition;
+use kiln_domain::change::ReportRefused;
 
 /// A boxed driver error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -49,9 +50,33 @@ impl StoreError {
         Self::Conflict { what: what.into() }
     }
 
+    /// This error, a conflict now described as `what` (a backend's generic unique
+    /// violation, once the caller knows what was duplicated).
+    pub(crate) fn conflict_as(self, what: &str) -> Self {
+        match self {
+            Self::Conflict { .. } => Self::conflict(what),
+            other => other,
+        }
+    }
+
     /// Whether retrying the same call may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient(_))
+    }
+}
+
+/// A backend failure described in words (a corrupt row, a stopped writer, a bad URL).
+pub(crate) fn backend(what: impl Into<String>) -> StoreError {
+    StoreError::Backend(BoxError::from(what.into()))
+}
+
+/// A refused report: `Conflict` for a job that is not `external`, else `Illegal`.
+impl From<ReportRefused> for StoreError {
+    fn from(refused: ReportRefused) -> Self {
+        match refused {
+            ReportRefused::NotExternal => Self::conflict(refused.to_string()),
+            ReportRefused::Illegal(illegal) => Self::Illegal(illegal),
+        }
     }
 }
 

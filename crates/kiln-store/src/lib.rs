@@ -7,6 +7,8 @@
 //!   claims, outcomes, log reads, feed events and cursors, signals).
 //! - `log_text`: the rules of bounded job logs (head, tail, skipped bytes, offsets), shared
 //!   by both backends.
+//! - `keyset`: the list query (filters, sort orders, keyset pages), built once for both
+//!   backends; `signal`: what a state change publishes.
 //! - [`sqlite`]: the embedded backend (WAL, one writer thread with group commit, a pool
 //!   of readers).
 //! - [`postgres`]: the shared backend for many nodes (a connection pool, claims with
@@ -14,6 +16,8 @@
 //!
 //! # Rules every backend keeps
 //! - A state change and its event row commit in one transaction.
+//! - What an event does to a job is decided by [`kiln_domain::change`] (cancel, retry,
+//!   report, the end of an attempt): a backend reads the job, asks it, and writes back.
 //! - Legality comes from [`kiln_domain::transition`]; a refused event is
 //!   [`StoreError::Illegal`], a write that matched no row is `NotFound`, `LeaseLost` or
 //!   `Conflict`, never `Ok`.
@@ -27,9 +31,11 @@
 #![warn(missing_docs)]
 
 pub mod error;
+mod keyset;
 mod log_text;
 pub mod model;
 pub mod postgres;
+mod signal;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -85,22 +91,27 @@ pub trait Store: Send + Sync + 'static {
     async fn job_get(&self, owner: Option<UserId>, id: JobId) -> Result<Job>;
     /// A page of jobs matching `query`, with a keyset cursor for the next page.
     async fn job_list(&self, query: &ListQuery) -> Result<Page>;
-    /// Applies [`kiln_domain::Event::Cancel`]: non-running jobs become `cancelled` at once;
-    /// a running one gets `cancel_requested` and a [`Signal::CancelRequested`]; terminal
-    /// jobs are untouched. Returns the job after the write and what happened.
+    /// Applies [`kiln_domain::Event::Cancel`] ([`kiln_domain::change::cancel`]): non-running
+    /// jobs become `cancelled` at once; a running one gets `cancel_requested` and a
+    /// [`Signal::CancelRequested`], except a running `external` job, which no attempt runs:
+    /// it becomes `cancelled` at once, in the same transaction. Terminal jobs are untouched.
+    /// Returns the job after the write and what happened.
     async fn job_cancel(
         &self,
         owner: Option<UserId>,
         id: JobId,
         now: Timestamp,
     ) -> Result<(Job, Step)>;
-    /// Manual retry of a `failed` or `dead` job: `queued` now, with `extra_attempts` more
-    /// attempts allowed (`attempts` never goes back: it is the fencing token).
+    /// Manual retry of a `failed` or `dead` job ([`kiln_domain::change::retry`]): `queued`
+    /// now with a fresh attempt budget of `budget` attempts, the type's policy
+    /// `max_attempts`. `attempts` never goes back (it is the fencing token), so the budget
+    /// counts from it: `max_attempts` becomes `attempts + budget` and the job may start
+    /// exactly `budget` more attempts (at least one: a budget of 0 counts as 1).
     async fn job_retry(
         &self,
         owner: Option<UserId>,
         id: JobId,
-        extra_attempts: u32,
+        budget: u32,
         now: Timestamp,
     ) -> Result<Job>;
     /// A state report for an `external` job; `Conflict` for other types, `Illegal` for an
@@ -163,10 +174,7 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         next: Option<&ClaimRequest>,
     ) -> Result<(Result<Job>, Vec<Job>)> {
-        let completed = match self.job_complete(lease, outcome, now).await {
-            Err(e) if !matches!(e, StoreError::LeaseLost) => return Err(e),
-            completed => completed,
-        };
+        let completed = lost_lease_is_an_answer(self.job_complete(lease, outcome, now).await)?;
         let claimed = match next {
             // The completion is stored: a failed claim must not make the caller store it
             // again, so it is reported as "nothing claimed" and the dispatcher claims.
@@ -178,7 +186,7 @@ pub trait Store: Send + Sync + 'static {
         };
         Ok((completed, claimed))
     }
-    /// Fenced progress report (0.0–1.0).
+    /// Fenced progress report, clamped to 0.0–1.0 ([`kiln_domain::change::clamp_progress`]).
     async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()>;
     /// Appends to a job's log and returns the log's end offset after it (every byte ever
     /// appended; `""` appends nothing and returns the current end). Past `log_limit` bytes
@@ -209,4 +217,13 @@ pub trait Store: Send + Sync + 'static {
     /// Subscribes to signals published after each commit. A lagging receiver should treat
     /// `Lagged` as "something changed" and re-read.
     fn subscribe(&self) -> broadcast::Receiver<Signal>;
+}
+
+/// A completion's result as [`Store::job_complete_and_claim`] reports it: a lost lease has
+/// written nothing and is an answer (the claim goes ahead); any other error fails the call.
+pub(crate) fn lost_lease_is_an_answer(completed: Result<Job>) -> Result<Result<Job>> {
+    match completed {
+        Err(e) if !matches!(e, StoreError::LeaseLost) => Err(e),
+        completed => Ok(completed),
+    }
 }

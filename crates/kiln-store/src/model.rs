@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use kiln_domain::{Failure, Job, JobId, JobState, Role, Timestamp, User, UserId};
-use serde_json::Value;
+use kiln_domain::{
+    Job, JobId, JobState, JobType, NewJob, QueueName, Role, Timestamp, User, UserId,
+};
+
+pub use kiln_domain::change::{Outcome, Report};
 
 /// A user to create.
 #[derive(Debug, Clone)]
@@ -14,6 +17,20 @@ pub struct NewUser {
     pub password_hash: String,
     /// Role.
     pub role: Role,
+}
+
+impl NewUser {
+    /// The user this becomes once stored under `id` at `now` (enabled, at the stored
+    /// precision).
+    pub(crate) fn stored(self, id: UserId, now: Timestamp) -> User {
+        User {
+            id,
+            username: self.username,
+            role: self.role,
+            disabled: false,
+            created_at: kiln_domain::clock::truncate_ms(now),
+        }
+    }
 }
 
 /// A user with their password hash, for login only.
@@ -55,6 +72,22 @@ impl TokenKind {
     }
 }
 
+/// A stored kind name that is not one of [`TokenKind`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown token kind `{0}`")]
+pub struct UnknownTokenKind(pub String);
+
+impl std::str::FromStr for TokenKind {
+    type Err = UnknownTokenKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [TokenKind::Session, TokenKind::Api]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownTokenKind(s.to_owned()))
+    }
+}
+
 /// A token to store.
 #[derive(Debug, Clone)]
 pub struct NewToken {
@@ -70,6 +103,21 @@ pub struct NewToken {
     pub expires_at: Option<Timestamp>,
 }
 
+impl NewToken {
+    /// What is known of this token once stored under `id` at `now` (times at the stored
+    /// precision).
+    pub(crate) fn stored(self, id: i64, now: Timestamp) -> TokenInfo {
+        TokenInfo {
+            id,
+            user: self.user,
+            kind: self.kind,
+            name: self.name,
+            created_at: kiln_domain::clock::truncate_ms(now),
+            expires_at: self.expires_at.map(kiln_domain::clock::truncate_ms),
+        }
+    }
+}
+
 /// A stored token's metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenInfo {
@@ -79,11 +127,11 @@ pub struct TokenInfo {
     pub user: UserId,
     /// Kind.
     pub kind: TokenKind,
-    /// Label.
+    /// The label the user chose (API tokens) or `login`.
     pub name: String,
     /// Creation time.
     pub created_at: Timestamp,
-    /// Expiry.
+    /// When it stops working; `None`: never.
     pub expires_at: Option<Timestamp>,
 }
 
@@ -103,6 +151,17 @@ pub struct InsertOptions {
     pub idempotency: Option<Idempotency>,
     /// Refuse with `QueueFull` when this many non-terminal jobs exist.
     pub max_queued: Option<u64>,
+}
+
+/// The record `new` becomes when stored; `Conflict` unless it starts `scheduled` or
+/// `queued` (a job built by hand rather than parsed could say otherwise).
+pub(crate) fn stored_job(new: NewJob) -> crate::Result<Job> {
+    if !matches!(new.state, JobState::Scheduled | JobState::Queued) {
+        return Err(crate::StoreError::conflict(
+            "a new job must be scheduled or queued",
+        ));
+    }
+    Ok(new.into_job())
 }
 
 /// What [`crate::Store::job_insert`] did.
@@ -155,7 +214,7 @@ impl Sort {
 pub struct Cursor {
     /// `created_at` in ms, or the priority, depending on the sort.
     pub key: i64,
-    /// Tie-breaker.
+    /// The last item's id, which orders items with equal keys.
     pub id: JobId,
 }
 
@@ -163,6 +222,15 @@ impl Cursor {
     /// An opaque URL-safe string (`<key>.<uuid-hex>`).
     pub fn encode(&self) -> String {
         format!("{}.{}", self.key, self.id.0.simple())
+    }
+
+    /// The position that resumes after `job` in `sort` order.
+    pub fn after(sort: Sort, job: &Job) -> Self {
+        let key = match sort {
+            Sort::CreatedAsc | Sort::CreatedDesc => job.created_at.timestamp_millis(),
+            Sort::PriorityAsc | Sort::PriorityDesc => i64::from(job.priority),
+        };
+        Self { key, id: job.id }
     }
 
     /// Parses [`Cursor::encode`]'s output.
@@ -233,7 +301,8 @@ pub struct ClaimRequest {
     pub node: String,
     /// Types this node executes.
     pub types: Vec<String>,
-    /// Queues not to claim from (paused, or at their concurrency limit).
+    /// Queues not to claim from: the worker names those at their per-node concurrency limit
+    /// (and, for the claim that follows a completion, every queue that has a limit).
     pub exclude_queues: Vec<String>,
     /// Most jobs to claim.
     pub limit: u32,
@@ -241,34 +310,6 @@ pub struct ClaimRequest {
     pub now: Timestamp,
     /// Lease expiry of the claimed jobs.
     pub lease_until: Timestamp,
-}
-
-/// How an attempt ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// With this result.
-    Succeeded(Value),
-    /// With this failure; `retry_at` is when the next attempt is due (`failed`), or `None`
-    /// when the job is `dead`.
-    Failed {
-        /// Why.
-        failure: Failure,
-        /// Next attempt, if any.
-        retry_at: Option<Timestamp>,
-    },
-    /// Interrupted by a cancel request.
-    Cancelled,
-}
-
-/// An `external` job's state report.
-#[derive(Debug, Clone)]
-pub struct Report {
-    /// The new state.
-    pub state: JobState,
-    /// Result (with `succeeded`).
-    pub result: Option<Value>,
-    /// Error (with `failed`/`dead`).
-    pub error: Option<Failure>,
 }
 
 /// What [`crate::Store::lease_renew`] found.
@@ -298,7 +339,8 @@ pub struct Stats {
     pub by_state: Vec<(JobState, u64)>,
     /// Mean `finished_at − started_at` of the 1,000 most recently finished succeeded jobs, ms.
     pub avg_duration_ms: f64,
-    /// p95 of `started_at − created_at` over the most recent started jobs, ms.
+    /// p95 of `started_at − created_at` over the 1,000 most recently finished jobs that
+    /// started, ms.
     pub p95_start_latency_ms: f64,
 }
 
@@ -323,9 +365,9 @@ pub struct FeedEvent {
     /// Its owner.
     pub owner: UserId,
     /// Its type.
-    pub job_type: String,
+    pub job_type: JobType,
     /// Its queue.
-    pub queue: String,
+    pub queue: QueueName,
     /// The event's sequence number within the job, from 1.
     pub seq: i64,
     /// The state entered (or, for a cancel request, still `running`).
@@ -343,7 +385,7 @@ impl FeedEvent {
         Self {
             job_id: job.id,
             owner: job.owner,
-            job_type: job.job_type.clone(),
+            job_type: job.job_type,
             queue: job.queue.clone(),
             seq,
             state: job.state,

@@ -8,7 +8,7 @@ use tempfile::TempDir;
 
 /// A store on `<tempdir>/kiln.db`; the directory is removed on drop.
 pub struct TempSqlite {
-    /// The store.
+    /// The store, open on [`TempSqlite::path`].
     pub store: Arc<SqliteStore>,
     /// The database file.
     pub path: PathBuf,

@@ -66,16 +66,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
 
 /// Runs the kernel; `None` when the attempt must not write its outcome (lease lost).
 async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Option<Outcome> {
-    let Some(kernel) = shared.registry.get_by_name(&job.job_type) else {
+    let Some(kernel) = shared.registry.get(job.job_type) else {
         // Claims name only the registry's types, so this is a configuration bug.
         let failure = Failure::permanent("no_kernel", "this node has no kernel for the type");
         return Some(shared.failed(job, failure, shared.clock.now()));
     };
-    let timeout = shared
-        .catalogue
-        .get_by_name(&job.job_type)
-        .ok()
-        .and_then(|spec| spec.policy.timeout());
+    let timeout = shared.catalogue.get(job.job_type).policy.timeout();
     let abort_after = ABORT_AFTER + kernel.stop_grace();
     let (log, mut log_rx) = LogSink::channel();
     let progress = Progress::default();
@@ -193,8 +189,9 @@ fn decide(
     }
 }
 
-/// Results above this size are stored as the artifact `result.json` (SPEC §2), written to
-/// the scratch directory and published with the attempt's other artifacts.
+/// Results above this size are stored as the artifact `result.json`, written to the scratch
+/// directory and published with the attempt's other artifacts; the job's `result` keeps a
+/// summary (`docs/design.md`, "Job types").
 pub(crate) const MAX_INLINE_RESULT: usize = 64 * 1024;
 
 /// Keeps a result of at most [`MAX_INLINE_RESULT`] bytes inline. A larger one is written to
@@ -219,8 +216,9 @@ fn spill_large_result(value: Value, artifacts: &Artifacts) -> std::io::Result<Va
     Ok(Value::Object(summary))
 }
 
-/// Stores the outcome, retrying transient store errors a few times; a lost lease means
-/// another node rescued the job and this late completion is rightly refused.
+/// Stores the outcome, retrying only transient store errors (a busy database, a dropped
+/// connection: [`StoreError::is_transient`]) a few times; a lost lease means another node
+/// rescued the job and this late completion is rightly refused.
 ///
 /// The same store call claims the slot's next job (one write per job instead of a
 /// completion plus a claim round of the dispatcher, which is what lets a busy node run
@@ -264,6 +262,15 @@ async fn complete(
             Err(e) => e,
         };
         drop(claiming);
+        if !completed.is_transient() {
+            // Another try would fail the same way (a bug, a broken database): the lease
+            // runs out and the job is rescued, as when this node dies.
+            tracing::error!(
+                job_id = %job.id, error = %completed,
+                "cannot store the outcome; the lease will expire and the job be rescued"
+            );
+            return None;
+        }
         if attempt < COMPLETE_TRIES {
             tracing::warn!(job_id = %job.id, error = %completed, "storing the outcome failed; retrying");
             tokio::time::sleep(pause).await;

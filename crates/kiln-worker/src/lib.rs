@@ -87,7 +87,8 @@ impl Default for WorkerConfig {
             lease_duration: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
-            // A due scheduled or failed job reads as `queued` within a second (SPEC §1).
+            // A due scheduled or failed job reads as `queued` within a second
+            // (`docs/design.md`, "Lifecycle").
             rescue_interval: Duration::from_secs(1),
             prune_interval: Duration::from_secs(60),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -183,7 +184,7 @@ impl Shared {
                 attempt: job.attempts,
                 node: self.config.node_id.clone(),
             },
-            queue: job.queue.clone(),
+            queue: job.queue.clone().into(),
             stop: stop.clone(),
         };
         let mut map = self.running();
@@ -203,14 +204,7 @@ impl Shared {
     /// policy while attempts remain and the failure is retryable, `dead` otherwise.
     fn failed(&self, job: &Job, failure: Failure, now: Timestamp) -> Outcome {
         let retry_at = (failure.retryable && job.attempts < job.max_attempts).then(|| {
-            let backoff = self
-                .catalogue
-                .get_by_name(&job.job_type)
-                .map(|spec| spec.policy.backoff)
-                .unwrap_or(kiln_domain::Backoff {
-                    base_ms: 1_000,
-                    cap_ms: 300_000,
-                });
+            let backoff = self.catalogue.get(job.job_type).policy.backoff;
             let delay = {
                 let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
                 backoff.delay(job.attempts, &mut *rng)

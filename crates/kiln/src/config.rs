@@ -215,7 +215,7 @@ pub struct TypeConfig {
 /// A configuration that passed validation.
 #[derive(Debug, Clone)]
 pub struct Validated {
-    /// The flags.
+    /// The flags and their environment fallbacks, as parsed.
     pub config: Config,
     /// The file's contents (empty without a file).
     pub file: FileConfig,
@@ -407,6 +407,7 @@ mod tests {
         Cli::try_parse_from(argv).unwrap().config
     }
 
+    /// The defaults the README's configuration table documents.
     #[test]
     fn defaults_match_the_spec() {
         let c = parse(&[]);

@@ -1,9 +1,10 @@
 //! One Kiln node: the store, the worker and (for `kiln serve`) the HTTP API, started
 //! together and stopped gracefully.
 //!
-//! Shutdown order (SPEC §6): new requests get 503 at once; running attempts get
-//! `shutdown_grace` to finish, then are interrupted and stored `failed`, due now, so they
-//! run again after a restart or on another node; then the HTTP listener closes.
+//! Shutdown order (`docs/design.md`, "Operations"): new requests get 503 at once; running
+//! attempts get `shutdown_grace` to finish, then are interrupted and stored `failed`, due
+//! now, so they run again after a restart or on another node; then the HTTP listener
+//! closes.
 //!
 //! With `--tls-cert`/`--tls-key` the API is served over HTTPS ([`crate::tls::server`]) and
 //! SIGHUP re-reads the certificate files; without them it is plain HTTP, with a warning when
@@ -71,7 +72,7 @@ impl StoreOptions {
 
 /// Opens the database at `url` (`sqlite:…` or `postgres://…`) and applies its migrations.
 pub async fn open_store(url: &str, opts: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         let store = PgStore::connect(
             url,
             PgOptions {
@@ -85,9 +86,7 @@ pub async fn open_store(url: &str, opts: StoreOptions) -> anyhow::Result<Arc<dyn
         .context("while connecting to PostgreSQL (DATABASE_URL)")?;
         return Ok(store);
     }
-    let path = kiln_store::sqlite::parse_database_url(url).with_context(|| {
-        format!("DATABASE_URL `{url}` is neither a SQLite nor a PostgreSQL URL")
-    })?;
+    let path = sqlite_path(url)?;
     let synchronous = match opts.sqlite_sync {
         SqliteSync::Normal => Synchronous::Normal,
         SqliteSync::Full => Synchronous::Full,
@@ -99,6 +98,31 @@ pub async fn open_store(url: &str, opts: StoreOptions) -> anyhow::Result<Arc<dyn
     })
     .with_context(|| format!("while opening the database {url}"))?;
     Ok(store)
+}
+
+/// Applies the migrations the database at `url` lacks, without opening a store (no writer
+/// thread, pool or listener): what `kiln migrate` does. Returns the versions applied.
+pub async fn migrate_store(url: &str) -> anyhow::Result<Vec<u32>> {
+    if is_postgres(url) {
+        return PgStore::migrate(url)
+            .await
+            .context("while migrating PostgreSQL (DATABASE_URL)");
+    }
+    let path = sqlite_path(url)?;
+    // Opening and migrating a file blocks: off the async threads.
+    tokio::task::spawn_blocking(move || SqliteStore::migrate(&path))
+        .await
+        .context("the migration task stopped")?
+        .with_context(|| format!("while migrating the database {url}"))
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+fn sqlite_path(url: &str) -> anyhow::Result<kiln_store::sqlite::SqlitePath> {
+    kiln_store::sqlite::parse_database_url(url)
+        .with_context(|| format!("DATABASE_URL `{url}` is neither a SQLite nor a PostgreSQL URL"))
 }
 
 /// Starts a node: opens the store, creates the first admin, starts the worker and, for

@@ -6,6 +6,7 @@
 //! enforces it, and a test checks the two agree on their bounds.
 
 use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -164,6 +165,20 @@ impl JobType {
         }
     }
 
+    /// The uploaded files a payload of this type reads (their ids, as the payload names
+    /// them), so the API can check they exist and are the submitter's before the job is
+    /// stored. The field they come from is `payload.file_id` for every type that has one.
+    pub fn input_files(self, payload: &Value) -> Result<Vec<String>, Invalid> {
+        match self {
+            JobType::CsvAggregate => Ok(CsvPayload::parse(payload)?
+                .file_id()
+                .map(str::to_owned)
+                .into_iter()
+                .collect()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// The least role that may submit it: `command` runs programs on the server's host.
     pub fn min_role(self) -> Role {
         match self {
@@ -216,6 +231,18 @@ impl fmt::Display for JobType {
     }
 }
 
+/// The type by its snake_case name; an unknown name is an error naming the field `type`.
+impl FromStr for JobType {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| Invalid::new("type", format!("unknown job type `{s}`")))
+    }
+}
+
 /// Server-side execution policy of a type. Clients cannot change it; operators can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -237,10 +264,10 @@ impl Policy {
 /// A type's full description, as `GET /api/v1/job-types` serves it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobTypeSpec {
-    /// The type.
+    /// The type (not serialised: `name` carries it).
     #[serde(skip)]
     pub job_type: JobType,
-    /// Its name.
+    /// Its snake_case name, as submissions give it in `type`.
     pub name: &'static str,
     /// One line on what it does.
     pub description: &'static str,
@@ -327,6 +354,30 @@ mod tests {
             );
         }
         assert!(catalogue.get_by_name("fork_bomb").is_err());
+        for job_type in JobType::ALL {
+            assert_eq!(job_type.as_str().parse::<JobType>(), Ok(job_type));
+        }
+        assert_eq!("fork_bomb".parse::<JobType>().unwrap_err().field, "type");
+    }
+
+    #[test]
+    fn only_payloads_naming_an_upload_have_input_files() {
+        let file = "0190f5e2-7c4a-7b1e-9f00-1234567890ab";
+        let upload = json!({"file_id": file, "operation": "sum", "column": "v"});
+        assert_eq!(JobType::CsvAggregate.input_files(&upload).unwrap(), [file]);
+        let generated = json!({"rows": 10, "groups": 2, "operation": "sum"});
+        assert!(
+            JobType::CsvAggregate
+                .input_files(&generated)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            JobType::Sleep
+                .input_files(&json!({"ms": 1}))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 use super::*;
 use JobState::*;
 
-/// The whole table of SPEC §1: every (state, event) pair and its expected outcome.
+/// The whole state machine (`docs/design.md`, "Lifecycle"): every (state, event) pair and
+/// its expected outcome.
 /// `None` means illegal.
 fn expected(from: JobState, event: Event) -> Option<Step> {
     let to = |s| Some(Step::To(s));

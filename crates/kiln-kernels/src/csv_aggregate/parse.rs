@@ -25,9 +25,9 @@ const PIECE: usize = 4 << 20;
 /// Count, sum, min and max of one column.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Stat {
-    /// Rows.
+    /// Values counted (bad rows are counted apart, in `bad_rows`).
     pub count: u64,
-    /// Sum.
+    /// Sum of the values.
     pub sum: f64,
     /// Smallest value.
     pub min: f64,

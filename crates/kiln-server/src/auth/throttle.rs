@@ -1,4 +1,4 @@
-//! Login throttling (SPEC §4): too many failed logins for one username within a window
+//! Login throttling: too many failed logins for one username within a window
 //! answer 429 before any password is hashed, so guessing is slow and cannot cause a hashing
 //! storm. In memory and per node: a restart forgets, which only helps a legitimate user.
 

@@ -103,7 +103,7 @@ impl TokenCache {
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct CurrentUser {
-    /// Who.
+    /// The user the bearer token belongs to (enabled, token not expired).
     pub user: User,
     /// SHA-256 of the bearer token they used.
     pub token_hash: [u8; 32],

@@ -43,10 +43,7 @@ pub async fn list(
     let Some(objects) = &state.config().objects else {
         return Ok(Json(Vec::new()));
     };
-    let listed = objects
-        .artifact_list(id, job.attempts)
-        .await
-        .map_err(internal)?;
+    let listed = objects.artifact_list(id, job.attempts).await?;
     let views = listed
         .into_iter()
         .map(|a| ArtifactView {
@@ -71,7 +68,7 @@ pub async fn download(
     let (size, stream) = match objects.artifact_get(id, job.attempts, &name).await {
         Ok(found) => found,
         Err(ObjectsError::NotFound) => return Err(missing()),
-        Err(e) => return Err(internal(e)),
+        Err(e) => return Err(e.into()),
     };
     let mut resp = Body::from_stream(stream).into_response();
     let headers = resp.headers_mut();
@@ -96,10 +93,6 @@ pub async fn remove(state: &AppState, id: JobId) {
     {
         tracing::warn!(job_id = %id, error = %e, "cannot remove the job's artifacts");
     }
-}
-
-fn internal(e: ObjectsError) -> ApiError {
-    ApiError::internal(crate::problem::error_chain(&e))
 }
 
 fn ensure_finished(job: &Job) -> Result<(), ApiError> {

@@ -86,8 +86,11 @@ impl Filter {
 
     fn matches(&self, e: &FeedEvent) -> bool {
         self.owner.is_none_or(|o| o == e.owner)
-            && self.job_type.as_ref().is_none_or(|t| *t == e.job_type)
-            && self.queue.as_ref().is_none_or(|q| *q == e.queue)
+            && self
+                .job_type
+                .as_ref()
+                .is_none_or(|t| t == e.job_type.as_str())
+            && self.queue.as_ref().is_none_or(|q| q == e.queue.as_str())
             && self.states.as_ref().is_none_or(|s| s.contains(&e.state))
     }
 }

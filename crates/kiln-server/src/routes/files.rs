@@ -11,7 +11,7 @@ use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, LOCA
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_api::FileView;
-use kiln_objects::{FileId, FileMeta, NewFile, Objects, ObjectsError};
+use kiln_objects::{FileId, FileMeta, NewFile, Objects};
 
 use crate::auth::CurrentUser;
 use crate::extract::{Json, Path};
@@ -38,7 +38,7 @@ pub async fn upload(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text()))?;
     // The `file` field, skipping any other fields before it.
     let field = loop {
-        match multipart.next_field().await.map_err(multipart_error)? {
+        match multipart.next_field().await.map_err(ApiError::multipart)? {
             Some(field) if field.name() == Some(FIELD) => break field,
             Some(_) => {}
             None => {
@@ -63,7 +63,7 @@ pub async fn upload(
             // Read (and drop) the rest of the body, bounded by the route's limit, so the
             // client sees the error rather than a reset connection.
             while let Ok(Some(_)) = multipart.next_field().await {}
-            return Err(upload_error(e, limit));
+            return Err(e.into());
         }
     };
     let location = format!("/api/v1/files/{}", meta.id);
@@ -80,10 +80,7 @@ pub async fn list(
     me: CurrentUser,
 ) -> Result<Json<Vec<FileView>>, ApiError> {
     let objects = objects(&state)?;
-    let files = objects
-        .file_list(me.user.id)
-        .await
-        .map_err(|e| ApiError::internal(crate::problem::error_chain(&e)))?;
+    let files = objects.file_list(me.user.id).await?;
     Ok(Json(files.into_iter().map(view).collect()))
 }
 
@@ -95,9 +92,12 @@ pub async fn get(
 ) -> Result<Json<FileView>, ApiError> {
     let objects = objects(&state)?;
     let meta = objects
-        .file_meta(me.user.id, FileId::parse(&id).map_err(not_found(&id))?)
+        .file_meta(
+            me.user.id,
+            FileId::parse(&id).map_err(|e| ApiError::objects(e, format!("file {id}")))?,
+        )
         .await
-        .map_err(not_found(&id))?;
+        .map_err(|e| ApiError::objects(e, format!("file {id}")))?;
     Ok(Json(view(meta)))
 }
 
@@ -108,11 +108,11 @@ pub async fn content(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let objects = objects(&state)?;
-    let file_id = FileId::parse(&id).map_err(not_found(&id))?;
+    let file_id = FileId::parse(&id).map_err(|e| ApiError::objects(e, format!("file {id}")))?;
     let (meta, stream) = objects
         .file_get(me.user.id, file_id)
         .await
-        .map_err(not_found(&id))?;
+        .map_err(|e| ApiError::objects(e, format!("file {id}")))?;
     let mut resp = Body::from_stream(stream).into_response();
     let headers = resp.headers_mut();
     let content_type = HeaderValue::from_str(&meta.content_type)
@@ -137,11 +137,11 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let objects = objects(&state)?;
-    let file_id = FileId::parse(&id).map_err(not_found(&id))?;
+    let file_id = FileId::parse(&id).map_err(|e| ApiError::objects(e, format!("file {id}")))?;
     objects
         .file_delete(me.user.id, file_id)
         .await
-        .map_err(not_found(&id))?;
+        .map_err(|e| ApiError::objects(e, format!("file {id}")))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -178,54 +178,9 @@ fn check_headers(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD)) {
-        return Err(too_large(limit));
+        return Err(ApiError::too_large(limit));
     }
     Ok(())
-}
-
-fn too_large(limit: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        format!("the file is larger than the upload limit of {limit} bytes"),
-    )
-}
-
-/// A malformed multipart body is a 400; one over the route's limit a 413.
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is larger than the upload limit",
-        );
-    }
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text())
-}
-
-fn upload_error(e: ObjectsError, limit: u64) -> ApiError {
-    match e {
-        ObjectsError::TooLarge { .. } => too_large(limit),
-        ObjectsError::Body(source) => {
-            match source.downcast::<axum::extract::multipart::MultipartError>() {
-                Ok(multipart) => multipart_error(*multipart),
-                Err(other) => ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_multipart",
-                    format!("the upload failed: {other}"),
-                ),
-            }
-        }
-        other => ApiError::internal(crate::problem::error_chain(&other)),
-    }
-}
-
-/// Maps "no such file" (also another owner's, or an id that cannot exist) to a 404.
-fn not_found(id: &str) -> impl Fn(ObjectsError) -> ApiError + '_ {
-    move |e| match e {
-        ObjectsError::NotFound => ApiError::not_found(format!("no file {id}")),
-        other => ApiError::internal(crate::problem::error_chain(&other)),
-    }
 }
 
 fn view(meta: FileMeta) -> FileView {

@@ -120,11 +120,7 @@ pub async fn retry(
 ) -> Result<Json<JobView>, ApiError> {
     let owner = Some(me.user.id);
     let job = state.store().job_get(owner, id).await?;
-    let budget = state
-        .catalogue()
-        .get_by_name(&job.job_type)
-        .map(|spec| spec.policy.max_attempts)
-        .unwrap_or(1);
+    let budget = state.catalogue().get(job.job_type).policy.max_attempts;
     let job = state
         .store()
         .job_retry(owner, id, budget, state.now())

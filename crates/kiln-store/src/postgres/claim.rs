@@ -14,6 +14,7 @@ use super::notify::Signals;
 use super::row::{self, EVENT_SEQ, job_columns, query, ts};
 use crate::error::{Result, StoreError};
 use crate::model::{ClaimRequest, FeedEvent};
+use crate::signal::Outbox;
 
 /// Most jobs promoted per transaction, so a burst of jobs all due at once is spread over
 /// several short transactions instead of one long one.
@@ -69,8 +70,8 @@ pub(super) async fn promote_due(
         signals.changed(FeedEvent {
             job_id: JobId(row::get(r, 0)?),
             owner: UserId(row::get(r, 1)?),
-            job_type: row::get(r, 2)?,
-            queue: row::get(r, 3)?,
+            job_type: row::parsed(r, 2)?,
+            queue: row::parsed(r, 3)?,
             seq: row::seq(r, 4)?,
             state: queued,
             attempt: row::count(r, 5)?,

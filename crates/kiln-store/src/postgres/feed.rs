@@ -64,8 +64,8 @@ pub(super) async fn feed(
             Ok(FeedEvent {
                 job_id: JobId(row::get(r, 0)?),
                 owner: UserId(row::get(r, 1)?),
-                job_type: row::get(r, 2)?,
-                queue: row::get(r, 3)?,
+                job_type: row::parsed(r, 2)?,
+                queue: row::parsed(r, 3)?,
                 seq: row::seq(r, 4)?,
                 state: row::state(r, 5)?,
                 attempt: row::count(r, 6)?,

@@ -1,23 +1,21 @@
-//! Client-side job operations: submit (with idempotency and the queue cap), get, cancel,
-//! manual retry, state reports of `external` jobs, delete; and [`record`], which appends
-//! the event row of every state change.
+//! Client-side job operations: submit (with idempotency and the queue cap), get, the
+//! changes a client asks for (cancel, manual retry, state reports of `external` jobs),
+//! delete; and [`record`], which appends the event row of every state change.
 //!
-//! The cold paths here lock the job row (`FOR UPDATE`), let [`kiln_domain::transition`]
-//! judge the event, change the record in Rust and write it back with [`save`], then
-//! [`record`] the change, all in one transaction. The worker's hot paths (claim,
-//! completion) live in `claim` and `lease` as single targeted statements.
+//! A change locks the job row (`FOR UPDATE`), lets [`kiln_domain::change`] decide what the
+//! event does to it, writes the record back with [`save`] and [`record`]s the change, all
+//! in one transaction. The worker's hot paths (claim, completion) live in `claim` and
+//! `lease` as single targeted statements.
 
 use deadpool_postgres::{GenericClient, Transaction};
-use kiln_domain::state::report as report_event;
-use kiln_domain::{
-    Event, IllegalTransition, Job, JobId, JobState, JobType, NewJob, Step, Timestamp, UserId,
-    transition,
-};
+use kiln_domain::change::{Change, Note};
+use kiln_domain::{Job, JobId, NewJob, Step, UserId};
 
 use super::notify::Signals;
-use super::row::{self, int, job_columns, json, query_one, query_opt, ts};
+use super::row::{self, int, job_columns, json, query_one, query_opt};
 use crate::error::{Result, StoreError};
-use crate::model::{FeedEvent, InsertOptions, Inserted, Report, Signal};
+use crate::model::{FeedEvent, InsertOptions, Inserted, stored_job};
+use crate::signal::Outbox;
 
 /// The advisory lock key that serialises inserts checking `max_queued` (`kilnqcap`).
 const MAX_QUEUED_LOCK: i64 = 0x6b69_6c6e_7163_6170;
@@ -49,12 +47,7 @@ pub(super) async fn insert(
     if let Some(limit) = opts.max_queued {
         ensure_room(db, limit).await?;
     }
-    if !matches!(new.state, JobState::Scheduled | JobState::Queued) {
-        return Err(StoreError::conflict(
-            "a new job must be scheduled or queued",
-        ));
-    }
-    let job = new.into_job();
+    let job = stored_job(new)?;
     // The job and its first event in one statement.
     row::execute(
         db,
@@ -69,8 +62,8 @@ pub(super) async fn insert(
         &[
             &job.id.0,
             &job.owner.0,
-            &job.job_type,
-            &job.queue,
+            &job.job_type.as_str(),
+            &job.queue.as_str(),
             &job.name,
             &job.state.as_str(),
             &job.priority,
@@ -227,13 +220,12 @@ async fn save(tx: &Transaction<'_>, job: &Job) -> Result<i32> {
 
 /// Appends event `seq` for `job` as it is now (its state, `updated_at` and attempt number),
 /// and queues `Changed` (plus `JobAvailable` if it became `queued`) for after the commit.
-pub(super) async fn record(
+async fn record(
     tx: &Transaction<'_>,
     signals: &mut Signals,
     job: &Job,
     seq: i32,
-    node: Option<&str>,
-    message: &str,
+    note: &Note,
 ) -> Result<()> {
     row::execute(
         tx,
@@ -245,8 +237,8 @@ pub(super) async fn record(
             &job.state.as_str(),
             &job.updated_at,
             &int(job.attempts),
-            &node,
-            &message,
+            &note.node,
+            &note.message,
         ],
     )
     .await?;
@@ -254,115 +246,24 @@ pub(super) async fn record(
     Ok(())
 }
 
-/// Moves `job` to `state` at `now`, keeping `finished_at` set exactly on terminal states and
-/// lease fields only while running.
-fn enter(job: &mut Job, state: JobState, now: Timestamp) {
-    job.state = state;
-    job.updated_at = ts(now);
-    job.finished_at = state.is_terminal().then_some(ts(now));
-    if state != JobState::Running {
-        job.node = None;
-        job.lease_expires_at = None;
-    }
-}
-
-/// [`Event::Cancel`]: see [`crate::Store::job_cancel`].
-pub(super) async fn cancel(
+/// Locks the job `owner` may see, lets `decide` change it, and writes back what changed
+/// with its event; the signals go out after the commit. Returns the job as written and
+/// what the state machine made of the event.
+pub(super) async fn change(
     tx: &Transaction<'_>,
     signals: &mut Signals,
     owner: Option<UserId>,
     id: JobId,
-    now: Timestamp,
+    decide: impl FnOnce(&mut Job) -> Result<Change>,
 ) -> Result<(Job, Step)> {
     let mut job = lock(tx, owner, id).await?;
-    let step = transition(job.state, Event::Cancel)?;
-    match step {
-        Step::To(state) => {
-            enter(&mut job, state, now);
-            let seq = save(tx, &job).await?;
-            record(tx, signals, &job, seq, None, "cancelled").await?;
-        }
-        Step::CancelRequested => {
-            // A repeated request adds no event; the signal goes out again in case a node
-            // missed the first one.
-            if !job.cancel_requested {
-                job.cancel_requested = true;
-                job.updated_at = ts(now);
-                let seq = save(tx, &job).await?;
-                let node = job.node.clone();
-                record(tx, signals, &job, seq, node.as_deref(), "cancel requested").await?;
-            }
-            signals.push(Signal::CancelRequested(id));
-        }
-        Step::Unchanged => {}
+    let change = decide(&mut job)?;
+    if let Some(note) = &change.note {
+        let seq = save(tx, &job).await?;
+        record(tx, signals, &job, seq, note).await?;
     }
-    Ok((job, step))
-}
-
-/// [`Event::Retry`] of a failed or dead job: queued now with `extra_attempts` more attempts.
-pub(super) async fn retry(
-    tx: &Transaction<'_>,
-    signals: &mut Signals,
-    owner: Option<UserId>,
-    id: JobId,
-    extra_attempts: u32,
-    now: Timestamp,
-) -> Result<Job> {
-    let mut job = lock(tx, owner, id).await?;
-    let Step::To(state) = transition(job.state, Event::Retry)? else {
-        return Err(IllegalTransition {
-            from: job.state,
-            event: Event::Retry,
-        }
-        .into());
-    };
-    enter(&mut job, state, now);
-    job.run_at = ts(now);
-    job.max_attempts = job.attempts.saturating_add(extra_attempts);
-    job.cancel_requested = false;
-    job.progress = 0.0;
-    let seq = save(tx, &job).await?;
-    record(tx, signals, &job, seq, None, "retry requested").await?;
-    Ok(job)
-}
-
-/// An `external` job's owner reports its state.
-pub(super) async fn report(
-    tx: &Transaction<'_>,
-    signals: &mut Signals,
-    owner: Option<UserId>,
-    id: JobId,
-    report: Report,
-    now: Timestamp,
-) -> Result<Job> {
-    let mut job = lock(tx, owner, id).await?;
-    if job.job_type != JobType::External.as_str() {
-        return Err(StoreError::conflict(
-            "only external jobs accept state reports",
-        ));
-    }
-    report_event(job.state, report.state)?;
-    enter(&mut job, report.state, now);
-    match report.state {
-        JobState::Running => {
-            job.attempts = job.attempts.saturating_add(1);
-            job.started_at = Some(ts(now));
-            job.progress = 0.0;
-            job.cancel_requested = false;
-        }
-        JobState::Succeeded => {
-            job.result = report.result;
-            job.progress = 1.0;
-        }
-        JobState::Failed | JobState::Dead => {
-            job.error = report.error.or(job.error);
-        }
-        JobState::Queued => job.run_at = ts(now),
-        JobState::Scheduled | JobState::Cancelled => {}
-    }
-    let seq = save(tx, &job).await?;
-    record(tx, signals, &job, seq, None, "reported by owner").await?;
-    Ok(job)
+    signals.requested(&job, &change);
+    Ok((job, change.step))
 }
 
 /// Hard-deletes a terminal job; its events, log and idempotency keys go with it (cascade).

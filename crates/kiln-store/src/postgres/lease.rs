@@ -10,13 +10,15 @@
 use std::collections::HashMap;
 
 use deadpool_postgres::GenericClient;
-use kiln_domain::{Event, Failure, Job, JobId, JobState, Lease, Step, Timestamp, transition};
+use kiln_domain::change::{Completion, clamp_progress};
+use kiln_domain::{Job, JobId, Lease, Timestamp};
 use tokio_postgres::types::ToSql;
 
 use super::notify::Signals;
 use super::row::{self, int, job_columns, json, query, query_opt, ts};
 use crate::error::{Result, StoreError};
 use crate::model::{FeedEvent, LeaseFilter, Outcome, Renewal};
+use crate::signal::Outbox;
 
 /// The fence every attempt's write matches (parameters $1 id, $2 attempt, $3 node).
 macro_rules! fenced {
@@ -25,54 +27,32 @@ macro_rules! fenced {
     };
 }
 
-/// A completion in one statement (so one round trip, in its own implicit transaction):
-/// the fenced `UPDATE` (`$1` id, `$2` attempt, `$3` node) setting `$sets`, then the event
-/// row from the updated row (its bumped `event_seq`, the lease's node, `$message`), then
-/// the job and its event number.
-macro_rules! completion {
-    ($sets:literal, $message:literal) => {
-        concat!(
-            "WITH done AS (UPDATE jobs SET ",
-            $sets,
-            ", node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
-            fenced!(),
-            " RETURNING *), event AS (
-                INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
-                SELECT id, event_seq, state, updated_at, attempts, $3, ",
-            $message,
-            " FROM done) SELECT ",
-            job_columns!(),
-            ", event_seq FROM done"
-        )
-    };
-}
-
-/// Success: the result, progress 1, terminal.
-const SUCCEED: &str = completion!(
-    "state = $4, result = $5, progress = 1, finished_at = $6, updated_at = $6",
-    "'succeeded'"
-);
-
-/// Failure: `failed` with the next attempt due at `$7`, or `dead` when `$7` is null. A
-/// retryable failure of a job with a cancel request pending ends it `$8` (cancelled)
-/// instead: otherwise the retry would run it again and the claim would clear the request,
-/// silently dropping the owner's cancel. Decided from the row's own flag, in the same
-/// fenced UPDATE (as the SQLite backend does). `$9` is the failure's event message.
-const FAIL: &str = completion!(
-    "state = CASE WHEN $7::timestamptz IS NOT NULL AND cancel_requested
-                  THEN $8 ELSE $4 END,
-     error = $5,
-     run_at = CASE WHEN cancel_requested THEN run_at ELSE coalesce($7, run_at) END,
-     finished_at = CASE WHEN $7::timestamptz IS NULL OR cancel_requested
-                        THEN $6::timestamptz END,
-     updated_at = $6",
-    "CASE WHEN state = $8 THEN 'cancelled after ' || $9::text ELSE $9::text END"
-);
-
-/// Stopped by a cancel request: terminal.
-const ABORT: &str = completion!(
-    "state = $4, finished_at = $5, updated_at = $5",
-    "'cancelled'"
+/// A completion in one statement (so one round trip, in its own implicit transaction).
+/// The fenced `UPDATE` (`$1` id, `$2` attempt, `$3` node) writes the ending a
+/// [`Completion`] decided for the row's own `cancel_requested` flag: `$4`/`$5` the state,
+/// `$6`/`$7` the next `run_at`, `$8`/`$9` `finished_at` (settled/cancel pending); `$10` the
+/// result, `$11` the error, `$12` the progress (a null keeps the column); `$13` the time.
+/// Then the event row from the updated row (its bumped `event_seq`, the lease's node,
+/// `$14`/`$15` the message), then the job and its event number.
+const COMPLETE: &str = concat!(
+    "WITH done AS (UPDATE jobs SET
+         state = CASE WHEN cancel_requested THEN $5::text ELSE $4::text END,
+         run_at = coalesce(CASE WHEN cancel_requested THEN $7::timestamptz
+                                ELSE $6::timestamptz END, run_at),
+         finished_at = CASE WHEN cancel_requested THEN $9::timestamptz
+                            ELSE $8::timestamptz END,
+         result = coalesce($10::jsonb, result), error = coalesce($11::jsonb, error),
+         progress = coalesce($12::real, progress), updated_at = $13,
+         node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
+    fenced!(),
+    " RETURNING *), event AS (
+        INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+        SELECT id, event_seq, state, updated_at, attempts, $3,
+               CASE WHEN cancel_requested THEN $15::text ELSE $14::text END
+        FROM done)
+     SELECT ",
+    job_columns!(),
+    ", event_seq FROM done"
 );
 
 /// Ends the attempt held by `lease` with `outcome`, at `now`.
@@ -83,20 +63,27 @@ pub(super) async fn complete(
     outcome: Outcome,
     now: Timestamp,
 ) -> Result<Job> {
-    let event = match &outcome {
-        Outcome::Succeeded(_) => Event::Succeed,
-        Outcome::Failed { retry_at, .. } => Event::Fail {
-            retry: retry_at.is_some(),
-        },
-        Outcome::Cancelled => Event::Abort,
-    };
-    let (Step::To(state), Step::To(aborted)) = (
-        transition(JobState::Running, event)?,
-        transition(JobState::Running, Event::Abort)?,
-    ) else {
-        return Err(StoreError::LeaseLost);
-    };
-    let found = end_attempt(db, lease, &outcome, [state, aborted], ts(now))
+    let done = Completion::decide(outcome, now)?;
+    let [settled, pending] = [&done.settled, &done.cancel_pending];
+    let states = [settled.state.as_str(), pending.state.as_str()];
+    let params: [&(dyn ToSql + Sync); 15] = [
+        &lease.job_id.0,
+        &int(lease.attempt),
+        &lease.node,
+        &states[0],
+        &states[1],
+        &settled.run_at,
+        &pending.run_at,
+        &settled.finished_at,
+        &pending.finished_at,
+        &done.result,
+        &done.error.as_ref().map(json),
+        &done.progress,
+        &done.at,
+        &settled.message,
+        &pending.message,
+    ];
+    let found = query_opt(db, COMPLETE, &params)
         .await?
         .ok_or(StoreError::LeaseLost)?;
     let job = row::job(&found)?;
@@ -104,56 +91,13 @@ pub(super) async fn complete(
     Ok(job)
 }
 
-/// The fenced completion: the job row, or `None` if `lease` no longer holds the job.
-/// `[to, aborted]` are the states the state machine chose.
-async fn end_attempt(
-    db: &impl GenericClient,
-    lease: &Lease,
-    outcome: &Outcome,
-    [to, aborted]: [JobState; 2],
-    now: Timestamp,
-) -> Result<Option<tokio_postgres::Row>> {
-    let (id, attempt, node) = (lease.job_id.0, int(lease.attempt), lease.node.as_str());
-    let to = to.as_str();
-    match outcome {
-        Outcome::Succeeded(result) => {
-            query_opt(db, SUCCEED, &[&id, &attempt, &node, &to, result, &now]).await
-        }
-        Outcome::Failed { failure, retry_at } => {
-            let params: [&(dyn ToSql + Sync); 9] = [
-                &id,
-                &attempt,
-                &node,
-                &to,
-                &json(failure),
-                &now,
-                &retry_at.map(ts),
-                &aborted.as_str(),
-                &failure_message(failure),
-            ];
-            query_opt(db, FAIL, &params).await
-        }
-        Outcome::Cancelled => query_opt(db, ABORT, &[&id, &attempt, &node, &to, &now]).await,
-    }
-}
-
-/// The event message of a failure: `<code>: <message>`.
-fn failure_message(failure: &Failure) -> String {
-    format!("{}: {}", failure.code, failure.message)
-}
-
-/// Records the attempt's progress (clamped to 0.0–1.0; NaN counts as 0).
+/// Records the attempt's progress (see [`clamp_progress`]).
 pub(super) async fn progress(
     db: &impl GenericClient,
     lease: &Lease,
     progress: f32,
     now: Timestamp,
 ) -> Result<()> {
-    let progress = if progress.is_nan() {
-        0.0
-    } else {
-        progress.clamp(0.0, 1.0)
-    };
     let changed = row::execute(
         db,
         concat!("UPDATE jobs SET progress = $4, updated_at = $5", fenced!()),
@@ -161,7 +105,7 @@ pub(super) async fn progress(
             &lease.job_id.0,
             &int(lease.attempt),
             &lease.node,
-            &progress,
+            &clamp_progress(progress),
             &ts(now),
         ],
     )

@@ -46,7 +46,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
 
-use crate::error::{BoxError, Result, StoreError};
+use crate::error::{Result, StoreError, backend};
 use crate::model::Signal;
 pub use notify::LISTENER_NAME;
 use notify::Signals;
@@ -248,11 +248,6 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         map_err(e)
     }
-}
-
-/// A backend error described in words (a corrupt row, a bad URL).
-fn backend(what: impl Into<String>) -> StoreError {
-    StoreError::Backend(BoxError::from(what.into()))
 }
 
 #[cfg(test)]

@@ -20,12 +20,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_domain::{JobState, UserId};
+use kiln_domain::UserId;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::AsyncMessage;
 
 use crate::error::Result;
 use crate::model::{FeedEvent, Signal};
+use crate::signal::Outbox;
 
 /// How often the listener checks that its connection still answers, and how long it waits.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -42,22 +43,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub(super) struct Signals(Vec<Signal>);
 
-impl Signals {
-    /// Queues `signal`.
-    pub fn push(&mut self, signal: Signal) {
+impl Outbox for Signals {
+    fn push(&mut self, signal: Signal) {
         self.0.push(signal);
     }
+}
 
-    /// Queues the signals of a state change, `event` being the event row just written:
-    /// `Changed`, and `JobAvailable` when the job became `queued`.
-    pub fn changed(&mut self, event: FeedEvent) {
-        let queued = event.state == JobState::Queued;
-        self.push(Signal::Changed(Arc::new(event)));
-        if queued {
-            self.push(Signal::JobAvailable);
-        }
-    }
-
+impl Signals {
     /// The signals in order, with `JobAvailable` at most once: one wake-up is enough for a
     /// claimer to find everything that became ready.
     fn deduped(&self) -> impl Iterator<Item = &Signal> {
@@ -134,8 +126,8 @@ pub(super) fn decode(payload: &str) -> Option<Signal> {
         state: next()?.parse().ok()?,
         attempt: next()?.parse().ok()?,
         at: chrono::DateTime::from_timestamp_millis(next()?.parse().ok()?)?,
-        queue: next()?.to_owned(),
-        job_type: next()?.to_owned(),
+        queue: next()?.parse().ok()?,
+        job_type: next()?.parse().ok()?,
     };
     Some(Signal::Changed(Arc::new(event)))
 }
@@ -319,15 +311,15 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_domain::JobId;
     use kiln_domain::clock::from_millis;
+    use kiln_domain::{JobId, JobState, JobType, QueueName};
 
     fn event(state: JobState) -> FeedEvent {
         FeedEvent {
             job_id: JobId::new(),
             owner: UserId(42),
-            job_type: "echo".to_owned(),
-            queue: "default".to_owned(),
+            job_type: JobType::Echo,
+            queue: QueueName::default(),
             seq: 3,
             state,
             attempt: 2,
@@ -339,8 +331,8 @@ mod tests {
     fn every_signal_survives_a_round_trip_through_its_payload() {
         let id = JobId::new();
         let odd = FeedEvent {
-            job_type: "made:up".to_owned(),
-            queue: "bulk-2_x".to_owned(),
+            job_type: JobType::MatrixMultiply,
+            queue: QueueName::parse("bulk-2_x").unwrap(),
             at: from_millis(-1),
             ..event(JobState::Dead)
         };
@@ -376,6 +368,8 @@ mod tests {
             format!("changed:{id}:42:3:running:-1:1767225600123:default:echo"),
             format!("changed:{id}:42:3:running:2:{}:default:echo", i64::MAX),
             format!("changed:{id}:42:3:running:2:1767225600123:default"),
+            format!("changed:{id}:42:3:running:2:1767225600123:default:made_up"),
+            format!("changed:{id}:42:3:running:2:1767225600123:No Queue:echo"),
         ] {
             assert_eq!(decode(&bad), None, "{bad}");
         }

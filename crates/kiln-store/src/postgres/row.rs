@@ -1,7 +1,7 @@
 //! Rows ↔ domain types: the job column list, [`job`] to read a job row, and the
 //! conversions of counters, timestamps, states and JSON columns.
 //!
-//! A value that does not convert (an unknown state, a negative attempt count) is a
+//! A value that does not convert (an unknown state or type, a negative attempt count) is a
 //! `StoreError::Backend`: it means the database was written by something else.
 
 use deadpool_postgres::GenericClient;
@@ -43,8 +43,8 @@ pub(super) fn job(row: &Row) -> Result<Job> {
     Ok(Job {
         id: JobId(get(row, 0)?),
         owner: UserId(get(row, 1)?),
-        job_type: get(row, 2)?,
-        queue: get(row, 3)?,
+        job_type: parsed(row, 2)?,
+        queue: parsed(row, 3)?,
         name: get(row, 4)?,
         state: state(row, 5)?,
         priority: get(row, 6)?,
@@ -89,7 +89,7 @@ pub(super) fn state(row: &Row, idx: usize) -> Result<JobState> {
     parsed(row, idx)
 }
 
-/// A text column parsed with `FromStr` (states, roles).
+/// A text column parsed with `FromStr` (states, types, queues, roles, token kinds).
 pub(super) fn parsed<T>(row: &Row, idx: usize) -> Result<T>
 where
     T: std::str::FromStr,

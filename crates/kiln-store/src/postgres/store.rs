@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId};
+use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId, change};
 use tokio::sync::broadcast;
 
 use super::jobs::Insert;
@@ -16,6 +16,7 @@ use super::{PgStore, claim, feed, jobs, lease, list, log, retention, users};
 use crate::Store;
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::*;
+use crate::signal::Outbox;
 
 /// Runs `$body` in a transaction on a pooled connection, with `$tx` bound to the
 /// transaction and `$sig` to the signals buffer, then commits and publishes.
@@ -123,24 +124,20 @@ impl Store for PgStore {
         id: JobId,
         now: Timestamp,
     ) -> Result<(Job, Step)> {
-        in_tx!(self, |tx, sig| jobs::cancel(&tx, sig, owner, id, now))
+        let cancel = |job: &mut Job| Ok(change::cancel(job, now)?);
+        in_tx!(self, |tx, sig| jobs::change(&tx, sig, owner, id, cancel))
     }
 
     async fn job_retry(
         &self,
         owner: Option<UserId>,
         id: JobId,
-        extra_attempts: u32,
+        budget: u32,
         now: Timestamp,
     ) -> Result<Job> {
-        in_tx!(self, |tx, sig| jobs::retry(
-            &tx,
-            sig,
-            owner,
-            id,
-            extra_attempts,
-            now
-        ))
+        let retry = |job: &mut Job| Ok(change::retry(job, budget, now)?);
+        let (job, _) = in_tx!(self, |tx, sig| jobs::change(&tx, sig, owner, id, retry))?;
+        Ok(job)
     }
 
     async fn job_report(
@@ -150,9 +147,9 @@ impl Store for PgStore {
         report: Report,
         now: Timestamp,
     ) -> Result<Job> {
-        in_tx!(self, |tx, sig| jobs::report(
-            &tx, sig, owner, id, report, now
-        ))
+        let report = |job: &mut Job| Ok(change::report(job, report, now)?);
+        let (job, _) = in_tx!(self, |tx, sig| jobs::change(&tx, sig, owner, id, report))?;
+        Ok(job)
     }
 
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()> {

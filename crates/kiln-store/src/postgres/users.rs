@@ -7,7 +7,6 @@ use deadpool_postgres::GenericClient;
 use kiln_domain::{Timestamp, User, UserId};
 use tokio_postgres::Row;
 
-use super::backend;
 use super::row::{self, query, query_opt, ts, user_columns};
 use crate::error::{Result, StoreError};
 use crate::model::{NewToken, NewUser, TokenInfo, TokenKind, UserPatch, UserRecord};
@@ -27,17 +26,8 @@ pub(super) async fn insert(db: &impl GenericClient, user: NewUser, now: Timestam
         ],
     )
     .await
-    .map_err(|e| match e {
-        StoreError::Conflict { .. } => StoreError::conflict("username already taken"),
-        other => other,
-    })?;
-    Ok(User {
-        id: UserId(row::get(&found, 0)?),
-        username: user.username,
-        role: user.role,
-        disabled: false,
-        created_at: now,
-    })
+    .map_err(|e| e.conflict_as("username already taken"))?;
+    Ok(user.stored(UserId(row::get(&found, 0)?), now))
 }
 
 /// A user and their password hash, by name.
@@ -120,15 +110,10 @@ macro_rules! token_columns {
 }
 
 fn token(r: &Row, at: usize) -> Result<TokenInfo> {
-    let kind: &str = row::get(r, at + 2)?;
-    let kind = [TokenKind::Session, TokenKind::Api]
-        .into_iter()
-        .find(|k| k.as_str() == kind)
-        .ok_or_else(|| backend(format!("unknown token kind `{kind}`")))?;
     Ok(TokenInfo {
         id: row::get(r, at)?,
         user: UserId(row::get(r, at + 1)?),
-        kind,
+        kind: row::parsed(r, at + 2)?,
         name: row::get(r, at + 3)?,
         created_at: row::get(r, at + 4)?,
         expires_at: row::get(r, at + 5)?,
@@ -157,14 +142,7 @@ pub(super) async fn token_insert(
         ],
     )
     .await?;
-    Ok(TokenInfo {
-        id: row::get(&found, 0)?,
-        user: token.user,
-        kind: token.kind,
-        name: token.name,
-        created_at: now,
-        expires_at,
-    })
+    Ok(token.stored(row::get(&found, 0)?, now))
 }
 
 /// The live token with this hash and its enabled user.

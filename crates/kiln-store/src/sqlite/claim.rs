@@ -16,6 +16,7 @@ use super::row::{self, id_bytes, ms};
 use super::writer::Tx;
 use crate::error::Result;
 use crate::model::{ClaimRequest, FeedEvent};
+use crate::signal::Outbox;
 
 /// Most jobs promoted per writer command, so a burst of jobs all due at once is spread
 /// over several short transactions instead of holding the writer for one long one.
@@ -35,8 +36,8 @@ pub(super) fn promote_due(tx: &mut Tx<'_>, now: Timestamp, max: usize) -> Result
             Ok(FeedEvent {
                 job_id: row::job_id(r, 0)?,
                 owner: UserId(r.get(1)?),
-                job_type: r.get(4)?,
-                queue: r.get(5)?,
+                job_type: row::parsed(r, 4)?,
+                queue: row::parsed(r, 5)?,
                 seq: 0,
                 state: row::state(r, 2)?,
                 attempt: r.get(3)?,
@@ -65,7 +66,7 @@ pub(super) fn promote_due(tx: &mut Tx<'_>, now: Timestamp, max: usize) -> Result
                 message: "due",
             },
         )?;
-        event::changed(tx, job);
+        tx.changed(job);
     }
     Ok(promoted)
 }

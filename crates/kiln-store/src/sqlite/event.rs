@@ -4,38 +4,28 @@
 //! Every writer that changes a job's state calls [`record`] in the same command (and so the
 //! same transaction) as its `UPDATE`, which also queues the signals of the change.
 
-use std::sync::Arc;
-
 use kiln_domain::{Job, JobId, JobState, UserId};
 use rusqlite::Connection;
 
 use super::row::{self, id_bytes, ms};
 use super::writer::Tx;
 use crate::error::{Result, StoreError};
-use crate::model::{FeedCursor, FeedEvent, JobEvent, Signal};
+use crate::model::{FeedCursor, FeedEvent, JobEvent};
+use crate::signal::Outbox;
 
 /// Appends an event for `job` as it is now (its state, `updated_at` and attempt number),
 /// and queues `Changed` (plus `JobAvailable` if it became `queued`) for after the commit.
 pub(super) fn record(tx: &mut Tx<'_>, job: &Job, node: Option<&str>, message: &str) -> Result<()> {
     let seq = append(tx.db, &New::of(job, node, message))?;
-    changed(tx, FeedEvent::of(job, seq));
+    tx.changed(FeedEvent::of(job, seq));
     Ok(())
 }
 
 /// [`record`] for a job just inserted: its first event, with sequence number 1.
 pub(super) fn record_first(tx: &mut Tx<'_>, job: &Job, message: &str) -> Result<()> {
     insert(tx.db, &New::of(job, None, message), 1)?;
-    changed(tx, FeedEvent::of(job, 1));
+    tx.changed(FeedEvent::of(job, 1));
     Ok(())
-}
-
-/// Queues the signals of a state change, `event` being the event row just written.
-pub(super) fn changed(tx: &mut Tx<'_>, event: FeedEvent) {
-    let queued = event.state == JobState::Queued;
-    tx.signal(Signal::Changed(Arc::new(event)));
-    if queued {
-        tx.signal(Signal::JobAvailable);
-    }
 }
 
 /// An event row to append.
@@ -171,8 +161,8 @@ fn feed_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedEvent> {
     Ok(FeedEvent {
         job_id: row::job_id(r, 0)?,
         owner: UserId(r.get(1)?),
-        job_type: r.get(2)?,
-        queue: r.get(3)?,
+        job_type: row::parsed(r, 2)?,
+        queue: row::parsed(r, 3)?,
         seq: r.get(4)?,
         state: row::state(r, 5)?,
         attempt: r.get(6)?,

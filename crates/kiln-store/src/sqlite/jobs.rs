@@ -1,16 +1,14 @@
-//! Client-side job operations: submit (with idempotency and the queue cap), get, cancel,
-//! manual retry, state reports of `external` jobs, delete.
+//! Client-side job operations: submit (with idempotency and the queue cap), get, the
+//! changes a client asks for (cancel, manual retry, state reports of `external` jobs), and
+//! delete.
 //!
-//! The cold paths here read the job, let [`kiln_domain::transition`] judge the event,
-//! change the record in Rust and write it back with [`save`], then [`event::record`] the
-//! change, all in one writer command. The worker's hot paths (claim, completion) live in
-//! `claim` and `lease` as single targeted statements.
+//! A change reads the job, lets [`kiln_domain::change`] decide what the event does to it,
+//! writes the record back with [`save`] and [`event::record`]s the change, all in one
+//! writer command. The worker's hot paths (claim, completion) live in `claim` and `lease`
+//! as single targeted statements.
 
-use kiln_domain::state::report as report_event;
-use kiln_domain::{
-    Event, IllegalTransition, Job, JobId, JobState, JobType, NewJob, Step, Timestamp, UserId,
-    transition,
-};
+use kiln_domain::change::Change;
+use kiln_domain::{Job, JobId, JobState, NewJob, Step, UserId};
 use rusqlite::{Connection, OptionalExtension};
 use uuid::Uuid;
 
@@ -18,7 +16,8 @@ use super::event;
 use super::row::{self, id_bytes, job_columns, ms, opt_ms, to_json};
 use super::writer::Tx;
 use crate::error::{Result, StoreError};
-use crate::model::{InsertOptions, Inserted, Report, Signal};
+use crate::model::{InsertOptions, Inserted, stored_job};
+use crate::signal::Outbox;
 
 /// States that still count against `max_queued`.
 const ACTIVE_COUNT: &str = "SELECT coalesce(sum(n), 0) FROM job_counts
@@ -56,12 +55,7 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
             return Err(StoreError::QueueFull { limit });
         }
     }
-    if !matches!(new.state, JobState::Scheduled | JobState::Queued) {
-        return Err(StoreError::conflict(
-            "a new job must be scheduled or queued",
-        ));
-    }
-    let job = new.into_job();
+    let job = stored_job(new)?;
     db.prepare_cached(
         "INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
                            max_attempts, created_at, run_at, updated_at)
@@ -70,8 +64,8 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
     .execute((
         id_bytes(job.id),
         job.owner.0,
-        &job.job_type,
-        &job.queue,
+        job.job_type.as_str(),
+        job.queue.as_str(),
         &job.name,
         job.state.as_str(),
         job.priority,
@@ -142,115 +136,23 @@ fn save(tx: &mut Tx<'_>, job: &Job, from: JobState) -> Result<()> {
     Ok(())
 }
 
-/// Moves `job` to `state` at `now`, keeping `finished_at` set exactly on terminal states and
-/// lease fields only while running.
-fn enter(job: &mut Job, state: JobState, now: Timestamp) {
-    job.state = state;
-    job.updated_at = now;
-    job.finished_at = state.is_terminal().then_some(now);
-    if state != JobState::Running {
-        job.node = None;
-        job.lease_expires_at = None;
-    }
-}
-
-/// [`Event::Cancel`]: see [`crate::Store::job_cancel`].
-pub(super) fn cancel(
+/// Reads the job `owner` may see, lets `decide` change it, and writes back what changed
+/// with its event; the signals go out after the commit. Returns the job as written and
+/// what the state machine made of the event.
+pub(super) fn change(
     tx: &mut Tx<'_>,
     owner: Option<UserId>,
     id: JobId,
-    now: Timestamp,
+    decide: impl FnOnce(&mut Job) -> Result<Change>,
 ) -> Result<(Job, Step)> {
     let mut job = get(tx.db, owner, id)?;
-    let from = job.state;
-    let step = transition(from, Event::Cancel)?;
-    match step {
-        Step::To(state) => {
-            enter(&mut job, state, now);
-            save(tx, &job, from)?;
-            event::record(tx, &job, None, "cancelled")?;
-        }
-        Step::CancelRequested => {
-            // A repeated request adds no event; the signal goes out again in case a node
-            // missed the first one.
-            if !job.cancel_requested {
-                job.cancel_requested = true;
-                job.updated_at = now;
-                save(tx, &job, from)?;
-                let node = job.node.clone();
-                event::record(tx, &job, node.as_deref(), "cancel requested")?;
-            }
-            tx.signal(Signal::CancelRequested(id));
-        }
-        Step::Unchanged => {}
+    let change = decide(&mut job)?;
+    if let Some(note) = &change.note {
+        save(tx, &job, change.from)?;
+        event::record(tx, &job, note.node.as_deref(), &note.message)?;
     }
-    Ok((job, step))
-}
-
-/// [`Event::Retry`] of a failed or dead job: queued now with `extra_attempts` more attempts.
-pub(super) fn retry(
-    tx: &mut Tx<'_>,
-    owner: Option<UserId>,
-    id: JobId,
-    extra_attempts: u32,
-    now: Timestamp,
-) -> Result<Job> {
-    let mut job = get(tx.db, owner, id)?;
-    let from = job.state;
-    let Step::To(state) = transition(from, Event::Retry)? else {
-        return Err(IllegalTransition {
-            from: job.state,
-            event: Event::Retry,
-        }
-        .into());
-    };
-    enter(&mut job, state, now);
-    job.run_at = now;
-    job.max_attempts = job.attempts.saturating_add(extra_attempts);
-    job.cancel_requested = false;
-    job.progress = 0.0;
-    save(tx, &job, from)?;
-    event::record(tx, &job, None, "retry requested")?;
-    Ok(job)
-}
-
-/// An `external` job's owner reports its state.
-pub(super) fn report(
-    tx: &mut Tx<'_>,
-    owner: Option<UserId>,
-    id: JobId,
-    report: Report,
-    now: Timestamp,
-) -> Result<Job> {
-    let mut job = get(tx.db, owner, id)?;
-    if job.job_type != JobType::External.as_str() {
-        return Err(StoreError::conflict(
-            "only external jobs accept state reports",
-        ));
-    }
-    let from = job.state;
-    report_event(from, report.state)?;
-    enter(&mut job, report.state, now);
-    match report.state {
-        JobState::Running => {
-            job.attempts = job.attempts.saturating_add(1);
-            job.started_at = Some(now);
-            job.progress = 0.0;
-            job.cancel_requested = false;
-        }
-        JobState::Succeeded => {
-            job.result = report.result;
-            job.progress = 1.0;
-        }
-        JobState::Failed | JobState::Dead => {
-            job.error = report.error.or(job.error);
-        }
-        JobState::Queued => job.run_at = now,
-        JobState::Scheduled | JobState::Cancelled => {}
-    }
-    save(tx, &job, from)?;
-    event::record(tx, &job, None, "reported by owner")?;
-    Ok(job)
+    tx.requested(&job, &change);
+    Ok((job, change.step))
 }
 
 /// Hard-deletes a terminal job; its events, log and idempotency keys go with it (cascade).

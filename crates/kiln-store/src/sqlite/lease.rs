@@ -6,13 +6,15 @@
 //! `attempts` moved on) matches nothing and gets `LeaseLost`, so it can never overwrite the
 //! newer attempt.
 
-use kiln_domain::{Event, Failure, Job, JobState, Lease, Step, Timestamp, transition};
+use kiln_domain::change::{Completion, clamp_progress};
+use kiln_domain::{Job, JobState, Lease, Timestamp};
 use rusqlite::{Connection, OptionalExtension};
 
-use super::row::{self, id_bytes, ms, to_json};
+use super::row::{self, id_bytes, ms, opt_ms, to_json};
 use super::writer::Tx;
 use super::{claim, event, jobs};
 use crate::error::{Result, StoreError};
+use crate::lost_lease_is_an_answer;
 use crate::model::{ClaimRequest, LeaseFilter, Outcome, Renewal};
 
 /// The fence every attempt's write matches (parameters ?1 id, ?2 attempt, ?3 node).
@@ -22,6 +24,21 @@ macro_rules! fenced {
     };
 }
 
+/// Ends an attempt as a [`Completion`] decided, picking the ending by the row's own
+/// `cancel_requested` flag: ?4/?5 the state, ?6/?7 the next `run_at`, ?8/?9 `finished_at`
+/// (settled/cancel pending); ?10 the result, ?11 the error, ?12 the progress (a null keeps
+/// the column); ?13 the time.
+const COMPLETE: &str = concat!(
+    "UPDATE jobs SET
+         state = CASE WHEN cancel_requested THEN ?5 ELSE ?4 END,
+         run_at = coalesce(CASE WHEN cancel_requested THEN ?7 ELSE ?6 END, run_at),
+         finished_at = CASE WHEN cancel_requested THEN ?9 ELSE ?8 END,
+         result = coalesce(?10, result), error = coalesce(?11, error),
+         progress = coalesce(?12, progress),
+         updated_at = ?13, node = NULL, lease_expires_at = NULL",
+    fenced!()
+);
+
 /// Ends the attempt held by `lease` with `outcome`, at `now`.
 pub(super) fn complete(
     tx: &mut Tx<'_>,
@@ -29,66 +46,23 @@ pub(super) fn complete(
     outcome: Outcome,
     now: Timestamp,
 ) -> Result<Job> {
-    let event = match &outcome {
-        Outcome::Succeeded(_) => Event::Succeed,
-        Outcome::Failed { retry_at, .. } => Event::Fail {
-            retry: retry_at.is_some(),
-        },
-        Outcome::Cancelled => Event::Abort,
-    };
-    let Step::To(state) = transition(JobState::Running, event)? else {
-        return Err(StoreError::LeaseLost);
-    };
-    // A retryable failure of an attempt whose job has a cancel request pending ends the job
-    // as `cancelled` (the attempt stopped; Event::Abort), not `failed`: otherwise the
-    // retry would run the job again and the claim would clear the request, silently
-    // dropping the owner's cancel (SPEC §1: a running job asked to cancel becomes
-    // `cancelled`). Decided in the same fenced UPDATE, from the row's own flag.
-    let Step::To(aborted) = transition(JobState::Running, Event::Abort)? else {
-        return Err(StoreError::LeaseLost);
-    };
-    let fence = (id_bytes(lease.job_id), lease.attempt, lease.node.as_str());
-    let (now_ms, to) = (ms(now), state.as_str());
-    let changed = match &outcome {
-        Outcome::Succeeded(result) => tx
-            .db
-            .prepare_cached(concat!(
-                "UPDATE jobs SET state = ?4, result = ?5, progress = 1.0, finished_at = ?6,
-                     updated_at = ?6, node = NULL, lease_expires_at = NULL",
-                fenced!()
-            ))?
-            .execute((fence.0, fence.1, fence.2, to, to_json(result)?, now_ms)),
-        Outcome::Failed { failure, retry_at } => tx
-            .db
-            .prepare_cached(concat!(
-                "UPDATE jobs SET
-                     state = CASE WHEN ?7 IS NOT NULL AND cancel_requested THEN ?8 ELSE ?4 END,
-                     error = ?5,
-                     run_at = CASE WHEN cancel_requested THEN run_at
-                                   ELSE coalesce(?7, run_at) END,
-                     finished_at = CASE WHEN ?7 IS NULL OR cancel_requested THEN ?6 END,
-                     updated_at = ?6, node = NULL, lease_expires_at = NULL",
-                fenced!()
-            ))?
-            .execute((
-                fence.0,
-                fence.1,
-                fence.2,
-                to,
-                to_json(failure)?,
-                now_ms,
-                retry_at.map(ms),
-                aborted.as_str(),
-            )),
-        Outcome::Cancelled => tx
-            .db
-            .prepare_cached(concat!(
-                "UPDATE jobs SET state = ?4, finished_at = ?5, updated_at = ?5,
-                     node = NULL, lease_expires_at = NULL",
-                fenced!()
-            ))?
-            .execute((fence.0, fence.1, fence.2, to, now_ms)),
-    }?;
+    let done = Completion::decide(outcome, now)?;
+    let (settled, pending) = (&done.settled, &done.cancel_pending);
+    let changed = tx.db.prepare_cached(COMPLETE)?.execute((
+        id_bytes(lease.job_id),
+        lease.attempt,
+        lease.node.as_str(),
+        settled.state.as_str(),
+        pending.state.as_str(),
+        opt_ms(settled.run_at),
+        opt_ms(pending.run_at),
+        opt_ms(settled.finished_at),
+        opt_ms(pending.finished_at),
+        done.result.as_ref().map(to_json).transpose()?,
+        done.error.as_ref().map(to_json).transpose()?,
+        done.progress,
+        ms(done.at),
+    ))?;
     if changed == 0 {
         return Err(StoreError::LeaseLost);
     }
@@ -96,15 +70,8 @@ pub(super) fn complete(
     // in a temporary table under a statement journal, twice the cost of this lookup.
     let job = jobs::get(tx.db, None, lease.job_id)?;
     tx.counts.moved(JobState::Running, job.state);
-    let message = match &outcome {
-        Outcome::Succeeded(_) => "succeeded".to_owned(),
-        Outcome::Failed { failure, .. } if job.state == aborted => {
-            format!("cancelled after {}", failure_message(failure))
-        }
-        Outcome::Failed { failure, .. } => failure_message(failure),
-        Outcome::Cancelled => "cancelled".to_owned(),
-    };
-    event::record(tx, &job, Some(&lease.node), &message)?;
+    let message = &done.ending(job.cancel_requested).message;
+    event::record(tx, &job, Some(&lease.node), message)?;
     Ok(job)
 }
 
@@ -119,10 +86,7 @@ pub(super) fn complete_and_claim(
     now: Timestamp,
     next: Option<&ClaimRequest>,
 ) -> Result<(Result<Job>, Vec<Job>)> {
-    let completed = match complete(tx, lease, outcome, now) {
-        Err(e) if !matches!(e, StoreError::LeaseLost) => return Err(e),
-        completed => completed,
-    };
+    let completed = lost_lease_is_an_answer(complete(tx, lease, outcome, now))?;
     let claimed = match next {
         Some(req) => claim::claim(tx, req)?,
         None => Vec::new(),
@@ -130,18 +94,8 @@ pub(super) fn complete_and_claim(
     Ok((completed, claimed))
 }
 
-/// The event message of a failure: `<code>: <message>`.
-fn failure_message(failure: &Failure) -> String {
-    format!("{}: {}", failure.code, failure.message)
-}
-
-/// Records the attempt's progress (clamped to 0.0–1.0; NaN counts as 0).
+/// Records the attempt's progress (see [`clamp_progress`]).
 pub(super) fn progress(tx: &Tx<'_>, lease: &Lease, progress: f32, now: Timestamp) -> Result<()> {
-    let progress = if progress.is_nan() {
-        0.0
-    } else {
-        progress.clamp(0.0, 1.0)
-    };
     let changed = tx
         .db
         .prepare_cached(concat!(
@@ -152,7 +106,7 @@ pub(super) fn progress(tx: &Tx<'_>, lease: &Lease, progress: f32, now: Timestamp
             id_bytes(lease.job_id),
             lease.attempt,
             lease.node.as_str(),
-            progress,
+            clamp_progress(progress),
             ms(now),
         ))?;
     if changed == 0 {

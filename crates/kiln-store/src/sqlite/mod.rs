@@ -3,12 +3,15 @@
 //! # Shape
 //! - **One writer thread** ([`writer`]) owns the only write connection. Every write is a
 //!   closure sent to it over a channel; the thread runs whatever is waiting (up to 512
-//!   commands) in one `BEGIN IMMEDIATE` transaction, each command inside its own savepoint so
-//!   a failing command rolls back alone, commits once (one fsync for the whole group), then
+//!   commands) in one `BEGIN IMMEDIATE` transaction (each cold command inside a savepoint of
+//!   its own, so it rolls back alone if it fails; the hot ones fail only before their first
+//!   write), commits once (one fsync for the whole group), then
 //!   publishes the batch's [`Signal`](crate::Signal)s and answers each caller. Nobody hears
 //!   of a write before it is durable.
-//! - **Checkpoints** ([`checkpoint`]) run on a thread of their own, so the writer never
-//!   stalls on the fsyncs of copying the WAL into the database file.
+//! - **Checkpoints** ([`checkpoint`]) run on a thread of their own, so the writer does not
+//!   stall on the fsyncs of copying the WAL into the database file. The one exception: when
+//!   the WAL passes `wal_restart_frames` (32 MiB), the writer runs a `RESTART` checkpoint
+//!   itself between two batches, so the log starts over instead of growing without bound.
 //! - **Readers** ([`reader`]): a small pool of read connections used through
 //!   `spawn_blocking`; WAL lets them read beside the writer. A private in-memory database is
 //!   invisible to other connections, so in memory mode reads go through the writer too.
@@ -45,7 +48,7 @@ use std::sync::Arc;
 use rusqlite::ErrorCode;
 use tokio::sync::broadcast;
 
-use crate::error::{BoxError, Result, StoreError};
+use crate::error::{Result, StoreError, backend};
 use crate::model::Signal;
 use checkpoint::Checkpointer;
 use reader::ReaderPool;
@@ -243,11 +246,6 @@ impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         map_err(e)
     }
-}
-
-/// A backend error described in words (a corrupt row, a stopped writer).
-fn backend(what: impl Into<String>) -> StoreError {
-    StoreError::Backend(BoxError::from(what.into()))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Rows ↔ domain types: the job column list, [`job`] to read a job row, and the
 //! conversions of ids, timestamps, states and JSON columns.
 //!
-//! A value that does not parse (an unknown state, bad JSON) is a conversion error, which
-//! becomes `StoreError::Backend`: it means the database was written by something else.
+//! A value that does not parse (an unknown state or type, bad JSON) is a conversion error,
+//! which becomes `StoreError::Backend`: it means the database was written by something else.
 
 use kiln_domain::clock::from_millis;
 use kiln_domain::{Failure, Job, JobId, JobState, Role, Timestamp, User, UserId};
@@ -26,8 +26,8 @@ pub(super) fn job(row: &Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
         id: job_id(row, 0)?,
         owner: UserId(row.get(1)?),
-        job_type: row.get(2)?,
-        queue: row.get(3)?,
+        job_type: parsed(row, 2)?,
+        queue: parsed(row, 3)?,
         name: row.get(4)?,
         state: state(row, 5)?,
         priority: row.get(6)?,
@@ -104,7 +104,7 @@ pub(super) fn state(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobState> {
     parsed(row, idx)
 }
 
-/// A TEXT column parsed with `FromStr` (states, roles).
+/// A TEXT column parsed with `FromStr` (states, types, queues, roles, token kinds).
 pub(super) fn parsed<T>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T>
 where
     T: std::str::FromStr,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId};
+use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId, change};
 use tokio::sync::broadcast;
 
 use super::{SqliteStore, claim, event, jobs, lease, list, log, retention, users};
@@ -86,18 +86,22 @@ impl Store for SqliteStore {
         id: JobId,
         now: Timestamp,
     ) -> Result<(Job, Step)> {
-        self.write(move |tx| jobs::cancel(tx, owner, id, now)).await
+        self.write(move |tx| jobs::change(tx, owner, id, |job| Ok(change::cancel(job, now)?)))
+            .await
     }
 
     async fn job_retry(
         &self,
         owner: Option<UserId>,
         id: JobId,
-        extra_attempts: u32,
+        budget: u32,
         now: Timestamp,
     ) -> Result<Job> {
-        self.write(move |tx| jobs::retry(tx, owner, id, extra_attempts, now))
-            .await
+        let retry = move |job: &mut Job| Ok(change::retry(job, budget, now)?);
+        let (job, _) = self
+            .write(move |tx| jobs::change(tx, owner, id, retry))
+            .await?;
+        Ok(job)
     }
 
     async fn job_report(
@@ -107,8 +111,11 @@ impl Store for SqliteStore {
         report: Report,
         now: Timestamp,
     ) -> Result<Job> {
-        self.write(move |tx| jobs::report(tx, owner, id, report, now))
-            .await
+        let report = move |job: &mut Job| Ok(change::report(job, report, now)?);
+        let (job, _) = self
+            .write(move |tx| jobs::change(tx, owner, id, report))
+            .await?;
+        Ok(job)
     }
 
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()> {

@@ -28,17 +28,8 @@ pub(super) fn insert(tx: &Tx<'_>, user: NewUser, now: Timestamp) -> Result<User>
             ),
             |r| r.get(0),
         )
-        .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict { .. } => StoreError::conflict("username already taken"),
-            other => other,
-        })?;
-    Ok(User {
-        id: UserId(id),
-        username: user.username,
-        role: user.role,
-        disabled: false,
-        created_at: kiln_domain::clock::truncate_ms(now),
-    })
+        .map_err(|e| StoreError::from(e).conflict_as("username already taken"))?;
+    Ok(user.stored(UserId(id), now))
 }
 
 /// A user and their password hash, by name.
@@ -123,21 +114,10 @@ macro_rules! token_columns {
 }
 
 fn token(r: &Row<'_>, at: usize) -> rusqlite::Result<TokenInfo> {
-    let kind: String = r.get(at + 2)?;
-    let kind = [TokenKind::Session, TokenKind::Api]
-        .into_iter()
-        .find(|k| k.as_str() == kind)
-        .ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                at + 2,
-                rusqlite::types::Type::Text,
-                format!("unknown token kind `{kind}`").into(),
-            )
-        })?;
     Ok(TokenInfo {
         id: r.get(at)?,
         user: UserId(r.get(at + 1)?),
-        kind,
+        kind: row::parsed(r, at + 2)?,
         name: r.get(at + 3)?,
         created_at: row::time(r, at + 4)?,
         expires_at: row::opt_time(r, at + 5)?,
@@ -163,14 +143,7 @@ pub(super) fn token_insert(tx: &Tx<'_>, token: NewToken, now: Timestamp) -> Resu
             ),
             |r| r.get(0),
         )?;
-    Ok(TokenInfo {
-        id,
-        user: token.user,
-        kind: token.kind,
-        name: token.name,
-        created_at: kiln_domain::clock::truncate_ms(now),
-        expires_at: token.expires_at.map(kiln_domain::clock::truncate_ms),
-    })
+    Ok(token.stored(id, now))
 }
 
 /// The live token with this hash and its enabled user.

@@ -2,11 +2,12 @@
 //!
 //! Callers send boxed closures over a channel and await a oneshot reply. The thread blocks
 //! for the first command, drains whatever else is already waiting (up to [`MAX_BATCH`]), and
-//! runs the lot in one `BEGIN IMMEDIATE` transaction. Each command runs inside its own
-//! `SAVEPOINT`, so a command that fails (a refused transition, a lost lease, a constraint)
-//! rolls back only its own writes. One `COMMIT` (one fsync) then covers every command of the
-//! batch: under load many requests share each fsync, which is what makes tens of thousands
-//! of durable writes per second possible on one disk.
+//! runs the lot in one `BEGIN IMMEDIATE` transaction. A cold command (users, tokens, cancel,
+//! retry, report, delete) runs inside its own `SAVEPOINT` ([`Writer::call`]), so when it
+//! fails (a refused transition, a constraint) it rolls back only its own writes. One
+//! `COMMIT` (one fsync) then covers every command of the batch: under load many requests
+//! share each fsync, which is what makes tens of thousands of durable writes per second
+//! possible on one disk.
 //!
 //! The hot commands (submit, claim, completion, progress, log lines, lease renewal) skip the
 //! savepoint ([`Writer::call_unguarded`]): a savepoint copies every page the command touches
@@ -14,6 +15,10 @@
 //! fail only before their first write, or on a SQLite error. The writer checks that promise:
 //! if an unguarded command fails after changing a row, nothing of its batch is committed and
 //! every command of the batch gets the error, as when the `COMMIT` itself fails.
+//!
+//! After each batch the writer reports the commit to its [`Checkpointer`]; once the WAL has
+//! grown past `SqliteOptions::wal_restart_frames`, that runs a `RESTART` checkpoint on the
+//! writer's connection, between two batches (see `checkpoint`).
 //!
 //! Order after the commit: first the batch's [`Signal`]s are published, then every caller
 //! gets its reply. So no caller hears of a write that is not durable, and a caller that got
@@ -32,6 +37,7 @@ use super::counts::Counts;
 use super::{backend, is_transient};
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::Signal;
+use crate::signal::Outbox;
 
 /// Most commands per transaction. Large enough that one fsync serves a burst of submissions,
 /// small enough that one batch holds the write lock for milliseconds, not seconds.
@@ -40,7 +46,7 @@ const MAX_BATCH: usize = 512;
 /// What a command sees: the batch transaction, and where to put the signals its writes
 /// cause (dropped if the command fails, published only after the commit).
 pub(super) struct Tx<'c> {
-    /// The batch transaction, positioned inside this command's savepoint.
+    /// The batch transaction (inside this command's savepoint when the command is guarded).
     pub db: &'c Connection,
     /// Bytes of log kept per job.
     pub log_limit: usize,
@@ -66,9 +72,16 @@ impl Tx<'_> {
     }
 }
 
+impl Outbox for Tx<'_> {
+    fn push(&mut self, signal: Signal) {
+        self.signal(signal);
+    }
+}
+
 /// One queued request: runs inside the batch, then learns whether the batch committed.
 trait Command: Send {
-    /// Runs the work; `true` if it succeeded (its savepoint is released, not rolled back).
+    /// Runs the work; `true` if it succeeded (a guarded command's savepoint is then released,
+    /// not rolled back).
     fn run(&mut self, tx: &mut Tx<'_>) -> bool;
     /// Sends the reply: the work's own result, or `failure` if the batch did not commit.
     fn finish(self: Box<Self>, failure: Option<StoreError>);
@@ -248,7 +261,8 @@ fn run_batch(
     }
 }
 
-/// Runs every command in one transaction, each in its own savepoint, and commits.
+/// Runs every command in one transaction (each guarded one in a savepoint of its own) and
+/// commits.
 fn execute(
     conn: &mut Connection,
     batch: &mut [Box<dyn Command>],

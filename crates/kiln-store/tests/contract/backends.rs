@@ -56,20 +56,31 @@ pub mod postgres {
 
 /// Backend-specific facts the contract checks rely on (not part of the contract itself).
 mod sqlite_setup {
-    use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
-    use kiln_store::{NewUser, Store};
+    use std::path::PathBuf;
+    use std::sync::Arc;
 
-    /// The suite's SQLite store is a real file in WAL mode, so readers and the writer run on
-    /// separate connections as in production.
-    #[tokio::test]
-    async fn sqlite_suite_store_is_a_wal_file() {
-        let dir = tempfile::tempdir().unwrap();
+    use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
+    use kiln_store::{NewUser, Store, StoreError};
+
+    use crate::helpers::{at, echo, user};
+
+    /// A store on a new database file in `dir`, and the file's path.
+    fn open_in(dir: &tempfile::TempDir) -> (Arc<SqliteStore>, PathBuf) {
         let path = dir.path().join("kiln.db");
         let store = SqliteStore::open(SqliteOptions {
             path: SqlitePath::File(path.clone()),
             ..SqliteOptions::default()
         })
         .unwrap();
+        (store, path)
+    }
+
+    /// The suite's SQLite store is a real file in WAL mode, so readers and the writer run on
+    /// separate connections as in production.
+    #[tokio::test]
+    async fn sqlite_suite_store_is_a_wal_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, path) = open_in(&dir);
         store
             .user_insert(
                 NewUser {
@@ -77,7 +88,7 @@ mod sqlite_setup {
                     password_hash: "x".to_owned(),
                     role: kiln_domain::Role::Client,
                 },
-                crate::helpers::at(0),
+                at(0),
             )
             .await
             .unwrap();
@@ -87,5 +98,30 @@ mod sqlite_setup {
             "a -wal file beside the database"
         );
         assert_eq!(store.user_count().await.unwrap(), 1);
+    }
+
+    /// A job row naming a type or queue Kiln does not know (a database written by something
+    /// else) reads as a backend error, never a panic. PostgreSQL's twin is in
+    /// `tests/postgres/ops.rs`.
+    #[tokio::test]
+    async fn an_unknown_type_or_queue_in_the_database_is_a_backend_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, path) = open_in(&dir);
+        let store: Arc<dyn Store> = store;
+        let alice = user(&store, "alice").await;
+        let id = echo(&store, alice, at(0)).await.id;
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        for (column, value) in [("type", "fork_bomb"), ("queue", "Not A Queue")] {
+            raw.execute(&format!("UPDATE jobs SET {column} = ?1"), [value])
+                .unwrap();
+            let read = store.job_get(None, id).await;
+            assert!(
+                matches!(read, Err(StoreError::Backend(_))),
+                "{column}: {read:?}"
+            );
+            raw.execute("UPDATE jobs SET type = 'echo', queue = 'default'", [])
+                .unwrap();
+        }
+        assert!(store.job_get(None, id).await.is_ok());
     }
 }

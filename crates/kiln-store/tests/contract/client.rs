@@ -151,6 +151,30 @@ pub async fn retry_of_failed_and_dead_jobs(store: Arc<dyn Store>) {
     }
 }
 
+/// A retry's budget counts from the attempts made (the fencing token never goes back), so
+/// the job may start exactly `budget` more attempts; a queued job runs at least once, so a
+/// budget of 0 still allows the one attempt the retry queues (before: `max_attempts` was
+/// left at `attempts`, a record allowing no attempt for a job about to run one).
+pub async fn retry_gives_exactly_a_fresh_budget_of_attempts(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    for (budget, allowed) in [(2, 2), (1, 1), (0, 1)] {
+        let job = job_in(&store, alice, JobState::Dead).await;
+        let retried = store
+            .job_retry(Some(alice), job.id, budget, at(7_000))
+            .await
+            .unwrap();
+        assert_eq!(retried.attempts, job.attempts, "budget {budget}");
+        assert_eq!(
+            retried.max_attempts - retried.attempts,
+            allowed,
+            "budget {budget}"
+        );
+        assert_eq!(get(&store, job.id).await, retried);
+        // Leave nothing claimable behind for the next job_in.
+        store.job_cancel(None, job.id, at(7_001)).await.unwrap();
+    }
+}
+
 pub async fn retry_in_other_states_is_illegal(store: Arc<dyn Store>) {
     let alice = user(&store, "alice").await;
     for state in [
@@ -169,6 +193,41 @@ pub async fn retry_in_other_states_is_illegal(store: Arc<dyn Store>) {
             store.job_cancel(None, job.id, at(9_001)).await.unwrap();
         }
     }
+}
+
+/// Nothing runs an `external` job in Kiln, so a cancel request would never be finished:
+/// a running one is cancelled at once, in one write with one event (before: it stayed
+/// `running` with `cancel_requested`, and the API reported `cancelled` in a second write).
+pub async fn cancel_of_a_running_external_job_cancels_it_at_once(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let ext = insert(&store, alice, sub("external"), at(0)).await;
+    store
+        .job_report(Some(alice), ext.id, report(JobState::Running), at(10))
+        .await
+        .unwrap();
+    let mut signals = store.subscribe();
+    let (after, step) = store.job_cancel(Some(alice), ext.id, at(20)).await.unwrap();
+    assert_eq!(step, Step::To(JobState::Cancelled));
+    assert_eq!(after.state, JobState::Cancelled);
+    assert_eq!(after.finished_at, Some(at(20)));
+    assert!(!after.cancel_requested);
+    assert_eq!(get(&store, ext.id).await, after);
+    let events = store.event_list(None, ext.id).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!((last.state, last.at), (JobState::Cancelled, at(20)));
+    assert_eq!(last.message.as_deref(), Some("cancelled"));
+    let mut heard = Vec::new();
+    while let Ok(signal) = signals.try_recv() {
+        heard.push(signal);
+    }
+    assert!(
+        !heard.contains(&Signal::CancelRequested(ext.id)),
+        "no attempt to interrupt: {heard:?}"
+    );
+    // Cancelled is terminal: a second cancel changes nothing.
+    let (again, step) = store.job_cancel(None, ext.id, at(30)).await.unwrap();
+    assert_eq!((step, again), (Step::Unchanged, after));
 }
 
 fn report(state: JobState) -> Report {

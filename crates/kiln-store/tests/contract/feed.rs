@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use kiln_domain::{Job, JobState, UserId};
+use kiln_domain::{Job, JobState, JobType, QueueName, UserId};
 use kiln_store::{FeedCursor, FeedEvent, Outcome, Signal, Store};
 use serde_json::json;
 
@@ -24,7 +24,7 @@ async fn history(store: &Arc<dyn Store>, jobs: &[&Job]) -> Vec<FeedEvent> {
             all.push(FeedEvent {
                 job_id: job.id,
                 owner: job.owner,
-                job_type: job.job_type.clone(),
+                job_type: job.job_type,
                 queue: job.queue.clone(),
                 seq: e.seq,
                 state: e.state,
@@ -152,8 +152,8 @@ pub async fn changed_signals_carry_the_event_the_feed_shows(store: Arc<dyn Store
     let event = |seq, state, attempt, ms| FeedEvent {
         job_id: job.id,
         owner: alice,
-        job_type: "echo".to_owned(),
-        queue: "bulk".to_owned(),
+        job_type: JobType::Echo,
+        queue: QueueName::parse("bulk").unwrap(),
         seq,
         state,
         attempt,

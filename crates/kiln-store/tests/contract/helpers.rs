@@ -115,7 +115,7 @@ pub fn feed_event(job: &Job, seq: i64) -> FeedEvent {
     FeedEvent {
         job_id: job.id,
         owner: job.owner,
-        job_type: job.job_type.clone(),
+        job_type: job.job_type,
         queue: job.queue.clone(),
         seq,
         state: job.state,

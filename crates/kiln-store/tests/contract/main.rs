@@ -8,8 +8,8 @@
 //! - the check modules ([`users`], [`submit`], [`list`], [`claim`], [`lease`],
 //!   [`client`], [`logs`], [`feed`], [`maintenance`], [`races`]): each check is an
 //!   `async fn(Arc<dyn Store>)` that panics on a broken rule. A new check is added to its
-//!   module and to the list in `contract!`; a `Store` change comes with a change here
-//!   (STYLE §5).
+//!   module and to the list in `contract!`; a change to the `Store` trait comes with a
+//!   check here in the same commit, so every backend is held to it.
 //!
 //! The store never reads a clock: every check passes explicit timestamps, so nothing sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -73,7 +73,9 @@ macro_rules! contract {
             client::cancel_of_waiting_jobs_is_immediate,
             client::cancel_of_running_job_requests_and_signals,
             client::cancel_of_terminal_jobs_changes_nothing,
+            client::cancel_of_a_running_external_job_cancels_it_at_once,
             client::retry_of_failed_and_dead_jobs,
+            client::retry_gives_exactly_a_fresh_budget_of_attempts,
             client::retry_in_other_states_is_illegal,
             client::report_moves_external_jobs,
             client::report_of_illegal_move_is_illegal,

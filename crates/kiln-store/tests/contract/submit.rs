@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use kiln_domain::{JobId, JobState};
+use kiln_domain::{JobId, JobState, JobType};
 use kiln_store::{Idempotency, InsertOptions, Inserted, Report, Store, StoreError};
 use serde_json::json;
 
@@ -37,8 +37,8 @@ pub async fn insert_stores_the_job_and_its_first_event(store: Arc<dyn Store>) {
     };
     assert_eq!(job.id, id);
     assert_eq!(job.owner, alice);
-    assert_eq!(job.job_type, "echo");
-    assert_eq!(job.queue, "mail");
+    assert_eq!(job.job_type, JobType::Echo);
+    assert_eq!(job.queue.as_str(), "mail");
     assert_eq!(job.name.as_deref(), Some("nightly"));
     assert_eq!(job.priority, 7);
     assert_eq!(job.payload, json!({"x": 1}));

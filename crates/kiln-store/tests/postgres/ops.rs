@@ -143,16 +143,22 @@ async fn logs_keep_their_head_and_newest_bytes_around_a_marker() {
     ));
 }
 
+/// A plain connection to the test database, for writing rows the store never would.
+async fn raw_client(db: &TempPostgres) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 #[tokio::test]
 async fn a_log_row_from_before_heads_reads_as_marker_and_tail() {
     let Some((db, store, ada)) = setup().await else {
         return;
     };
     let id = insert(&*store, job(ada, t0())).await.id;
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&db).await;
     // A row as version 2 wrote it: no `head_bytes`, so the column's default.
     client
         .execute(
@@ -188,10 +194,7 @@ async fn the_listener_reconnects_after_its_connection_is_killed() {
         .await;
     // Kill every listener connection of this database, as a server restart or a network
     // cut would.
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = raw_client(&db).await;
     let killed = client
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -223,4 +226,35 @@ async fn a_store_that_cannot_reach_its_database_fails_to_connect() {
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
     let bad = PgStore::connect("postgres://u@h:notaport/db", PgOptions::default()).await;
     assert!(matches!(bad, Err(StoreError::Backend(_))));
+}
+
+#[tokio::test]
+async fn an_unknown_type_or_queue_in_the_database_is_a_backend_error() {
+    let Some((db, store, ada)) = setup().await else {
+        return;
+    };
+    let id = insert(&*store, job(ada, t0())).await.id;
+    let client = raw_client(&db).await;
+    for (column, value) in [("type", "fork_bomb"), ("queue", "Not A Queue")] {
+        client
+            .execute(
+                &format!("UPDATE jobs SET {column} = $2 WHERE id = $1"),
+                &[&id.0, &value],
+            )
+            .await
+            .unwrap();
+        let read = store.job_get(None, id).await;
+        assert!(
+            matches!(read, Err(StoreError::Backend(_))),
+            "{column}: {read:?}"
+        );
+        client
+            .execute(
+                "UPDATE jobs SET type = 'echo', queue = 'default' WHERE id = $1",
+                &[&id.0],
+            )
+            .await
+            .unwrap();
+    }
+    assert!(store.job_get(None, id).await.is_ok());
 }

@@ -231,7 +231,7 @@ async fn a_cancel_on_one_node_reaches_the_worker_on_another() {
     let event = FeedEvent {
         job_id: running.id,
         owner: ada,
-        job_type: "echo".to_owned(),
+        job_type: kiln_domain::JobType::Echo,
         queue: running.queue.clone(),
         seq: 4,
         state: JobState::Cancelled,

@@ -97,8 +97,11 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Serve(config) => serve(*config, Role::Serve).await,
         Command::Worker(config) => serve(*config, Role::Worker).await,
         Command::Migrate(db) => {
-            db.open().await?;
-            println!("migrations applied to {}", db.database_url);
+            let applied = node::migrate_store(&db.database_url).await?;
+            match applied.as_slice() {
+                [] => println!("{} is up to date", db.database_url),
+                versions => println!("migrations {versions:?} applied to {}", db.database_url),
+            }
             Ok(0)
         }
         Command::User(args) => user::run(args).await.map(|()| 0),

@@ -59,7 +59,7 @@ impl Kind {
 /// A failure of a client command.
 #[derive(Debug, Clone)]
 pub struct CliError {
-    /// Its class.
+    /// Its class, which decides the exit code.
     pub kind: Kind,
     /// One line for the user.
     pub message: String,

@@ -328,7 +328,7 @@ pub enum Act {
     Cancel,
     /// `POST /retry`.
     Retry,
-    /// `DELETE`.
+    /// `DELETE /jobs/{id}`.
     Remove,
 }
 

@@ -126,7 +126,7 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
 
 /// The CA, a server certificate and a client certificate, as `kiln dev-cert` writes them.
 pub struct DevCerts {
-    /// The CA.
+    /// The development CA that signs both leaves (`ca.pem`, `ca-key.pem`).
     pub ca: Pem,
     /// The server's certificate.
     pub server: Pem,

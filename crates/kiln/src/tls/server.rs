@@ -85,7 +85,7 @@ impl ServerTls {
         Ok(Self { files, config })
     }
 
-    /// The files.
+    /// The certificate, key and client-CA files a reload reads again.
     pub fn files(&self) -> &TlsFiles {
         &self.files
     }

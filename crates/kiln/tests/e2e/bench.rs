@@ -1,5 +1,5 @@
-//! `kiln bench` (issue 4, the instrument): the real binary against a local child server and
-//! against `--url`, with tiny counts; bad flags exit 2.
+//! `kiln bench` (the measuring instrument, ADR 0006): the real binary against a local child
+//! server and against `--url`, with tiny counts; bad flags exit 2.
 
 use std::process::{Command, Output};
 

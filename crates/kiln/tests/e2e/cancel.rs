@@ -1,4 +1,4 @@
-//! Cancel in every state, as SPEC §1 says.
+//! Cancel in every state, as `docs/design.md` ("Cancel") describes it.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,6 @@
-//! The acceptance criteria of the first design document, on SPEC paths.
+//! The basic lifecycle end to end through the real HTTP API (`docs/design.md`,
+//! "Lifecycle"): submit → running → succeeded with its events, concurrency limits, a failing
+//! job's log, `/metrics`, and jobs surviving a graceful restart.
 
 use std::time::Duration;
 

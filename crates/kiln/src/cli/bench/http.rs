@@ -47,7 +47,7 @@ impl Response {
     }
 
     /// The body as JSON if the status is `expected`, else an error naming both.
-    pub fn expect(self, expected: u16, what: &str) -> anyhow::Result<Value> {
+    pub fn json_if(self, expected: u16, what: &str) -> anyhow::Result<Value> {
         if self.status.as_u16() != expected {
             bail!(
                 "{what}: expected {expected}, got {} {}",
@@ -89,7 +89,7 @@ impl Client {
         let resp = self
             .send(Method::POST, "/api/v1/auth/login", Some(json_bytes(&body)))
             .await?;
-        let json = resp.expect(200, "login")?;
+        let json = resp.json_if(200, "login")?;
         json["token"]
             .as_str()
             .map(str::to_owned)

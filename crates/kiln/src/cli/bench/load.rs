@@ -84,7 +84,7 @@ pub async fn submit_many(
                     .send(Method::POST, "/api/v1/jobs", Some(body.clone()))
                     .await?;
                 if resp.status.as_u16() != 202 {
-                    resp.expect(202, "POST /api/v1/jobs")?;
+                    resp.json_if(202, "POST /api/v1/jobs")?;
                 }
                 latencies.push(sent.elapsed());
             }
@@ -113,7 +113,7 @@ pub struct Counts {
 
 /// Reads the server's job counters.
 pub async fn counts(client: &Client) -> anyhow::Result<Counts> {
-    let m = client.get("/metrics").await?.expect(
+    let m = client.get("/metrics").await?.json_if(
         200,
         "GET /metrics (the bench user must be an operator or admin)",
     )?;

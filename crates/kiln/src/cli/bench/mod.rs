@@ -1,4 +1,4 @@
-//! `kiln bench`: the measuring instrument of issue 4. It starts a `kiln serve` child on a
+//! `kiln bench`: the measuring instrument (ADR 0006). It starts a `kiln serve` child on a
 //! temp SQLite database (or targets `--url`), logs in, runs the selected scenarios over
 //! HTTP/1.1 keep-alive connections and prints a markdown table (or `--json`).
 //!

@@ -20,7 +20,7 @@ pub async fn submit_one(client: &Client, body: bytes::Bytes) -> anyhow::Result<S
     let job = client
         .send(Method::POST, "/api/v1/jobs", Some(body))
         .await?
-        .expect(202, "POST /api/v1/jobs")?;
+        .json_if(202, "POST /api/v1/jobs")?;
     job["id"]
         .as_str()
         .map(str::to_owned)
@@ -40,7 +40,7 @@ pub async fn wait_state(
         let job = client
             .get(&path)
             .await?
-            .expect(200, "GET /api/v1/jobs/{id}")?;
+            .json_if(200, "GET /api/v1/jobs/{id}")?;
         match job["state"].as_str() {
             Some(s) if s == state => return Ok(job),
             Some(s @ ("succeeded" | "dead" | "cancelled")) => {
@@ -175,7 +175,7 @@ async fn cancel_running(client: &Client, id: &str, deadline: Instant) -> anyhow:
     let path = format!("/api/v1/jobs/{id}/cancel");
     let resp = client.send(Method::POST, &path, None).await?;
     if !resp.status.is_success() {
-        resp.expect(200, "POST /api/v1/jobs/{id}/cancel")?;
+        resp.json_if(200, "POST /api/v1/jobs/{id}/cancel")?;
     } else if resp.json()?["state"] != "cancelled" {
         // 202: the attempt is still stopping; the job turns `cancelled` shortly.
         wait_state(client, id, "cancelled", deadline).await?;
@@ -204,7 +204,7 @@ pub async fn list(
         let mut took = Vec::with_capacity(requests);
         while took.len() < requests && Instant::now() < deadline {
             let sent = Instant::now();
-            client.get(path).await?.expect(200, path)?;
+            client.get(path).await?.json_if(200, path)?;
             took.push(sent.elapsed());
         }
         report.percentiles("list", name, &took);
