@@ -49,6 +49,10 @@ const PART_SIZE: usize = 5 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
 
 /// Why an object operation failed.
+///
+/// Each variant's message already holds its cause's, so none reports a `source()` as well:
+/// a printed error chain says each thing once. (thiserror's `#[from]` always makes the
+/// field a source too, hence the hand-written `From`s below.)
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ObjectsError {
@@ -63,19 +67,37 @@ pub enum ObjectsError {
     },
     /// The uploaded byte stream failed (the client went away, a malformed body).
     #[error("the upload failed: {0}")]
-    Body(#[source] BoxError),
+    Body(BoxError),
     /// The backend failed.
     #[error("object store: {0}")]
-    Store(#[from] object_store::Error),
+    Store(object_store::Error),
     /// Local file-system I/O failed (the scratch copy of a remote file).
     #[error("local I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The storage URL or its options are invalid.
     #[error("object store configuration: {0}")]
     Config(String),
     /// Stored metadata did not parse.
     #[error("corrupt file metadata: {0}")]
-    Corrupt(#[from] serde_json::Error),
+    Corrupt(serde_json::Error),
+}
+
+impl From<object_store::Error> for ObjectsError {
+    fn from(e: object_store::Error) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<std::io::Error> for ObjectsError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<serde_json::Error> for ObjectsError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Corrupt(e)
+    }
 }
 
 /// A file's id: a UUIDv7, so ids sort by upload time.

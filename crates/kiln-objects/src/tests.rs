@@ -231,3 +231,10 @@ fn client_file_names_lose_their_directories() {
     assert_eq!(clean_name("a\u{0}b"), "ab");
     assert_eq!(clean_name(&"é".repeat(200)).len(), 254);
 }
+
+#[test]
+fn an_error_chain_says_its_cause_once() {
+    let e = crate::ObjectsError::from(std::io::Error::other("disk full"));
+    assert_eq!(e.to_string(), "local I/O: disk full");
+    assert!(std::error::Error::source(&e).is_none());
+}

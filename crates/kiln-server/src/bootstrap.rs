@@ -14,13 +14,13 @@ pub enum SetupError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The configured admin password is not acceptable.
-    #[error("admin password: {0}")]
+    #[error("the admin password is not acceptable")]
     Invalid(#[from] kiln_domain::Invalid),
     /// Hashing failed.
     #[error(transparent)]
     Hash(#[from] password::HashError),
     /// The hashing task died.
-    #[error("password hashing task failed: {0}")]
+    #[error("the password hashing task failed")]
     Join(#[from] tokio::task::JoinError),
 }
 

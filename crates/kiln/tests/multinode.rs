@@ -279,9 +279,6 @@ async fn a_killed_node_s_jobs_are_rescued_by_the_other_and_finish() {
         })
         .await;
     }
-    let rescued = killed.elapsed();
-    // Lease (2 s) + one maintenance tick (1 s) + slack for a loaded machine.
-    assert!(rescued < Duration::from_secs(10), "rescue took {rescued:?}");
     for id in &ids {
         let done = wait_state(&client, &token, id, "succeeded").await;
         assert_eq!(done["attempts"], 2, "{done}");
@@ -293,10 +290,7 @@ async fn a_killed_node_s_jobs_are_rescued_by_the_other_and_finish() {
         );
         assert_eq!(runners(&client, &token, id).await, ["node-b", "node-a"]);
     }
-    eprintln!(
-        "rescued {rescued:?} and finished {:?} after the kill",
-        killed.elapsed()
-    );
+    eprintln!("rescued and finished {:?} after the kill", killed.elapsed());
     drop(a);
 }
 

@@ -1,6 +1,6 @@
 //! Cancel in every state, as `docs/design.md` ("Cancel") describes it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::StatusCode;
 use serde_json::json;
@@ -27,12 +27,11 @@ async fn cancel_of_a_running_sleep_stops_it_within_the_response() {
         )
         .await;
     app.wait_state(&app.admin, &id, "running", LONG).await;
-    let start = Instant::now();
+    // 200 with `cancelled` (not 202) means the server saw the attempt stop within its own
+    // one-second wait; no wall-clock limit here.
     let resp = app.cancel(&app.admin, &id).await;
-    let took = start.elapsed();
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     assert_eq!(resp.json()["state"], "cancelled");
-    assert!(took < Duration::from_secs(1), "the cancel waited {took:?}");
     let events = app
         .client
         .get(Some(&app.admin), &format!("/api/v1/jobs/{id}/events"))
