@@ -336,13 +336,15 @@ pub async fn run(v: Validated, role: Role) -> anyhow::Result<()> {
     let node = start(&v, role).await?;
     match node.addr() {
         Some(addr) => {
+            // SIGHUP is handled before the server says it is serving: from then on a
+            // SIGHUP reloads the certificates and never ends the process.
+            if let Some(tls) = node.tls() {
+                tls.clone().reload_on_sighup();
+            }
             let tls = node.tls().is_some();
             tracing::info!(%addr, tls, node = %v.node_id, "kiln is serving");
         }
         None => tracing::info!(node = %v.node_id, "kiln worker is running"),
-    }
-    if let Some(tls) = node.tls() {
-        tokio::spawn(tls.clone().reload_on_sighup());
     }
     shutdown_signal().await;
     node.shutdown().await

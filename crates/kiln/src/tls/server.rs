@@ -97,8 +97,10 @@ impl ServerTls {
         Ok(())
     }
 
-    /// Reloads on every SIGHUP until the process ends, logging the outcome.
-    pub async fn reload_on_sighup(self) {
+    /// Listens for SIGHUP now (so a SIGHUP sent from here on reloads instead of ending the
+    /// process), then reloads on each one in a task of its own until the process ends,
+    /// logging the outcome.
+    pub fn reload_on_sighup(self) {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hangups = match signal(SignalKind::hangup()) {
             Ok(s) => s,
@@ -107,15 +109,19 @@ impl ServerTls {
                 return;
             }
         };
-        while hangups.recv().await.is_some() {
-            match self.reload() {
-                Ok(()) => tracing::info!(cert = %self.files.cert.display(), "TLS files reloaded"),
-                Err(e) => tracing::error!(
-                    error = format!("{e:#}"),
-                    "TLS reload failed: the previous certificate stays in use"
-                ),
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match self.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %self.files.cert.display(), "TLS files reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "TLS reload failed: the previous certificate stays in use"
+                    ),
+                }
             }
-        }
+        });
     }
 }
 
