@@ -1,23 +1,22 @@
-//! The PostgreSQL backend against a real server: each test gets its own database
-//! ([`TempPostgres`]), dropped afterwards. Without a server the tests print `SKIPPED` and
-//! pass, unless `KILN_REQUIRE_POSTGRES=1`.
+//! What only PostgreSQL has, against a real server: migrations run once by nodes starting
+//! together, `LISTEN/NOTIFY` between nodes and its reconnect, caps and claims raced by two
+//! nodes, the poll-only mode, upgrades of old rows, TLS. Everything a backend must do is in
+//! the contract suite (`tests/contract`), which runs on PostgreSQL too. Each test gets its
+//! own database ([`TempPostgres`]), dropped afterwards. Without a server the tests print
+//! `SKIPPED` and pass, unless `KILN_REQUIRE_POSTGRES=1`.
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 
-use std::cmp::Reverse;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
 use kiln_domain::clock::from_millis;
-use kiln_domain::{
-    Failure, JobId, JobState, Lease, NewJob, Priority, Role, Step, Timestamp, UserId,
-};
+use kiln_domain::{JobState, Lease, NewJob, Role, Step, Timestamp, UserId};
 use kiln_store::postgres::{PgOptions, PgStore};
 use kiln_store::{
-    ClaimRequest, Cursor, FeedEvent, Idempotency, InsertOptions, Inserted, LeaseFilter, ListQuery,
-    NewToken, NewUser, Outcome, Signal, Sort, Store, StoreError, TokenKind, UserPatch,
+    ClaimRequest, FeedEvent, InsertOptions, Inserted, NewUser, Outcome, Signal, Store, StoreError,
 };
 use kiln_testkit::TempPostgres;
 use kiln_testkit::factory::new_job;
@@ -94,16 +93,6 @@ mod ops;
 mod tls;
 mod worker;
 
-fn keyed(key: &str, hash: u8) -> InsertOptions {
-    InsertOptions {
-        idempotency: Some(Idempotency {
-            key: key.into(),
-            request_hash: vec![hash; 32],
-        }),
-        max_queued: None,
-    }
-}
-
 async fn store_count(store: &dyn Store, state: JobState) -> u64 {
     let stats = store.job_stats().await.unwrap();
     stats.by_state.iter().find(|(s, _)| *s == state).unwrap().1
@@ -130,12 +119,4 @@ async fn claim_one(store: &dyn Store, node: &str, now: Timestamp) -> kiln_domain
         .await
         .unwrap()
         .remove(0)
-}
-
-async fn finish(store: &dyn Store, node: &str, now: Timestamp) -> kiln_domain::Job {
-    let job = claim_one(store, node, now).await;
-    store
-        .job_complete(&lease_of(&job), Outcome::Succeeded(json!(null)), now)
-        .await
-        .unwrap()
 }
