@@ -31,6 +31,10 @@ pub struct ServerConfig {
     /// The programs `command` jobs may run; empty (the default): the type is disabled and
     /// submitting it answers 400.
     pub command_allow: std::sync::Arc<kiln_domain::job_type::command::AllowList>,
+    /// Log appends buffered per followed job before a follower that does not keep up is
+    /// dropped (`GET /jobs/{id}/logs?follow=true`). One append is one flush of the job's log
+    /// (every 250 ms), so the default 256 is over a minute of output a follower has not read.
+    pub log_follow_buffer: usize,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +50,7 @@ impl Default for ServerConfig {
             objects: None,
             upload_limit: 50 * 1024 * 1024,
             command_allow: std::sync::Arc::default(),
+            log_follow_buffer: 256,
         }
     }
 }

@@ -17,11 +17,6 @@ use kiln_domain::JobId;
 use kiln_store::{Signal, Store};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-/// Chunks buffered per followed job before a slow follower is dropped. One chunk is one
-/// flush of the job's log (every 250 ms by default), so this is over a minute of output
-/// that a follower has not read.
-const CHANNEL_CAPACITY: usize = 256;
-
 /// What a follower of one job is told.
 #[derive(Debug, Clone)]
 pub enum Chunk {
@@ -44,15 +39,22 @@ pub enum Chunk {
 type Channels = HashMap<JobId, broadcast::Sender<Chunk>>;
 
 /// The live log fan-out; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LogHub {
     channels: Arc<Mutex<Channels>>,
+    /// Chunks buffered per followed job before a slow follower is dropped
+    /// (`ServerConfig::log_follow_buffer`).
+    capacity: usize,
 }
 
 impl LogHub {
-    /// A hub fed by `store`'s signals, until the store closes them.
-    pub fn start(store: &dyn Store) -> Self {
-        let hub = Self::default();
+    /// A hub fed by `store`'s signals, until the store closes them, buffering `capacity`
+    /// chunks per followed job.
+    pub fn start(store: &dyn Store, capacity: usize) -> Self {
+        let hub = Self {
+            channels: Arc::default(),
+            capacity: capacity.max(1),
+        };
         let signals = store.subscribe();
         tokio::spawn(hub.clone().run(signals));
         hub
@@ -65,7 +67,7 @@ impl LogHub {
             let mut channels = self.lock();
             channels
                 .entry(id)
-                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+                .or_insert_with(|| broadcast::channel(self.capacity).0)
                 .subscribe()
         };
         Follower {

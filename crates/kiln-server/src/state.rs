@@ -71,9 +71,12 @@ impl AppState {
 
     /// The live log fan-out (started on first use).
     pub fn log_hub(&self) -> &LogHub {
-        self.inner
-            .log_hub
-            .get_or_init(|| LogHub::start(self.inner.store.as_ref()))
+        self.inner.log_hub.get_or_init(|| {
+            LogHub::start(
+                self.inner.store.as_ref(),
+                self.inner.config.log_follow_buffer,
+            )
+        })
     }
 
     /// Whether [`AppState::begin_shutdown`] was called.

@@ -204,6 +204,22 @@ impl Streaming {
         }
     }
 
+    /// Reads the body until it holds `marker` and the event or line it is in has ended
+    /// (or the body ends), and returns the text read.
+    pub async fn rest_until(mut self, marker: &str) -> String {
+        let mut text = Vec::new();
+        while let Some(chunk) = self.next_chunk().await {
+            text.extend_from_slice(&chunk);
+            let seen = String::from_utf8_lossy(&text);
+            if let Some(at) = seen.find(marker)
+                && seen[at..].contains("\n\n")
+            {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
     /// Reads the rest of the body, up to its end.
     pub async fn rest(mut self) -> String {
         let mut text = Vec::new();

@@ -9,6 +9,7 @@ mod artifacts;
 mod auth;
 mod errors;
 mod files;
+mod follow;
 mod helpers;
 mod jobs;
 mod ops;
