@@ -241,8 +241,14 @@ fn verifier(mode: SslMode, root: Option<&RootCert>) -> Result<Arc<dyn ServerCert
     };
     Ok(match (mode, root) {
         (SslMode::VerifyFull, _) => webpki(root)?,
-        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => Arc::new(ChainOnly(webpki(root)?)),
-        _ => Arc::new(NoVerify(provider())),
+        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => Arc::new(Relaxed {
+            provider: provider(),
+            chain: Some(webpki(root)?),
+        }),
+        _ => Arc::new(Relaxed {
+            provider: provider(),
+            chain: None,
+        }),
     })
 }
 
@@ -256,62 +262,18 @@ fn connector(verifier: Arc<dyn ServerCertVerifier>) -> Result<Tls> {
     Ok(MakeRustlsConnect::new(config))
 }
 
-/// `require` and `prefer`: any certificate is accepted (the handshake's signatures are
-/// still checked against it). Encrypts, but does not authenticate the server, as libpq.
+/// The verifiers weaker than `verify-full`, as libpq's modes are. Without `chain`
+/// (`require`, `prefer`) any certificate is accepted: the connection is encrypted, the
+/// server not authenticated. With it (`verify-ca`) the chain must lead to a trusted root, but
+/// the host name is not checked: webpki checks the name only after the chain, so a name
+/// mismatch means the chain passed. The handshake's signatures are checked either way.
 #[derive(Debug)]
-struct NoVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Relaxed {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the host name is not checked.
-/// webpki checks the name only after the chain, so a name mismatch means the chain passed.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -320,9 +282,11 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let checked =
-            self.0
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+            chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
         match checked {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
@@ -337,7 +301,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -346,11 +311,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

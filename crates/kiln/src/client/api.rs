@@ -135,15 +135,9 @@ impl Api {
 
     /// Sends `body` of `content_type` (an upload) → the JSON answer.
     pub async fn upload(&self, path: &str, content_type: String, body: Body) -> CliResult<Value> {
-        let resp = self
-            .stream(
-                Method::POST,
-                path,
-                "application/json",
-                Some(content_type),
-                body,
-            )
-            .await?;
+        let json = "application/json";
+        let request = self.request(Method::POST, path, json, Some(content_type), &[], body)?;
+        let resp = self.send(request, None).await?;
         let bytes = read_all(resp).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| CliError::server(format!("the server's answer is not JSON: {e}")))
@@ -152,8 +146,8 @@ impl Api {
     /// `GET path` with `accept`, answered as soon as the head arrives (an error status is
     /// read whole and returned as its problem); the body streams.
     pub async fn open(&self, path: &str, accept: &str) -> CliResult<Response<Incoming>> {
-        self.stream(Method::GET, path, accept, None, full(Bytes::new()))
-            .await
+        let request = self.request(Method::GET, path, accept, None, &[], full(Bytes::new()))?;
+        self.send(request, None).await
     }
 
     /// [`Api::open`] of an SSE stream, resuming after the event `last_id`.
@@ -167,12 +161,7 @@ impl Api {
             &headers,
             full(Bytes::new()),
         )?;
-        let resp = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        check(resp).await
+        self.send(request, None).await
     }
 
     /// A request with a time limit on the answer's head.
@@ -186,30 +175,28 @@ impl Api {
         body: Body,
     ) -> CliResult<Response<Incoming>> {
         let request = self.request(method, path, accept, content_type, headers, body)?;
-        let sent = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request));
-        let resp = sent
-            .await
-            .map_err(|_| CliError::server(format!("{} did not answer within 60 s", self.base)))?
-            .map_err(|e| self.unreachable(&e))?;
-        check(resp).await
+        self.send(request, Some(REQUEST_TIMEOUT)).await
     }
 
-    /// A request whose answer may take as long as it takes (a stream, an upload).
-    async fn stream(
+    /// Sends `request`; with `limit`, the answer's head must come within it (a stream or an
+    /// upload may take as long as it takes). An error status becomes its problem.
+    async fn send(
         &self,
-        method: Method,
-        path: &str,
-        accept: &str,
-        content_type: Option<String>,
-        body: Body,
+        request: Request<Body>,
+        limit: Option<Duration>,
     ) -> CliResult<Response<Incoming>> {
-        let request = self.request(method, path, accept, content_type, &[], body)?;
-        let resp = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        check(resp).await
+        let sent = self.client.request(request);
+        let resp = match limit {
+            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| {
+                CliError::server(format!(
+                    "{} did not answer within {} s",
+                    self.base,
+                    limit.as_secs()
+                ))
+            })?,
+            None => sent.await,
+        };
+        check(resp.map_err(|e| self.unreachable(&e))?).await
     }
 
     fn request(
