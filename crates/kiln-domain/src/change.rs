@@ -24,7 +24,8 @@ pub enum Outcome {
     /// With this failure; `retry_at` is when the next attempt is due (`failed`), or `None`
     /// when the job is `dead`.
     Failed {
-        /// Why.
+        /// What went wrong: stored as the job's `error`, and as `code: message` in the
+        /// event row.
         failure: Failure,
         /// Next attempt, if any.
         retry_at: Option<Timestamp>,
@@ -36,11 +37,12 @@ pub enum Outcome {
 /// An `external` job's state report.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// The new state.
+    /// The state the owner reports; legal only when one state-machine event leads exactly
+    /// there from the job's current state.
     pub state: JobState,
     /// Result (with `succeeded`).
     pub result: Option<Value>,
-    /// Error (with `failed`/`dead`).
+    /// The failure (with `failed`/`dead`); `None` keeps the job's previous error.
     pub error: Option<Failure>,
 }
 
@@ -213,13 +215,14 @@ pub struct Completion {
 /// The state an attempt leaves its job in, with the columns that depend on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ending {
-    /// The new state.
+    /// `succeeded`, `failed`, `dead` or `cancelled`.
     pub state: JobState,
     /// When the next attempt is due; `None` keeps `run_at`.
     pub run_at: Option<Timestamp>,
     /// Set exactly when `state` is terminal.
     pub finished_at: Option<Timestamp>,
-    /// The event message.
+    /// The event row's message: `succeeded`, `cancelled`, the failure as `code: message`,
+    /// or `cancelled after code: message`.
     pub message: String,
 }
 

@@ -54,9 +54,9 @@ impl FromStr for JobId {
 pub struct Priority(i16);
 
 impl Priority {
-    /// Lowest priority.
+    /// The lowest priority a submission may give.
     pub const MIN: i16 = -100;
-    /// Highest priority.
+    /// The highest priority a submission may give.
     pub const MAX: i16 = 100;
 
     /// Checks the range.
@@ -95,7 +95,7 @@ impl QueueName {
         Ok(Self(name.to_owned()))
     }
 
-    /// The name.
+    /// The name, already checked by [`QueueName::parse`].
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -135,13 +135,13 @@ pub const MAX_NAME_LEN: usize = 200;
 /// A submission as the API received it, before validation.
 #[derive(Debug, Clone, Default)]
 pub struct Submission {
-    /// Job type name.
+    /// The type's snake_case name (e.g. `sleep`), looked up in the catalogue.
     pub job_type: String,
     /// The payload, validated against the type's schema.
     pub payload: Value,
-    /// Optional priority.
+    /// -100..=100; `None` means 0.
     pub priority: Option<i64>,
-    /// Optional queue.
+    /// Queue name; `None` means `default`.
     pub queue: Option<String>,
     /// Run at this instant (exclusive with `delay_ms`).
     pub run_at: Option<Timestamp>,
@@ -285,11 +285,13 @@ pub struct Job {
     pub owner: UserId,
     /// Type (its snake_case name in JSON and in the database).
     pub job_type: JobType,
-    /// Queue.
+    /// The queue it waits in (`default` unless the submission named one); a worker may cap
+    /// how many jobs of one queue it runs at once.
     pub queue: QueueName,
-    /// Optional name.
+    /// Free-text name for filtering (at most [`MAX_NAME_LEN`] bytes); not unique.
     pub name: Option<String>,
-    /// Current state.
+    /// Current state; `finished_at` is set exactly when it is terminal, `node` and
+    /// `lease_expires_at` only while it is `running`.
     pub state: JobState,
     /// -100..=100; higher is claimed first.
     pub priority: i16,

@@ -155,7 +155,7 @@ pub enum Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("cannot {} a job that is {from}", event.name())]
 pub struct IllegalTransition {
-    /// The job's state.
+    /// The job's state when the event was refused.
     pub from: JobState,
     /// The rejected event.
     pub event: Event,

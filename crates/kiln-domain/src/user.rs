@@ -31,7 +31,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// The lowercase name.
+    /// The lowercase name, as in JSON and in the database.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Client => "client",
@@ -66,7 +66,7 @@ impl FromStr for Role {
 /// A user as the rest of Kiln sees it (never with the password hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
-    /// The user's id.
+    /// Assigned by the store when the user is created.
     pub id: UserId,
     /// Unique login name.
     pub username: String,

@@ -15,7 +15,7 @@ pub struct NewUser {
     pub username: String,
     /// argon2id PHC string.
     pub password_hash: String,
-    /// Role.
+    /// What the user may do; a [`UserPatch`] can change it later.
     pub role: Role,
 }
 
@@ -36,7 +36,7 @@ impl NewUser {
 /// A user with their password hash, for login only.
 #[derive(Debug, Clone)]
 pub struct UserRecord {
-    /// The user.
+    /// The user, disabled or not: login must refuse a disabled user itself.
     pub user: User,
     /// argon2id PHC string.
     pub password_hash: String,
@@ -49,7 +49,8 @@ pub struct UserPatch {
     pub role: Option<Role>,
     /// New argon2id hash.
     pub password_hash: Option<String>,
-    /// Disable or enable.
+    /// `Some(true)` disables the user (login and their tokens stop working), `Some(false)`
+    /// enables them again.
     pub disabled: Option<bool>,
 }
 
@@ -91,11 +92,11 @@ impl std::str::FromStr for TokenKind {
 /// A token to store.
 #[derive(Debug, Clone)]
 pub struct NewToken {
-    /// Owner.
+    /// The user the token signs in as; it stops working while that user is disabled.
     pub user: UserId,
     /// SHA-256 of the secret (the secret itself is never stored).
     pub hash: Vec<u8>,
-    /// Kind.
+    /// Session (from a login) or API token; `GET /tokens` lists only API tokens.
     pub kind: TokenKind,
     /// A label the user chose (API tokens) or `login`.
     pub name: String,
@@ -121,11 +122,12 @@ impl NewToken {
 /// A stored token's metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenInfo {
-    /// Id.
+    /// The store's row id: the API names a token by it (`DELETE /tokens/{id}`), never by
+    /// its secret.
     pub id: i64,
-    /// Owner.
+    /// The user the token signs in as.
     pub user: UserId,
-    /// Kind.
+    /// Session (from a login) or API token.
     pub kind: TokenKind,
     /// The label the user chose (API tokens) or `login`.
     pub name: String,
@@ -260,7 +262,8 @@ pub struct ListQuery {
     pub created_after: Option<Timestamp>,
     /// Created before.
     pub created_before: Option<Timestamp>,
-    /// Order.
+    /// Sort order. A [`Cursor`] holds the key of one sort, so it only resumes a list in
+    /// the order it was made for.
     pub sort: Sort,
     /// Page size, 1..=100.
     pub limit: u32,
@@ -271,7 +274,7 @@ pub struct ListQuery {
 /// A page of jobs.
 #[derive(Debug, Clone)]
 pub struct Page {
-    /// The jobs.
+    /// At most the query's `limit` jobs, in its sort order.
     pub items: Vec<Job>,
     /// Where the next page starts, if there is one.
     pub next_cursor: Option<Cursor>,
@@ -284,7 +287,7 @@ pub struct JobEvent {
     pub seq: i64,
     /// The state entered (or, for a cancel request, still `running`).
     pub state: JobState,
-    /// When.
+    /// The job's `updated_at` after the change (millisecond precision).
     pub at: Timestamp,
     /// The attempt number at that time.
     pub attempt: u32,
@@ -297,7 +300,7 @@ pub struct JobEvent {
 /// What a worker asks of [`crate::Store::job_claim`].
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
-    /// The claiming node.
+    /// The claiming node's name; the claimed jobs record it as their `node`.
     pub node: String,
     /// Types this node executes.
     pub types: Vec<String>,
@@ -306,7 +309,8 @@ pub struct ClaimRequest {
     pub exclude_queues: Vec<String>,
     /// Most jobs to claim.
     pub limit: u32,
-    /// Claim time.
+    /// Claim time: jobs due by then may be claimed, and it becomes the claimed jobs'
+    /// `started_at`.
     pub now: Timestamp,
     /// Lease expiry of the claimed jobs.
     pub lease_until: Timestamp,
@@ -362,11 +366,11 @@ pub struct LogRead {
 pub struct FeedEvent {
     /// The job.
     pub job_id: JobId,
-    /// Its owner.
+    /// Its owner: a live feed shows a client only their own jobs' events.
     pub owner: UserId,
-    /// Its type.
+    /// Its type, for feeds filtered by type.
     pub job_type: JobType,
-    /// Its queue.
+    /// Its queue, for feeds filtered by queue.
     pub queue: QueueName,
     /// The event's sequence number within the job, from 1.
     pub seq: i64,
@@ -374,7 +378,8 @@ pub struct FeedEvent {
     pub state: JobState,
     /// The attempt number at that time.
     pub attempt: u32,
-    /// When.
+    /// The job's `updated_at` after the change (millisecond precision); the feed is ordered
+    /// by it first.
     pub at: Timestamp,
 }
 
@@ -410,7 +415,7 @@ impl FeedEvent {
 pub struct FeedCursor {
     /// The event's time (millisecond precision, as stored).
     pub at: Timestamp,
-    /// Its job.
+    /// Its job, which orders events with the same `at`.
     pub job_id: JobId,
     /// Its sequence number within the job.
     pub seq: i64,
@@ -480,7 +485,7 @@ pub enum Signal {
     /// the appended text on the node that wrote it, and `None` on other nodes (NOTIFY
     /// carries only the offset: they read the text from the database if they need it).
     LogAppended {
-        /// The job.
+        /// The job whose log grew.
         id: JobId,
         /// The log's end offset after the append.
         end: u64,

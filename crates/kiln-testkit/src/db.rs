@@ -10,7 +10,7 @@ use tempfile::TempDir;
 pub struct TempSqlite {
     /// The store, open on [`TempSqlite::path`].
     pub store: Arc<SqliteStore>,
-    /// The database file.
+    /// The database file, `<tempdir>/kiln.db`.
     pub path: PathBuf,
     /// Keeps the directory alive.
     pub dir: TempDir,

@@ -21,11 +21,11 @@ pub struct Client {
 /// A fully read response.
 #[derive(Debug, Clone)]
 pub struct TestResponse {
-    /// Status.
+    /// The response status; any status is returned, so tests assert on it.
     pub status: StatusCode,
-    /// Headers.
+    /// The response headers; [`TestResponse::header`] reads one as text.
     pub headers: HeaderMap,
-    /// Body bytes.
+    /// The whole body, read before the response was returned.
     pub body: Bytes,
 }
 
@@ -116,7 +116,7 @@ impl RequestBuilder<'_> {
         }
     }
 
-    /// Adds a header.
+    /// Adds a header; panics if the name or value is not valid.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         let name = HeaderName::from_bytes(name.as_bytes()).expect("a valid header name");
         let value = HeaderValue::from_str(value).expect("a valid header value");
@@ -186,9 +186,9 @@ impl RequestBuilder<'_> {
 
 /// A response whose body is read as it arrives (a live stream).
 pub struct Streaming {
-    /// Status.
+    /// The response status, known once the response head has arrived.
     pub status: StatusCode,
-    /// Headers.
+    /// The response headers (e.g. `content-type: text/event-stream` for a live stream).
     pub headers: HeaderMap,
     body: hyper::body::Incoming,
 }
@@ -233,13 +233,13 @@ impl Streaming {
 /// One part of a `multipart/form-data` body.
 #[derive(Debug, Clone, Copy)]
 pub struct Part<'a> {
-    /// The field name.
+    /// The form field's name (`name=` in `Content-Disposition`).
     pub name: &'a str,
     /// The file name, for a file part.
     pub file_name: Option<&'a str>,
     /// The part's `Content-Type`, if any.
     pub content_type: Option<&'a str>,
-    /// The bytes.
+    /// The part's content, sent as is.
     pub data: &'a [u8],
 }
 

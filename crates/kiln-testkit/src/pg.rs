@@ -19,9 +19,9 @@ pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres
 
 /// A database created for one test; dropped (`WITH (FORCE)`) on drop.
 pub struct TempPostgres {
-    /// The database's name.
+    /// The database's name, `kiln_test_<uuid>`.
     pub name: String,
-    /// A URL for it.
+    /// A `postgres://` URL for it: the admin connection's host, port, user and password.
     pub url: String,
     admin: tokio_postgres::Config,
 }

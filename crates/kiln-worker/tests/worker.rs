@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use kiln_domain::job::Submission;
 use kiln_domain::job_type::Catalogue;
 use kiln_domain::{
-    Backoff, Clock, Job, JobId, JobState, JobType, Lease, NewJob, Policy, Role, SystemClock, UserId,
+    Backoff, Clock, Job, JobId, JobState, JobType, Lease, ManualClock, NewJob, Policy, Role,
+    SystemClock, UserId,
 };
 use kiln_kernels::{Classify, JobContext, Kernel, KernelError, Registry};
 use kiln_store::{ClaimRequest, InsertOptions, NewUser, Outcome, Store, StoreError};
@@ -27,10 +28,22 @@ struct Fixture {
     store: Arc<dyn Store>,
     owner: UserId,
     catalogue: Catalogue,
+    /// Where the worker's and the submissions' timestamps come from.
+    clock: Arc<dyn Clock>,
 }
 
 impl Fixture {
     async fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock)).await
+    }
+
+    /// A fixture whose time stands still until the test moves `clock`: whether a job is
+    /// due or a lease expired then never depends on how fast this machine is.
+    async fn manual(clock: &Arc<ManualClock>) -> Self {
+        Self::with_clock(Arc::clone(clock) as Arc<dyn Clock>).await
+    }
+
+    async fn with_clock(clock: Arc<dyn Clock>) -> Self {
         let db = TempSqlite::new();
         let store: Arc<dyn Store> = db.store.clone();
         let user = store
@@ -40,7 +53,7 @@ impl Fixture {
                     password_hash: "x".into(),
                     role: Role::Admin,
                 },
-                SystemClock.now(),
+                clock.now(),
             )
             .await
             .unwrap();
@@ -59,6 +72,7 @@ impl Fixture {
             store,
             owner: user.id,
             catalogue,
+            clock,
         }
     }
 
@@ -78,7 +92,7 @@ impl Fixture {
             Arc::clone(&self.store),
             registry,
             Arc::new(self.catalogue.clone()),
-            Arc::new(SystemClock),
+            Arc::clone(&self.clock),
         )
         .start()
         .await
@@ -91,7 +105,7 @@ impl Fixture {
             self.owner,
             Role::Admin,
             &self.catalogue,
-            SystemClock.now(),
+            self.clock.now(),
         )
         .unwrap();
         let id = job.id;
@@ -299,8 +313,9 @@ async fn cancelling_a_running_sleep_interrupts_it() {
 }
 
 #[tokio::test]
-async fn a_scheduled_job_never_starts_before_its_run_at() {
-    let f = Fixture::new().await;
+async fn a_scheduled_job_starts_when_the_clock_reaches_its_run_at_and_not_before() {
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let f = Fixture::manual(&clock).await;
     let worker = f.start(f.config(), Registry::default()).await;
     let id = f
         .submit(Submission {
@@ -310,14 +325,17 @@ async fn a_scheduled_job_never_starts_before_its_run_at() {
             ..Submission::default()
         })
         .await;
+    // A job submitted later and due now has run: the worker has looked at the queue since.
+    let probe = f.submit_type("echo", json!("probe")).await;
+    f.wait_state(probe, JobState::Succeeded).await;
     assert_eq!(f.get(id).await.state, JobState::Scheduled);
+    clock.advance(chrono::TimeDelta::milliseconds(299));
+    let probe = f.submit_type("echo", json!("probe")).await;
+    f.wait_state(probe, JobState::Succeeded).await;
+    assert_eq!(f.get(id).await.state, JobState::Scheduled, "1 ms early");
+    clock.advance(chrono::TimeDelta::milliseconds(1));
     let job = f.wait_state(id, JobState::Succeeded).await;
-    assert!(
-        job.started_at.unwrap() >= job.run_at,
-        "started {:?} before run_at {:?}",
-        job.started_at,
-        job.run_at
-    );
+    assert_eq!(job.started_at, Some(job.run_at));
     worker.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -387,9 +405,9 @@ async fn a_queue_limit_caps_concurrent_attempts_of_that_queue() {
     worker.shutdown(Duration::from_secs(1)).await;
 }
 
-/// Claims a job as another node would, with a lease that is already expired.
-async fn claim_as(f: &Fixture, node: &str) -> Job {
-    let now = SystemClock.now();
+/// Claims a job as another node would, with a lease of `lease` from the fixture's now.
+async fn claim_as(f: &Fixture, node: &str, lease: chrono::TimeDelta) -> Job {
+    let now = f.clock.now();
     let mut claimed = f
         .store
         .job_claim(&ClaimRequest {
@@ -398,7 +416,7 @@ async fn claim_as(f: &Fixture, node: &str) -> Job {
             exclude_queues: vec![],
             limit: 1,
             now,
-            lease_until: now - chrono::TimeDelta::seconds(1),
+            lease_until: now + lease,
         })
         .await
         .unwrap();
@@ -407,11 +425,22 @@ async fn claim_as(f: &Fixture, node: &str) -> Job {
 
 #[tokio::test]
 async fn an_expired_lease_is_rescued_and_the_late_completion_refused() {
-    let f = Fixture::new().await;
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let f = Fixture::manual(&clock).await;
     let id = f.submit_type("echo", json!("again")).await;
-    let ghost = claim_as(&f, "ghost").await;
+    let ghost = claim_as(&f, "ghost", chrono::TimeDelta::seconds(30)).await;
     assert_eq!(ghost.attempts, 1);
     let worker = f.start(f.config(), Registry::default()).await;
+    // The ghost's lease is still valid: a job submitted after it runs, and it is untouched.
+    let probe = f.submit_type("echo", json!("probe")).await;
+    f.wait_state(probe, JobState::Succeeded).await;
+    let job = f.get(id).await;
+    assert_eq!((job.state, job.attempts), (JobState::Running, 1));
+    clock.advance(chrono::TimeDelta::seconds(31));
+    let rescued = f.wait_state(id, JobState::Failed).await;
+    assert_eq!(rescued.error.unwrap().code, "lease_lost");
+    // The retry waits out its backoff on the same clock.
+    clock.set(rescued.run_at);
     let job = f.wait_state(id, JobState::Succeeded).await;
     assert_eq!(job.attempts, 2, "rescued, then run again");
     let late = f
@@ -423,7 +452,7 @@ async fn an_expired_lease_is_rescued_and_the_late_completion_refused() {
                 node: "ghost".into(),
             },
             Outcome::Succeeded(json!("stale")),
-            SystemClock.now(),
+            f.clock.now(),
         )
         .await;
     assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
@@ -461,30 +490,78 @@ async fn at_start_up_the_jobs_of_this_node_s_previous_run_are_rescued() {
     worker.shutdown(Duration::from_secs(1)).await;
 }
 
+/// An `echo` stand-in that holds its attempt until the gate opens (or it is stopped), so a
+/// test decides when an attempt ends instead of racing a sleep.
+struct Gate(tokio::sync::watch::Receiver<bool>);
+
+#[async_trait]
+impl Kernel for Gate {
+    fn job_type(&self) -> JobType {
+        JobType::Echo
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<Value, KernelError> {
+        let mut open = self.0.clone();
+        tokio::select! {
+            () = ctx.cancel.cancelled() => Err(KernelError::Cancelled),
+            opened = open.wait_for(|open| *open) => match opened {
+                Ok(_) => Ok(ctx.payload),
+                Err(_) => Err(KernelError::Cancelled),
+            },
+        }
+    }
+}
+
+fn gated() -> (tokio::sync::watch::Sender<bool>, Registry) {
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let mut registry = Registry::default();
+    registry.register(Arc::new(Gate(gate)));
+    (open, registry)
+}
+
 #[tokio::test]
 async fn shutdown_interrupts_attempts_after_the_grace_and_they_run_again() {
     let f = Fixture::new().await;
-    let worker = f.start(f.config(), Registry::default()).await;
-    let id = f.submit_type("sleep", json!({"ms": 1_500})).await;
+    let (_closed, registry) = gated();
+    let worker = f.start(f.config(), registry).await;
+    let id = f.submit_type("echo", json!("held")).await;
     f.wait_state(id, JobState::Running).await;
     worker.shutdown(Duration::from_millis(50)).await;
     let job = f.get(id).await;
     assert_eq!(job.state, JobState::Failed);
     assert_eq!(job.error.unwrap().code, "interrupted");
     assert!(job.run_at <= SystemClock.now());
-    let worker = f.start(f.config(), Registry::default()).await;
+    let (open, registry) = gated();
+    open.send_replace(true);
+    let worker = f.start(f.config(), registry).await;
     let job = f.wait_state(id, JobState::Succeeded).await;
     assert_eq!(job.attempts, 2);
     worker.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
-async fn shutdown_lets_short_attempts_finish_within_the_grace() {
+async fn shutdown_lets_attempts_finish_within_the_grace() {
     let f = Fixture::new().await;
-    let worker = f.start(f.config(), Registry::default()).await;
-    let id = f.submit_type("sleep", json!({"ms": 200})).await;
+    let (open, registry) = gated();
+    let worker = f.start(f.config(), registry).await;
+    let id = f.submit_type("echo", json!("held")).await;
     f.wait_state(id, JobState::Running).await;
-    worker.shutdown(Duration::from_secs(5)).await;
+    // Shutdown may wait a minute for the attempt: it is still waiting while the attempt is
+    // held (however long this machine takes to get here, it cannot have finished).
+    let mut shutdown = tokio::spawn(worker.shutdown(Duration::from_secs(60)));
+    let early = tokio::time::timeout(Duration::from_millis(100), &mut shutdown).await;
+    assert!(
+        early.is_err(),
+        "shutdown returned while an attempt was held"
+    );
+    let late = f.submit_type("echo", json!("after shutdown began")).await;
+    open.send_replace(true);
+    shutdown.await.unwrap();
     assert_eq!(f.get(id).await.state, JobState::Succeeded);
+    assert_eq!(
+        f.get(late).await.state,
+        JobState::Queued,
+        "claimed during shutdown"
+    );
     drop(f.db);
 }

@@ -128,8 +128,17 @@ fn sqlite_path(url: &str) -> anyhow::Result<kiln_store::sqlite::SqlitePath> {
 /// Starts a node: opens the store, creates the first admin, starts the worker and, for
 /// [`Role::Serve`], the HTTP listener.
 pub async fn start(v: &Validated, role: Role) -> anyhow::Result<Node> {
+    start_with_clock(v, role, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with the clock every timestamp comes from: the wall clock in production, a
+/// [`kiln_domain::ManualClock`] in tests that must decide when scheduled work becomes due.
+pub async fn start_with_clock(
+    v: &Validated,
+    role: Role,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Node> {
     let store = open_store(&v.config.database_url, StoreOptions::from_config(&v.config)).await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let catalogue = Arc::new(v.catalogue.clone());
     let objects = open_objects(v)?;
     let worker = Worker::new(

@@ -38,7 +38,8 @@ impl CommandPayload {
     pub const MAX_ENV: usize = 256;
     /// The longest `cwd`, in bytes.
     pub const MAX_CWD: usize = 1024;
-    /// One day.
+    /// The longest time limit a payload may set, in ms (one day); also the type's default
+    /// policy timeout.
     pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
     /// Variables Kiln sets itself; a payload may not replace them.
     pub const RESERVED_ENV: [&'static str; 2] = ["PATH", "HOME"];
@@ -219,7 +220,7 @@ pub struct AllowList {
 }
 
 impl AllowList {
-    /// A list of programs.
+    /// An allow-list of `programs`; an empty one disables `command` jobs.
     pub fn new(programs: Vec<Program>) -> Self {
         Self { programs }
     }

@@ -53,7 +53,7 @@ impl JobType {
         JobType::Command,
     ];
 
-    /// The snake_case name.
+    /// The snake_case name, as in a submission's `type`, in JSON and in the database.
     pub fn as_str(self) -> &'static str {
         match self {
             JobType::Echo => "echo",
@@ -250,7 +250,7 @@ pub struct Policy {
     pub max_attempts: u32,
     /// Per-attempt timeout; 0 means none.
     pub timeout_ms: u64,
-    /// Delay between attempts.
+    /// Bounds of the random delay before each retry.
     pub backoff: Backoff,
 }
 

@@ -16,7 +16,7 @@ pub struct SleepPayload {
 }
 
 impl SleepPayload {
-    /// One hour.
+    /// The longest sleep, in ms (one hour).
     pub const MAX_MS: u64 = 3_600_000;
 }
 
@@ -37,7 +37,7 @@ pub struct PrimesPayload {
 }
 
 impl PrimesPayload {
-    /// Fifty million.
+    /// The most primes a job may ask for (fifty million).
     pub const MAX_N: u64 = 50_000_000;
 }
 
@@ -62,7 +62,7 @@ pub struct MatrixPayload {
 }
 
 impl MatrixPayload {
-    /// The largest size.
+    /// The largest `n` (one 4096×4096 f64 matrix takes 128 MiB).
     pub const MAX_N: u32 = 4096;
 }
 
@@ -122,9 +122,9 @@ pub enum CsvPayload {
 }
 
 impl CsvPayload {
-    /// Ten million.
+    /// The most rows a generated data set may have (ten million).
     pub const MAX_ROWS: u64 = 10_000_000;
-    /// Ten thousand.
+    /// The most groups a generated data set may have (ten thousand).
     pub const MAX_GROUPS: u32 = 10_000;
 
     /// Parses and checks either kind; the error names the offending field. The kind is

@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
@@ -417,30 +418,48 @@ async fn watch_streams_the_changes_of_my_jobs() {
         .spawn()
         .expect("kiln watch runs");
     let mut lines = BufReader::new(watch.stdout.take().expect("piped stdout")).lines();
-    // A job long enough that `watch` is connected before it ends.
-    let id = cli
-        .run(&["submit", "sleep", "ms=1500", "--json"])
-        .await
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut states = Vec::new();
-    while states.last().map(String::as_str) != Some("succeeded") {
-        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+    let mut next_change = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
             .expect("a change within 30 s")
             .expect("readable")
             .expect("watch is still running");
-        let change: Value = serde_json::from_str(&line).expect("a JSON line");
-        if change["id"] == id.as_str() {
-            states.push(change["state"].as_str().unwrap().to_owned());
+        serde_json::from_str(&line).expect("a JSON line")
+    };
+    // `watch` prints nothing until it is connected: submit probes until it reports one.
+    let mut probes = Vec::new();
+    while probes.len() < 60 {
+        let probe = cli.run(&["submit", "echo", "--json"]).await.json()["id"].clone();
+        probes.push(probe);
+        let seen = tokio::time::timeout(Duration::from_millis(500), next_change()).await;
+        if seen.is_ok_and(|change| probes.contains(&change["id"])) {
+            break;
         }
     }
+    // Connected: a job that runs until cancelled shows every change.
+    let id = cli
+        .run(&["submit", "sleep", "ms=600000", "--json"])
+        .await
+        .json()["id"]
+        .clone();
+    let mut states = Vec::new();
+    while states.last().map(String::as_str) != Some("cancelled") {
+        let change = next_change().await;
+        if change["id"] != id {
+            continue;
+        }
+        let state = change["state"].as_str().unwrap().to_owned();
+        if state == "running" && !states.contains(&state) {
+            cli.run(&["cancel", id.as_str().unwrap()]).await.ok();
+        }
+        states.push(state);
+    }
+    assert!(states.contains(&"running".to_owned()), "{states:?}");
     assert!(
         states
             .iter()
-            .all(|s| ["queued", "running", "succeeded"].contains(&s.as_str()))
+            .all(|s| ["queued", "running", "cancelled"].contains(&s.as_str())),
+        "{states:?}"
     );
     app.stop().await;
 }

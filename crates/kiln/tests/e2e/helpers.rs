@@ -2,12 +2,14 @@
 //! `127.0.0.1:0` over a SQLite WAL file in a temp dir, plus one method per common call.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use hyper::{Method, StatusCode};
 use kiln::config::Config;
 use kiln::node::{self, Node, Role};
+use kiln_domain::{Clock, SystemClock};
 use kiln_testkit::{Client, TestResponse, wait_until};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -27,6 +29,8 @@ pub struct Opts {
     pub flags: Vec<String>,
     /// Contents of `kiln.toml`.
     pub toml: Option<String>,
+    /// The node's clock; the wall clock when `None`.
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 pub struct TestApp {
@@ -90,7 +94,8 @@ impl TestApp {
             let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
         }
         let validated = config(&dir, &opts);
-        let node = node::start(&validated, Role::Serve)
+        let clock = opts.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+        let node = node::start_with_clock(&validated, Role::Serve, clock)
             .await
             .expect("the node starts");
         let client = Client::new(node.addr().expect("an HTTP address"));

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
+use kiln_testkit::wait_until;
 use serde_json::{Value, json};
 
 use crate::helpers::{Opts, TestApp};
@@ -108,13 +109,35 @@ async fn concurrent_sleep_jobs_respect_max_concurrency() {
     let mut ids = Vec::new();
     for _ in 0..6 {
         ids.push(
-            app.submit_ok(&app.admin, json!({"type": "sleep", "payload": {"ms": 150}}))
-                .await,
+            app.submit_ok(
+                &app.admin,
+                json!({"type": "sleep", "payload": {"ms": 600_000}}),
+            )
+            .await,
         );
     }
+    // Jobs that run until cancelled: each slot is released only when the test says so, so
+    // "both slots used" is observed, not hoped for.
     let mut jobs = Vec::new();
-    for id in &ids {
-        jobs.push(app.wait_state(&app.admin, id, "succeeded", LONG).await);
+    while jobs.len() < ids.len() {
+        let running = wait_until("two running jobs", LONG, || async {
+            let mut running = Vec::new();
+            for id in &ids {
+                if app.job(&app.admin, id).await["state"] == "running" {
+                    running.push(id.clone());
+                }
+            }
+            let queued_left = ids.len() - jobs.len() - running.len();
+            if running.len() == 2 || (queued_left == 0 && !running.is_empty()) {
+                Ok(running)
+            } else {
+                Err(running)
+            }
+        })
+        .await;
+        let id = &running[0];
+        assert!(app.cancel(&app.admin, id).await.status.is_success());
+        jobs.push(app.wait_state(&app.admin, id, "cancelled", LONG).await);
     }
     assert_eq!(max_overlap(&jobs), 2, "two slots, both used, never three");
     app.stop().await;
@@ -224,16 +247,22 @@ async fn a_running_job_interrupted_by_shutdown_runs_again_after_restart() {
     let id = app
         .submit_ok(
             &app.admin,
-            json!({"type": "sleep", "payload": {"ms": 3000}}),
+            json!({"type": "sleep", "payload": {"ms": 600_000}}),
         )
         .await;
     app.wait_state(&app.admin, &id, "running", LONG).await;
-    // The grace period (2 s) is shorter than the job: it is interrupted, not lost.
+    // The grace period (2 s) is far shorter than the job: it is interrupted, not lost.
     let dir = app.stop().await;
     let app = TestApp::spawn_in(dir, Opts::default()).await;
-    let job = app
-        .wait_state(&app.admin, &id, "succeeded", Duration::from_secs(15))
-        .await;
-    assert_eq!(job["attempts"], 2);
+    wait_until("attempt 2 to run", LONG, || async {
+        let job = app.job(&app.admin, &id).await;
+        if job["state"] == "running" && job["attempts"] == 2 {
+            Ok(job)
+        } else {
+            Err(job)
+        }
+    })
+    .await;
+    assert!(app.cancel(&app.admin, &id).await.status.is_success());
     app.stop().await;
 }

@@ -49,7 +49,13 @@ impl TlsApp {
         if mtls {
             flags.extend(["--tls-client-ca".into(), file(&certs, "ca.pem")]);
         }
-        let validated = config(&dir, &Opts { flags, toml: None });
+        let validated = config(
+            &dir,
+            &Opts {
+                flags,
+                ..Opts::default()
+            },
+        );
         let node = node::start(&validated, Role::Serve).await.unwrap();
         Self {
             node,

@@ -29,9 +29,10 @@ pub struct Client {
 
 /// A response read whole.
 pub struct Response {
-    /// Status.
+    /// The response status; any status is returned, and [`Response::json_if`] turns an
+    /// unexpected one into an error.
     pub status: StatusCode,
-    /// Body bytes.
+    /// The whole body.
     pub body: Bytes,
 }
 
@@ -96,7 +97,7 @@ impl Client {
             .context("the login response has no token")
     }
 
-    /// `GET path`.
+    /// `GET path` (relative to the base URL); the whole response is read.
     pub async fn get(&self, path: &str) -> anyhow::Result<Response> {
         self.send(Method::GET, path, None).await
     }
