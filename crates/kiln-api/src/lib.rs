@@ -37,9 +37,10 @@ pub struct SubmitJob {
     pub name: Option<String>,
 }
 
-/// A job as the API shows it.
+/// A job as the API shows it. `J` holds the payload and result: a [`Value`], or the stored
+/// text ([`kiln_domain::RawJson`]) on reads, which then never parse it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobView {
+pub struct JobView<J = Value> {
     /// The job's id, a UUIDv7 (ids sort by creation time).
     pub id: String,
     /// Type name.
@@ -54,10 +55,10 @@ pub struct JobView {
     /// -100..=100; higher-priority jobs are claimed first. Default 0.
     pub priority: i16,
     /// The payload as submitted (valid for the type's schema).
-    pub payload: Value,
+    pub payload: J,
     /// The result once `succeeded` (or as an `external` job's owner reported it); a result
     /// over 64 KiB is a summary pointing at the artifact `result.json`.
-    pub result: Option<Value>,
+    pub result: Option<J>,
     /// The last attempt's failure (`code`, `message`, `retryable`), kept after a retry.
     pub error: Option<Failure>,
     /// Attempts started so far: the current attempt's number (it never goes back).
@@ -87,8 +88,8 @@ pub struct JobView {
     pub updated_at: Timestamp,
 }
 
-impl From<Job> for JobView {
-    fn from(job: Job) -> Self {
+impl<J> From<Job<J>> for JobView<J> {
+    fn from(job: Job<J>) -> Self {
         Self {
             id: job.id.to_string(),
             job_type: job.job_type.as_str().to_owned(),
@@ -112,9 +113,9 @@ impl From<Job> for JobView {
     }
 }
 
-/// `GET /api/v1/jobs/{id}/status`: what a poller needs.
+/// `GET /api/v1/jobs/{id}/status`: what a poller needs (`J` as in [`JobView`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusView {
+pub struct StatusView<J = Value> {
     /// The job's id.
     pub id: String,
     /// Its current state.
@@ -124,26 +125,20 @@ pub struct StatusView {
     /// Last change.
     #[serde(with = "ts")]
     pub updated_at: Timestamp,
-    /// Result, once there is one.
+    /// Result, once there is one, when it is small (at most [`STATUS_RESULT_INLINE_MAX`]
+    /// bytes of JSON); a larger one is at `result_url`, so a poll stays light.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<J>,
+    /// Where a result too large to inline is read (`GET /api/v1/jobs/{id}/result`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_url: Option<String>,
     /// Error, once there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
 }
 
-impl From<Job> for StatusView {
-    fn from(job: Job) -> Self {
-        Self {
-            id: job.id.to_string(),
-            state: job.state,
-            progress: job.progress,
-            updated_at: job.updated_at,
-            result: job.result,
-            error: job.error,
-        }
-    }
-}
+/// The largest result, in bytes of JSON, that `GET /jobs/{id}/status` carries inline.
+pub const STATUS_RESULT_INLINE_MAX: u32 = 4096;
 
 /// One entry of `GET /api/v1/jobs/{id}/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -276,9 +276,16 @@ impl NewJob {
     }
 }
 
+/// JSON kept as the text it was stored as: what reads carry, so a payload or result goes
+/// from the database to the response without being parsed into a tree and written again.
+pub type RawJson = Box<serde_json::value::RawValue>;
+
 /// A job as stored: its submission plus its current, denormalised state.
+///
+/// `J` is how the payload and the result are held: a [`Value`] where code looks inside them
+/// (validation, kernels, completions), [`RawJson`] on the read paths that only pass them on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Job {
+pub struct Job<J = Value> {
     /// The job's id (UUIDv7).
     pub id: JobId,
     /// The user who submitted it; owner-scoped reads hide it from everyone else.
@@ -296,9 +303,9 @@ pub struct Job {
     /// -100..=100; higher is claimed first.
     pub priority: i16,
     /// The payload as submitted.
-    pub payload: Value,
+    pub payload: J,
     /// Result once succeeded (or as reported for external jobs).
-    pub result: Option<Value>,
+    pub result: Option<J>,
     /// The last attempt's failure.
     pub error: Option<Failure>,
     /// Attempts started so far; the current attempt's fencing token.
@@ -324,6 +331,35 @@ pub struct Job {
     pub node: Option<String>,
     /// Lease expiry while running.
     pub lease_expires_at: Option<Timestamp>,
+}
+
+impl<J> Job<J> {
+    /// The same job with its payload and result converted by `f`.
+    pub fn map_json<K>(self, mut f: impl FnMut(J) -> K) -> Job<K> {
+        Job {
+            id: self.id,
+            owner: self.owner,
+            job_type: self.job_type,
+            queue: self.queue,
+            name: self.name,
+            state: self.state,
+            priority: self.priority,
+            payload: f(self.payload),
+            result: self.result.map(&mut f),
+            error: self.error,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            progress: self.progress,
+            cancel_requested: self.cancel_requested,
+            created_at: self.created_at,
+            run_at: self.run_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            updated_at: self.updated_at,
+            node: self.node,
+            lease_expires_at: self.lease_expires_at,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub mod user;
 pub use change::{Completion, Outcome, Report};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use failure::Failure;
-pub use job::{Job, JobId, NewJob, Priority, QueueName};
+pub use job::{Job, JobId, NewJob, Priority, QueueName, RawJson};
 pub use job_type::{JobType, JobTypeSpec, Policy};
 pub use lease::Lease;
 pub use retry::Backoff;

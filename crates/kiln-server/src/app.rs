@@ -65,6 +65,7 @@ fn api(upload_limit: u64) -> Router<AppState> {
             get(jobs::get).patch(jobs::report).delete(jobs::delete),
         )
         .route("/jobs/{id}/status", get(jobs::status))
+        .route("/jobs/{id}/result", get(jobs::result))
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/jobs/{id}/logs", get(logs::logs))
         .route("/events", get(events::events))

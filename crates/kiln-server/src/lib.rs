@@ -26,6 +26,7 @@ mod app;
 pub mod auth;
 mod bootstrap;
 mod cancel;
+mod conditional;
 mod config;
 mod extract;
 mod follow;
@@ -35,6 +36,7 @@ mod middleware;
 mod problem;
 mod routes;
 mod state;
+mod status;
 mod submit;
 mod view;
 

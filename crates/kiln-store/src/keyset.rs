@@ -9,7 +9,7 @@
 //! key is `created_at` in milliseconds (or the priority) on both backends, so a cursor
 //! means the same thing on either.
 
-use kiln_domain::{Job, JobId, JobState, Timestamp};
+use kiln_domain::{Job, JobId, JobState, RawJson, Timestamp};
 
 use crate::model::{Cursor, ListQuery, Page, Sort};
 
@@ -101,7 +101,7 @@ pub(crate) fn build<D: Dialect>(select: &str, query: &ListQuery) -> (String, Vec
 }
 
 /// The page of `query` among `rows`, the rows [`build`]'s statement read.
-pub(crate) fn page(mut rows: Vec<Job>, query: &ListQuery) -> Page {
+pub(crate) fn page(mut rows: Vec<Job<RawJson>>, query: &ListQuery) -> Page {
     let limit = limit(query) as usize;
     let mut next_cursor = None;
     if rows.len() > limit {

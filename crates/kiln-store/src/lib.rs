@@ -39,7 +39,7 @@ mod signal;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, UserId};
+use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Step, Timestamp, UserId};
 use tokio::sync::broadcast;
 
 pub use error::{Result, StoreError};
@@ -89,6 +89,18 @@ pub trait Store: Send + Sync + 'static {
     async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted>;
     /// One job; `NotFound` if absent or not `owner`'s.
     async fn job_get(&self, owner: Option<UserId>, id: JobId) -> Result<Job>;
+    /// [`Store::job_get`] for reads that only pass the payload and result on: they stay the
+    /// stored JSON text, never parsed into a tree.
+    async fn job_read(&self, owner: Option<UserId>, id: JobId) -> Result<Job<RawJson>>;
+    /// What a poller needs of one job, reading only those columns; the result is carried
+    /// only when its JSON text is at most `inline_max` bytes. `NotFound` as
+    /// [`Store::job_get`].
+    async fn job_status(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        inline_max: u32,
+    ) -> Result<JobStatus>;
     /// A page of jobs matching `query`, with a keyset cursor for the next page.
     async fn job_list(&self, query: &ListQuery) -> Result<Page>;
     /// Applies [`kiln_domain::Event::Cancel`] ([`kiln_domain::change::cancel`]): non-running

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use kiln_domain::{
-    Job, JobId, JobState, JobType, NewJob, QueueName, Role, Timestamp, User, UserId,
+    Failure, Job, JobId, JobState, JobType, NewJob, QueueName, RawJson, Role, Timestamp, User,
+    UserId,
 };
 
 pub use kiln_domain::change::{Outcome, Report};
@@ -227,7 +228,7 @@ impl Cursor {
     }
 
     /// The position that resumes after `job` in `sort` order.
-    pub fn after(sort: Sort, job: &Job) -> Self {
+    pub fn after<J>(sort: Sort, job: &Job<J>) -> Self {
         let key = match sort {
             Sort::CreatedAsc | Sort::CreatedDesc => job.created_at.timestamp_millis(),
             Sort::PriorityAsc | Sort::PriorityDesc => i64::from(job.priority),
@@ -271,11 +272,30 @@ pub struct ListQuery {
     pub cursor: Option<Cursor>,
 }
 
-/// A page of jobs.
+/// The light view of one job that status polling reads ([`crate::Store::job_status`]).
+#[derive(Debug, Clone)]
+pub struct JobStatus {
+    /// The job.
+    pub id: JobId,
+    /// Its current state.
+    pub state: JobState,
+    /// 0.0–1.0, as the running attempt last reported it.
+    pub progress: f32,
+    /// The last change to any column, progress included.
+    pub updated_at: Timestamp,
+    /// The last attempt's error, if any.
+    pub error: Option<Failure>,
+    /// The result as stored, when there is one and it is no larger than the size asked for.
+    pub result: Option<RawJson>,
+    /// Whether the job has a result at all (inlined in `result` or too large for it).
+    pub has_result: bool,
+}
+
+/// A page of jobs, their payloads and results as stored text (lists only pass them on).
 #[derive(Debug, Clone)]
 pub struct Page {
     /// At most the query's `limit` jobs, in its sort order.
-    pub items: Vec<Job>,
+    pub items: Vec<Job<RawJson>>,
     /// Where the next page starts, if there is one.
     pub next_cursor: Option<Cursor>,
 }

@@ -5,8 +5,8 @@ use axum::extract::State;
 use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kiln_api::{EventView, JobView, Page, PatchJob, StatusView, SubmitJob};
-use kiln_domain::{Failure, JobId, JobState};
+use kiln_api::{EventView, JobView, Page, PatchJob, SubmitJob};
+use kiln_domain::{Failure, JobId, JobState, RawJson};
 use kiln_store::{Inserted, Report};
 use serde_json::Value;
 
@@ -15,7 +15,7 @@ use crate::extract::{Json, Path, Query};
 use crate::list::ListParams;
 use crate::problem::ApiError;
 use crate::state::AppState;
-use crate::{cancel, submit, view};
+use crate::{cancel, conditional, status, submit, view};
 
 /// Response header set on an idempotent replay of `POST /jobs`.
 pub const REPLAYED: &str = "idempotent-replayed";
@@ -51,15 +51,15 @@ pub async fn list(
     State(state): State<AppState>,
     me: CurrentUser,
     Query(params): Query<ListParams>,
-) -> Result<Json<Page<JobView>>, ApiError> {
+) -> Result<Json<Page<JobView<RawJson>>>, ApiError> {
     page(&state, params.into_query(Some(me.user.id))?).await
 }
 
-/// One page of a list query, as the wire shows it.
+/// One page of a list query, as the wire shows it (payloads and results as stored).
 pub async fn page(
     state: &AppState,
     query: kiln_store::ListQuery,
-) -> Result<Json<Page<JobView>>, ApiError> {
+) -> Result<Json<Page<JobView<RawJson>>>, ApiError> {
     let page = state.store().job_list(&query).await?;
     Ok(Json(Page {
         items: page.items.into_iter().map(JobView::from).collect(),
@@ -67,24 +67,46 @@ pub async fn page(
     }))
 }
 
-/// `GET /jobs/{id}`.
+/// `GET /jobs/{id}`, with an `ETag` (304 on `If-None-Match`).
 pub async fn get(
     State(state): State<AppState>,
     me: CurrentUser,
     Path(id): Path<JobId>,
-) -> Result<Json<JobView>, ApiError> {
-    let job = state.store().job_get(Some(me.user.id), id).await?;
-    Ok(Json(job.into()))
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = state.store().job_read(Some(me.user.id), id).await?;
+    conditional::json(&headers, &JobView::from(job))
 }
 
-/// `GET /jobs/{id}/status`.
+/// `GET /jobs/{id}/status[?wait=…&state_not=…]`, with an `ETag` (304 on `If-None-Match`).
 pub async fn status(
     State(state): State<AppState>,
     me: CurrentUser,
     Path(id): Path<JobId>,
-) -> Result<Json<StatusView>, ApiError> {
-    let job = state.store().job_get(Some(me.user.id), id).await?;
-    Ok(Json(job.into()))
+    Query(params): Query<status::StatusParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let view = status::read(&state, Some(me.user.id), id, params).await?;
+    conditional::json(&headers, &view)
+}
+
+/// `GET /jobs/{id}/result`: the result alone (what `status` links to when the result is
+/// too large to inline); 404 while the job has none.
+pub async fn result(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = state.store().job_read(Some(me.user.id), id).await?;
+    let Some(result) = job.result else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_result",
+            format!("job {id} has no result (it is {})", job.state),
+        ));
+    };
+    conditional::json(&headers, &result)
 }
 
 /// `GET /jobs/{id}/events`: the state history, oldest first.

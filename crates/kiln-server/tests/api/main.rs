@@ -13,3 +13,4 @@ mod follow;
 mod helpers;
 mod jobs;
 mod ops;
+mod reads;

@@ -9,12 +9,13 @@
 
 use deadpool_postgres::{GenericClient, Transaction};
 use kiln_domain::change::{Change, Note};
-use kiln_domain::{Job, JobId, NewJob, Step, UserId};
+use kiln_domain::{Failure, Job, JobId, NewJob, RawJson, Step, UserId};
+use tokio_postgres::types::Json;
 
 use super::notify::Signals;
 use super::row::{self, int, job_columns, json, query_one, query_opt};
 use crate::error::{Result, StoreError};
-use crate::model::{FeedEvent, InsertOptions, Inserted, stored_job};
+use crate::model::{FeedEvent, InsertOptions, Inserted, JobStatus, stored_job};
 use crate::signal::Outbox;
 
 /// The advisory lock key that serialises inserts checking `max_queued` (`kilnqcap`).
@@ -142,8 +143,13 @@ pub(super) async fn existing(
     Ok(Some(Inserted::Existing(get(db, None, id).await?)))
 }
 
-/// One job; `NotFound` if absent or not `owner`'s.
-pub(super) async fn get(db: &impl GenericClient, owner: Option<UserId>, id: JobId) -> Result<Job> {
+/// One job, its payload and result as a tree or as text (`J`); `NotFound` if absent or
+/// not `owner`'s.
+pub(super) async fn get<J: serde::de::DeserializeOwned>(
+    db: &impl GenericClient,
+    owner: Option<UserId>,
+    id: JobId,
+) -> Result<Job<J>> {
     let found = query_opt(
         db,
         concat!(
@@ -155,6 +161,34 @@ pub(super) async fn get(db: &impl GenericClient, owner: Option<UserId>, id: JobI
     )
     .await?;
     row::job(&found.ok_or(StoreError::NotFound)?)
+}
+
+/// The light status of one job: only the columns a poller needs, the result only when its
+/// JSON text is at most `inline_max` bytes (a larger one is not sent).
+pub(super) async fn status(
+    db: &impl GenericClient,
+    owner: Option<UserId>,
+    id: JobId,
+    inline_max: u32,
+) -> Result<JobStatus> {
+    let found = query_opt(
+        db,
+        "SELECT state, progress, updated_at, error,
+                CASE WHEN octet_length(result::text) <= $3::bigint THEN result END, result IS NOT NULL
+         FROM jobs WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)",
+        &[&id.0, &owner.map(|o| o.0), &i64::from(inline_max)],
+    )
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    Ok(JobStatus {
+        id,
+        state: row::state(&found, 0)?,
+        progress: row::get(&found, 1)?,
+        updated_at: row::get(&found, 2)?,
+        error: row::get::<Option<Json<Failure>>>(&found, 3)?.map(|j| j.0),
+        result: row::get::<Option<Json<RawJson>>>(&found, 4)?.map(|j| j.0),
+        has_result: row::get(&found, 5)?,
+    })
 }
 
 /// One job, its row locked until the transaction ends; `NotFound` as [`get`].

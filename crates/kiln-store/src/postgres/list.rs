@@ -2,6 +2,7 @@
 //! dialect.
 
 use deadpool_postgres::GenericClient;
+use kiln_domain::RawJson;
 use kiln_domain::clock::from_millis;
 use tokio_postgres::types::ToSql;
 
@@ -52,6 +53,9 @@ pub(super) async fn list(db: &impl GenericClient, query: &ListQuery) -> Result<P
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
     let rows = row::query(db, &sql, &refs).await?;
-    let rows = rows.iter().map(row::job).collect::<Result<Vec<_>>>()?;
+    let rows = rows
+        .iter()
+        .map(row::job::<RawJson>)
+        .collect::<Result<Vec<_>>>()?;
     Ok(keyset::page(rows, query))
 }

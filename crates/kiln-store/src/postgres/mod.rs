@@ -35,6 +35,7 @@ mod notify;
 mod retention;
 mod row;
 mod schema;
+mod seed;
 mod store;
 pub mod tls;
 mod users;

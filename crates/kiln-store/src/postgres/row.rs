@@ -39,7 +39,7 @@ pub(super) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
 }
 
 /// Reads a row selected with [`job_columns!`].
-pub(super) fn job(row: &Row) -> Result<Job> {
+pub(super) fn job<J: serde::de::DeserializeOwned>(row: &Row) -> Result<Job<J>> {
     Ok(Job {
         id: JobId(get(row, 0)?),
         owner: UserId(get(row, 1)?),
@@ -48,8 +48,8 @@ pub(super) fn job(row: &Row) -> Result<Job> {
         name: get(row, 4)?,
         state: state(row, 5)?,
         priority: get(row, 6)?,
-        payload: get(row, 7)?,
-        result: get(row, 8)?,
+        payload: get::<Json<J>>(row, 7)?.0,
+        result: get::<Option<Json<J>>>(row, 8)?.map(|j| j.0),
         error: get::<Option<Json<Failure>>>(row, 9)?.map(|j| j.0),
         attempts: count(row, 10)?,
         max_attempts: count(row, 11)?,

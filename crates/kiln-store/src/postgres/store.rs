@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId, change};
+use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Step, Timestamp, User, UserId, change};
 use tokio::sync::broadcast;
 
 use super::jobs::Insert;
@@ -112,6 +112,19 @@ impl Store for PgStore {
 
     async fn job_get(&self, owner: Option<UserId>, id: JobId) -> Result<Job> {
         jobs::get(&self.client().await?, owner, id).await
+    }
+
+    async fn job_read(&self, owner: Option<UserId>, id: JobId) -> Result<Job<RawJson>> {
+        jobs::get(&self.client().await?, owner, id).await
+    }
+
+    async fn job_status(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        inline_max: u32,
+    ) -> Result<JobStatus> {
+        jobs::status(&self.client().await?, owner, id, inline_max).await
     }
 
     async fn job_list(&self, query: &ListQuery) -> Result<Page> {

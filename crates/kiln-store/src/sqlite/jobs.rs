@@ -16,7 +16,7 @@ use super::event;
 use super::row::{self, id_bytes, job_columns, ms, opt_ms, to_json};
 use super::writer::Tx;
 use crate::error::{Result, StoreError};
-use crate::model::{InsertOptions, Inserted, stored_job};
+use crate::model::{InsertOptions, Inserted, JobStatus, stored_job};
 use crate::signal::Outbox;
 
 /// States that still count against `max_queued`.
@@ -87,13 +87,45 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
 }
 
 /// One job; `NotFound` if absent or not `owner`'s.
-pub(super) fn get(db: &Connection, owner: Option<UserId>, id: JobId) -> Result<Job> {
+pub(super) fn get<J: serde::de::DeserializeOwned>(
+    db: &Connection,
+    owner: Option<UserId>,
+    id: JobId,
+) -> Result<Job<J>> {
     db.prepare_cached(concat!(
         "SELECT ",
         job_columns!(),
         " FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner_id = ?2)"
     ))?
     .query_row((id_bytes(id), owner.map(|o| o.0)), row::job)
+    .optional()?
+    .ok_or(StoreError::NotFound)
+}
+
+/// The light status of one job: only the columns a poller needs, the result only when its
+/// JSON text is at most `inline_max` bytes (a larger one is neither read nor parsed).
+pub(super) fn status(
+    db: &Connection,
+    owner: Option<UserId>,
+    id: JobId,
+    inline_max: u32,
+) -> Result<JobStatus> {
+    db.prepare_cached(
+        "SELECT state, progress, updated_at, error,
+                CASE WHEN octet_length(result) <= ?3 THEN result END, result IS NOT NULL
+         FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner_id = ?2)",
+    )?
+    .query_row((id_bytes(id), owner.map(|o| o.0), inline_max), |r| {
+        Ok(JobStatus {
+            id,
+            state: row::state(r, 0)?,
+            progress: r.get(1)?,
+            updated_at: row::time(r, 2)?,
+            error: row::opt_json(r, 3)?,
+            result: row::opt_json(r, 4)?,
+            has_result: r.get(5)?,
+        })
+    })
     .optional()?
     .ok_or(StoreError::NotFound)
 }
@@ -170,5 +202,6 @@ pub(super) fn delete(tx: &mut Tx<'_>, owner: Option<UserId>, id: JobId) -> Resul
         .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
         .execute([id_bytes(id)])?;
     tx.counts.deleted(state);
+    tx.evict(id);
     Ok(())
 }

@@ -25,6 +25,7 @@
 //! This module owns the options, the URL syntax and the one place driver errors are mapped
 //! ([`map_err`]); it does not decide legality (that is [`kiln_domain::transition`]).
 
+mod cache;
 mod checkpoint;
 mod claim;
 mod counts;
@@ -50,6 +51,7 @@ use tokio::sync::broadcast;
 
 use crate::error::{Result, StoreError, backend};
 use crate::model::Signal;
+use cache::JobCache;
 use checkpoint::Checkpointer;
 use reader::ReaderPool;
 use writer::{Tx, Writer};
@@ -139,6 +141,8 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Option<Arc<ReaderPool>>,
     signals: broadcast::Sender<Signal>,
+    /// Finished jobs, evicted by the writer after each commit (see `cache`).
+    cache: Arc<JobCache>,
 }
 
 /// Signals buffered per subscriber before it sees `Lagged`.
@@ -166,11 +170,17 @@ impl SqliteStore {
             SqlitePath::Memory => None,
         };
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
-        let writer = Writer::spawn(conn, signals.clone(), opts.log_limit_bytes, checkpointer)?;
+        let cache = Arc::new(JobCache::default());
+        let outlet = writer::Outlet {
+            signals: signals.clone(),
+            cache: Arc::clone(&cache),
+        };
+        let writer = Writer::spawn(conn, outlet, opts.log_limit_bytes, checkpointer)?;
         Ok(Arc::new(SqliteStore {
             writer,
             readers,
             signals,
+            cache,
         }))
     }
 

@@ -1,87 +1,73 @@
-//! The pool of read connections.
+//! The read connections: a few threads, each owning one connection for its whole life.
 //!
 //! In WAL mode a reader sees the last commit made before its read began and never blocks the
-//! writer, so lists, gets, token lookups and stats run here beside the writer's batches.
-//! SQLite calls block, so each read runs on tokio's blocking pool; a semaphore bounds the
-//! reads in flight to the number of connections.
+//! writer, so gets, lists, token lookups and stats run here beside the writer's batches.
+//! SQLite calls block, so they cannot run on the async threads. Each read is handed to the
+//! next free reader thread over one shared queue, and the answer comes back on a oneshot.
+//! Dedicated threads are written here rather than `spawn_blocking` per read: the blocking
+//! pool's hand-off (its queue, a thread wake-up, a `JoinHandle`) and the check-out of a
+//! pooled connection behind a semaphore and a mutex cost as much as a small read itself.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
 
+use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use super::{backend, schema};
 use crate::error::Result;
 
-/// A fixed set of read connections to one database file.
+/// One read as a reader thread runs it.
+type Read = Box<dyn FnOnce(&Connection) + Send>;
+
+/// A fixed set of reader threads over one database file. Dropping the pool ends them once
+/// the reads already queued have run.
 pub(super) struct ReaderPool {
-    idle: Mutex<Vec<Connection>>,
-    permits: Arc<Semaphore>,
+    queue: Sender<Read>,
 }
 
 impl ReaderPool {
-    /// Opens `size` read connections to `file`.
+    /// Opens `size` read connections to `file`, each on its own thread.
     pub fn open(file: &Path, size: usize) -> Result<Self> {
-        let idle = (0..size)
-            .map(|_| schema::open_reader(file))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            idle: Mutex::new(idle),
-            permits: Arc::new(Semaphore::new(size)),
-        })
+        let (queue, reads) = crossbeam_channel::unbounded::<Read>();
+        for i in 0..size {
+            let conn = schema::open_reader(file)?;
+            let reads = reads.clone();
+            std::thread::Builder::new()
+                .name(format!("kiln-sqlite-reader-{i}"))
+                .spawn(move || serve(&conn, &reads))
+                .map_err(|e| backend(format!("cannot start a SQLite reader thread: {e}")))?;
+        }
+        Ok(Self { queue })
     }
 
-    /// Runs `work` on an idle connection, waiting for one if all are busy.
-    pub async fn run<R, F>(self: &Arc<Self>, work: F) -> Result<R>
+    /// Runs `work` on the next free read connection.
+    pub async fn run<R, F>(&self, work: F) -> Result<R>
     where
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+        let (answer, answered) = oneshot::channel();
+        let read: Read = Box::new(move |conn| {
+            // The caller may have gone away (a dropped request): nothing to tell then.
+            let _ = answer.send(work(conn));
+        });
+        self.queue
+            .send(read)
+            .map_err(|_| backend("the SQLite readers have stopped"))?;
+        answered
             .await
-            .map_err(|_| backend("the SQLite reader pool is closed"))?;
-        let pool = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let lent = Lent {
-                conn: pool.take(),
-                pool: &pool,
-            };
-            match &lent.conn {
-                Some(conn) => work(conn),
-                None => Err(backend("no idle SQLite reader")),
-            }
-        })
-        .await
-        .map_err(|e| backend(format!("a SQLite read failed: {e}")))?
-    }
-
-    fn take(&self) -> Option<Connection> {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
+            .map_err(|_| backend("a SQLite read failed (its thread panicked)"))?
     }
 }
 
-/// A connection on loan; goes back to the pool when dropped, even if the read panicked.
-struct Lent<'p> {
-    conn: Option<Connection>,
-    pool: &'p ReaderPool,
-}
-
-impl Drop for Lent<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
+/// A reader thread: runs reads until the pool is dropped. A read that panics drops its
+/// answer (the caller gets an error) and the thread goes on with the next one.
+fn serve(conn: &Connection, reads: &Receiver<Read>) {
+    while let Ok(read) = reads.recv() {
+        if catch_unwind(AssertUnwindSafe(|| read(conn))).is_err() {
+            tracing::error!("a SQLite read panicked");
         }
     }
 }

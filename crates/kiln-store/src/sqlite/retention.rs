@@ -57,6 +57,9 @@ fn delete_returning(tx: &mut Tx<'_>, sql: &str, params: (i64, i64)) -> Result<i6
     for &state in &states {
         tx.counts.deleted(state);
     }
+    if !states.is_empty() {
+        tx.evict_all();
+    }
     Ok(states.len() as i64)
 }
 

@@ -22,7 +22,7 @@ macro_rules! job_columns {
 pub(super) use job_columns;
 
 /// Reads a row selected with [`job_columns!`].
-pub(super) fn job(row: &Row<'_>) -> rusqlite::Result<Job> {
+pub(super) fn job<J: DeserializeOwned>(row: &Row<'_>) -> rusqlite::Result<Job<J>> {
     Ok(Job {
         id: job_id(row, 0)?,
         owner: UserId(row.get(1)?),
@@ -115,16 +115,22 @@ where
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
 }
 
+/// A JSON TEXT column, parsed straight from SQLite's buffer (into a tree, or only checked
+/// for a [`kiln_domain::RawJson`]).
 fn json<T: DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
-    let text: String = row.get(idx)?;
-    serde_json::from_str(&text)
+    let text = row.get_ref(idx)?.as_str()?;
+    serde_json::from_str(text)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
 }
 
-fn opt_json<T: DeserializeOwned>(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<T>> {
-    match row.get::<_, Option<String>>(idx)? {
+/// [`json`] of a nullable column.
+pub(super) fn opt_json<T: DeserializeOwned>(
+    row: &Row<'_>,
+    idx: usize,
+) -> rusqlite::Result<Option<T>> {
+    match row.get_ref(idx)?.as_str_or_null()? {
         None => Ok(None),
-        Some(text) => serde_json::from_str(&text)
+        Some(text) => serde_json::from_str(text)
             .map(Some)
             .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))),
     }

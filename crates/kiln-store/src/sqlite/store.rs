@@ -5,12 +5,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_domain::{Job, JobId, Lease, NewJob, Step, Timestamp, User, UserId, change};
+use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Step, Timestamp, User, UserId, change};
 use tokio::sync::broadcast;
 
+use super::cache::Cached;
 use super::{SqliteStore, claim, event, jobs, lease, list, log, retention, users};
 use crate::Store;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::model::*;
 
 #[async_trait]
@@ -73,6 +74,41 @@ impl Store for SqliteStore {
 
     async fn job_get(&self, owner: Option<UserId>, id: JobId) -> Result<Job> {
         self.read(move |db| jobs::get(db, owner, id)).await
+    }
+
+    async fn job_read(&self, owner: Option<UserId>, id: JobId) -> Result<Job<RawJson>> {
+        if let Some(hit) = self.cached(owner, id)? {
+            return Ok(Job::clone(&hit.job));
+        }
+        let epoch = self.cache.epoch();
+        let job = self.read(move |db| jobs::get(db, owner, id)).await?;
+        self.cache.offer(epoch, &job);
+        Ok(job)
+    }
+
+    async fn job_status(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        inline_max: u32,
+    ) -> Result<JobStatus> {
+        if let Some(hit) = self.cached(owner, id)? {
+            return Ok(cached_status(&hit, inline_max));
+        }
+        let epoch = self.cache.epoch();
+        let status = self
+            .read(move |db| jobs::status(db, owner, id, inline_max))
+            .await?;
+        if status.state.is_terminal() {
+            // Finished: read it whole once, so the next polls are served from the cache.
+            let job = self
+                .read(move |db| jobs::get::<RawJson>(db, owner, id))
+                .await?;
+            if let Some(kept) = self.cache.offer(epoch, &job) {
+                return Ok(cached_status(&kept, inline_max));
+            }
+        }
+        Ok(status)
     }
 
     async fn job_list(&self, query: &ListQuery) -> Result<Page> {
@@ -240,5 +276,31 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
         self.signals.subscribe()
+    }
+}
+
+impl SqliteStore {
+    /// The cached finished job `id`, if `owner` may see it; `NotFound` if it is cached and
+    /// another user's (the database would answer the same).
+    fn cached(&self, owner: Option<UserId>, id: JobId) -> Result<Option<Cached>> {
+        match self.cache.get(id) {
+            Some(hit) if owner.is_some_and(|o| o != hit.job.owner) => Err(StoreError::NotFound),
+            hit => Ok(hit),
+        }
+    }
+}
+
+/// The light status of a cached job: the result inlined only when small enough.
+fn cached_status(hit: &Cached, inline_max: u32) -> JobStatus {
+    let job = &hit.job;
+    let small = hit.result_len <= usize::try_from(inline_max).unwrap_or(usize::MAX);
+    JobStatus {
+        id: job.id,
+        state: job.state,
+        progress: job.progress,
+        updated_at: job.updated_at,
+        error: job.error.clone(),
+        result: if small { job.result.clone() } else { None },
+        has_result: job.result.is_some(),
     }
 }

@@ -26,12 +26,14 @@
 //! `COMMIT` fails, every command of the batch gets that error and no signal is sent.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
+use kiln_domain::JobId;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
+use super::cache::JobCache;
 use super::checkpoint::Checkpointer;
 use super::counts::Counts;
 use super::{backend, is_transient};
@@ -55,6 +57,15 @@ pub(super) struct Tx<'c> {
     /// Those of the batch's earlier commands, not yet in `job_counts`.
     earlier: Counts,
     signals: Vec<Signal>,
+    evicted: Evicted,
+}
+
+/// Jobs a batch changed without a state-change signal (deletes, prunes), which the cache
+/// of finished jobs must forget once it commits.
+#[derive(Default)]
+struct Evicted {
+    ids: Vec<JobId>,
+    all: bool,
 }
 
 impl Tx<'_> {
@@ -69,6 +80,17 @@ impl Tx<'_> {
     /// Publishes `signal` once the batch has committed.
     pub fn signal(&mut self, signal: Signal) {
         self.signals.push(signal);
+    }
+
+    /// Removes job `id`, which this command deleted, from the cache once the batch commits
+    /// (state changes are evicted through their `Changed` signal).
+    pub fn evict(&mut self, id: JobId) {
+        self.evicted.ids.push(id);
+    }
+
+    /// Empties the cache once the batch commits (after a bulk delete).
+    pub fn evict_all(&mut self) {
+        self.evicted.all = true;
     }
 }
 
@@ -141,14 +163,14 @@ impl Writer {
     /// Starts the thread that owns `conn`.
     pub fn spawn(
         conn: Connection,
-        signals: broadcast::Sender<Signal>,
+        outlet: Outlet,
         log_limit: usize,
         checkpointer: Option<Checkpointer>,
     ) -> Result<Self> {
         let (commands, inbox) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("kiln-sqlite-writer".to_owned())
-            .spawn(move || run(conn, &inbox, &signals, log_limit, checkpointer))
+            .spawn(move || run(conn, &inbox, &outlet, log_limit, checkpointer))
             .map_err(|e| backend(format!("cannot start the SQLite writer thread: {e}")))?;
         Ok(Self {
             commands: Some(commands),
@@ -214,11 +236,25 @@ fn stopped() -> StoreError {
     backend("the SQLite writer has stopped")
 }
 
+/// Where a committed batch is announced, in this order: the cache of finished jobs forgets
+/// what the batch changed, then its signals go out, then its callers get their replies.
+pub(super) struct Outlet {
+    pub signals: broadcast::Sender<Signal>,
+    pub cache: Arc<JobCache>,
+}
+
+/// What a batch's successful commands leave to announce after the commit.
+#[derive(Default)]
+struct Published {
+    signals: Vec<Signal>,
+    evicted: Evicted,
+}
+
 /// The thread's loop: one batch per wake-up until every sender is gone.
 fn run(
     mut conn: Connection,
     inbox: &mpsc::Receiver<Box<dyn Command>>,
-    signals: &broadcast::Sender<Signal>,
+    outlet: &Outlet,
     log_limit: usize,
     mut checkpointer: Option<Checkpointer>,
 ) {
@@ -231,7 +267,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch, signals, log_limit);
+        run_batch(&mut conn, batch, outlet, log_limit);
         if let Some(checkpointer) = &mut checkpointer {
             checkpointer.committed(&conn);
         }
@@ -241,13 +277,14 @@ fn run(
 fn run_batch(
     conn: &mut Connection,
     mut batch: Vec<Box<dyn Command>>,
-    signals: &broadcast::Sender<Signal>,
+    outlet: &Outlet,
     log_limit: usize,
 ) {
-    let mut published = Vec::new();
+    let mut published = Published::default();
     match execute(conn, &mut batch, &mut published, log_limit) {
         Ok(()) => {
-            publish(signals, published);
+            evict(&outlet.cache, &published);
+            publish(&outlet.signals, published.signals);
             for command in batch {
                 command.finish(None);
             }
@@ -266,7 +303,7 @@ fn run_batch(
 fn execute(
     conn: &mut Connection,
     batch: &mut [Box<dyn Command>],
-    published: &mut Vec<Signal>,
+    published: &mut Published,
     log_limit: usize,
 ) -> rusqlite::Result<()> {
     // BEGIN and COMMIT through cached statements: rusqlite's `Transaction` runs them with
@@ -286,7 +323,7 @@ fn execute(
 fn run_commands(
     txn: &Connection,
     batch: &mut [Box<dyn Command>],
-    published: &mut Vec<Signal>,
+    published: &mut Published,
     log_limit: usize,
 ) -> rusqlite::Result<()> {
     let mut counts = Counts::default();
@@ -302,10 +339,13 @@ fn run_commands(
             counts: Counts::default(),
             earlier: counts,
             signals: Vec::new(),
+            evicted: Evicted::default(),
         };
         let ok = command.run(&mut tx);
         if ok {
-            published.append(&mut tx.signals);
+            published.signals.append(&mut tx.signals);
+            published.evicted.ids.append(&mut tx.evicted.ids);
+            published.evicted.all |= tx.evicted.all;
             counts.add(&tx.counts);
         }
         if guarded {
@@ -329,6 +369,21 @@ fn half_written() -> rusqlite::Error {
                 .to_owned(),
         ),
     )
+}
+
+/// Makes the cache forget every job the batch changed: those with a state-change signal and
+/// those deleted. A batch that changed no job leaves the cache (and its epoch) alone.
+fn evict(cache: &JobCache, published: &Published) {
+    let changed = published.signals.iter().filter_map(|s| match s {
+        Signal::Changed(e) => Some(e.job_id),
+        _ => None,
+    });
+    let ids: Vec<JobId> = changed
+        .chain(published.evicted.ids.iter().copied())
+        .collect();
+    if !ids.is_empty() || published.evicted.all {
+        cache.evict(ids, published.evicted.all);
+    }
 }
 
 /// Sends the batch's signals in order, with `JobAvailable` at most once: one wake-up is
@@ -366,7 +421,11 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY)")
             .unwrap();
         let (signals, rx) = broadcast::channel(16);
-        (Writer::spawn(conn, signals, 1024, None).unwrap(), rx)
+        let outlet = Outlet {
+            signals,
+            cache: Arc::default(),
+        };
+        (Writer::spawn(conn, outlet, 1024, None).unwrap(), rx)
     }
 
     fn count(tx: &Tx<'_>) -> i64 {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kiln_domain::clock::from_millis;
 use kiln_domain::job::Submission;
 use kiln_domain::job_type::Catalogue;
-use kiln_domain::{Job, JobId, Lease, NewJob, Role, Timestamp, UserId};
+use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Role, Timestamp, UserId};
 use kiln_store::{
     ClaimRequest, FeedEvent, InsertOptions, Inserted, NewUser, Signal, Store, StoreError,
 };
@@ -168,4 +168,14 @@ pub fn assert_lease_lost<T: std::fmt::Debug>(result: Result<T, StoreError>) {
 /// A JSON value for results.
 pub fn result_value() -> Value {
     json!({"answer": 42})
+}
+
+/// A job read as stored text, with its payload and result parsed for comparison.
+pub fn tree(job: Job<RawJson>) -> Job {
+    job.map_json(|raw| serde_json::from_str(raw.get()).expect("stored JSON"))
+}
+
+/// Stored JSON text, parsed for comparison.
+pub fn parsed(raw: Option<RawJson>) -> Option<Value> {
+    raw.map(|raw| serde_json::from_str(raw.get()).expect("stored JSON"))
 }

@@ -15,7 +15,7 @@ async fn all_pages(store: &Arc<dyn Store>, query: &ListQuery) -> Vec<Job> {
     for _ in 0..1_000 {
         let page = store.job_list(&query).await.unwrap();
         assert!(page.items.len() <= query.limit as usize);
-        items.extend(page.items);
+        items.extend(page.items.into_iter().map(tree));
         match page.next_cursor {
             Some(cursor) => {
                 // Cursors survive their string form (the API hands them out as strings).
@@ -28,7 +28,7 @@ async fn all_pages(store: &Arc<dyn Store>, query: &ListQuery) -> Vec<Job> {
     panic!("paging did not end");
 }
 
-fn ids(jobs: &[Job]) -> Vec<JobId> {
+fn ids<J>(jobs: &[Job<J>]) -> Vec<JobId> {
     jobs.iter().map(|j| j.id).collect()
 }
 

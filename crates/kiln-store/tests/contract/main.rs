@@ -47,6 +47,8 @@ macro_rules! contract {
             submit::max_queued_refuses_with_queue_full,
             submit::other_owner_sees_not_found_everywhere,
             submit::missing_job_is_not_found,
+            submit::status_is_the_light_view_and_inlines_only_small_results,
+            submit::reads_of_a_finished_job_see_every_later_write,
             list::list_filters_by_state_type_queue_name_and_created_range,
             list::list_owner_scoping,
             list::every_sort_orders_and_pages_without_gaps_or_duplicates,

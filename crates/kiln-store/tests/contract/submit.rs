@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use kiln_domain::{JobId, JobState, JobType};
-use kiln_store::{Idempotency, InsertOptions, Inserted, Report, Store, StoreError};
+use kiln_store::{
+    Idempotency, InsertOptions, Inserted, JobStatus, Outcome, Report, Store, StoreError,
+};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -282,4 +284,147 @@ pub async fn missing_job_is_not_found(store: Arc<dyn Store>) {
     assert_not_found(store.event_list(None, id).await);
     assert_not_found(store.log_get(None, id).await);
     assert_not_found(store.log_append(id, "line\n", at(0)).await);
+}
+
+pub async fn status_is_the_light_view_and_inlines_only_small_results(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let mallory = user(&store, "mallory").await;
+    let queued = echo(&store, alice, at(0)).await;
+    let JobStatus {
+        id,
+        state,
+        progress,
+        updated_at,
+        error,
+        result,
+        has_result,
+    } = store
+        .job_status(Some(alice), queued.id, 4096)
+        .await
+        .unwrap();
+    assert_eq!(
+        (id, state, progress, updated_at, error, has_result),
+        (
+            queued.id,
+            JobState::Queued,
+            0.0,
+            queued.updated_at,
+            None,
+            false
+        )
+    );
+    assert!(result.is_none());
+    assert_not_found(store.job_status(Some(mallory), queued.id, 4096).await);
+    assert_not_found(store.job_status(None, JobId::new(), 4096).await);
+
+    let running = claim_one(&store, "n1", at(1)).await;
+    let result = json!({"text": "x".repeat(100)});
+    let done = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Succeeded(result.clone()),
+            at(2),
+        )
+        .await
+        .unwrap();
+    let small = store.job_status(None, done.id, 4096).await.unwrap();
+    assert_eq!(
+        (small.state, small.progress, small.updated_at),
+        (JobState::Succeeded, done.progress, done.updated_at)
+    );
+    assert_eq!(parsed(small.result), Some(result));
+    assert!(small.has_result);
+    // Too large to inline: left out, but known to exist.
+    let large = store.job_status(None, done.id, 50).await.unwrap();
+    assert!(large.result.is_none() && large.has_result);
+}
+
+/// Reads of a finished job, repeated (a backend may serve them from memory), then a write:
+/// the next read must show the write.
+pub async fn reads_of_a_finished_job_see_every_later_write(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let mallory = user(&store, "mallory").await;
+    let job = echo(&store, alice, at(0)).await;
+    let running = claim_one(&store, "n1", at(1)).await;
+    let failure = kiln_domain::Failure::permanent("boom", "it broke");
+    let outcome = Outcome::Failed {
+        failure,
+        retry_at: None,
+    };
+    store
+        .job_complete(&lease_of(&running), outcome, at(2))
+        .await
+        .unwrap();
+    let read_twice = async |state: JobState| {
+        for _ in 0..2 {
+            let read = tree(store.job_read(Some(alice), job.id).await.unwrap());
+            assert_eq!(read, store.job_get(Some(alice), job.id).await.unwrap());
+            assert_eq!(read.state, state);
+            assert_not_found(store.job_read(Some(mallory), job.id).await);
+            let status = store.job_status(Some(alice), job.id, 4096).await.unwrap();
+            assert_eq!(status.state, state);
+            assert_not_found(store.job_get(Some(mallory), job.id).await);
+            assert_not_found(store.job_status(Some(mallory), job.id, 4096).await);
+        }
+    };
+    read_twice(JobState::Dead).await;
+
+    store
+        .job_retry(Some(alice), job.id, 1, at(3))
+        .await
+        .unwrap();
+    read_twice(JobState::Queued).await;
+
+    let running = claim_one(&store, "n1", at(4)).await;
+    let done = store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Succeeded(result_value()),
+            at(5),
+        )
+        .await
+        .unwrap();
+    read_twice(JobState::Succeeded).await;
+    let status = store.job_status(None, job.id, 4096).await.unwrap();
+    assert_eq!(parsed(status.result), Some(result_value()));
+    assert_eq!(status.updated_at, done.updated_at);
+    assert!(
+        store
+            .job_status(None, job.id, 3)
+            .await
+            .unwrap()
+            .result
+            .is_none()
+    );
+
+    store.job_delete(Some(alice), job.id).await.unwrap();
+    assert_not_found(store.job_read(None, job.id).await);
+    assert_not_found(store.job_status(None, job.id, 4096).await);
+
+    // Pruning forgets finished jobs just as surely.
+    let other = echo(&store, alice, at(10)).await;
+    let running = claim_one(&store, "n1", at(11)).await;
+    store
+        .job_complete(
+            &lease_of(&running),
+            Outcome::Succeeded(result_value()),
+            at(12),
+        )
+        .await
+        .unwrap();
+    read_twice_of(&store, alice, other.id).await;
+    assert_eq!(store.job_prune(at(13), None).await.unwrap(), 1);
+    assert_not_found(store.job_read(None, other.id).await);
+    assert_not_found(store.job_status(None, other.id, 4096).await);
+}
+
+async fn read_twice_of(store: &Arc<dyn Store>, owner: kiln_domain::UserId, id: JobId) {
+    for _ in 0..2 {
+        let job = store.job_read(Some(owner), id).await.unwrap();
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(
+            store.job_status(None, id, 4096).await.unwrap().state,
+            job.state
+        );
+    }
 }

@@ -1,9 +1,13 @@
 //! `kiln bench` (the measuring instrument, ADR 0006): the real binary against a local child
-//! server and against `--url`, with tiny counts; bad flags exit 2.
+//! server (on SQLite, and on PostgreSQL with `--database`) and against `--url`, with tiny
+//! counts; bad flags exit 2.
 
 use std::process::{Command, Output};
 
 use serde_json::Value;
+
+use kiln_store::Store;
+use kiln_testkit::TempPostgres;
 
 use crate::helpers::{ADMIN_PASSWORD, TestApp};
 
@@ -19,6 +23,8 @@ const TINY: &[&str] = &[
     "5",
     "--list-requests",
     "50",
+    "--read-seconds",
+    "0.2",
     "--max-seconds",
     "30",
     "--json",
@@ -51,6 +57,44 @@ fn figure(report: &Value, scenario: &str, name: &str) -> f64 {
         .find(|f| f["scenario"] == scenario && f["figure"] == name)
         .and_then(|f| f["value"].as_f64())
         .unwrap_or_else(|| panic!("no figure `{scenario} / {name}` in {report:#}"))
+}
+
+/// The endpoints `read` measures, in its order.
+const READ_ENDPOINTS: [&str; 11] = [
+    "GET /healthz",
+    "GET /api/v1/me",
+    "GET /api/v1/jobs/{id}, small job",
+    "GET /api/v1/jobs/{id}, 11 KB result",
+    "GET /api/v1/jobs/{id}/status, small job",
+    "GET /api/v1/jobs/{id}/status, 11 KB result",
+    "GET /api/v1/jobs/{id}/events",
+    "GET /api/v1/jobs/{id}/logs",
+    "GET /api/v1/jobs?limit=20",
+    "GET /api/v1/jobs?limit=20&state=succeeded",
+    "GET /api/v1/admin/jobs?limit=20",
+];
+
+/// The `read` rows: one per endpoint, in order, each with answers, ordered percentiles, no
+/// errors, and the server's CPU per request when `local`.
+fn read_rows(report: &Value, local: bool) -> &Vec<Value> {
+    let rows = report["endpoints"].as_array().expect("an endpoints array");
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, READ_ENDPOINTS, "{report:#}");
+    for row in rows {
+        assert_eq!(row["scenario"], "read");
+        assert_eq!(row["errors"], 0, "{row}");
+        assert!(row["requests"].as_u64().unwrap() > 0, "{row}");
+        assert!(row["requests_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        let p = ["p50_ms", "p95_ms", "p99_ms"].map(|p| row[p].as_f64().unwrap());
+        assert!(0.0 < p[0] && p[0] <= p[1] && p[1] <= p[2], "{row}");
+        assert_eq!(row["server_cpu_us"].is_number(), local, "{row}");
+        assert!(row["percent_of_baseline"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    assert_eq!(rows[0]["percent_of_baseline"], 100.0);
+    rows
 }
 
 /// p50 ≤ p95 ≤ p99 of one measure, each present and not negative.
@@ -86,13 +130,85 @@ fn bench_runs_every_scenario_on_a_local_server_and_reports_every_figure() {
     assert!(figure(&r, "list", "jobs in the table") >= 1000.0 + 2.0 * 200.0);
     assert!(ordered(&r, "list", "GET /jobs?limit=20")[0] > 0.0);
     assert!(ordered(&r, "list", "GET /jobs?limit=20&state=succeeded")[0] > 0.0);
+    read_rows(&r, true);
     assert!(figure(&r, "server", "peak RSS (VmHWM)") > 1.0);
-    for scenario in ["submit", "e2e", "latency", "cancel", "list"] {
+    for scenario in ["submit", "e2e", "latency", "cancel", "list", "read"] {
         // CPU time has a 10 ms resolution: a tiny scenario may show 0.
         assert!(figure(&r, scenario, "server CPU") >= 0.0);
         assert!(figure(&r, scenario, "bench (client) CPU") >= 0.0);
     }
     assert_eq!(r["errors"], serde_json::json!([]));
+}
+
+#[test]
+fn bench_read_measures_every_read_endpoint_on_a_table_spread_over_users() {
+    let r = report(&bench(&[
+        "--scenario",
+        "read",
+        "--read-seconds",
+        "1",
+        "--seed-jobs",
+        "2000",
+        "--seed-users",
+        "5",
+        "--json",
+    ]));
+
+    assert_eq!(figure(&r, "seed", "jobs written (store, bulk)"), 2000.0);
+    assert_eq!(figure(&r, "seed", "users owning them"), 5.0);
+    // Counted before the scenario submits the two jobs it reads.
+    assert_eq!(figure(&r, "read", "jobs in the table"), 2000.0);
+    assert_eq!(figure(&r, "read", "connections"), 64.0);
+    assert_eq!(figure(&r, "read", "measured time per endpoint"), 1.0);
+    assert!(figure(&r, "read", "GET /api/v1/jobs/{id} body, 11 KB result") > 2.0 * 11_000.0);
+    read_rows(&r, true);
+    assert_eq!(r["errors"], serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_runs_its_local_server_on_an_empty_postgres_database_and_refuses_a_used_one() {
+    let Some(db) = TempPostgres::create().await else {
+        return;
+    };
+    let args = [
+        "--database",
+        db.url.as_str(),
+        "--scenario",
+        "read",
+        "--read-seconds",
+        "0.2",
+        "--seed-jobs",
+        "1000",
+        "--seed-users",
+        "3",
+        "--connections",
+        "8",
+        "--json",
+    ]
+    .map(str::to_owned);
+    let again = args.clone();
+    let out = tokio::task::spawn_blocking(move || bench(&args))
+        .await
+        .unwrap();
+    let r = report(&out);
+    assert!(
+        r["durability"].as_str().unwrap().starts_with("PostgreSQL "),
+        "{r}"
+    );
+    assert_eq!(figure(&r, "seed", "jobs written (store, bulk)"), 1000.0);
+    assert_eq!(figure(&r, "read", "jobs in the table"), 1000.0);
+    read_rows(&r, true);
+
+    // The database now holds jobs: a second run refuses it and writes nothing.
+    let out = tokio::task::spawn_blocking(move || bench(&again))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already holds jobs"), "{stderr}");
+    let store = db.store().await;
+    assert_eq!(store.job_stats().await.unwrap().total_submitted, 1002);
+    assert_eq!(store.user_count().await.unwrap(), 4);
 }
 
 #[test]
@@ -190,6 +306,26 @@ fn bench_rejects_bad_flags_with_exit_2_and_says_why() {
             "--tls apply to the local server only",
         ),
         (&["--scenario", "nope"][..], "invalid value 'nope'"),
+        (
+            &["--read-seconds", "0"][..],
+            "--read-seconds must be between",
+        ),
+        (&["--seed-users", "0"][..], "--seed-users must be between"),
+        (
+            &["--database", "sqlite://kiln.db"][..],
+            "--database takes a postgres:// URL",
+        ),
+        (
+            &[
+                "--url",
+                "http://127.0.0.1:1",
+                "--token",
+                "t",
+                "--seed-users",
+                "2",
+            ][..],
+            "--seed-users apply to the local server only",
+        ),
     ] {
         let out = bench(args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -84,6 +84,14 @@ impl Client {
         Ok(self)
     }
 
+    /// The same client (and connection pool) sending no `Authorization` header.
+    pub fn anonymous(&self) -> Self {
+        Self {
+            auth: None,
+            ..self.clone()
+        }
+    }
+
     /// Logs in and returns the session token.
     pub async fn login(&self, username: &str, password: &str) -> anyhow::Result<String> {
         let body = serde_json::json!({"username": username, "password": password});

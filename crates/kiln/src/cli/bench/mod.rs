@@ -1,12 +1,15 @@
 //! `kiln bench`: the measuring instrument (ADR 0006). It starts a `kiln serve` child on a
-//! temp SQLite database (or targets `--url`), logs in, runs the selected scenarios over
-//! HTTP/1.1 keep-alive connections and prints a markdown table (or `--json`).
+//! temp SQLite database or an empty PostgreSQL one (`--database`), or targets `--url`, logs
+//! in, runs the selected scenarios over HTTP/1.1 keep-alive connections and prints markdown
+//! tables (or `--json`).
 //!
 //! # Layout
 //! - [`http`]: the hyper client.
 //! - [`server`]: the local server (seeding, child process, peak RSS).
 //! - [`load`]: `submit` and `e2e`, and the shared helpers (concurrent submissions, drain).
 //! - [`probe`]: `latency`, `cancel`, `list`.
+//! - [`read`]: `read` (each read endpoint's requests/s, latency and CPU per request).
+//! - [`stream`]: `stream` (live log followers).
 //! - [`procfs`]: peak RSS and CPU time from `/proc`.
 //! - [`report`]: figures, percentiles, table and JSON.
 //!
@@ -16,6 +19,7 @@ mod http;
 mod load;
 mod probe;
 mod procfs;
+mod read;
 mod report;
 mod server;
 mod stream;
@@ -42,6 +46,9 @@ pub enum Scenario {
     Cancel,
     /// `GET /api/v1/jobs` latency on a (seeded) table.
     List,
+    /// Each read endpoint hammered by `--connections` connections for `--read-seconds`:
+    /// requests/s, latency, server CPU per request, and the rate against `/healthz`.
+    Read,
     /// Live log streaming: a `command` job writing `--stream-lines` lines, followed by
     /// `--stream-readers` SSE readers, against the same job with no reader.
     Stream,
@@ -95,10 +102,23 @@ pub struct BenchArgs {
     /// Requests of each kind made by `list`.
     #[arg(long, default_value_t = 500)]
     pub list_requests: usize,
+    /// Seconds `read` measures each endpoint for (after a warm-up of up to 0.5 s that is
+    /// not counted); the whole scenario still stops at `--max-seconds`.
+    #[arg(long, default_value_t = 4.0)]
+    pub read_seconds: f64,
     /// Finished jobs written before the scenarios run (through the store for the local
     /// server, over HTTP with `--url`).
     #[arg(long, default_value_t = 0)]
     pub seed_jobs: u64,
+    /// Local server only: users (`seed-1`…`seed-N`, clients that cannot log in) the seeded
+    /// jobs are spread over, round robin; the bench's admin owns none of them.
+    #[arg(long, default_value_t = 1)]
+    pub seed_users: u64,
+    /// Local server only: a `postgres://` URL of an empty database for it to use (never
+    /// read from the environment); by default a temp SQLite file. The bench refuses a
+    /// database that holds jobs, and leaves its own there.
+    #[arg(long)]
+    pub database: Option<String>,
     /// Local server only: SQLite durability mode (default normal).
     #[arg(long, value_enum)]
     pub sqlite_sync: Option<SqliteSync>,
@@ -138,6 +158,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Cancel => "cancel",
             Scenario::List => "list",
+            Scenario::Read => "read",
             Scenario::Stream => "stream",
         }
     }
@@ -180,10 +201,36 @@ impl BenchArgs {
             self.max_concurrency.is_none_or(|n| (1..=1024).contains(&n)),
             "--max-concurrency must be between 1 and 1024",
         );
+        check(
+            (0.1..=3600.0).contains(&self.read_seconds),
+            "--read-seconds must be between 0.1 and 3600",
+        );
+        check(
+            (1..=100_000).contains(&self.seed_users),
+            "--seed-users must be between 1 and 100000",
+        );
+        if let Some(url) = &self.database {
+            let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            check(
+                postgres,
+                "--database takes a postgres:// URL (without it the local server uses a temp SQLite file)",
+            );
+            if postgres && let Err(e) = kiln_store::postgres::tls::check_url(url) {
+                check(false, &format!("--database: {e}"));
+            }
+            check(
+                self.sqlite_sync.is_none(),
+                "--sqlite-sync applies to SQLite only, not with a PostgreSQL --database",
+            );
+        }
         if self.url.is_some() {
             check(
                 self.sqlite_sync.is_none() && self.max_concurrency.is_none() && !self.tls,
                 "--sqlite-sync, --max-concurrency and --tls apply to the local server only, not with --url",
+            );
+            check(
+                self.database.is_none() && self.seed_users == 1,
+                "--database and --seed-users apply to the local server only, not with --url",
             );
             check(
                 self.token.is_some() || self.password.is_some(),
@@ -249,33 +296,37 @@ fn new_report(durability: String, server: String) -> Report {
         server,
         version: env!("CARGO_PKG_VERSION"),
         figures: Vec::new(),
+        endpoints: Vec::new(),
         errors: Vec::new(),
     }
 }
 
 /// Against a local `kiln serve` child.
 async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
-    let sync = args.sqlite_sync.unwrap_or(SqliteSync::Normal);
     let opts = LocalOptions {
-        sync,
+        sync: args.sqlite_sync.unwrap_or(SqliteSync::Normal),
         max_concurrency: args.max_concurrency.unwrap_or(4),
         seed_jobs: args.seed_jobs,
+        seed_users: args.seed_users,
+        database: args.database.clone(),
         tls: args.tls,
     };
-    let (server, seeding) = LocalServer::start(&opts).await?;
+    let (server, seeded) = LocalServer::start(&opts).await?;
     let mut report = new_report(
+        seeded.durability,
         format!(
-            "SQLite WAL, synchronous={}",
-            server::sync_name(sync).to_uppercase()
-        ),
-        format!(
-            "`kiln serve` child process on 127.0.0.1 over {}, MAX_CONCURRENCY={}; RSS is its VmHWM; jobs: {}",
+            "`kiln serve` child process on 127.0.0.1 over {}, MAX_CONCURRENCY={}{}; RSS is its VmHWM; jobs: {}",
             if opts.tls {
                 "HTTPS (rustls, ring)"
             } else {
                 "plain HTTP"
             },
             opts.max_concurrency,
+            if opts.database.is_some() {
+                format!(", PostgreSQL pool {}", server::PG_POOL)
+            } else {
+                String::new()
+            },
             load::describe(args.job)
         ),
     );
@@ -286,7 +337,8 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
             args.seed_jobs as f64,
             "jobs",
         );
-        report.push("seed", "time", seeding.as_secs_f64(), "s");
+        report.push("seed", "users owning them", args.seed_users as f64, "users");
+        report.push("seed", "time", seeded.took.as_secs_f64(), "s");
     }
     let client = Client::new(&server.base, args.connections, server.ca_cert.as_deref())?;
     let token = server.login(&client).await?;
@@ -382,6 +434,11 @@ async fn one(
         Scenario::List => {
             let rows = load::counts(client).await?.total;
             probe::list(client, args.list_requests, rows, limit, report).await
+        }
+        Scenario::Read => {
+            let rows = load::counts(client).await?.total;
+            let seconds = Duration::from_secs_f64(args.read_seconds);
+            read::read(client, conns, seconds, server, rows, limit, report).await
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The benchmark's results: figures (scenario, figure, value, unit) under a header that
-//! names the machine and the durability mode, printed as a markdown table or as JSON.
+//! names the machine and the durability mode, and one row per endpoint for the scenarios
+//! that measure many (`read`), printed as markdown tables or as JSON.
 
 use std::time::Duration;
 
@@ -18,6 +19,34 @@ pub struct Figure {
     pub unit: &'static str,
 }
 
+/// What one endpoint sustained: a row of the endpoints table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    /// Which scenario measured it (`read`).
+    pub scenario: &'static str,
+    /// The request, e.g. `GET /api/v1/me`.
+    pub endpoint: String,
+    /// 2xx answers counted in the measured window.
+    pub requests: u64,
+    /// Answers that were not 2xx, and requests that failed, warm-up included.
+    pub errors: u64,
+    /// `requests` per second of the measured window.
+    pub requests_per_s: f64,
+    /// Latency percentiles of the counted requests, in milliseconds.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p95_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// The server's CPU time per counted request, in microseconds (`None` when the server
+    /// is not a local process).
+    pub server_cpu_us: Option<f64>,
+    /// The bench's own CPU time per counted request, in microseconds.
+    pub bench_cpu_us: Option<f64>,
+    /// `requests_per_s` as a percentage of the scenario's baseline (`GET /healthz`).
+    pub percent_of_baseline: Option<f64>,
+}
+
 /// Everything `kiln bench` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -31,6 +60,8 @@ pub struct Report {
     pub version: &'static str,
     /// The figures, in scenario order.
     pub figures: Vec<Figure>,
+    /// One row per measured endpoint (the `read` scenario), in the order measured.
+    pub endpoints: Vec<Endpoint>,
     /// Scenarios that failed or stopped at `--max-seconds`, and why.
     pub errors: Vec<String>,
 }
@@ -75,6 +106,29 @@ impl Report {
                 format_value(f.value),
                 f.unit
             ));
+        }
+        if !self.endpoints.is_empty() {
+            out.push_str(
+                "\n| scenario | endpoint | requests/s | % of /healthz | p50 ms | p95 ms \
+                 | p99 ms | server CPU µs/req | bench CPU µs/req | errors |\n\
+                 |---|---|---|---|---|---|---|---|---|---|\n",
+            );
+            let maybe = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), format_value);
+            for e in &self.endpoints {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    e.scenario,
+                    e.endpoint,
+                    format_value(e.requests_per_s.round()),
+                    maybe(e.percent_of_baseline),
+                    format_value(e.p50_ms),
+                    format_value(e.p95_ms),
+                    format_value(e.p99_ms),
+                    maybe(e.server_cpu_us),
+                    maybe(e.bench_cpu_us),
+                    e.errors
+                ));
+            }
         }
         for e in &self.errors {
             out.push_str(&format!("\nnot measured: {e}\n"));
@@ -123,6 +177,7 @@ mod tests {
             server: "child".to_owned(),
             version: "0.1.0",
             figures: Vec::new(),
+            endpoints: Vec::new(),
             errors: Vec::new(),
         };
         r.push("submit", "throughput", 12345.6, "jobs/s");
@@ -131,5 +186,31 @@ mod tests {
         assert!(md.starts_with("kiln bench 0.1.0: 2 cores; SQLite WAL"));
         assert!(md.contains("| submit | throughput | 12346 | jobs/s |"));
         assert!(md.contains("| list | p95 | 1.23 | ms |"));
+        assert!(
+            !md.contains("| endpoint |"),
+            "no endpoints table without endpoints"
+        );
+
+        r.endpoints.push(Endpoint {
+            scenario: "read",
+            endpoint: "GET /api/v1/me".to_owned(),
+            requests: 40_000,
+            errors: 0,
+            requests_per_s: 10_000.4,
+            p50_ms: 4.5,
+            p95_ms: 9.25,
+            p99_ms: 12.0,
+            server_cpu_us: Some(88.5),
+            bench_cpu_us: None,
+            percent_of_baseline: Some(41.2),
+        });
+        let md = r.markdown();
+        assert!(md.contains("| scenario | endpoint | requests/s | % of /healthz |"));
+        assert!(
+            md.contains(
+                "| read | GET /api/v1/me | 10000 | 41.20 | 4.50 | 9.25 | 12 | 88.50 | – | 0 |"
+            ),
+            "{md}"
+        );
     }
 }

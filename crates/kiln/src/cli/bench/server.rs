@@ -1,6 +1,7 @@
 //! The server under test: either a `kiln serve` child process on a fresh SQLite file in a
-//! temp dir (seeded beforehand straight through the store; with `--tls`, serving HTTPS with
-//! a development certificate made in that dir), or a running server at `--url`.
+//! temp dir, or on the empty PostgreSQL database of `--database` (seeded beforehand
+//! straight through the store; with `--tls`, serving HTTPS with a development certificate
+//! made in the temp dir), or a running server at `--url`.
 //!
 //! Why a child process and not a node in this process: its peak RSS (`VmHWM` in
 //! `/proc/<pid>/status`) is then the server's alone, and client and server CPU time are
@@ -12,8 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kiln_store::Store;
+use kiln_domain::{Role, Timestamp, UserId};
+use kiln_store::postgres::{PgOptions, PgStore};
 use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore, Synchronous};
+use kiln_store::{NewUser, Store};
 use tokio::process::{Child, Command};
 
 use super::http::Client;
@@ -25,7 +28,15 @@ const ADMIN_PASSWORD: &str = "kiln-bench-password";
 /// How long a fresh server may take to answer `/healthz`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A `kiln serve` child on a temp database; killed when dropped.
+/// Pool size of a local server on PostgreSQL (`kiln serve`'s default, set explicitly so the
+/// caller's `KILN_PG_POOL` does not change what is measured).
+pub const PG_POOL: usize = 16;
+
+/// The password hash of the seeded users: not a PHC string, so no password matches it and
+/// nobody can log in as them.
+const NO_LOGIN: &str = "!seeded by kiln bench: no login";
+
+/// A `kiln serve` child on a temp database (or `--database`); killed when dropped.
 pub struct LocalServer {
     child: Child,
     pid: Option<u32>,
@@ -33,6 +44,9 @@ pub struct LocalServer {
     pub base: String,
     /// With TLS: the CA of its certificate, for the client to trust.
     pub ca_cert: Option<PathBuf>,
+    /// The database had users before the bench came, so its `admin` may not have the
+    /// bench's password.
+    had_users: bool,
     // Kept so the database outlives the server; removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -45,17 +59,38 @@ pub struct LocalOptions {
     pub max_concurrency: usize,
     /// Jobs to seed before it starts.
     pub seed_jobs: u64,
+    /// Users the seeded jobs are spread over, round robin.
+    pub seed_users: u64,
+    /// A `postgres://` URL of an empty database to use instead of a temp SQLite file.
+    pub database: Option<String>,
     /// Serve HTTPS with a fresh development certificate.
     pub tls: bool,
 }
 
+/// What seeding left for the report.
+pub struct Seeded {
+    /// How long seeding took (users, jobs and, on PostgreSQL, the `VACUUM (ANALYZE)`).
+    pub took: Duration,
+    /// The durability mode for the report's header.
+    pub durability: String,
+}
+
 impl LocalServer {
     /// Creates the database (seeding it), starts `kiln serve` on a free loopback port and
-    /// waits until it answers. Returns the server and how long seeding took.
-    pub async fn start(opts: &LocalOptions) -> anyhow::Result<(Self, Duration)> {
+    /// waits until it answers. Returns the server and what seeding did.
+    pub async fn start(opts: &LocalOptions) -> anyhow::Result<(Self, Seeded)> {
         let dir = tempfile::tempdir().context("while creating a temp dir")?;
-        let db = dir.path().join("kiln.db");
-        let seeded = seed(&db, opts).await?;
+        let (database, seeded, had_users) = match &opts.database {
+            Some(url) => {
+                let (seeded, had_users) = seed_postgres(url, opts).await?;
+                (url.clone(), seeded, had_users)
+            }
+            None => {
+                let db = dir.path().join("kiln.db");
+                let seeded = seed_sqlite(&db, opts).await?;
+                (format!("sqlite://{}", db.display()), seeded, false)
+            }
+        };
         let port = free_port()?;
         let exe = std::env::current_exe().context("while locating the kiln binary")?;
         let mut command = Command::new(exe);
@@ -66,16 +101,27 @@ impl LocalServer {
             true => Some(dev_certificate(dir.path(), &mut command)?),
             false => None,
         };
+        if opts.database.is_some() {
+            // Not beside the SQLite file (there is none): in the temp dir.
+            let objects = dir.path().join("objects");
+            command
+                .arg("--object-store")
+                .arg(format!("file://{}", objects.display()))
+                .args(["--pg-pool", &PG_POOL.to_string()]);
+        } else {
+            command.args(["--sqlite-sync", sync_name(opts.sync)]);
+        }
         let child = command
             .args(["--port", &port.to_string()])
-            .args(["--database", &format!("sqlite://{}", db.display())])
-            .args(["--sqlite-sync", sync_name(opts.sync)])
+            .args(["--database", &database])
             .args(["--max-concurrency", &opts.max_concurrency.to_string()])
             .args(["--node-id", "kiln-bench"])
             // For `--job command` and the `stream` scenario.
             .args(["--command-allow", "/bin/true,/bin/sleep,/bin/sh"])
             .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("KILN_CONFIG")
+            .env_remove("KILN_OBJECT_STORE")
+            .env_remove("KILN_PG_POLL_ONLY")
             // TLS only as `--tls` asks: not from the caller's environment.
             .env_remove("KILN_TLS_CERT")
             .env_remove("KILN_TLS_KEY")
@@ -91,6 +137,7 @@ impl LocalServer {
             child,
             base: format!("{scheme}://127.0.0.1:{port}"),
             ca_cert,
+            had_users,
             _dir: dir,
         };
         server.wait_ready().await?;
@@ -99,7 +146,14 @@ impl LocalServer {
 
     /// Logs in as the local admin.
     pub async fn login(&self, client: &Client) -> anyhow::Result<String> {
-        client.login("admin", ADMIN_PASSWORD).await
+        let login = client.login("admin", ADMIN_PASSWORD).await;
+        if self.had_users {
+            return login.context(
+                "the --database already had users, so its `admin` was not made by the bench \
+                 and has another password: give the bench a new, empty database",
+            );
+        }
+        login
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -148,9 +202,9 @@ fn dev_certificate(dir: &std::path::Path, command: &mut Command) -> anyhow::Resu
     Ok(paths.ca)
 }
 
-/// Opens the database, creates the admin and writes `seed_jobs` finished jobs; the store
-/// is closed again before the server opens the file.
-async fn seed(db: &std::path::Path, opts: &LocalOptions) -> anyhow::Result<Duration> {
+/// Opens the SQLite file, creates the admin and the seed users and writes `seed_jobs`
+/// finished jobs; the store is closed again before the server opens the file.
+async fn seed_sqlite(db: &std::path::Path, opts: &LocalOptions) -> anyhow::Result<Seeded> {
     let store = SqliteStore::open(SqliteOptions {
         path: SqlitePath::File(db.to_path_buf()),
         synchronous: match opts.sync {
@@ -163,22 +217,94 @@ async fn seed(db: &std::path::Path, opts: &LocalOptions) -> anyhow::Result<Durat
     let now = chrono::Utc::now();
     let started = Instant::now();
     if opts.seed_jobs > 0 {
-        kiln_server::ensure_admin(store.as_ref(), Some(ADMIN_PASSWORD), now)
-            .await
-            .context("while creating the admin user")?;
-        let admin = store
-            .user_by_name("admin")
-            .await?
-            .context("the admin user is missing")?;
+        let owners = seed_users(store.as_ref(), opts.seed_users, now).await?;
         store
-            .job_seed(admin.user.id, opts.seed_jobs, now)
+            .job_seed(&owners, opts.seed_jobs, now)
             .await
             .context("while seeding jobs")?;
     }
     let took = started.elapsed();
     // The last handle: dropping it joins the writer thread, so the file is closed.
     drop::<Arc<SqliteStore>>(store);
-    Ok(took)
+    let durability = format!(
+        "SQLite WAL, synchronous={}",
+        sync_name(opts.sync).to_uppercase()
+    );
+    Ok(Seeded { took, durability })
+}
+
+/// Refuses a PostgreSQL database that holds jobs (before anything is written to it), then
+/// migrates it, creates the admin and the seed users and writes `seed_jobs` finished jobs.
+/// Returns what seeding did and whether the database already had users.
+async fn seed_postgres(url: &str, opts: &LocalOptions) -> anyhow::Result<(Seeded, bool)> {
+    let holds_jobs = PgStore::holds_jobs(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .context("while connecting to the --database")?;
+    if holds_jobs {
+        bail!(
+            "the --database already holds jobs; kiln bench adds jobs of its own and measures \
+             a table of known size, and it never deletes anybody's data: give it a new, \
+             empty database (e.g. `createdb kiln_bench_1`)"
+        );
+    }
+    let store = PgStore::connect(
+        url,
+        PgOptions {
+            pool_size: 2,
+            listen: false,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}"))
+    .context("while connecting to the --database")?;
+    let had_users = store.user_count().await? > 0;
+    let now = chrono::Utc::now();
+    let started = Instant::now();
+    if opts.seed_jobs > 0 {
+        let owners = seed_users(store.as_ref(), opts.seed_users, now).await?;
+        store
+            .job_seed(&owners, opts.seed_jobs, now)
+            .await
+            .context("while seeding jobs")?;
+    }
+    let took = started.elapsed();
+    let durability = store
+        .describe_server()
+        .await
+        .context("while reading the PostgreSQL settings")?;
+    Ok((Seeded { took, durability }, had_users))
+}
+
+/// Creates the admin (if the database has no user yet) and the users `seed-1`…`seed-N`
+/// (clients that cannot log in; reused if they exist); returns the seed users' ids.
+async fn seed_users(store: &dyn Store, count: u64, now: Timestamp) -> anyhow::Result<Vec<UserId>> {
+    // First: the admin is only created while the database has no user.
+    kiln_server::ensure_admin(store, Some(ADMIN_PASSWORD), now)
+        .await
+        .context("while creating the admin user")?;
+    let mut owners = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for n in 1..=count {
+        let username = format!("seed-{n}");
+        let id = match store.user_by_name(&username).await? {
+            Some(found) => found.user.id,
+            None => {
+                let user = NewUser {
+                    username,
+                    password_hash: NO_LOGIN.to_owned(),
+                    role: Role::Client,
+                };
+                store
+                    .user_insert(user, now)
+                    .await
+                    .context("while creating the seed users")?
+                    .id
+            }
+        };
+        owners.push(id);
+    }
+    Ok(owners)
 }
 
 /// A loopback port that was free a moment ago (the server binds it right after).
