@@ -41,7 +41,7 @@ const COMPLETE: &str = concat!(
                                 ELSE $6::timestamptz END, run_at),
          finished_at = CASE WHEN cancel_requested THEN $9::timestamptz
                             ELSE $8::timestamptz END,
-         result = coalesce($10::jsonb, result), error = coalesce($11::jsonb, error),
+         result = coalesce($10::json, result), error = coalesce($11::jsonb, error),
          progress = coalesce($12::real, progress), updated_at = $13,
          node = NULL, lease_expires_at = NULL, event_seq = event_seq + 1",
     fenced!(),

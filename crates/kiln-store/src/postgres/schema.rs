@@ -18,6 +18,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_job_log_heads.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_job_json_as_text.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).
