@@ -20,8 +20,13 @@ use crate::problem::ApiError;
 const CACHE: &str = "private, no-cache";
 
 /// `value` as JSON with its `ETag`, or an empty `304` when `If-None-Match` names the tag.
-pub fn json<T: Serialize>(headers: &HeaderMap, value: &T) -> Result<Response, ApiError> {
-    let body = serde_json::to_vec(value).map_err(ApiError::internal)?;
+/// `size_hint` is about how many bytes the body will take (see [`body`]).
+pub fn json<T: Serialize>(
+    headers: &HeaderMap,
+    value: &T,
+    size_hint: usize,
+) -> Result<Response, ApiError> {
+    let body = body(value, size_hint)?;
     let tag = etag(&body);
     let mut resp = if matches(headers, &tag) {
         StatusCode::NOT_MODIFIED.into_response()
@@ -37,6 +42,22 @@ pub fn json<T: Serialize>(headers: &HeaderMap, value: &T) -> Result<Response, Ap
     }
     h.insert(CACHE_CONTROL, HeaderValue::from_static(CACHE));
     Ok(resp)
+}
+
+/// `value` written as JSON into a buffer of `size_hint` bytes from the start: a page of jobs
+/// or a large result would otherwise be copied again each time the buffer doubles.
+pub fn body<T: Serialize>(value: &T, size_hint: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::with_capacity(size_hint.clamp(256, 1 << 20));
+    serde_json::to_writer(&mut body, value).map_err(ApiError::internal)?;
+    Ok(body)
+}
+
+/// The bytes a job's record takes besides its payload and result.
+pub const JOB_OVERHEAD: usize = 512;
+
+/// About how many bytes a job's record takes as JSON.
+pub fn job_size(job: &kiln_domain::Job<kiln_domain::RawJson>) -> usize {
+    JOB_OVERHEAD + job.payload.get().len() + job.result.as_ref().map_or(0, |r| r.get().len())
 }
 
 /// A strong tag of `body`: 64 bits of SipHash with fixed keys, the same on every node
@@ -70,7 +91,7 @@ mod tests {
 
     #[test]
     fn a_matching_tag_answers_304_without_a_body() {
-        let first = json(&HeaderMap::new(), &"a").unwrap();
+        let first = json(&HeaderMap::new(), &"a", 0).unwrap();
         assert_eq!(first.status(), StatusCode::OK);
         let tag = first.headers()[ETAG].to_str().unwrap().to_owned();
         assert_eq!(first.headers()[CACHE_CONTROL], CACHE);
@@ -80,7 +101,7 @@ mod tests {
             format!("\"x\", {tag}"),
             "*".into(),
         ] {
-            let again = json(&with(&header), &"a").unwrap();
+            let again = json(&with(&header), &"a", 0).unwrap();
             assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{header}");
             assert_eq!(again.headers()[ETAG], tag.as_str());
         }
@@ -88,9 +109,9 @@ mod tests {
 
     #[test]
     fn a_changed_body_gets_a_new_tag_and_a_full_answer() {
-        let old = json(&HeaderMap::new(), &"a").unwrap();
+        let old = json(&HeaderMap::new(), &"a", 0).unwrap();
         let tag = old.headers()[ETAG].to_str().unwrap().to_owned();
-        let new = json(&with(&tag), &"b").unwrap();
+        let new = json(&with(&tag), &"b", 0).unwrap();
         assert_eq!(new.status(), StatusCode::OK);
         assert_ne!(new.headers()[ETAG], tag.as_str());
     }

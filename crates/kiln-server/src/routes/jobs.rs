@@ -2,7 +2,7 @@
 //! owner-scoped: another user's job answers 404 exactly like an unknown id.
 
 use axum::extract::State;
-use axum::http::header::LOCATION;
+use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_api::{EventView, JobView, Page, PatchJob, SubmitJob};
@@ -51,20 +51,20 @@ pub async fn list(
     State(state): State<AppState>,
     me: CurrentUser,
     Query(params): Query<ListParams>,
-) -> Result<Json<Page<JobView<RawJson>>>, ApiError> {
+) -> Result<Response, ApiError> {
     page(&state, params.into_query(Some(me.user.id))?).await
 }
 
 /// One page of a list query, as the wire shows it (payloads and results as stored).
-pub async fn page(
-    state: &AppState,
-    query: kiln_store::ListQuery,
-) -> Result<Json<Page<JobView<RawJson>>>, ApiError> {
+pub async fn page(state: &AppState, query: kiln_store::ListQuery) -> Result<Response, ApiError> {
     let page = state.store().job_list(&query).await?;
-    Ok(Json(Page {
+    let size = page.items.iter().map(conditional::job_size).sum();
+    let page: Page<JobView<RawJson>> = Page {
         items: page.items.into_iter().map(JobView::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.encode()),
-    }))
+    };
+    let body = conditional::body(&page, size)?;
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `GET /jobs/{id}`, with an `ETag` (304 on `If-None-Match`).
@@ -75,7 +75,8 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let job = state.store().job_read(Some(me.user.id), id).await?;
-    conditional::json(&headers, &JobView::from(job))
+    let size = conditional::job_size(&job);
+    conditional::json(&headers, &JobView::from(job), size)
 }
 
 /// `GET /jobs/{id}/status[?wait=…&state_not=…]`, with an `ETag` (304 on `If-None-Match`).
@@ -87,7 +88,8 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let view = status::read(&state, Some(me.user.id), id, params).await?;
-    conditional::json(&headers, &view)
+    let size = conditional::JOB_OVERHEAD + view.result.as_ref().map_or(0, |r| r.get().len());
+    conditional::json(&headers, &view, size)
 }
 
 /// `GET /jobs/{id}/result`: the result alone (what `status` links to when the result is
@@ -106,7 +108,8 @@ pub async fn result(
             format!("job {id} has no result (it is {})", job.state),
         ));
     };
-    conditional::json(&headers, &result)
+    let size = result.get().len();
+    conditional::json(&headers, &result, size)
 }
 
 /// `GET /jobs/{id}/events`: the state history, oldest first.

@@ -12,9 +12,12 @@
 //!   stall on the fsyncs of copying the WAL into the database file. The one exception: when
 //!   the WAL passes `wal_restart_frames` (32 MiB), the writer runs a `RESTART` checkpoint
 //!   itself between two batches, so the log starts over instead of growing without bound.
-//! - **Readers** ([`reader`]): a small pool of read connections used through
-//!   `spawn_blocking`; WAL lets them read beside the writer. A private in-memory database is
+//! - **Readers** ([`reader`]): a few reader threads, each owning a read connection, fed by
+//!   one queue; WAL lets them read beside the writer. A private in-memory database is
 //!   invisible to other connections, so in memory mode reads go through the writer too.
+//! - **Finished jobs** ([`cache`]) are kept in memory for `job_read` and `job_status`; the
+//!   writer evicts what each batch changed after its commit and before anyone hears of it,
+//!   so a read never shows less than an answer its client already had.
 //! - SQL lives next to the function that runs it: [`jobs`] (submit, get, cancel, retry,
 //!   report, delete), [`list`], [`claim`] (claim and promotion of due work), [`lease`]
 //!   (fenced completion, progress, renewal, rescue lookup), [`event`] (per job, and the
@@ -87,8 +90,8 @@ pub struct SqliteOptions {
     /// Bytes of log kept per job: past it, the log's head and its newest lines, cut at line
     /// boundaries (see `log_text.rs`). Default 64 KiB.
     pub log_limit_bytes: usize,
-    /// Read connections; default 4. With 0 (and always in memory mode) reads queue behind
-    /// the writer.
+    /// Reader threads, each with its own connection; default 4. With 0 (and always in
+    /// memory mode) reads queue behind the writer.
     pub readers: usize,
     /// WAL length, in pages, past which the writer starts the log over (see
     /// `sqlite/checkpoint.rs`); default 8,192 (32 MiB of 4 KiB pages).
