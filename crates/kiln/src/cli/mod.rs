@@ -8,6 +8,8 @@ pub mod bench;
 mod dev_cert;
 mod user;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat, SqliteSync};
@@ -133,8 +135,11 @@ async fn serve(config: Config, role: Role) -> anyhow::Result<i32> {
 fn init_tracing(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: escape codes in a file or a pipe break log shippers.
+    let ansi = crate::client::output::colour(std::io::stdout().is_terminal());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_target(false);
     let result = match format {
         LogFormat::Text => builder.try_init(),

@@ -22,11 +22,9 @@ impl Out {
     /// From `--json` and the environment.
     pub fn new(json: bool) -> Self {
         let tty = std::io::stdout().is_terminal();
-        let no_colour = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
-            || std::env::var("TERM").is_ok_and(|t| t == "dumb");
         Self {
             json,
-            colour: tty && !no_colour,
+            colour: colour(tty),
             tty,
         }
     }
@@ -98,9 +96,18 @@ pub fn when(value: &Value) -> String {
     }
 }
 
+/// Whether to colour a stream that `is_terminal` or not: only a terminal, and never with
+/// `NO_COLOR` set (to anything but the empty string) or `TERM=dumb`. The server's log and
+/// the client's output follow the same rule.
+pub fn colour(is_terminal: bool) -> bool {
+    let no_colour = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+        || std::env::var("TERM").is_ok_and(|t| t == "dumb");
+    is_terminal && !no_colour
+}
+
 /// `error: …` on stderr, red on a terminal.
 pub fn error(message: &str) {
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let colour = colour(std::io::stderr().is_terminal());
     let mut stderr = std::io::stderr().lock();
     let _ = if colour {
         writeln!(stderr, "\x1b[31merror:\x1b[0m {message}")

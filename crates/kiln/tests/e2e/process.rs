@@ -285,3 +285,41 @@ fn a_bad_configuration_lists_every_problem_and_exits_2() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_log_written_to_a_pipe_has_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .env_clear()
+        .env("PORT", "0")
+        .env("KILN_BIND", "127.0.0.1")
+        .env("DATABASE_URL", db_url(&dir))
+        .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("TERM", "xterm-256color")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut seen = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("utf-8 log");
+        let serving = line.contains("kiln is serving");
+        seen.push(line);
+        if serving {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("kiln is serving")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|l| !l.contains('\x1b')),
+        "escape codes in a piped log: {seen:?}"
+    );
+}
