@@ -8,8 +8,9 @@
 //! epoch guards against that: every eviction bumps it, and a read stores what it found only
 //! if the epoch has not moved since the read began.
 //!
-//! Only the SQLite store has it: one process holds the only writer. On PostgreSQL another
-//! node may retry or delete a job at any time, and no node could evict in time.
+//! Only the SQLite store has it: one process owns a SQLite file and its writer is the only
+//! one that changes jobs (several processes need PostgreSQL). On PostgreSQL another node
+//! may retry or delete a job at any time, and no node could evict in time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
