@@ -17,8 +17,8 @@ use crate::{Shared, Stop, StopReason, artifact};
 /// How long a kernel may take to honour its cancel token before its task is aborted
 /// (plus the kernel's own [`kiln_kernels::Kernel::stop_grace`]).
 const ABORT_AFTER: Duration = Duration::from_secs(2);
-/// Attempts at storing an outcome when the store reports a transient error.
-const COMPLETE_TRIES: u32 = 5;
+/// The longest pause between two tries at storing an outcome while the store is out.
+const COMPLETE_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 /// Far enough ahead to mean "never" for a timer that must exist in a `select!`.
 fn never() -> Instant {
@@ -216,9 +216,12 @@ fn spill_large_result(value: Value, artifacts: &Artifacts) -> std::io::Result<Va
     Ok(Value::Object(summary))
 }
 
-/// Stores the outcome, retrying only transient store errors (a busy database, a dropped
-/// connection: [`StoreError::is_transient`]) a few times; a lost lease means another node
-/// rescued the job and this late completion is rightly refused.
+/// Stores the outcome. A transient store error (a busy database, a dropped connection, an
+/// outage: [`StoreError::is_transient`]) is retried with the outcome kept, pausing from 50 ms
+/// up to [`COMPLETE_PAUSE_MAX`], for as long as it takes: finished work is never redone for
+/// a database blip. It ends when the outcome is stored; when the store refuses it for good
+/// (a lost lease: another node rescued the job meanwhile, and this late completion is
+/// rightly refused; or any other permanent error); or when shutdown's grace is over.
 ///
 /// The same store call claims the slot's next job (one write per job instead of a
 /// completion plus a claim round of the dispatcher, which is what lets a busy node run
@@ -233,7 +236,8 @@ async fn complete(
     took: Duration,
 ) -> Option<(Job, Stop)> {
     let mut pause = Duration::from_millis(50);
-    for attempt in 1..=COMPLETE_TRIES {
+    let mut failures = 0u32;
+    loop {
         // Read-held until the next job is in `running`: see `Shared::claiming`.
         let claiming = shared.claiming.read().await;
         let now = shared.clock.now();
@@ -256,6 +260,9 @@ async fn complete(
                     (next, stop)
                 });
                 drop(claiming);
+                if failures > 0 {
+                    tracing::info!(job_id = %job.id, failures, "the outcome is stored after all");
+                }
                 log_completion(job, lease, completed, took);
                 return next;
             }
@@ -271,18 +278,26 @@ async fn complete(
             );
             return None;
         }
-        if attempt < COMPLETE_TRIES {
-            tracing::warn!(job_id = %job.id, error = %completed, "storing the outcome failed; retrying");
-            tokio::time::sleep(pause).await;
-            pause *= 2;
-        } else {
-            tracing::error!(
-                job_id = %job.id, error = %completed,
-                "cannot store the outcome; the lease will expire and the job be rescued"
+        failures += 1;
+        // Loud at first, then once in a while: an outage may last minutes.
+        if failures <= 3 || failures.is_power_of_two() {
+            tracing::warn!(
+                job_id = %job.id, error = %completed, failures,
+                "storing the outcome failed; keeping it and trying again"
             );
         }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shared.give_up.cancelled() => {
+                tracing::error!(
+                    job_id = %job.id, error = %completed,
+                    "shutting down with an outcome the store did not take; the job will run again"
+                );
+                return None;
+            }
+        }
+        pause = (pause * 2).min(COMPLETE_PAUSE_MAX);
     }
-    None
 }
 
 /// The lifecycle log line of a stored (or refused) completion.

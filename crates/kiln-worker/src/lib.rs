@@ -159,6 +159,9 @@ struct Shared {
     claiming: tokio::sync::RwLock<()>,
     /// Cancelled when the node stops taking work.
     stop_claiming: CancellationToken,
+    /// Cancelled when shutdown's grace is over: an outcome still waiting for the store to
+    /// come back is given up then (the lease runs out and the job runs again).
+    give_up: CancellationToken,
     rng: Mutex<StdRng>,
 }
 
@@ -243,6 +246,7 @@ impl Worker {
                 heartbeat_now: Notify::new(),
                 claiming: tokio::sync::RwLock::new(()),
                 stop_claiming: CancellationToken::new(),
+                give_up: CancellationToken::new(),
                 rng: Mutex::new(StdRng::from_os_rng()),
             },
         }
@@ -368,6 +372,7 @@ impl WorkerHandle {
             for stop in stops {
                 stop.stop(StopReason::Shutdown);
             }
+            self.shared.give_up.cancel();
             self.executors.wait().await;
         }
         self.stop_all.cancel();

@@ -1,0 +1,340 @@
+//! A database outage while a worker stores an attempt's outcome.
+//!
+//! The store below wraps a real SQLite store and refuses completions with a transient error
+//! for longer than a worker used to retry (5 tries). The finished attempt's outcome must be
+//! kept and stored once the store answers again: the job succeeds with its first attempt's
+//! result, instead of the outcome being dropped, the lease expiring, and the job being
+//! rescued and run a second time.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kiln_domain::job::Submission;
+use kiln_domain::job_type::Catalogue;
+use kiln_domain::{
+    Clock, Job, JobId, JobState, Lease, NewJob, RawJson, Role, Step, SystemClock, Timestamp, UserId,
+};
+use kiln_kernels::Registry;
+use kiln_store::{
+    ClaimRequest, FeedCursor, FeedEvent, InsertOptions, Inserted, JobEvent, JobStatus, LeaseFilter,
+    ListQuery, LogRead, NewToken, NewUser, Outcome, Page, Renewal, Report, Result, Signal, Stats,
+    Store, StoreError, TokenInfo, TokenKind, UserPatch, UserRecord,
+};
+use kiln_testkit::db::TempSqlite;
+use kiln_testkit::wait::wait_until;
+use kiln_worker::{Worker, WorkerConfig};
+use serde_json::json;
+use tokio::sync::broadcast;
+
+/// A store that is down for completions: while `fail_completions` is above zero, each
+/// [`Store::job_complete_and_claim`] or [`Store::job_complete`] uses up one failure and
+/// returns a transient error without reaching `inner`. Every other call, and every
+/// completion after the outage, goes to `inner`.
+struct Flaky {
+    inner: Arc<dyn Store>,
+    fail_completions: AtomicU32,
+    /// Calls of [`Store::job_complete_and_claim`], failed or not.
+    complete_and_claim_calls: AtomicU32,
+}
+
+impl Flaky {
+    fn new(inner: Arc<dyn Store>, fail_completions: u32) -> Self {
+        Self {
+            inner,
+            fail_completions: AtomicU32::new(fail_completions),
+            complete_and_claim_calls: AtomicU32::new(0),
+        }
+    }
+
+    /// Uses up one failure of the outage, if any is left.
+    fn outage(&self) -> Result<()> {
+        let failing = self
+            .fail_completions
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            Err(StoreError::Transient("the database is unavailable".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Flaky {
+    async fn user_insert(&self, user: NewUser, now: Timestamp) -> Result<kiln_domain::User> {
+        self.inner.user_insert(user, now).await
+    }
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        self.inner.user_by_name(username).await
+    }
+    async fn user_get(&self, id: UserId) -> Result<kiln_domain::User> {
+        self.inner.user_get(id).await
+    }
+    async fn user_list(&self) -> Result<Vec<kiln_domain::User>> {
+        self.inner.user_list().await
+    }
+    async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<kiln_domain::User> {
+        self.inner.user_update(id, patch).await
+    }
+    async fn user_count(&self) -> Result<u64> {
+        self.inner.user_count().await
+    }
+
+    async fn token_insert(&self, token: NewToken, now: Timestamp) -> Result<TokenInfo> {
+        self.inner.token_insert(token, now).await
+    }
+    async fn token_lookup(
+        &self,
+        hash: &[u8],
+        now: Timestamp,
+    ) -> Result<Option<(kiln_domain::User, TokenInfo)>> {
+        self.inner.token_lookup(hash, now).await
+    }
+    async fn token_list(&self, user: UserId, kind: TokenKind) -> Result<Vec<TokenInfo>> {
+        self.inner.token_list(user, kind).await
+    }
+    async fn token_delete(&self, user: UserId, id: i64) -> Result<()> {
+        self.inner.token_delete(user, id).await
+    }
+    async fn token_delete_hash(&self, hash: &[u8]) -> Result<()> {
+        self.inner.token_delete_hash(hash).await
+    }
+
+    async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {
+        self.inner.job_insert(job, opts).await
+    }
+    async fn job_get(&self, owner: Option<UserId>, id: JobId) -> Result<Job> {
+        self.inner.job_get(owner, id).await
+    }
+    async fn job_read(&self, owner: Option<UserId>, id: JobId) -> Result<Job<RawJson>> {
+        self.inner.job_read(owner, id).await
+    }
+    async fn job_status(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        inline_max: u32,
+    ) -> Result<JobStatus> {
+        self.inner.job_status(owner, id, inline_max).await
+    }
+    async fn job_list(&self, query: &ListQuery) -> Result<Page> {
+        self.inner.job_list(query).await
+    }
+    async fn job_cancel(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        now: Timestamp,
+    ) -> Result<(Job, Step)> {
+        self.inner.job_cancel(owner, id, now).await
+    }
+    async fn job_retry(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        budget: u32,
+        now: Timestamp,
+    ) -> Result<Job> {
+        self.inner.job_retry(owner, id, budget, now).await
+    }
+    async fn job_report(
+        &self,
+        owner: Option<UserId>,
+        id: JobId,
+        report: Report,
+        now: Timestamp,
+    ) -> Result<Job> {
+        self.inner.job_report(owner, id, report, now).await
+    }
+    async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()> {
+        self.inner.job_delete(owner, id).await
+    }
+    async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {
+        self.inner.event_list(owner, id).await
+    }
+    async fn event_feed(
+        &self,
+        owner: Option<UserId>,
+        after: &FeedCursor,
+        limit: u32,
+    ) -> Result<Vec<FeedEvent>> {
+        self.inner.event_feed(owner, after, limit).await
+    }
+    // Has a default body (built on `log_read`): delegated so `inner`'s own version runs.
+    async fn log_get(&self, owner: Option<UserId>, id: JobId) -> Result<String> {
+        self.inner.log_get(owner, id).await
+    }
+    async fn log_read(&self, owner: Option<UserId>, id: JobId, from: u64) -> Result<LogRead> {
+        self.inner.log_read(owner, id, from).await
+    }
+
+    async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>> {
+        self.inner.job_claim(req).await
+    }
+    async fn job_complete(&self, lease: &Lease, outcome: Outcome, now: Timestamp) -> Result<Job> {
+        self.outage()?;
+        self.inner.job_complete(lease, outcome, now).await
+    }
+    // Has a default body (`job_complete` then `job_claim`): overridden so the outage counts
+    // once per call and a working call reaches `inner`'s own version (SQLite's single
+    // writer command), not this wrapper's `job_complete`.
+    async fn job_complete_and_claim(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+        now: Timestamp,
+        next: Option<&ClaimRequest>,
+    ) -> Result<(Result<Job>, Vec<Job>)> {
+        self.complete_and_claim_calls.fetch_add(1, Ordering::SeqCst);
+        self.outage()?;
+        self.inner
+            .job_complete_and_claim(lease, outcome, now, next)
+            .await
+    }
+    async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()> {
+        self.inner.job_progress(lease, progress, now).await
+    }
+    async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<u64> {
+        self.inner.log_append(id, text, now).await
+    }
+    async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal> {
+        self.inner.lease_renew(leases, until).await
+    }
+    async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>> {
+        self.inner.lease_find(filter).await
+    }
+
+    async fn job_promote_due(&self, now: Timestamp) -> Result<u64> {
+        self.inner.job_promote_due(now).await
+    }
+    async fn job_next_due(&self) -> Result<Option<Timestamp>> {
+        self.inner.job_next_due().await
+    }
+    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<u64> {
+        self.inner.job_prune(finished_before, keep_max).await
+    }
+    async fn job_stats(&self) -> Result<Stats> {
+        self.inner.job_stats().await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Signal> {
+        self.inner.subscribe()
+    }
+}
+
+#[test]
+fn the_outage_error_is_transient() {
+    let flaky = Flaky::new(TempSqlite::new().store, 1);
+    let err = flaky.outage().unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(
+        flaky.outage().is_ok(),
+        "one failure, then the store answers"
+    );
+}
+
+/// Runs on Tokio's real clock: the SQLite store answers from its own OS thread, and a paused
+/// clock would auto-advance through timers (this test's deadline among them) while the
+/// runtime idles waiting for it.
+#[tokio::test]
+async fn an_outcome_survives_a_store_outage_longer_than_a_few_retries() {
+    // More failures than the 5 tries a worker used to make before dropping the outcome, and
+    // few enough that the worker's doubling pauses from 50 ms (50 + 100 + … + 3200 ms ≈ 6.4 s)
+    // keep the test short.
+    const FAILURES: u32 = 7;
+
+    let db = TempSqlite::new();
+    let flaky = Arc::new(Flaky::new(db.store.clone(), FAILURES));
+    let store: Arc<dyn Store> = Arc::clone(&flaky) as Arc<dyn Store>;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let owner = store
+        .user_insert(
+            NewUser {
+                username: "ada".into(),
+                password_hash: "x".into(),
+                role: Role::Admin,
+            },
+            clock.now(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let catalogue = Catalogue::default();
+    let config = WorkerConfig {
+        node_id: "node-a".into(),
+        heartbeat_interval: Duration::from_millis(100),
+        rescue_interval: Duration::from_millis(100),
+        progress_flush: Duration::from_millis(20),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(
+        config,
+        Arc::clone(&store),
+        Registry::default(),
+        Arc::new(catalogue.clone()),
+        Arc::clone(&clock),
+    )
+    .start()
+    .await
+    .unwrap();
+
+    let payload = json!({"kept": "through the outage"});
+    let job = NewJob::parse(
+        Submission {
+            job_type: "echo".into(),
+            payload: payload.clone(),
+            ..Submission::default()
+        },
+        owner,
+        Role::Admin,
+        &catalogue,
+        clock.now(),
+    )
+    .unwrap();
+    let id = job.id;
+    store
+        .job_insert(job, InsertOptions::default())
+        .await
+        .unwrap();
+
+    let job = wait_until(
+        &format!("job {id} to be succeeded"),
+        Duration::from_secs(60),
+        || async {
+            let job = store.job_get(None, id).await.unwrap();
+            if job.state == JobState::Succeeded {
+                Ok(job)
+            } else {
+                Err((job.state, job.attempts))
+            }
+        },
+    )
+    .await;
+
+    assert_eq!(job.result, Some(payload));
+    assert_eq!(job.attempts, 1, "the work was redone: {job:?}");
+    let calls = flaky.complete_and_claim_calls.load(Ordering::SeqCst);
+    assert!(
+        calls > FAILURES,
+        "job_complete_and_claim called {calls} times: the worker stopped retrying"
+    );
+    assert_eq!(flaky.fail_completions.load(Ordering::SeqCst), 0);
+    let states: Vec<JobState> = store
+        .event_list(None, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.state)
+        .collect();
+    assert!(
+        !states.contains(&JobState::Failed),
+        "the attempt was rescued: {states:?}"
+    );
+
+    worker.shutdown(Duration::from_secs(1)).await;
+}
