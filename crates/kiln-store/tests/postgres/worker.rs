@@ -113,8 +113,6 @@ async fn a_cancel_on_one_node_reaches_the_worker_on_another() {
     drop((node_a, node_b));
 }
 
-/// Waits up to 5 s for `want` on `rx`, skipping other signals.
-
 #[tokio::test]
 async fn a_poll_only_store_still_signals_its_own_subscribers() {
     let Some((db, node_a, ada)) = setup().await else {
@@ -126,14 +124,18 @@ async fn a_poll_only_store_still_signals_its_own_subscribers() {
             ..PgOptions::default()
         })
         .await;
+    // A third node that listens: once it has heard node A's write, so would `quiet` have.
+    let listener = db.store_with(PgOptions::default()).await;
     let mut on_quiet = quiet.subscribe();
     let mut on_a = node_a.subscribe();
+    let mut on_listener = listener.subscribe();
     insert(&*quiet, job(ada, t0())).await;
     wait_for(&mut on_quiet, Signal::JobAvailable).await;
     wait_for(&mut on_a, Signal::JobAvailable).await;
+    wait_for(&mut on_listener, Signal::JobAvailable).await;
     // Another node's writes are not heard without LISTEN.
     insert(&*node_a, job(ada, t0())).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for(&mut on_listener, Signal::JobAvailable).await;
     while let Ok(signal) = on_quiet.try_recv() {
         assert!(
             !matches!(signal, Signal::Changed { .. } | Signal::JobAvailable),
