@@ -37,6 +37,9 @@ pub struct Node {
     grace: std::time::Duration,
     store: Arc<dyn Store>,
     tls: Option<ServerTls>,
+    /// The lock that makes this process the only one on its SQLite file, held until the
+    /// node is dropped (`None` on PostgreSQL).
+    _sqlite_lock: Option<std::fs::File>,
 }
 
 /// What a node runs.
@@ -116,6 +119,45 @@ pub async fn migrate_store(url: &str) -> anyhow::Result<Vec<u32>> {
         .with_context(|| format!("while migrating the database {url}"))
 }
 
+/// Takes the lock that makes this the only `kiln serve` or `kiln worker` on a SQLite file
+/// (`<file>.lock`, released when the process ends, however it ends). One writer thread
+/// changes the file's jobs, which is what its signals and its cache of finished jobs rely
+/// on; several processes need PostgreSQL. `kiln user` and `kiln migrate` touch no job and
+/// take no lock.
+fn lock_sqlite(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    if is_postgres(url) {
+        return Ok(None);
+    }
+    let kiln_store::sqlite::SqlitePath::File(path) = sqlite_path(url)? else {
+        return Ok(None);
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("while creating {}", dir.display()))?;
+    }
+    let lock_path = path.with_extension(match path.extension() {
+        Some(ext) => format!("{}.lock", ext.to_string_lossy()),
+        None => "lock".to_owned(),
+    });
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("while opening {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another kiln process is already serving {}: one `kiln serve` or `kiln worker` \
+             per SQLite file (run several on PostgreSQL)",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("while locking {}", lock_path.display()))
+        }
+    }
+}
+
 fn is_postgres(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
@@ -138,6 +180,7 @@ pub async fn start_with_clock(
     role: Role,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Node> {
+    let sqlite_lock = lock_sqlite(&v.config.database_url)?;
     let store = open_store(&v.config.database_url, StoreOptions::from_config(&v.config)).await?;
     let catalogue = Arc::new(v.catalogue.clone());
     let objects = open_objects(v)?;
@@ -162,6 +205,7 @@ pub async fn start_with_clock(
         grace: v.config.shutdown_grace,
         store: Arc::clone(&store),
         tls: None,
+        _sqlite_lock: sqlite_lock,
     };
     if role == Role::Serve {
         let admin_password = v.config.admin_password.as_ref().map(|s| s.0.as_str());

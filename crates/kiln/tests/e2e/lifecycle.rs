@@ -266,3 +266,23 @@ async fn a_running_job_interrupted_by_shutdown_runs_again_after_restart() {
     assert!(app.cancel(&app.admin, &id).await.status.is_success());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_node_on_the_same_sqlite_file_is_refused_until_the_first_is_gone() {
+    let app = TestApp::spawn().await;
+    let config = crate::helpers::config(&app.dir, &Opts::default());
+    for role in [kiln::node::Role::Serve, kiln::node::Role::Worker] {
+        let second = kiln::node::start(&config, role).await;
+        let err = format!("{:#}", second.err().expect("a second node is refused"));
+        assert!(err.contains("another kiln process"), "{err}");
+    }
+    // The first goes on serving.
+    let id = app
+        .submit_ok(&app.admin, json!({"type": "echo", "payload": 1}))
+        .await;
+    app.wait_state(&app.admin, &id, "succeeded", LONG).await;
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, Opts::default()).await;
+    assert_eq!(app.job(&app.admin, &id).await["state"], "succeeded");
+    app.stop().await;
+}
