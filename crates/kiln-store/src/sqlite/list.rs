@@ -1,8 +1,10 @@
 //! `job_list` on SQLite: the statement [`crate::keyset`] builds, in SQLite's dialect.
 
+use kiln_domain::{Job, RawJson};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
+use super::cache::JobCache;
 use super::row::{self, id_bytes, job_columns, ms};
 use crate::error::Result;
 use crate::keyset::{self, Arg, Dialect};
@@ -34,13 +36,29 @@ impl Dialect for Sqlite {
     }
 }
 
-/// A page of jobs matching `query`.
-pub(super) fn list(db: &Connection, query: &ListQuery) -> Result<Page> {
+/// A page of jobs matching `query`. A finished job found in `cache` is taken from there
+/// instead of decoding its row again (its JSON checked, its timestamps and error parsed);
+/// one decoded here is offered to the cache, if nothing was evicted since `epoch`.
+pub(super) fn list(
+    db: &Connection,
+    query: &ListQuery,
+    cache: &JobCache,
+    epoch: u64,
+) -> Result<Page> {
     let select = concat!("SELECT ", job_columns!(), " FROM jobs WHERE 1 = 1");
     let (sql, params) = keyset::build::<Sqlite>(select, query);
-    let rows = db
-        .prepare_cached(&sql)?
-        .query_map(rusqlite::params_from_iter(params), row::job)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(keyset::page(rows, query))
+    let mut stmt = db.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut jobs = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id = row::job_id(r, 0)?;
+        if let Some(hit) = cache.get(id) {
+            jobs.push(Job::clone(&hit.job));
+            continue;
+        }
+        let job = row::job::<RawJson>(r)?;
+        cache.offer(epoch, &job);
+        jobs.push(job);
+    }
+    Ok(keyset::page(jobs, query))
 }

@@ -113,7 +113,10 @@ impl Store for SqliteStore {
 
     async fn job_list(&self, query: &ListQuery) -> Result<Page> {
         let query = query.clone();
-        self.read(move |db| list::list(db, &query)).await
+        let cache = Arc::clone(&self.cache);
+        let epoch = cache.epoch();
+        self.read(move |db| list::list(db, &query, &cache, epoch))
+            .await
     }
 
     async fn job_cancel(

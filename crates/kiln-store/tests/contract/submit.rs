@@ -361,6 +361,13 @@ pub async fn reads_of_a_finished_job_see_every_later_write(store: Arc<dyn Store>
             assert_eq!(read, store.job_get(Some(alice), job.id).await.unwrap());
             assert_eq!(read.state, state);
             assert_not_found(store.job_read(Some(mallory), job.id).await);
+            let listed = store.job_list(&mine(alice)).await.unwrap().items;
+            let listed = listed.into_iter().find(|j| j.id == job.id).map(tree);
+            assert_eq!(
+                listed,
+                Some(read.clone()),
+                "the list shows what a read shows"
+            );
             let status = store.job_status(Some(alice), job.id, 4096).await.unwrap();
             assert_eq!(status.state, state);
             assert_not_found(store.job_get(Some(mallory), job.id).await);
@@ -426,5 +433,14 @@ async fn read_twice_of(store: &Arc<dyn Store>, owner: kiln_domain::UserId, id: J
             store.job_status(None, id, 4096).await.unwrap().state,
             job.state
         );
+    }
+}
+
+/// The first page of `owner`'s jobs.
+fn mine(owner: kiln_domain::UserId) -> kiln_store::ListQuery {
+    kiln_store::ListQuery {
+        owner: Some(owner),
+        limit: 100,
+        ..kiln_store::ListQuery::default()
     }
 }
