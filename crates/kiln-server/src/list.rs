@@ -39,16 +39,21 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
+/// A comma-separated list of states (`queued,running`), as the query parameter `field`
+/// gives it; an unknown name is a 400 naming the field.
+pub fn parse_states(field: &str, list: &str) -> Result<Vec<JobState>, ApiError> {
+    list.split(',')
+        .map(|s| s.trim().parse::<JobState>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::invalid(field, e))
+}
+
 impl ListParams {
     /// The store query for `owner` (`None`: everyone's jobs).
     pub fn into_query(self, owner: Option<UserId>) -> Result<ListQuery, ApiError> {
         let states = match self.state.as_deref() {
             None | Some("") => Vec::new(),
-            Some(list) => list
-                .split(',')
-                .map(|s| s.trim().parse::<JobState>())
-                .collect::<Result<_, _>>()
-                .map_err(|e| ApiError::invalid("state", e))?,
+            Some(list) => parse_states("state", list)?,
         };
         let sort = match self.sort.as_deref() {
             None | Some("-created_at") => Sort::CreatedDesc,

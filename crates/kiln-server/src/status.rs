@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
+use crate::list::parse_states;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -61,11 +62,7 @@ impl StatusParams {
                 .into_iter()
                 .filter(|s| !s.is_terminal())
                 .collect(),
-            Some(list) => list
-                .split(',')
-                .map(|s| s.trim().parse::<JobState>())
-                .collect::<Result<_, _>>()
-                .map_err(|e| ApiError::invalid("state_not", e))?,
+            Some(list) => parse_states("state_not", list)?,
         };
         Ok(Some(Wait {
             until: Instant::now() + wait,

@@ -38,6 +38,15 @@ pub enum SqliteSync {
     Full,
 }
 
+impl From<SqliteSync> for kiln_store::sqlite::Synchronous {
+    fn from(sync: SqliteSync) -> Self {
+        match sync {
+            SqliteSync::Normal => Self::Normal,
+            SqliteSync::Full => Self::Full,
+        }
+    }
+}
+
 /// A secret that never shows in `Debug` output or logs.
 #[derive(Clone, Default)]
 pub struct Secret(pub String);

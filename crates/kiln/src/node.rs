@@ -20,7 +20,7 @@ use kiln_kernels::command::{Command, CommandConfig};
 use kiln_server::{AppState, ServerConfig};
 use kiln_store::Store;
 use kiln_store::postgres::{PgOptions, PgStore};
-use kiln_store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
+use kiln_store::sqlite::{SqliteOptions, SqliteStore};
 use kiln_worker::{Worker, WorkerConfig, WorkerHandle};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -90,13 +90,9 @@ pub async fn open_store(url: &str, opts: StoreOptions) -> anyhow::Result<Arc<dyn
         return Ok(store);
     }
     let path = sqlite_path(url)?;
-    let synchronous = match opts.sqlite_sync {
-        SqliteSync::Normal => Synchronous::Normal,
-        SqliteSync::Full => Synchronous::Full,
-    };
     let store = SqliteStore::open(SqliteOptions {
         path,
-        synchronous,
+        synchronous: opts.sqlite_sync.into(),
         ..SqliteOptions::default()
     })
     .with_context(|| format!("while opening the database {url}"))?;

@@ -25,6 +25,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use super::logs::HEARTBEAT;
 use crate::auth::CurrentUser;
 use crate::extract::Query;
+use crate::list::parse_states;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -66,15 +67,7 @@ impl Filter {
         }
         let states = params
             .state
-            .map(|list| {
-                list.split(',')
-                    .map(|s| {
-                        s.trim().parse::<JobState>().map_err(|_| {
-                            ApiError::invalid("state", format!("unknown state `{}`", s.trim()))
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .map(|list| parse_states("state", &list))
             .transpose()?;
         Ok(Self {
             owner: (!params.all).then_some(me.user.id),

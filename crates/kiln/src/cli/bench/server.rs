@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use kiln_domain::{Role, Timestamp, UserId};
 use kiln_store::postgres::{PgOptions, PgStore};
-use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore, Synchronous};
+use kiln_store::sqlite::{SqliteOptions, SqlitePath, SqliteStore};
 use kiln_store::{NewUser, Store};
 use tokio::process::{Child, Command};
 
@@ -207,10 +207,7 @@ fn dev_certificate(dir: &std::path::Path, command: &mut Command) -> anyhow::Resu
 async fn seed_sqlite(db: &std::path::Path, opts: &LocalOptions) -> anyhow::Result<Seeded> {
     let store = SqliteStore::open(SqliteOptions {
         path: SqlitePath::File(db.to_path_buf()),
-        synchronous: match opts.sync {
-            SqliteSync::Normal => Synchronous::Normal,
-            SqliteSync::Full => Synchronous::Full,
-        },
+        synchronous: opts.sync.into(),
         ..SqliteOptions::default()
     })
     .context("while creating the benchmark database")?;
