@@ -30,6 +30,7 @@
 //!   here; `LISTEN/NOTIFY` across nodes for PostgreSQL).
 #![warn(missing_docs)]
 
+mod cache;
 pub mod error;
 mod keyset;
 mod log_text;

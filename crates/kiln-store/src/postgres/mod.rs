@@ -47,6 +47,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
 
+use crate::cache::JobCache;
 use crate::error::{Result, StoreError, backend};
 use crate::model::Signal;
 pub use notify::LISTENER_NAME;
@@ -95,6 +96,9 @@ pub struct PgStore {
     /// Payloads for the notifier; it ends once this is dropped and its queue drained.
     outbox: tokio::sync::mpsc::UnboundedSender<String>,
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// Finished jobs as last read, each checked against the row's `event_seq` before use
+    /// (see `crate::cache`).
+    cache: JobCache,
 }
 
 impl PgStore {
@@ -149,6 +153,7 @@ impl PgStore {
             log_limit: opts.log_limit_bytes,
             outbox,
             listener,
+            cache: JobCache::default(),
         }))
     }
 

@@ -115,7 +115,7 @@ impl Store for PgStore {
     }
 
     async fn job_read(&self, owner: Option<UserId>, id: JobId) -> Result<Job<RawJson>> {
-        jobs::get(&self.client().await?, owner, id).await
+        jobs::read(&self.client().await?, &self.cache, owner, id).await
     }
 
     async fn job_status(
@@ -124,11 +124,11 @@ impl Store for PgStore {
         id: JobId,
         inline_max: u32,
     ) -> Result<JobStatus> {
-        jobs::status(&self.client().await?, owner, id, inline_max).await
+        jobs::status_cached(&self.client().await?, &self.cache, owner, id, inline_max).await
     }
 
     async fn job_list(&self, query: &ListQuery) -> Result<Page> {
-        list::list(&self.client().await?, query).await
+        list::list(&self.client().await?, &self.cache, query).await
     }
 
     async fn job_cancel(
@@ -170,9 +170,7 @@ impl Store for PgStore {
     }
 
     async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {
-        let client = self.client().await?;
-        jobs::ensure_visible(&client, owner, id).await?;
-        super::row::events(&client, id).await
+        super::row::events(&self.client().await?, owner, id).await
     }
 
     async fn event_feed(

@@ -4,8 +4,8 @@ use kiln_domain::{Job, RawJson};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
-use super::cache::JobCache;
 use super::row::{self, id_bytes, job_columns, ms};
+use crate::cache::JobCache;
 use crate::error::Result;
 use crate::keyset::{self, Arg, Dialect};
 use crate::model::{ListQuery, Page};
@@ -57,7 +57,7 @@ pub(super) fn list(
             continue;
         }
         let job = row::job::<RawJson>(r)?;
-        cache.offer(epoch, &job);
+        cache.offer(epoch, 0, &job);
         jobs.push(job);
     }
     Ok(keyset::page(jobs, query))

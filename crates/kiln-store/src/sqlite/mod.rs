@@ -15,7 +15,7 @@
 //! - **Readers** ([`reader`]): a few reader threads, each owning a read connection, fed by
 //!   one queue; WAL lets them read beside the writer. A private in-memory database is
 //!   invisible to other connections, so in memory mode reads go through the writer too.
-//! - **Finished jobs** ([`cache`]) are kept in memory for `job_read` and `job_status`; the
+//! - **Finished jobs** (`crate::cache`) are kept in memory for `job_read` and `job_status`; the
 //!   writer evicts what each batch changed after its commit and before anyone hears of it,
 //!   so a read never shows less than an answer its client already had.
 //! - SQL lives next to the function that runs it: [`jobs`] (submit, get, cancel, retry,
@@ -28,7 +28,6 @@
 //! This module owns the options, the URL syntax and the one place driver errors are mapped
 //! ([`map_err`]); it does not decide legality (that is [`kiln_domain::transition`]).
 
-mod cache;
 mod checkpoint;
 mod claim;
 mod counts;
@@ -52,9 +51,9 @@ use std::sync::Arc;
 use rusqlite::ErrorCode;
 use tokio::sync::broadcast;
 
+use crate::cache::JobCache;
 use crate::error::{Result, StoreError, backend};
 use crate::model::Signal;
-use cache::JobCache;
 use checkpoint::Checkpointer;
 use reader::ReaderPool;
 use writer::{Tx, Writer};

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Step, Timestamp, User, UserId, change};
 use tokio::sync::broadcast;
 
-use super::cache::Cached;
 use super::{SqliteStore, claim, event, jobs, lease, list, log, retention, users};
 use crate::Store;
+use crate::cache::Cached;
 use crate::error::{Result, StoreError};
 use crate::model::*;
 
@@ -82,7 +82,7 @@ impl Store for SqliteStore {
         }
         let epoch = self.cache.epoch();
         let job = self.read(move |db| jobs::get(db, owner, id)).await?;
-        self.cache.offer(epoch, &job);
+        self.cache.offer(epoch, 0, &job);
         Ok(job)
     }
 
@@ -93,7 +93,7 @@ impl Store for SqliteStore {
         inline_max: u32,
     ) -> Result<JobStatus> {
         if let Some(hit) = self.cached(owner, id)? {
-            return Ok(cached_status(&hit, inline_max));
+            return Ok(hit.status(inline_max));
         }
         let epoch = self.cache.epoch();
         let status = self
@@ -104,8 +104,8 @@ impl Store for SqliteStore {
             let job = self
                 .read(move |db| jobs::get::<RawJson>(db, owner, id))
                 .await?;
-            if let Some(kept) = self.cache.offer(epoch, &job) {
-                return Ok(cached_status(&kept, inline_max));
+            if let Some(kept) = self.cache.offer(epoch, 0, &job) {
+                return Ok(kept.status(inline_max));
             }
         }
         Ok(status)
@@ -290,20 +290,5 @@ impl SqliteStore {
             Some(hit) if owner.is_some_and(|o| o != hit.job.owner) => Err(StoreError::NotFound),
             hit => Ok(hit),
         }
-    }
-}
-
-/// The light status of a cached job: the result inlined only when small enough.
-fn cached_status(hit: &Cached, inline_max: u32) -> JobStatus {
-    let job = &hit.job;
-    let small = hit.result_len <= usize::try_from(inline_max).unwrap_or(usize::MAX);
-    JobStatus {
-        id: job.id,
-        state: job.state,
-        progress: job.progress,
-        updated_at: job.updated_at,
-        error: job.error.clone(),
-        result: if small { job.result.clone() } else { None },
-        has_result: job.result.is_some(),
     }
 }

@@ -33,10 +33,10 @@ use kiln_domain::JobId;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
-use super::cache::JobCache;
 use super::checkpoint::Checkpointer;
 use super::counts::Counts;
 use super::{backend, is_transient};
+use crate::cache::JobCache;
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::Signal;
 use crate::signal::Outbox;

@@ -1,21 +1,25 @@
 //! A read-through cache of finished jobs, so polling a finished job (the commonest read of
-//! a job service) costs neither a reader thread nor a query nor parsing its JSON again.
+//! a job service) costs no parsing of its JSON again, and on SQLite not even a query.
 //!
 //! Only terminal jobs are cached: they change only when retried, deleted or pruned. It is
-//! exact, never merely "fresh enough": the writer evicts after each commit and before any
-//! caller hears of it (see `writer`), so a read that follows an answer always sees that
-//! answer's write. A read that raced a commit could still hold the row from before it; the
-//! epoch guards against that: every eviction bumps it, and a read stores what it found only
-//! if the epoch has not moved since the read began.
-//!
-//! Only the SQLite store has it: one process owns a SQLite file and its writer is the only
-//! one that changes jobs (several processes need PostgreSQL). On PostgreSQL another node
-//! may retry or delete a job at any time, and no node could evict in time.
+//! exact, never merely "fresh enough", by one of two means:
+//! - **SQLite**: one process owns the file and its writer is the only one that changes
+//!   jobs. The writer evicts after each commit and before any caller hears of it (see
+//!   `sqlite::writer`), so a read that follows an answer always sees that answer's write. A
+//!   read that raced a commit could still hold the row from before it; the epoch guards
+//!   against that: every eviction bumps it, and a read stores what it found only if the
+//!   epoch has not moved since the read began.
+//! - **PostgreSQL**: another node may retry or delete a job at any time, so no node could
+//!   evict in time. Each entry carries the row's `event_seq`, which every state change bumps
+//!   in the same `UPDATE`; a read asks the database for the job's current `event_seq` (a
+//!   narrow row, no JSON) and serves the cached job only when it is the same.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kiln_domain::{Job, JobId, RawJson};
+
+use crate::model::JobStatus;
 
 /// The bytes of payload and result the cache holds at most; past it, it starts over.
 const BUDGET: usize = 32 * 1024 * 1024;
@@ -23,15 +27,35 @@ const BUDGET: usize = 32 * 1024 * 1024;
 /// A job too large to cache: reading it again is cheap next to what it would displace.
 const MAX_JOB_BYTES: usize = 256 * 1024;
 
-/// One cached job and the length of its result's JSON text (0 without a result).
+/// One cached job, the length of its result's JSON text (0 without a result) and the
+/// version it was read at (PostgreSQL's `event_seq`; 0 on SQLite, which needs none).
 #[derive(Clone)]
-pub(super) struct Cached {
+pub(crate) struct Cached {
     pub job: Arc<Job<RawJson>>,
     pub result_len: usize,
+    pub version: i64,
+}
+
+impl Cached {
+    /// The light status of the cached job: the result inlined only when at most
+    /// `inline_max` bytes.
+    pub fn status(&self, inline_max: u32) -> JobStatus {
+        let job = &self.job;
+        let small = self.result_len <= usize::try_from(inline_max).unwrap_or(usize::MAX);
+        JobStatus {
+            id: job.id,
+            state: job.state,
+            progress: job.progress,
+            updated_at: job.updated_at,
+            error: job.error.clone(),
+            result: if small { job.result.clone() } else { None },
+            has_result: job.result.is_some(),
+        }
+    }
 }
 
 #[derive(Default)]
-pub(super) struct JobCache(Mutex<Inner>);
+pub(crate) struct JobCache(Mutex<Inner>);
 
 #[derive(Default)]
 struct Inner {
@@ -54,9 +78,10 @@ impl JobCache {
         self.lock().jobs.get(&id).cloned()
     }
 
-    /// Stores `job` if it is terminal, not too large, and nothing was evicted since
-    /// `epoch` (it may be older than a commit otherwise). Returns what it stored.
-    pub fn offer(&self, epoch: u64, job: &Job<RawJson>) -> Option<Cached> {
+    /// Stores `job`, read at `version`, if it is terminal, not too large, and nothing was
+    /// evicted since `epoch` (it may be older than a commit otherwise). Returns what it
+    /// stored.
+    pub fn offer(&self, epoch: u64, version: i64, job: &Job<RawJson>) -> Option<Cached> {
         if !job.state.is_terminal() {
             return None;
         }
@@ -68,6 +93,7 @@ impl JobCache {
         let cached = Cached {
             job: Arc::new(job.clone()),
             result_len,
+            version,
         };
         let mut inner = self.lock();
         if inner.epoch != epoch {
@@ -128,10 +154,10 @@ mod tests {
     fn only_terminal_jobs_are_kept() {
         let cache = JobCache::default();
         let running = job(JobState::Running);
-        assert!(cache.offer(cache.epoch(), &running).is_none());
+        assert!(cache.offer(cache.epoch(), 0, &running).is_none());
         assert!(cache.get(running.id).is_none());
         let done = job(JobState::Succeeded);
-        let kept = cache.offer(cache.epoch(), &done).unwrap();
+        let kept = cache.offer(cache.epoch(), 0, &done).unwrap();
         assert_eq!(kept.result_len, "\"done\"".len());
         assert_eq!(cache.get(done.id).unwrap().job.id, done.id);
     }
@@ -143,9 +169,9 @@ mod tests {
         let before = cache.epoch();
         // A retry commits (and evicts) while the read of the old row is in flight.
         cache.evict([done.id], false);
-        assert!(cache.offer(before, &done).is_none());
+        assert!(cache.offer(before, 0, &done).is_none());
         assert!(cache.get(done.id).is_none());
-        assert!(cache.offer(cache.epoch(), &done).is_some());
+        assert!(cache.offer(cache.epoch(), 0, &done).is_some());
         cache.evict([done.id], false);
         assert!(cache.get(done.id).is_none());
     }
@@ -154,8 +180,8 @@ mod tests {
     fn evicting_all_forgets_everything() {
         let cache = JobCache::default();
         let (a, b) = (job(JobState::Succeeded), job(JobState::Cancelled));
-        cache.offer(cache.epoch(), &a).unwrap();
-        cache.offer(cache.epoch(), &b).unwrap();
+        cache.offer(cache.epoch(), 0, &a).unwrap();
+        cache.offer(cache.epoch(), 0, &b).unwrap();
         cache.evict([], true);
         assert!(cache.get(a.id).is_none() && cache.get(b.id).is_none());
     }
