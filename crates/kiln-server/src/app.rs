@@ -9,7 +9,7 @@
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -31,13 +31,29 @@ pub fn router(state: AppState) -> Router {
     with_layers(routes, state)
 }
 
+/// The metrics listener's routes (`KILN_METRICS_ADDR`): `/metrics` without a token, and
+/// `/healthz`; nothing else, for a Prometheus on a private network.
+pub fn metrics_router(state: AppState) -> Router {
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(from_fn_with_state(state.clone(), observe))
+        .layer(CatchPanicLayer::custom(panic_response));
+    Router::new()
+        .route("/metrics", get(ops::metrics_open))
+        .route("/healthz", get(ops::healthz))
+        .fallback(fallback)
+        .layer(layers)
+        .with_state(state)
+}
+
 /// Wraps `routes` in the layers (module docs) and applies `state`.
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     let config = state.config().clone();
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(from_fn(observe))
+        .layer(from_fn_with_state(state.clone(), observe))
         .layer(CatchPanicLayer::custom(panic_response))
         .option_layer(cors(&config.cors_origins))
         .layer(from_fn_with_state(state.clone(), time_limit))

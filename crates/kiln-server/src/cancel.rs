@@ -19,6 +19,7 @@ pub async fn cancel(
     // Subscribe before the write so the worker's "cancelled" signal cannot be missed.
     let mut signals = state.store().subscribe();
     let (job, step) = state.store().job_cancel(owner, id, state.now()).await?;
+    state.metrics().cancel_requested();
     // Anything but a request is done (a running `external` job, which no attempt runs, is
     // cancelled at once by the store).
     if step != Step::CancelRequested {

@@ -40,7 +40,7 @@ mod status;
 mod submit;
 mod view;
 
-pub use app::router;
+pub use app::{metrics_router, router};
 pub use bootstrap::{SetupError, ensure_admin};
 pub use config::ServerConfig;
 pub use problem::ApiError;

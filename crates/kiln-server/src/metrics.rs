@@ -1,77 +1,56 @@
-//! `GET /metrics` rendering: the JSON summary ([`MetricsSummary`]) or, for a Prometheus
-//! scraper, the same numbers in the text exposition format.
+//! `GET /metrics`: the node's Prometheus metrics ([`kiln_metrics::Metrics`]) in the text
+//! exposition format, with the figures the database holds read at each scrape; or, for a
+//! client that asks for `application/json`, the JSON summary ([`kiln_api::MetricsSummary`]).
 //!
-//! Negotiation: a request whose `Accept` names `text/plain` or `application/openmetrics-text`
-//! (what Prometheus sends) gets text; anything else, including no `Accept`, gets JSON. The
-//! gauges come from the store's counts, so every node reports the same cluster-wide values.
-
-use std::fmt::Write;
+//! Negotiation: text unless `Accept` names `application/json` (and not a Prometheus format
+//! first: a scraper's `Accept` lists `application/openmetrics-text` and `text/plain`).
 
 use axum::http::HeaderMap;
 use axum::http::header::ACCEPT;
-use kiln_api::MetricsSummary;
 
-/// The Prometheus text content type.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+use crate::problem::ApiError;
+use crate::state::AppState;
 
-/// Whether the client asked for the Prometheus text format.
-pub fn wants_text(headers: &HeaderMap) -> bool {
-    headers
+/// Whether the client asked for the JSON summary rather than Prometheus text.
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    let accept: Vec<&str> = headers
         .get_all(ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/plain") || v.contains("application/openmetrics-text"))
+        .collect();
+    let names = |what: &str| accept.iter().any(|v| v.contains(what));
+    names("application/json") && !names("text/plain") && !names("application/openmetrics-text")
 }
 
-/// The summary in the Prometheus text exposition format.
-pub fn render_text(m: &MetricsSummary) -> String {
-    let mut out = String::new();
-    metric(
-        &mut out,
-        "kiln_jobs_submitted_total",
-        "counter",
-        "Jobs ever submitted.",
-    );
-    let _ = writeln!(out, "kiln_jobs_submitted_total {}", m.total_submitted);
-    metric(&mut out, "kiln_jobs", "gauge", "Jobs by current state.");
-    for (state, n) in [
-        ("scheduled", m.scheduled),
-        ("queued", m.queued),
-        ("running", m.running),
-        ("failed", m.failed),
-        ("succeeded", m.succeeded),
-        ("dead", m.dead),
-        ("cancelled", m.cancelled),
-    ] {
-        let _ = writeln!(out, "kiln_jobs{{state=\"{state}\"}} {n}");
+/// The metrics text, after reading queue depths and the pool from the store.
+pub async fn render(state: &AppState) -> Result<String, ApiError> {
+    let depths = state.store().queue_depths().await?;
+    let pool = state.store().pool_status();
+    Ok(state.metrics().encode(|scrape| {
+        for d in &depths {
+            scrape.queue_depth(&d.queue, d.state.as_str(), d.n);
+        }
+        if let Some(p) = pool {
+            scrape.metrics().set_pool(p.idle, p.busy, p.waiting);
+        }
+    }))
+}
+
+/// Counts one live-stream follower for as long as it is kept (inside the stream).
+pub struct Counted(AppState);
+
+impl Counted {
+    /// A follower of `state`'s streams, counted until dropped.
+    pub fn follower(state: &AppState) -> Self {
+        state.metrics().follower(1);
+        Self(state.clone())
     }
-    metric(
-        &mut out,
-        "kiln_job_duration_avg_seconds",
-        "gauge",
-        "Mean run time of succeeded jobs.",
-    );
-    let _ = writeln!(
-        out,
-        "kiln_job_duration_avg_seconds {}",
-        m.avg_duration_ms / 1000.0
-    );
-    metric(
-        &mut out,
-        "kiln_job_start_latency_p95_seconds",
-        "gauge",
-        "p95 of the time from submission to start over the 1,000 most recently finished jobs.",
-    );
-    let _ = writeln!(
-        out,
-        "kiln_job_start_latency_p95_seconds {}",
-        m.p95_start_latency_ms / 1000.0
-    );
-    out
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.metrics().follower(-1);
+    }
 }
 
 #[cfg(test)]
@@ -81,35 +60,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prometheus_scrapers_get_text_and_everyone_else_json() {
+    fn json_only_for_clients_that_ask_for_it() {
         let mut headers = HeaderMap::new();
-        assert!(!wants_text(&headers));
+        assert!(!wants_json(&headers));
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        assert!(!wants_text(&headers));
+        assert!(wants_json(&headers));
         headers.insert(
             ACCEPT,
             HeaderValue::from_static(
                 "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
             ),
         );
-        assert!(wants_text(&headers));
-    }
-
-    #[test]
-    fn text_has_one_sample_per_state() {
-        let m = MetricsSummary {
-            total_submitted: 3,
-            queued: 2,
-            avg_duration_ms: 1500.0,
-            ..MetricsSummary::default()
-        };
-        let text = render_text(&m);
-        assert!(text.contains("kiln_jobs_submitted_total 3\n"), "{text}");
-        assert!(text.contains("kiln_jobs{state=\"queued\"} 2\n"), "{text}");
-        assert!(
-            text.contains("kiln_job_duration_avg_seconds 1.5\n"),
-            "{text}"
-        );
-        assert_eq!(text.matches("kiln_jobs{").count(), 7);
+        assert!(!wants_json(&headers));
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(!wants_json(&headers));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::middleware::Next;
@@ -17,11 +17,13 @@ use crate::state::AppState;
 pub const REQUEST_ID: &str = "x-request-id";
 
 /// Writes the problem body of every error response (with the request id), logs a 5xx cause
-/// once, and logs one INFO line per request.
-pub async fn observe(req: Request, next: Next) -> Response {
+/// once, logs one INFO line per request, and counts it in the metrics under its route
+/// template (`unmatched` for no route: never the raw path, which would grow the label set).
+pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let request_id = req
         .headers()
         .get(REQUEST_ID)
@@ -31,7 +33,12 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let resp = render_problem(resp, &request_id);
     let status = resp.status().as_u16();
-    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let took = start.elapsed();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state
+        .metrics()
+        .http_request(method.as_str(), route, status, took);
+    let latency_ms = took.as_secs_f64() * 1000.0;
     tracing::info!(%method, path, status, latency_ms, request_id, "request");
     resp
 }

@@ -1,11 +1,12 @@
 //! [`AppState`]: what every handler shares (store, catalogue, clock, config, token cache,
-//! shutdown flag).
+//! metrics, shutdown flag).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use kiln_domain::job_type::Catalogue;
 use kiln_domain::{Clock, Timestamp};
+use kiln_metrics::Metrics;
 use kiln_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,7 @@ struct Inner {
     shutdown: CancellationToken,
     /// Started by the first log follower.
     log_hub: OnceLock<LogHub>,
+    metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -41,6 +43,18 @@ impl AppState {
         catalogue: Arc<Catalogue>,
         clock: Arc<dyn Clock>,
         config: ServerConfig,
+    ) -> Self {
+        Self::with_metrics(store, catalogue, clock, config, Arc::default())
+    }
+
+    /// [`AppState::new`], recording into `metrics` (the node's, shared with its worker and
+    /// store).
+    pub fn with_metrics(
+        store: Arc<dyn Store>,
+        catalogue: Arc<Catalogue>,
+        clock: Arc<dyn Clock>,
+        config: ServerConfig,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -53,6 +67,7 @@ impl AppState {
                 shutting_down: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
                 log_hub: OnceLock::new(),
+                metrics,
             }),
         }
     }
@@ -107,6 +122,11 @@ impl AppState {
     /// Failed-login counters.
     pub fn logins(&self) -> &LoginThrottle {
         &self.inner.logins
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The bearer-token cache.

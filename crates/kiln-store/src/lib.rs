@@ -224,6 +224,14 @@ pub trait Store: Send + Sync + 'static {
     async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<u64>;
     /// Counts and timings for `/metrics`.
     async fn job_stats(&self) -> Result<Stats>;
+    /// Jobs waiting or running (scheduled, queued, failed, running) per queue and state;
+    /// pairs with none are left out. Read from the partial indexes of those states, so it
+    /// costs what is waiting or running, not the size of the table.
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>>;
+    /// The connection pool now, for a backend that has one.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 
     // ---- signals -----------------------------------------------------------------------
 

@@ -368,6 +368,39 @@ pub struct Stats {
     pub p95_start_latency_ms: f64,
 }
 
+/// Jobs of one queue in one state ([`crate::Store::queue_depths`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// The queue.
+    pub queue: String,
+    /// A waiting or running state.
+    pub state: JobState,
+    /// How many.
+    pub n: u64,
+}
+
+/// A backend's connection pool ([`crate::Store::pool_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStatus {
+    /// Connections open and not in use.
+    pub idle: usize,
+    /// Connections in use.
+    pub busy: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+/// The statement behind [`crate::Store::queue_depths`], the same on both backends: one
+/// `GROUP BY` per partial index (`jobs_claim`, `jobs_due`, `jobs_lease`), each of which
+/// holds only jobs in its states.
+pub(crate) const QUEUE_DEPTHS: &str = "
+    SELECT queue, 'queued', count(*) FROM jobs WHERE state = 'queued' GROUP BY queue
+    UNION ALL
+    SELECT queue, state, count(*) FROM jobs WHERE state IN ('scheduled', 'failed')
+    GROUP BY queue, state
+    UNION ALL
+    SELECT queue, 'running', count(*) FROM jobs WHERE state = 'running' GROUP BY queue";
+
 /// What [`crate::Store::log_read`] found: a job's log from an offset, and the job's state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRead {

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_domain::{Failure, Job, Lease};
+use kiln_domain::{Failure, Job, JobState, Lease};
 use kiln_kernels::{Artifacts, Inputs, JobContext, KernelError, LogSink, Progress};
+use kiln_metrics::{Metrics, Outcome as MetricOutcome};
 use kiln_store::{ClaimRequest, Outcome, StoreError};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -28,6 +29,7 @@ fn never() -> Instant {
 /// Runs `job`, then whatever job its completion claimed for the same slot, until a
 /// completion claims nothing; then frees the slot.
 pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
+    shared.metrics.slot_busy(1);
     loop {
         let lease = Lease {
             job_id: job.id,
@@ -38,7 +40,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
             job_id = %job.id, job_type = %job.job_type, attempt = job.attempts, "job started"
         );
         let started = Instant::now();
+        shared
+            .metrics
+            .job_started(job.job_type.as_str(), queue_wait(&job));
         let Some(outcome) = attempt(&shared, &job, &lease, &stop).await else {
+            shared.metrics.lease_lost();
             break;
         };
         if let Outcome::Failed { failure, .. } = &outcome {
@@ -61,7 +67,16 @@ pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
         }
     }
     shared.running().remove(&job.id);
+    shared.metrics.slot_busy(-1);
     shared.slot_freed.notify_one();
+}
+
+/// How long the job waited to start: from when it was due (`run_at`, its submission or its
+/// retry time) to its claim.
+fn queue_wait(job: &Job) -> Duration {
+    job.started_at
+        .and_then(|started| (started - job.run_at).to_std().ok())
+        .unwrap_or_default()
 }
 
 /// Runs the kernel; `None` when the attempt must not write its outcome (lease lost).
@@ -263,7 +278,7 @@ async fn complete(
                 if failures > 0 {
                     tracing::info!(job_id = %job.id, failures, "the outcome is stored after all");
                 }
-                log_completion(job, lease, completed, took);
+                log_completion(&shared.metrics, job, lease, completed, took);
                 return next;
             }
             Err(e) => e,
@@ -301,9 +316,22 @@ async fn complete(
 }
 
 /// The lifecycle log line of a stored (or refused) completion.
-fn log_completion(job: &Job, lease: &Lease, completed: Result<Job, StoreError>, took: Duration) {
+fn log_completion(
+    metrics: &Metrics,
+    job: &Job,
+    lease: &Lease,
+    completed: Result<Job, StoreError>,
+    took: Duration,
+) {
     match completed {
         Ok(done) => {
+            let outcome = match done.state {
+                JobState::Succeeded => MetricOutcome::Succeeded,
+                JobState::Cancelled => MetricOutcome::Cancelled,
+                JobState::Dead => MetricOutcome::Dead,
+                _ => MetricOutcome::Retried,
+            };
+            metrics.job_ended(job.job_type.as_str(), outcome, took);
             let error = done.error.as_ref().map(|e| e.code.as_str());
             tracing::info!(
                 job_id = %job.id,
@@ -315,10 +343,13 @@ fn log_completion(job: &Job, lease: &Lease, completed: Result<Job, StoreError>, 
                 "job attempt finished"
             );
         }
-        Err(StoreError::LeaseLost) => tracing::warn!(
-            job_id = %job.id, attempt = lease.attempt,
-            "outcome refused: the lease was lost (the job was rescued)"
-        ),
+        Err(StoreError::LeaseLost) => {
+            metrics.lease_lost();
+            tracing::warn!(
+                job_id = %job.id, attempt = lease.attempt,
+                "outcome refused: the lease was lost (the job was rescued)"
+            );
+        }
         Err(e) => tracing::warn!(job_id = %job.id, error = %e, "outcome not stored"),
     }
 }

@@ -31,6 +31,7 @@ use std::time::Duration;
 use kiln_domain::job_type::Catalogue;
 use kiln_domain::{Clock, Failure, Job, JobId, Lease, Timestamp};
 use kiln_kernels::Registry;
+use kiln_metrics::Metrics;
 use kiln_store::{LeaseFilter, Outcome, Store, StoreError};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -163,6 +164,7 @@ struct Shared {
     /// come back is given up then (the lease runs out and the job runs again).
     give_up: CancellationToken,
     rng: Mutex<StdRng>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -248,14 +250,23 @@ impl Worker {
                 stop_claiming: CancellationToken::new(),
                 give_up: CancellationToken::new(),
                 rng: Mutex::new(StdRng::from_os_rng()),
+                metrics: Arc::default(),
             },
         }
+    }
+
+    /// Records into `metrics` (the node's, shared with its HTTP API and store) instead of
+    /// a registry of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.shared.metrics = metrics;
+        self
     }
 
     /// Rescues the jobs a previous incarnation of this node left running, then starts the
     /// dispatcher, the heartbeat and maintenance.
     pub async fn start(self) -> Result<WorkerHandle, StoreError> {
         let shared = Arc::new(self.shared);
+        shared.metrics.set_slots(shared.config.max_concurrency);
         // Subscribe before the first claim so no signal published after it is missed.
         let signals = shared.store.subscribe();
         rescue_own(&shared).await?;
@@ -319,14 +330,17 @@ async fn rescue(shared: &Shared, lease: &Lease, failure: Failure) {
     };
     let outcome = shared.failed(&job, failure, now);
     match shared.store.job_complete(lease, outcome, now).await {
-        Ok(job) => tracing::warn!(
-            job_id = %job.id,
-            job_type = %job.job_type,
-            attempt = lease.attempt,
-            from_node = %lease.node,
-            state = %job.state,
-            "rescued an orphaned attempt"
-        ),
+        Ok(job) => {
+            shared.metrics.jobs_rescued(1);
+            tracing::warn!(
+                job_id = %job.id,
+                job_type = %job.job_type,
+                attempt = lease.attempt,
+                from_node = %lease.node,
+                state = %job.state,
+                "rescued an orphaned attempt"
+            );
+        }
         Err(StoreError::LeaseLost) => {}
         Err(e) => tracing::warn!(job_id = %lease.job_id, error = %e, "rescue failed"),
     }

@@ -222,6 +222,10 @@ impl Store for Flaky {
         self.inner.job_stats().await
     }
 
+    async fn queue_depths(&self) -> Result<Vec<kiln_store::QueueDepth>> {
+        self.inner.queue_depths().await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
         self.inner.subscribe()
     }

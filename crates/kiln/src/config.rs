@@ -74,6 +74,10 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "KILN_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
+    /// A second listener (`HOST:PORT`) serving `/metrics` in Prometheus text without a token,
+    /// for a Prometheus on a private network; also on `kiln worker`, which has no API.
+    #[arg(long, env = "KILN_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Database: `sqlite://PATH`, `sqlite::memory:` (nothing kept) or `postgres://…`.
     #[arg(long = "database", env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,

@@ -17,6 +17,7 @@ use anyhow::Context;
 use kiln_domain::{Clock, SystemClock};
 use kiln_kernels::Registry;
 use kiln_kernels::command::{Command, CommandConfig};
+use kiln_metrics::Metrics;
 use kiln_server::{AppState, ServerConfig};
 use kiln_store::Store;
 use kiln_store::postgres::{PgOptions, PgStore};
@@ -37,6 +38,10 @@ pub struct Node {
     grace: std::time::Duration,
     store: Arc<dyn Store>,
     tls: Option<ServerTls>,
+    /// The metrics listener (`KILN_METRICS_ADDR`), if any.
+    metrics_http: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
+    /// Where the metrics listener listens.
+    metrics_addr: Option<SocketAddr>,
     /// The lock that makes this process the only one on its SQLite file, held until the
     /// node is dropped (`None` on PostgreSQL).
     _sqlite_lock: Option<std::fs::File>,
@@ -75,6 +80,15 @@ impl StoreOptions {
 
 /// Opens the database at `url` (`sqlite:…` or `postgres://…`) and applies its migrations.
 pub async fn open_store(url: &str, opts: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_with(url, opts, None).await
+}
+
+/// [`open_store`], the SQLite writer recording its commits into `metrics`.
+async fn open_store_with(
+    url: &str,
+    opts: StoreOptions,
+    metrics: Option<Arc<Metrics>>,
+) -> anyhow::Result<Arc<dyn Store>> {
     if is_postgres(url) {
         let store = PgStore::connect(
             url,
@@ -93,6 +107,7 @@ pub async fn open_store(url: &str, opts: StoreOptions) -> anyhow::Result<Arc<dyn
     let store = SqliteStore::open(SqliteOptions {
         path,
         synchronous: opts.sqlite_sync.into(),
+        metrics,
         ..SqliteOptions::default()
     })
     .with_context(|| format!("while opening the database {url}"))?;
@@ -177,7 +192,13 @@ pub async fn start_with_clock(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Node> {
     let sqlite_lock = lock_sqlite(&v.config.database_url)?;
-    let store = open_store(&v.config.database_url, StoreOptions::from_config(&v.config)).await?;
+    let metrics = Arc::new(Metrics::default());
+    let store = open_store_with(
+        &v.config.database_url,
+        StoreOptions::from_config(&v.config),
+        Some(Arc::clone(&metrics)),
+    )
+    .await?;
     let catalogue = Arc::new(v.catalogue.clone());
     let objects = open_objects(v)?;
     let worker = Worker::new(
@@ -190,6 +211,7 @@ pub async fn start_with_clock(
         Arc::clone(&catalogue),
         Arc::clone(&clock),
     )
+    .with_metrics(Arc::clone(&metrics))
     .start()
     .await
     .context("while starting the worker")?;
@@ -201,8 +223,32 @@ pub async fn start_with_clock(
         grace: v.config.shutdown_grace,
         store: Arc::clone(&store),
         tls: None,
+        metrics_http: None,
+        metrics_addr: None,
         _sqlite_lock: sqlite_lock,
     };
+    let config = ServerConfig {
+        objects: Some(objects),
+        ..server_config(v)
+    };
+    let state = AppState::with_metrics(
+        Arc::clone(&store),
+        catalogue,
+        Arc::clone(&clock),
+        config,
+        metrics,
+    );
+    if let Some(addr) = v.config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("while binding the metrics listener {addr}"))?;
+        node.metrics_addr = Some(listener.local_addr()?);
+        let stop = CancellationToken::new();
+        let app = kiln_server::metrics_router(state.clone());
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        node.metrics_http = Some((stop, tokio::spawn(async move { serve.await })));
+    }
     if role == Role::Serve {
         let admin_password = v.config.admin_password.as_ref().map(|s| s.0.as_str());
         if let Some(generated) =
@@ -213,11 +259,6 @@ pub async fn start_with_clock(
             println!("Created user `admin` with password: {generated}");
             println!("(shown once; set KILN_ADMIN_PASSWORD to choose it)");
         }
-        let config = ServerConfig {
-            objects: Some(objects),
-            ..server_config(v)
-        };
-        let state = AppState::new(store, catalogue, clock, config);
         let listener = tokio::net::TcpListener::bind((v.config.bind, v.config.port))
             .await
             .with_context(|| format!("while binding {}:{}", v.config.bind, v.config.port))?;
@@ -351,6 +392,11 @@ impl Node {
         self.addr
     }
 
+    /// The metrics listener's address, with `KILN_METRICS_ADDR`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// The node's store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
@@ -375,6 +421,12 @@ impl Node {
                 .context("HTTP server task")?
                 .context("HTTP server")?;
         }
+        if let Some((stop, task)) = self.metrics_http {
+            stop.cancel();
+            task.await
+                .context("metrics server task")?
+                .context("metrics server")?;
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -394,6 +446,9 @@ pub async fn run(v: Validated, role: Role) -> anyhow::Result<()> {
             tracing::info!(%addr, tls, node = %v.node_id, "kiln is serving");
         }
         None => tracing::info!(node = %v.node_id, "kiln worker is running"),
+    }
+    if let Some(addr) = node.metrics_addr() {
+        tracing::info!(%addr, "metrics are served without a token on /metrics");
     }
     shutdown_signal().await;
     node.shutdown().await

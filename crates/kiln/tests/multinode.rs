@@ -192,6 +192,7 @@ async fn two_nodes_drain_2000_jobs_each_run_once() {
         let m = client
             .request(Method::GET, "/metrics")
             .bearer(Some(&token))
+            .header("accept", "application/json")
             .send()
             .await
             .json();

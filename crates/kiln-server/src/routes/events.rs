@@ -26,6 +26,7 @@ use super::logs::HEARTBEAT;
 use crate::auth::CurrentUser;
 use crate::extract::Query;
 use crate::list::parse_states;
+use crate::metrics::Counted;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -116,6 +117,7 @@ pub async fn events(
         job_id: kiln_domain::JobId(uuid::Uuid::nil()),
         seq: 0,
     };
+    let following = Counted::follower(&state);
     let mut feed = Feed {
         state,
         filter,
@@ -125,8 +127,11 @@ pub async fn events(
         pending: VecDeque::new(),
     };
     feed.catch_up().await?;
-    let sse = Sse::new(feed.into_stream().map(|e| Ok::<_, Infallible>(render(&e))))
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT));
+    let sse = Sse::new(feed.into_stream().map(move |e| {
+        let _counted = &following;
+        Ok::<_, Infallible>(render(&e))
+    }))
+    .keep_alive(KeepAlive::new().interval(HEARTBEAT));
     Ok(sse.into_response())
 }
 

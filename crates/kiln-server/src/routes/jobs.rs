@@ -32,7 +32,11 @@ pub async fn create(
     let inserted = state.store().job_insert(job, opts).await?;
     let replayed = matches!(inserted, Inserted::Existing(_));
     let job = match inserted {
-        Inserted::Created(job) | Inserted::Existing(job) => job,
+        Inserted::Created(job) => {
+            state.metrics().job_submitted(job.job_type.as_str());
+            job
+        }
+        Inserted::Existing(job) => job,
     };
     let location = format!("/api/v1/jobs/{}", job.id);
     let mut resp = (StatusCode::ACCEPTED, Json(JobView::from(job))).into_response();

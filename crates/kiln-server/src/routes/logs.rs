@@ -27,6 +27,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::auth::CurrentUser;
 use crate::extract::{Path, Query};
 use crate::follow::{Chunk, Follower};
+use crate::metrics::Counted;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -58,7 +59,11 @@ pub async fn logs(
     let from = last_event_id(&headers)?.unwrap_or(0);
     let follower = state.log_hub().follow(id);
     let first = state.store().log_read(owner, id, from).await?;
-    let pieces = follow(state, owner, id, follower, from, first);
+    let following = Counted::follower(&state);
+    let pieces = follow(state, owner, id, follower, from, first).map(move |piece| {
+        let _counted = &following;
+        piece
+    });
     if wants_sse(&headers) {
         let events = pieces.flat_map(|piece| stream::iter(piece.into_events()));
         let sse = Sse::new(events.map(Ok::<_, Infallible>))

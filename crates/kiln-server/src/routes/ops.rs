@@ -41,20 +41,29 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     }
 }
 
-/// `GET /metrics` (operator or admin): the JSON summary, or Prometheus text (see
-/// [`crate::metrics`]).
+/// `GET /metrics` (operator or admin): Prometheus text, or the JSON summary for a client
+/// that asks for `application/json` (see [`crate::metrics`]).
 pub async fn metrics(
     State(state): State<AppState>,
     me: CurrentUser,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     me.require(Role::Operator)?;
-    let summary = view::metrics(state.store().job_stats().await?);
-    if metrics::wants_text(&headers) {
-        let text = metrics::render_text(&summary);
-        return Ok(([(CONTENT_TYPE, metrics::TEXT_FORMAT)], text).into_response());
+    if metrics::wants_json(&headers) {
+        let summary = view::metrics(state.store().job_stats().await?);
+        return Ok(Json(summary).into_response());
     }
-    Ok(Json(summary).into_response())
+    prometheus(&state).await
+}
+
+/// `GET /metrics` on the metrics listener (`KILN_METRICS_ADDR`): Prometheus text, no token.
+pub async fn metrics_open(State(state): State<AppState>) -> Result<Response, ApiError> {
+    prometheus(&state).await
+}
+
+async fn prometheus(state: &AppState) -> Result<Response, ApiError> {
+    let text = metrics::render(state).await?;
+    Ok(([(CONTENT_TYPE, kiln_metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// `GET /api/v1/job-types`: names, descriptions, schemas and policies.

@@ -17,7 +17,13 @@ async fn metrics_are_for_operators_and_count_jobs() {
         .await;
     problem(&app.get(&client, "/metrics").await, 403, "forbidden");
     problem(&app.client.get(None, "/metrics").await, 401, "unauthorized");
-    let resp = app.get(&operator, "/metrics").await;
+    let resp = app
+        .client
+        .request(Method::GET, "/metrics")
+        .bearer(Some(&operator))
+        .header("accept", "application/json")
+        .send()
+        .await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     let m = resp.json();
     assert_eq!(
@@ -43,9 +49,34 @@ async fn metrics_are_for_operators_and_count_jobs() {
             .starts_with("text/plain")
     );
     let body = text.text();
-    assert!(body.contains("kiln_jobs_submitted_total 2\n"), "{body}");
+    for line in [
+        "kiln_jobs_submitted_total{type=\"echo\"} 2\n",
+        "kiln_job_cancel_requests_total 1\n",
+        "kiln_jobs{queue=\"default\",state=\"queued\"} 1\n",
+        "kiln_http_requests_total{method=\"POST\",route=\"/api/v1/jobs\",status=\"2xx\"} 2\n",
+        "kiln_http_requests_total{method=\"GET\",route=\"/metrics\",status=\"4xx\"} 2\n",
+    ] {
+        assert!(body.contains(line), "{line:?} missing from:\n{body}");
+    }
+    // No `Accept` at all (curl's `*/*`): text too.
+    let plain = app.get(&operator, "/metrics").await;
+    assert!(plain.text().contains("# TYPE kiln_jobs gauge\n"));
+    // A route label is the router's template, never the raw path (which would let any
+    // client add series).
+    app.get(
+        &operator,
+        "/api/v1/jobs/0190a0a0-0000-7000-8000-000000000000",
+    )
+    .await;
+    app.get(&operator, "/no/such/path/3f2a").await;
+    let body = app.get(&operator, "/metrics").await.text();
+    assert!(body.contains("route=\"/api/v1/jobs/{id}\""), "{body}");
     assert!(
-        body.contains("kiln_jobs{state=\"cancelled\"} 1\n"),
+        body.contains("route=\"unmatched\",status=\"4xx\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("3f2a") && !body.contains("0190a0a0"),
         "{body}"
     );
 }

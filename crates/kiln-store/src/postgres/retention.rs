@@ -9,7 +9,7 @@ use kiln_domain::{JobState, Timestamp};
 
 use super::row::{self, big, ts};
 use crate::error::Result;
-use crate::model::Stats;
+use crate::model::{QUEUE_DEPTHS, QueueDepth, Stats};
 
 /// Most jobs deleted per transaction: a prune of a large backlog runs as many short
 /// transactions, so it never holds thousands of row locks for long.
@@ -56,6 +56,20 @@ pub(super) async fn prune_chunk(
 
 /// Jobs ever submitted, current counts per state, mean run time, p95 start latency; one
 /// statement, so every number comes from the same snapshot.
+/// Jobs waiting or running per queue and state.
+pub(super) async fn queue_depths(db: &impl GenericClient) -> Result<Vec<QueueDepth>> {
+    let rows = row::query(db, QUEUE_DEPTHS, &[]).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(QueueDepth {
+                queue: row::get(r, 0)?,
+                state: row::state(r, 1)?,
+                n: u64::try_from(row::get::<i64>(r, 2)?).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
 pub(super) async fn stats(db: &impl GenericClient) -> Result<Stats> {
     let r = row::query_one(
         db,

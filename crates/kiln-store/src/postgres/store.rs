@@ -271,6 +271,19 @@ impl Store for PgStore {
         retention::stats(&self.client().await?).await
     }
 
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>> {
+        retention::queue_depths(&self.client().await?).await
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        let status = self.pool.status();
+        Some(PoolStatus {
+            idle: status.available,
+            busy: status.size.saturating_sub(status.available),
+            waiting: status.waiting,
+        })
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
         self.signals.subscribe()
     }

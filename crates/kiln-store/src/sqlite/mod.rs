@@ -48,6 +48,7 @@ mod writer;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use kiln_metrics::Metrics;
 use rusqlite::ErrorCode;
 use tokio::sync::broadcast;
 
@@ -95,6 +96,8 @@ pub struct SqliteOptions {
     /// WAL length, in pages, past which the writer starts the log over (see
     /// `sqlite/checkpoint.rs`); default 8,192 (32 MiB of 4 KiB pages).
     pub wal_restart_frames: u32,
+    /// Where the writer records each commit's batch size and duration (none by default).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for SqliteOptions {
@@ -105,6 +108,7 @@ impl Default for SqliteOptions {
             log_limit_bytes: 64 * 1024,
             readers: 4,
             wal_restart_frames: 8192,
+            metrics: None,
         }
     }
 }
@@ -176,6 +180,7 @@ impl SqliteStore {
         let outlet = writer::Outlet {
             signals: signals.clone(),
             cache: Arc::clone(&cache),
+            metrics: opts.metrics.clone(),
         };
         let writer = Writer::spawn(conn, outlet, opts.log_limit_bytes, checkpointer)?;
         Ok(Arc::new(SqliteStore {

@@ -9,8 +9,8 @@ use rusqlite::Connection;
 
 use super::row::{self, ms};
 use super::writer::Tx;
-use crate::error::Result;
-use crate::model::Stats;
+use crate::error::{Result, backend};
+use crate::model::{QUEUE_DEPTHS, QueueDepth, Stats};
 
 /// Most jobs deleted per writer command: a prune of a large backlog runs as many short
 /// transactions, so submissions are never stuck behind one long delete.
@@ -92,6 +92,30 @@ pub(super) fn stats(db: &Connection) -> Result<Stats> {
         avg_duration_ms: avg_duration_ms.unwrap_or(0.0),
         p95_start_latency_ms: p95(latencies),
     })
+}
+
+/// Jobs waiting or running per queue and state.
+pub(super) fn queue_depths(db: &Connection) -> Result<Vec<QueueDepth>> {
+    let mut stmt = db.prepare_cached(QUEUE_DEPTHS)?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut depths = Vec::new();
+    for row in rows {
+        let (queue, state, n) = row?;
+        depths.push(QueueDepth {
+            queue,
+            state: state
+                .parse()
+                .map_err(|e| backend(format!("job state: {e}")))?,
+            n: u64::try_from(n).unwrap_or(0),
+        });
+    }
+    Ok(depths)
 }
 
 /// The start latencies of the most recently finished jobs that started: an index-only read

@@ -277,6 +277,10 @@ impl Store for SqliteStore {
         self.read(retention::stats).await
     }
 
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>> {
+        self.read(retention::queue_depths).await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
         self.signals.subscribe()
     }

@@ -40,6 +40,7 @@ use crate::cache::JobCache;
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::Signal;
 use crate::signal::Outbox;
+use kiln_metrics::Metrics;
 
 /// Most commands per transaction. Large enough that one fsync serves a burst of submissions,
 /// small enough that one batch holds the write lock for milliseconds, not seconds.
@@ -241,6 +242,7 @@ fn stopped() -> StoreError {
 pub(super) struct Outlet {
     pub signals: broadcast::Sender<Signal>,
     pub cache: Arc<JobCache>,
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// What a batch's successful commands leave to announce after the commit.
@@ -281,7 +283,12 @@ fn run_batch(
     log_limit: usize,
 ) {
     let mut published = Published::default();
-    match execute(conn, &mut batch, &mut published, log_limit) {
+    let started = std::time::Instant::now();
+    let executed = execute(conn, &mut batch, &mut published, log_limit);
+    if let Some(metrics) = &outlet.metrics {
+        metrics.store_commit(batch.len(), started.elapsed());
+    }
+    match executed {
         Ok(()) => {
             evict(&outlet.cache, &published);
             publish(&outlet.signals, published.signals);
@@ -424,6 +431,7 @@ mod tests {
         let outlet = Outlet {
             signals,
             cache: Arc::default(),
+            metrics: None,
         };
         (Writer::spawn(conn, outlet, 1024, None).unwrap(), rx)
     }

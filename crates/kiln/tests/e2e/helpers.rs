@@ -116,6 +116,14 @@ impl TestApp {
             .expect("a serving node")
     }
 
+    /// The metrics listener's address (`--metrics-addr`).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.node
+            .as_ref()
+            .and_then(Node::metrics_addr)
+            .expect("a metrics listener")
+    }
+
     /// Stops the node gracefully and hands back its directory.
     pub async fn stop(mut self) -> TempDir {
         if let Some(node) = self.node.take() {

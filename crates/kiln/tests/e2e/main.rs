@@ -11,6 +11,7 @@ mod command;
 mod compute;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod process;
 mod retry;
 mod scheduling;
