@@ -163,6 +163,8 @@ pub struct Metrics {
     /// never interleave their updates.
     scrape: Mutex<()>,
     names: Names,
+    /// Queues whose depth is reported (as 0) even when nothing waits in them.
+    queues: Mutex<Vec<&'static str>>,
     submitted: Family<TypeLabels, Counter>,
     completed: Family<OutcomeLabels, Counter>,
     queue_wait: Histograms<TypeLabels>,
@@ -204,6 +206,7 @@ impl Metrics {
         let m = Self {
             scrape: Mutex::new(()),
             names: Names::default(),
+            queues: Mutex::new(Vec::new()),
             submitted: Family::default(),
             completed: Family::default(),
             queue_wait: Family::new_with_constructor(job_histogram),
@@ -317,6 +320,41 @@ impl Metrics {
         self.names.get(name)
     }
 
+    /// Creates every per-type series of `types` at zero, so a dashboard or an alert finds
+    /// them (and `rate()` starts from 0) before the first job of a type; likewise the depth
+    /// of `queues` in each waiting or running state.
+    pub fn known<'a>(
+        &self,
+        types: impl IntoIterator<Item = &'a str>,
+        queues: impl IntoIterator<Item = &'a str>,
+    ) {
+        for name in types {
+            let r#type = self.name(name);
+            drop(self.submitted.get_or_create(&TypeLabels { r#type }));
+            for outcome in [
+                Outcome::Succeeded,
+                Outcome::Retried,
+                Outcome::Dead,
+                Outcome::Cancelled,
+            ] {
+                let outcome = outcome.as_str();
+                drop(
+                    self.completed
+                        .get_or_create(&OutcomeLabels { r#type, outcome }),
+                );
+            }
+            drop(self.queue_wait.get_or_create(&TypeLabels { r#type }));
+            drop(self.run_duration.get_or_create(&TypeLabels { r#type }));
+        }
+        let mut known = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        for queue in queues {
+            let queue = self.name(queue);
+            if !known.contains(&queue) {
+                known.push(queue);
+            }
+        }
+    }
+
     /// A job of `job_type` was accepted.
     pub fn job_submitted(&self, job_type: &str) {
         let r#type = self.name(job_type);
@@ -422,6 +460,18 @@ impl Metrics {
     pub fn encode(&self, refresh: impl FnOnce(&Scrape<'_>)) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
         self.jobs.clear();
+        let known = self
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for queue in known {
+            for state in ["scheduled", "queued", "failed", "running"] {
+                self.jobs
+                    .get_or_create(&QueueStateLabels { queue, state })
+                    .set(0);
+            }
+        }
         refresh(&Scrape(self));
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
@@ -513,5 +563,15 @@ mod tests {
         // Gauges read from the database are set afresh on every scrape.
         let again = m.encode(|_| {});
         assert!(!again.contains("kiln_jobs{queue="), "{again}");
+        // Known types and queues have their series before anything happens.
+        m.known(["csv_aggregate"], ["default"]);
+        let known = m.encode(|_| {});
+        for line in [
+            "kiln_jobs_completed_total{type=\"csv_aggregate\",outcome=\"dead\"} 0\n",
+            "kiln_job_run_duration_seconds_count{type=\"csv_aggregate\"} 0\n",
+            "kiln_jobs{queue=\"default\",state=\"running\"} 0\n",
+        ] {
+            assert!(known.contains(line), "{line:?} missing from:\n{known}");
+        }
     }
 }

@@ -193,6 +193,11 @@ pub async fn start_with_clock(
 ) -> anyhow::Result<Node> {
     let sqlite_lock = lock_sqlite(&v.config.database_url)?;
     let metrics = Arc::new(Metrics::default());
+    let queues = v.file.queues.keys().map(String::as_str);
+    metrics.known(
+        v.catalogue.iter().map(|spec| spec.name),
+        std::iter::once(kiln_domain::job::QueueName::DEFAULT).chain(queues),
+    );
     let store = open_store_with(
         &v.config.database_url,
         StoreOptions::from_config(&v.config),

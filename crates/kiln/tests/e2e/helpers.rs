@@ -31,6 +31,8 @@ pub struct Opts {
     pub toml: Option<String>,
     /// The node's clock; the wall clock when `None`.
     pub clock: Option<Arc<dyn Clock>>,
+    /// The database URL; a SQLite file in the node's directory when `None`.
+    pub database: Option<String>,
 }
 
 pub struct TestApp {
@@ -64,7 +66,7 @@ pub fn config(dir: &TempDir, opts: &Opts) -> kiln::config::Validated {
     .collect();
     argv.extend([
         "--database".into(),
-        db_url(dir),
+        opts.database.clone().unwrap_or_else(|| db_url(dir)),
         "--admin-password".into(),
         ADMIN_PASSWORD.into(),
     ]);

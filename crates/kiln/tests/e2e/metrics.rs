@@ -101,12 +101,144 @@ async fn the_metrics_listener_serves_what_the_node_recorded_without_a_token() {
         commits >= 1.0,
         "the SQLite writer's commits are counted: {text}"
     );
-    // Nothing waits or runs any more: no depth series.
-    assert!(!text.contains("kiln_jobs{queue="), "{text}");
+    // Nothing waits or runs any more: the default queue's depth is 0 in every state.
+    for state in ["scheduled", "queued", "failed", "running"] {
+        let series = format!("kiln_jobs{{queue=\"default\",state=\"{state}\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{series} in:\n{text}");
+    }
 
     // The listener serves the metrics and nothing else: no API, no token accepted or needed.
     let api = scraper.get(Some(&app.admin), "/api/v1/me").await;
     assert_eq!(api.status.as_u16(), 404, "{}", api.text());
     assert_eq!(api.header("content-type"), Some("application/problem+json"));
     app.stop().await;
+}
+
+/// The repository's `deploy/` directory.
+fn deploy(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(file)
+}
+
+/// The `kiln_…` metric names a PromQL expression reads.
+fn kiln_series(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|token| token.starts_with("kiln_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every string under an `expr`, `query` or `definition` key of the dashboard.
+fn dashboard_queries(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => {
+                        out.push(s.clone());
+                    }
+                    _ => dashboard_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| dashboard_queries(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_query_only_series_a_node_serves() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/kiln.json")).unwrap())
+            .unwrap();
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard, &mut queries);
+    assert!(queries.len() >= 20, "{queries:?}");
+    let alerts = std::fs::read_to_string(deploy("alerts.yml")).unwrap();
+    let rules: Vec<String> = alerts
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr:"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(rules.len(), 6, "{alerts}");
+    let mut wanted: Vec<String> = queries
+        .iter()
+        .chain(&rules)
+        .flat_map(|q| kiln_series(q))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    assert!(wanted.len() >= 15, "{wanted:?}");
+
+    // On PostgreSQL, so the pool's series are there too (SQLite has no pool); the SQLite
+    // writer's commit histograms carry no label and are always there.
+    let Some(db) = kiln_testkit::pg::TempPostgres::create().await else {
+        return;
+    };
+    let app = TestApp::spawn_with(Opts {
+        flags: vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
+        database: Some(db.url.clone()),
+        ..Opts::default()
+    })
+    .await;
+    // Nothing has run: every series must be there all the same (known types and queues
+    // start at zero), or a fresh cluster's dashboard would be empty and its alerts blind.
+    let text = Client::new(app.metrics_addr())
+        .get(None, "/metrics")
+        .await
+        .text();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    for series in &wanted {
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| series.strip_suffix(suffix))
+            .filter(|base| families.contains(base))
+            .unwrap_or(series);
+        assert!(
+            families.contains(&family),
+            "{series} is queried by deploy/ but no node serves it; families: {families:?}"
+        );
+    }
+    app.stop().await;
+    drop(db);
+}
+
+/// `promtool` (Debian's `prometheus` package, which `.ci/run` installs) checks the
+/// Prometheus configuration and runs the alerts' unit tests. Without it the test says so
+/// loudly, and fails under CI.
+#[test]
+fn promtool_accepts_the_configuration_and_the_alerts_fire_as_tested() {
+    let Ok(version) = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing under CI (.ci/run installs Debian's prometheus package)"
+        );
+        eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    assert!(version.status.success());
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(deploy(""))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -16,6 +16,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use http_body_util::BodyExt;
+use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use super::http::{Client, json_bytes};
@@ -165,6 +167,57 @@ pub async fn read(
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
     }
+    for (name, accept) in [
+        ("GET /metrics, Prometheus text, one at a time", "text/plain"),
+        (
+            "GET /metrics, JSON summary, one at a time",
+            "application/json",
+        ),
+    ] {
+        scrape(client, name, accept, report).await?;
+    }
+    Ok(())
+}
+
+/// Requests `GET /metrics` made one after another, as a Prometheus (or a person) would.
+const SCRAPES: usize = 50;
+
+/// `GET /metrics` [`SCRAPES`] times in a row with `Accept: accept`: its latency on this
+/// table (what a scrape costs, not a rate under load).
+async fn scrape(
+    client: &Client,
+    name: &str,
+    accept: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut ms = Vec::with_capacity(SCRAPES);
+    let started = Instant::now();
+    for _ in 0..SCRAPES {
+        let sent = Instant::now();
+        let (status, body) = client.open("/metrics", accept).await?;
+        body.collect()
+            .await
+            .context("while reading a /metrics body")?;
+        if status != StatusCode::OK {
+            bail!("{name}: {status} (the bench user must be an operator or admin)");
+        }
+        ms.push(sent.elapsed().as_secs_f64() * 1e3);
+    }
+    let rate = SCRAPES as f64 / started.elapsed().as_secs_f64();
+    ms.sort_by(f64::total_cmp);
+    report.endpoints.push(Endpoint {
+        scenario: "read",
+        endpoint: name.to_owned(),
+        requests: SCRAPES as u64,
+        errors: 0,
+        requests_per_s: rate,
+        p50_ms: percentile(&ms, 0.50),
+        p95_ms: percentile(&ms, 0.95),
+        p99_ms: percentile(&ms, 0.99),
+        server_cpu_us: None,
+        bench_cpu_us: None,
+        percent_of_baseline: None,
+    });
     Ok(())
 }
 
