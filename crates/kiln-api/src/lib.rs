@@ -203,6 +203,38 @@ pub struct LoginResponse {
     pub user: UserView,
 }
 
+/// A queue as `GET /admin/queues` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueView {
+    /// The queue's name.
+    pub name: String,
+    /// Paused: it accepts jobs, but no node claims them until it is resumed.
+    pub paused: bool,
+    /// Who last paused or resumed it (`null`: nobody ever did).
+    pub changed_by: Option<String>,
+    /// When (`null`: never).
+    #[serde(with = "ts::option")]
+    pub changed_at: Option<Timestamp>,
+    /// Jobs waiting or running in it, across the cluster.
+    pub jobs: QueueJobs,
+    /// Attempts of this queue one node runs at once (`kiln.toml`); `null`: only
+    /// `MAX_CONCURRENCY` limits it.
+    pub concurrency_limit: Option<usize>,
+}
+
+/// A queue's jobs by waiting or running state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueJobs {
+    /// Due later.
+    pub scheduled: u64,
+    /// Waiting for a worker.
+    pub queued: u64,
+    /// Failed, waiting for a retry.
+    pub failed: u64,
+    /// Running now.
+    pub running: u64,
+}
+
 /// A user as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserView {

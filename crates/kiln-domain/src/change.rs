@@ -77,6 +77,17 @@ pub struct Change {
     pub note: Option<Note>,
 }
 
+impl Change {
+    /// The same change, its event naming who made it (`cancelled by oscar`): an operator
+    /// acting on another user's job.
+    pub fn by(mut self, who: &str) -> Self {
+        if let Some(note) = &mut self.note {
+            note.message = format!("{} by {who}", note.message);
+        }
+        self
+    }
+}
+
 /// A report the store refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportRefused {

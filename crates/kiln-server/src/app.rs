@@ -107,6 +107,18 @@ fn api(upload_limit: u64) -> Router<AppState> {
             axum::routing::patch(admin::update_user),
         )
         .route("/admin/jobs", get(admin::list_jobs))
+        .route(
+            "/admin/jobs/{id}",
+            get(admin::get_job).delete(admin::delete_job),
+        )
+        .route("/admin/jobs/{id}/cancel", post(admin::cancel_job))
+        .route(
+            "/admin/jobs/{id}/retry",
+            post(admin::retry_job).put(admin::retry_job),
+        )
+        .route("/admin/queues", get(admin::list_queues))
+        .route("/admin/queues/{queue}/pause", post(admin::pause_queue))
+        .route("/admin/queues/{queue}/resume", post(admin::resume_queue))
 }
 
 /// CORS for the allowed origins; `None` (no CORS headers) when there are none.

@@ -9,16 +9,45 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
+/// Who changes a job: its owner (who can reach only their own jobs), or an operator acting
+/// on anyone's job, whose name the job's event records.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    /// The job's owner.
+    Owner(UserId),
+    /// An operator or admin, by username.
+    Operator(&'a str),
+}
+
+impl Actor<'_> {
+    /// The owner a store call is scoped to (`None`: any job).
+    pub fn scope(self) -> Option<UserId> {
+        match self {
+            Actor::Owner(owner) => Some(owner),
+            Actor::Operator(_) => None,
+        }
+    }
+}
+
 /// Cancels the job; returns it and whether it is still stopping (cancel requested, not yet
 /// terminal after the wait).
 pub async fn cancel(
     state: &AppState,
-    owner: Option<UserId>,
+    actor: Actor<'_>,
     id: JobId,
 ) -> Result<(Job, bool), ApiError> {
+    let owner = actor.scope();
     // Subscribe before the write so the worker's "cancelled" signal cannot be missed.
     let mut signals = state.store().subscribe();
-    let (job, step) = state.store().job_cancel(owner, id, state.now()).await?;
+    let (job, step) = match actor {
+        Actor::Owner(owner) => {
+            state
+                .store()
+                .job_cancel(Some(owner), id, state.now())
+                .await?
+        }
+        Actor::Operator(name) => state.store().job_cancel_by(name, id, state.now()).await?,
+    };
     state.metrics().cancel_requested();
     // Anything but a request is done (a running `external` job, which no attempt runs, is
     // cancelled at once by the store).

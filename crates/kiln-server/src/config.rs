@@ -35,6 +35,9 @@ pub struct ServerConfig {
     /// dropped (`GET /jobs/{id}/logs?follow=true`). One append is one flush of the job's log
     /// (every 250 ms), so the default 256 is over a minute of output a follower has not read.
     pub log_follow_buffer: usize,
+    /// Per-queue concurrency limits of the nodes (`kiln.toml`), shown by
+    /// `GET /admin/queues`.
+    pub queue_limits: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +54,7 @@ impl Default for ServerConfig {
             upload_limit: 50 * 1024 * 1024,
             command_allow: std::sync::Arc::default(),
             log_follow_buffer: 256,
+            queue_limits: std::collections::BTreeMap::new(),
         }
     }
 }

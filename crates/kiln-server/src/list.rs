@@ -37,6 +37,9 @@ pub struct ListParams {
     pub limit: Option<String>,
     /// From the previous page's `next_cursor`.
     pub cursor: Option<String>,
+    /// Only this user's jobs, by id or username: `GET /admin/jobs` only (the own list is
+    /// the caller's already).
+    pub owner: Option<String>,
 }
 
 /// A comma-separated list of states (`queued,running`), as the query parameter `field`

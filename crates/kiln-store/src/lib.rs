@@ -136,6 +136,12 @@ pub trait Store: Send + Sync + 'static {
         report: Report,
         now: Timestamp,
     ) -> Result<Job>;
+    /// [`Store::job_cancel`] of anyone's job by the operator `by`, whose name the event
+    /// records (`cancelled by oscar`).
+    async fn job_cancel_by(&self, by: &str, id: JobId, now: Timestamp) -> Result<(Job, Step)>;
+    /// [`Store::job_retry`] of anyone's job by the operator `by`, whose name the event
+    /// records (`retry requested by oscar`).
+    async fn job_retry_by(&self, by: &str, id: JobId, budget: u32, now: Timestamp) -> Result<Job>;
     /// Hard-deletes a terminal job with its events, logs and idempotency keys; `Conflict` if
     /// it is not terminal.
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()>;
@@ -228,6 +234,18 @@ pub trait Store: Send + Sync + 'static {
     /// pairs with none are left out. Read from the partial indexes of those states, so it
     /// costs what is waiting or running, not the size of the table.
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>>;
+    /// The queues an operator has paused or resumed, by name.
+    async fn queue_controls(&self) -> Result<Vec<QueueControl>>;
+    /// Pauses (`paused`) or resumes queue `name`, as operator `by`: a paused queue accepts
+    /// jobs but no claim on any node takes them until it is resumed. Resuming publishes
+    /// [`Signal::JobAvailable`]. Returns the queue's control.
+    async fn queue_set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        by: &str,
+        now: Timestamp,
+    ) -> Result<QueueControl>;
     /// The connection pool now, for a backend that has one.
     fn pool_status(&self) -> Option<PoolStatus> {
         None

@@ -379,6 +379,19 @@ pub struct QueueDepth {
     pub n: u64,
 }
 
+/// Whether an operator paused a queue ([`crate::Store::queue_controls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueControl {
+    /// The queue.
+    pub name: String,
+    /// Paused: it accepts jobs, but none is claimed.
+    pub paused: bool,
+    /// When it was last paused or resumed.
+    pub changed_at: Timestamp,
+    /// By whom (a username).
+    pub changed_by: String,
+}
+
 /// A backend's connection pool ([`crate::Store::pool_status`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolStatus {

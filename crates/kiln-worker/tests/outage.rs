@@ -226,6 +226,28 @@ impl Store for Flaky {
         self.inner.queue_depths().await
     }
 
+    async fn queue_controls(&self) -> Result<Vec<kiln_store::QueueControl>> {
+        self.inner.queue_controls().await
+    }
+
+    async fn queue_set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        by: &str,
+        now: Timestamp,
+    ) -> Result<kiln_store::QueueControl> {
+        self.inner.queue_set_paused(name, paused, by, now).await
+    }
+
+    async fn job_cancel_by(&self, by: &str, id: JobId, now: Timestamp) -> Result<(Job, Step)> {
+        self.inner.job_cancel_by(by, id, now).await
+    }
+
+    async fn job_retry_by(&self, by: &str, id: JobId, budget: u32, now: Timestamp) -> Result<Job> {
+        self.inner.job_retry_by(by, id, budget, now).await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
         self.inner.subscribe()
     }

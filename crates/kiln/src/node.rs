@@ -387,6 +387,12 @@ fn server_config(v: &Validated) -> ServerConfig {
         upload_limit: v.config.upload_limit,
         upload_timeout: v.config.upload_timeout,
         command_allow: Arc::clone(&v.command_allow),
+        queue_limits: v
+            .file
+            .queues
+            .iter()
+            .map(|(name, q)| (name.clone(), q.concurrency))
+            .collect(),
         ..ServerConfig::default()
     }
 }

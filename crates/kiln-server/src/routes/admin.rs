@@ -1,11 +1,18 @@
-//! `/api/v1/admin/*`: user management (admin) and everyone's jobs (operator).
+//! `/api/v1/admin/*`: user management (admin); everyone's jobs and the queues (operator).
+
+use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use kiln_api::{CreateUser, PatchUser, UserView};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use kiln_api::{CreateUser, JobView, PatchUser, QueueJobs, QueueView, UserView};
+use kiln_domain::job::QueueName;
 use kiln_domain::user::{check_password, parse_username};
-use kiln_domain::{Role, UserId};
+use kiln_domain::{JobId, JobState, Role, UserId};
 use kiln_store::{NewUser, UserPatch};
+
+use crate::cancel::Actor;
+use crate::conditional;
 
 use crate::auth::{CurrentUser, password};
 use crate::extract::{Json, Path, Query};
@@ -67,14 +74,164 @@ pub async fn update_user(
     Ok(Json(user.into()))
 }
 
-/// `GET /admin/jobs`: every user's jobs, same filters as `GET /jobs`.
+/// `GET /admin/jobs`: every user's jobs (or one's, with `owner`), same filters as
+/// `GET /jobs`.
 pub async fn list_jobs(
     State(state): State<AppState>,
     me: CurrentUser,
-    Query(params): Query<ListParams>,
-) -> Result<axum::response::Response, ApiError> {
+    Query(mut params): Query<ListParams>,
+) -> Result<Response, ApiError> {
     me.require(Role::Operator)?;
-    jobs::page(&state, params.into_query(None)?).await
+    let owner = match params.owner.take().as_deref().map(str::trim) {
+        None => None,
+        Some("") => {
+            return Err(ApiError::invalid(
+                "owner",
+                "must be a user id or a username",
+            ));
+        }
+        Some(text) => match text.parse::<i64>() {
+            Ok(id) => Some(UserId(id)),
+            Err(_) => match state.store().user_by_name(text).await? {
+                Some(record) => Some(record.user.id),
+                // Nobody by that name owns anything: an empty page, as for an unused id.
+                None => Some(UserId(-1)),
+            },
+        },
+    };
+    let mut query = params.into_query(None)?;
+    query.owner = owner;
+    jobs::page(&state, query).await
+}
+
+/// `GET /admin/jobs/{id}`: anyone's job.
+pub async fn get_job(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    me.require(Role::Operator)?;
+    let job = state.store().job_read(None, id).await?;
+    let size = conditional::job_size(&job);
+    conditional::json(&headers, &JobView::from(job), size)
+}
+
+/// `POST /admin/jobs/{id}/cancel`: cancels anyone's job; the event names the operator.
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<Response, ApiError> {
+    me.require(Role::Operator)?;
+    jobs::cancel_as(&state, Actor::Operator(&me.user.username), id).await
+}
+
+/// `POST|PUT /admin/jobs/{id}/retry`: retries anyone's failed or dead job; the event names
+/// the operator.
+pub async fn retry_job(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobView>, ApiError> {
+    me.require(Role::Operator)?;
+    jobs::retry_as(&state, Actor::Operator(&me.user.username), id).await
+}
+
+/// `DELETE /admin/jobs/{id}`: deletes anyone's finished job (logged with the operator).
+pub async fn delete_job(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<JobId>,
+) -> Result<StatusCode, ApiError> {
+    me.require(Role::Operator)?;
+    jobs::delete_as(&state, Actor::Operator(&me.user.username), id).await
+}
+
+/// `GET /admin/queues`: every queue that has jobs waiting or running, a limit in
+/// `kiln.toml`, or a pause/resume on record, plus `default`; by name.
+pub async fn list_queues(
+    State(state): State<AppState>,
+    me: CurrentUser,
+) -> Result<Json<Vec<QueueView>>, ApiError> {
+    me.require(Role::Operator)?;
+    let depths = state.store().queue_depths().await?;
+    let controls = state.store().queue_controls().await?;
+    let mut queues: BTreeMap<String, QueueView> = BTreeMap::new();
+    let limits = &state.config().queue_limits;
+    let names = std::iter::once(QueueName::DEFAULT.to_owned())
+        .chain(limits.keys().cloned())
+        .chain(controls.iter().map(|c| c.name.clone()))
+        .chain(depths.iter().map(|d| d.queue.clone()));
+    for name in names {
+        queues.entry(name.clone()).or_insert_with(|| QueueView {
+            concurrency_limit: limits.get(&name).copied(),
+            name,
+            paused: false,
+            changed_by: None,
+            changed_at: None,
+            jobs: QueueJobs::default(),
+        });
+    }
+    for c in controls {
+        if let Some(q) = queues.get_mut(&c.name) {
+            q.paused = c.paused;
+            q.changed_by = Some(c.changed_by);
+            q.changed_at = Some(c.changed_at);
+        }
+    }
+    for d in depths {
+        if let Some(q) = queues.get_mut(&d.queue) {
+            let slot = match d.state {
+                JobState::Scheduled => &mut q.jobs.scheduled,
+                JobState::Queued => &mut q.jobs.queued,
+                JobState::Failed => &mut q.jobs.failed,
+                _ => &mut q.jobs.running,
+            };
+            *slot += d.n;
+        }
+    }
+    Ok(Json(queues.into_values().collect()))
+}
+
+/// `POST /admin/queues/{queue}/pause`: nothing of the queue is claimed until it is resumed
+/// (jobs are still accepted); on every node, and kept across restarts.
+pub async fn pause_queue(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(queue): Path<String>,
+) -> Result<Json<QueueView>, ApiError> {
+    set_paused(&state, &me, &queue, true).await
+}
+
+/// `POST /admin/queues/{queue}/resume`: its jobs are claimed again.
+pub async fn resume_queue(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(queue): Path<String>,
+) -> Result<Json<QueueView>, ApiError> {
+    set_paused(&state, &me, &queue, false).await
+}
+
+async fn set_paused(
+    state: &AppState,
+    me: &CurrentUser,
+    queue: &str,
+    paused: bool,
+) -> Result<Json<QueueView>, ApiError> {
+    me.require(Role::Operator)?;
+    let name = QueueName::parse(queue).map_err(|e| ApiError::invalid("queue", e.to_string()))?;
+    let control = state
+        .store()
+        .queue_set_paused(name.as_str(), paused, &me.user.username, state.now())
+        .await?;
+    tracing::info!(queue = %control.name, paused, operator = %me.user.username, "queue control");
+    let queues = list_queues(State(state.clone()), me.clone()).await?.0;
+    queues
+        .into_iter()
+        .find(|q| q.name == control.name)
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("a queue just changed is missing from the list"))
 }
 
 async fn hash(password: String) -> Result<String, ApiError> {

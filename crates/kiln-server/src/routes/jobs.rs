@@ -11,6 +11,7 @@ use kiln_store::{Inserted, Report};
 use serde_json::Value;
 
 use crate::auth::CurrentUser;
+use crate::cancel::Actor;
 use crate::extract::{Json, Path, Query};
 use crate::list::ListParams;
 use crate::problem::ApiError;
@@ -56,6 +57,12 @@ pub async fn list(
     me: CurrentUser,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
+    if params.owner.is_some() {
+        return Err(ApiError::invalid(
+            "owner",
+            "lists only your own jobs here; operators filter by owner on /api/v1/admin/jobs",
+        ));
+    }
     page(&state, params.into_query(Some(me.user.id))?).await
 }
 
@@ -132,7 +139,16 @@ pub async fn cancel(
     me: CurrentUser,
     Path(id): Path<JobId>,
 ) -> Result<Response, ApiError> {
-    let (job, stopping) = cancel::cancel(&state, Some(me.user.id), id).await?;
+    cancel_as(&state, Actor::Owner(me.user.id), id).await
+}
+
+/// A cancel by `actor`: 200 with the job, or 202 if a running job is still stopping.
+pub(crate) async fn cancel_as(
+    state: &AppState,
+    actor: Actor<'_>,
+    id: JobId,
+) -> Result<Response, ApiError> {
+    let (job, stopping) = cancel::cancel(state, actor, id).await?;
     let status = if stopping {
         StatusCode::ACCEPTED
     } else {
@@ -147,13 +163,27 @@ pub async fn retry(
     me: CurrentUser,
     Path(id): Path<JobId>,
 ) -> Result<Json<JobView>, ApiError> {
-    let owner = Some(me.user.id);
-    let job = state.store().job_get(owner, id).await?;
+    retry_as(&state, Actor::Owner(me.user.id), id).await
+}
+
+/// A retry by `actor`, with the type's attempt budget.
+pub(crate) async fn retry_as(
+    state: &AppState,
+    actor: Actor<'_>,
+    id: JobId,
+) -> Result<Json<JobView>, ApiError> {
+    let job = state.store().job_get(actor.scope(), id).await?;
     let budget = state.catalogue().get(job.job_type).policy.max_attempts;
-    let job = state
-        .store()
-        .job_retry(owner, id, budget, state.now())
-        .await?;
+    let now = state.now();
+    let job = match actor {
+        Actor::Owner(owner) => {
+            state
+                .store()
+                .job_retry(Some(owner), id, budget, now)
+                .await?
+        }
+        Actor::Operator(name) => state.store().job_retry_by(name, id, budget, now).await?,
+    };
     Ok(Json(job.into()))
 }
 
@@ -211,7 +241,20 @@ pub async fn delete(
     me: CurrentUser,
     Path(id): Path<JobId>,
 ) -> Result<StatusCode, ApiError> {
-    state.store().job_delete(Some(me.user.id), id).await?;
-    super::artifacts::remove(&state, id).await;
+    delete_as(&state, Actor::Owner(me.user.id), id).await
+}
+
+/// A delete by `actor`: the job and its history are gone, so an operator's delete is
+/// recorded in the log instead.
+pub(crate) async fn delete_as(
+    state: &AppState,
+    actor: Actor<'_>,
+    id: JobId,
+) -> Result<StatusCode, ApiError> {
+    state.store().job_delete(actor.scope(), id).await?;
+    if let Actor::Operator(operator) = actor {
+        tracing::info!(job_id = %id, operator, "job deleted by an operator");
+    }
+    super::artifacts::remove(state, id).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@
 // Tests may unwrap: a panic is a failed test with its message.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod artifacts;
 mod auth;
 mod errors;

@@ -96,6 +96,7 @@ pub(super) async fn claim(
             "WITH picked AS (
                  SELECT id FROM jobs
                  WHERE state = 'queued' AND type = ANY($1) AND queue <> ALL($2)
+                   AND queue NOT IN (SELECT name FROM queue_controls WHERE paused)
                  ORDER BY priority DESC, run_at, id
                  LIMIT $3
                  FOR UPDATE SKIP LOCKED

@@ -32,6 +32,7 @@ mod lease;
 mod list;
 mod log;
 mod notify;
+mod queues;
 mod retention;
 mod row;
 mod schema;

@@ -22,6 +22,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_job_json_as_text.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_queue_controls.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::jobs::Insert;
 use super::notify::Signals;
-use super::{PgStore, claim, feed, jobs, lease, list, log, retention, users};
+use super::{PgStore, claim, feed, jobs, lease, list, log, queues, retention, users};
 use crate::Store;
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::*;
@@ -165,6 +165,17 @@ impl Store for PgStore {
         Ok(job)
     }
 
+    async fn job_cancel_by(&self, by: &str, id: JobId, now: Timestamp) -> Result<(Job, Step)> {
+        let cancel = |job: &mut Job| Ok(change::cancel(job, now)?.by(by));
+        in_tx!(self, |tx, sig| jobs::change(&tx, sig, None, id, cancel))
+    }
+
+    async fn job_retry_by(&self, by: &str, id: JobId, budget: u32, now: Timestamp) -> Result<Job> {
+        let retry = |job: &mut Job| Ok(change::retry(job, budget, now)?.by(by));
+        let (job, _) = in_tx!(self, |tx, sig| jobs::change(&tx, sig, None, id, retry))?;
+        Ok(job)
+    }
+
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()> {
         in_tx!(self, |tx, _sig| jobs::delete(&tx, owner, id))
     }
@@ -273,6 +284,26 @@ impl Store for PgStore {
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>> {
         retention::queue_depths(&self.client().await?).await
+    }
+
+    async fn queue_controls(&self) -> Result<Vec<QueueControl>> {
+        queues::controls(&self.client().await?).await
+    }
+
+    async fn queue_set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        by: &str,
+        now: Timestamp,
+    ) -> Result<QueueControl> {
+        let control = queues::set_paused(&self.client().await?, name, paused, by, now).await?;
+        if !paused {
+            let mut signals = Signals::default();
+            signals.push(Signal::JobAvailable);
+            self.published(signals);
+        }
+        Ok(control)
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {

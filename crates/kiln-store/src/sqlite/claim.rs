@@ -71,14 +71,22 @@ pub(super) fn promote_due(tx: &mut Tx<'_>, now: Timestamp, max: usize) -> Result
     Ok(promoted)
 }
 
-/// Promotes due work, then claims up to `req.limit` queued jobs for `req.node`.
+/// Promotes due work, then claims up to `req.limit` queued jobs for `req.node`, none of a
+/// paused queue.
 pub(super) fn claim(tx: &mut Tx<'_>, req: &ClaimRequest) -> Result<Vec<Job>> {
     if req.limit == 0 || req.types.is_empty() {
         return Ok(Vec::new());
     }
     promote_due(tx, req.now, PROMOTE_CHUNK)?;
     let db = tx.db;
-    let ids = pick(db, req)?;
+    let paused = super::queues::paused(db)?;
+    let ids = if paused.is_empty() {
+        pick(db, req)?
+    } else {
+        let mut req = req.clone();
+        req.exclude_queues.extend(paused);
+        pick(db, &req)?
+    };
     let Step::To(running) = transition(JobState::Queued, Event::Claim)? else {
         return Ok(Vec::new());
     };

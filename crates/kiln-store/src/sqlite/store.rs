@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Step, Timestamp, User, UserId, change};
 use tokio::sync::broadcast;
 
-use super::{SqliteStore, claim, event, jobs, lease, list, log, retention, users};
+use super::{SqliteStore, claim, event, jobs, lease, list, log, queues, retention, users};
 use crate::Store;
 use crate::cache::Cached;
 use crate::error::{Result, StoreError};
@@ -139,6 +139,22 @@ impl Store for SqliteStore {
         let retry = move |job: &mut Job| Ok(change::retry(job, budget, now)?);
         let (job, _) = self
             .write(move |tx| jobs::change(tx, owner, id, retry))
+            .await?;
+        Ok(job)
+    }
+
+    async fn job_cancel_by(&self, by: &str, id: JobId, now: Timestamp) -> Result<(Job, Step)> {
+        let by = by.to_owned();
+        let cancel = move |job: &mut Job| Ok(change::cancel(job, now)?.by(&by));
+        self.write(move |tx| jobs::change(tx, None, id, cancel))
+            .await
+    }
+
+    async fn job_retry_by(&self, by: &str, id: JobId, budget: u32, now: Timestamp) -> Result<Job> {
+        let by = by.to_owned();
+        let retry = move |job: &mut Job| Ok(change::retry(job, budget, now)?.by(&by));
+        let (job, _) = self
+            .write(move |tx| jobs::change(tx, None, id, retry))
             .await?;
         Ok(job)
     }
@@ -279,6 +295,22 @@ impl Store for SqliteStore {
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>> {
         self.read(retention::queue_depths).await
+    }
+
+    async fn queue_controls(&self) -> Result<Vec<QueueControl>> {
+        self.read(queues::controls).await
+    }
+
+    async fn queue_set_paused(
+        &self,
+        name: &str,
+        paused: bool,
+        by: &str,
+        now: Timestamp,
+    ) -> Result<QueueControl> {
+        let (name, by) = (name.to_owned(), by.to_owned());
+        self.write(move |tx| queues::set_paused(tx, &name, paused, &by, now))
+            .await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Signal> {

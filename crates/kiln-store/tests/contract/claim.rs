@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::TimeDelta;
 use kiln_domain::{Failure, JobId, JobState};
-use kiln_store::{ClaimRequest, Outcome, Store};
+use kiln_store::{ClaimRequest, Outcome, QueueDepth, Signal, Store};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -473,4 +473,89 @@ pub async fn claim_finds_jobs_behind_many_unclaimable_ones(store: Arc<dyn Store>
     assert_eq!(ids(store.job_claim(&req(1)).await.unwrap()), wanted[..1]);
     assert_eq!(ids(store.job_claim(&req(100)).await.unwrap()), wanted[1..]);
     assert!(store.job_claim(&req(100)).await.unwrap().is_empty());
+}
+
+/// A paused queue keeps accepting jobs, but neither a claim nor a completion's next claim
+/// takes them; resuming wakes the workers and its jobs are claimed again. The control says
+/// who changed it and when, and queue depths see the waiting job.
+pub async fn a_paused_queue_is_skipped_by_claims_until_resumed(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let mut s = sub("echo");
+    s.queue = Some("reports".to_owned());
+    s.priority = Some(100);
+    let report = insert(&store, alice, s, at(0)).await;
+    let first = echo(&store, alice, at(1)).await;
+    let second = echo(&store, alice, at(2)).await;
+    assert!(store.queue_controls().await.unwrap().is_empty());
+
+    let control = store
+        .queue_set_paused("reports", true, "oscar", at(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            control.name.as_str(),
+            control.paused,
+            control.changed_by.as_str()
+        ),
+        ("reports", true, "oscar")
+    );
+    assert_eq!(control.changed_at, at(5));
+    assert_eq!(store.queue_controls().await.unwrap(), vec![control]);
+    // A job of a paused queue is still accepted.
+    let mut s = sub("echo");
+    s.queue = Some("reports".to_owned());
+    let accepted = insert(&store, alice, s, at(6)).await;
+    assert_eq!(accepted.state, JobState::Queued);
+
+    let running = claim_one(&store, "n1", at(10)).await;
+    assert_eq!(
+        running.id, first.id,
+        "the paused queue's higher priority is skipped"
+    );
+    let (_, next) = store
+        .job_complete_and_claim(
+            &lease_of(&running),
+            Outcome::Succeeded(json!("ok")),
+            at(11),
+            Some(&claim_req("n1", 5, at(11))),
+        )
+        .await
+        .unwrap();
+    let next: Vec<JobId> = next.iter().map(|j| j.id).collect();
+    assert_eq!(next, vec![second.id], "a completion's claim skips it too");
+    assert!(
+        store
+            .job_claim(&claim_req("n1", 5, at(12)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let depths = store.queue_depths().await.unwrap();
+    assert!(
+        depths.contains(&QueueDepth {
+            queue: "reports".to_owned(),
+            state: JobState::Queued,
+            n: 2
+        }),
+        "{depths:?}"
+    );
+
+    let mut signals = store.subscribe();
+    let resumed = store
+        .queue_set_paused("reports", false, "olga", at(20))
+        .await
+        .unwrap();
+    assert!(!resumed.paused);
+    assert_eq!(resumed.changed_by, "olga");
+    assert_eq!(signals.recv().await.unwrap(), Signal::JobAvailable);
+    let claimed: Vec<JobId> = store
+        .job_claim(&claim_req("n1", 5, at(21)))
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(claimed, vec![report.id, accepted.id]);
+    assert_eq!(store.queue_controls().await.unwrap(), vec![resumed]);
 }

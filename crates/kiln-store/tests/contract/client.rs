@@ -544,3 +544,49 @@ pub async fn every_transition_appends_exactly_one_event(store: Arc<dyn Store>) {
     store.job_cancel(None, job.id, at(800)).await.unwrap();
     check(want.clone()).await; // terminal cancel: unchanged, no event
 }
+
+/// An operator cancels or retries anyone's job; the event names the operator, and the job
+/// changes exactly as its owner's own request would change it.
+pub async fn operator_cancel_and_retry_name_the_operator_in_the_event(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let queued = job_in(&store, alice, JobState::Queued).await;
+    let (cancelled, step) = store
+        .job_cancel_by("oscar", queued.id, at(5_000))
+        .await
+        .unwrap();
+    assert_eq!(step, Step::To(JobState::Cancelled));
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(cancelled.owner, alice, "the job stays its owner's");
+    let last = store
+        .event_list(None, queued.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (last.state, last.message.as_deref()),
+        (JobState::Cancelled, Some("cancelled by oscar"))
+    );
+
+    let dead = job_in(&store, alice, JobState::Dead).await;
+    let retried = store
+        .job_retry_by("oscar", dead.id, 2, at(6_000))
+        .await
+        .unwrap();
+    assert_eq!((retried.state, retried.max_attempts), (JobState::Queued, 3));
+    let last = store
+        .event_list(None, dead.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(last.message.as_deref(), Some("retry requested by oscar"));
+
+    // The state machine still decides: a queued job cannot be retried.
+    assert_illegal(store.job_retry_by("oscar", dead.id, 2, at(6_001)).await);
+    assert_not_found(
+        store
+            .job_cancel_by("oscar", kiln_domain::JobId::new(), at(6_002))
+            .await,
+    );
+}

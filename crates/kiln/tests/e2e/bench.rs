@@ -92,7 +92,11 @@ fn read_rows(report: &Value, local: bool) -> &Vec<Value> {
         assert!(row["requests_per_s"].as_f64().unwrap() > 0.0, "{row}");
         let p = ["p50_ms", "p95_ms", "p99_ms"].map(|p| row[p].as_f64().unwrap());
         assert!(0.0 < p[0] && p[0] <= p[1] && p[1] <= p[2], "{row}");
-        if row["endpoint"].as_str().unwrap().starts_with("GET /metrics") {
+        if row["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("GET /metrics")
+        {
             // Scrapes one at a time: a latency, not a rate under load.
             assert_eq!(row["requests"], 50, "{row}");
             assert!(row["server_cpu_us"].is_null() && row["percent_of_baseline"].is_null());

@@ -13,6 +13,7 @@ mod helpers;
 mod lifecycle;
 mod metrics;
 mod process;
+mod queues;
 mod retry;
 mod scheduling;
 mod stream;
