@@ -4,30 +4,39 @@
 //! Conversions from domain types live here so every surface renders a job the same way.
 #![warn(missing_docs)]
 
+pub mod schema;
 pub mod ts;
 
 use kiln_domain::{Failure, Job, JobState, Role, Timestamp, User};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::schema::{JobStateSchema, RoleSchema};
 
 /// `POST /api/v1/jobs` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"type": "sleep", "payload": {"ms": 1000}, "priority": 10, "queue": "default"}))]
 pub struct SubmitJob {
     /// Job type name.
     #[serde(rename = "type")]
     pub job_type: String,
-    /// Payload for the type's schema (default `null`).
+    /// Payload for the type's schema (default `null`): any JSON value the type's schema
+    /// (`GET /api/v1/job-types`) accepts.
     #[serde(default)]
+    #[schema(value_type = Value)]
     pub payload: Value,
     /// -100..=100, higher first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -100, maximum = 100)]
     pub priority: Option<i64>,
     /// Queue name (default `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
     /// Run at this instant (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub run_at: Option<Timestamp>,
     /// Run after this many ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,7 +48,8 @@ pub struct SubmitJob {
 
 /// A job as the API shows it. `J` holds the payload and result: a [`Value`], or the stored
 /// text ([`kiln_domain::RawJson`]) on reads, which then never parse it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(bound = "", as = JobView, description = "A job as the API shows it.")]
 pub struct JobView<J = Value> {
     /// The job's id, a UUIDv7 (ids sort by creation time).
     pub id: String,
@@ -51,15 +61,19 @@ pub struct JobView<J = Value> {
     /// The free-text name given at submission, if any (a filter of `GET /jobs`).
     pub name: Option<String>,
     /// Where the job is in its lifecycle.
+    #[schema(value_type = JobStateSchema)]
     pub state: JobState,
     /// -100..=100; higher-priority jobs are claimed first. Default 0.
     pub priority: i16,
     /// The payload as submitted (valid for the type's schema).
+    #[schema(value_type = Value)]
     pub payload: J,
     /// The result once `succeeded` (or as an `external` job's owner reported it); a result
     /// over 64 KiB is a summary pointing at the artifact `result.json`.
+    #[schema(value_type = Option<Value>)]
     pub result: Option<J>,
     /// The last attempt's failure (`code`, `message`, `retryable`), kept after a retry.
+    #[schema(value_type = Option<schema::Failure>)]
     pub error: Option<Failure>,
     /// Attempts started so far: the current attempt's number (it never goes back).
     pub attempts: u32,
@@ -73,18 +87,23 @@ pub struct JobView<J = Value> {
     pub cancel_requested: bool,
     /// Submission time.
     #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub created_at: Timestamp,
     /// (Next) run time.
     #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub run_at: Timestamp,
     /// Latest attempt's start.
     #[serde(with = "ts::option")]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub started_at: Option<Timestamp>,
     /// When the job reached a terminal state (`null` before).
     #[serde(with = "ts::option")]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub finished_at: Option<Timestamp>,
     /// The last change of state, progress or cancel request.
     #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub updated_at: Timestamp,
 }
 
@@ -114,26 +133,31 @@ impl<J> From<Job<J>> for JobView<J> {
 }
 
 /// `GET /api/v1/jobs/{id}/status`: what a poller needs (`J` as in [`JobView`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(bound = "", as = StatusView, description = "What a poller of `GET /api/v1/jobs/{id}/status` needs.")]
 pub struct StatusView<J = Value> {
     /// The job's id.
     pub id: String,
     /// Its current state.
+    #[schema(value_type = JobStateSchema)]
     pub state: JobState,
     /// 0.0–1.0.
     pub progress: f32,
     /// Last change.
     #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub updated_at: Timestamp,
-    /// Result, once there is one, when it is small (at most [`STATUS_RESULT_INLINE_MAX`]
-    /// bytes of JSON); a larger one is at `result_url`, so a poll stays light.
+    /// Result, once there is one, when it is small (at most 4096 bytes of JSON:
+    /// `STATUS_RESULT_INLINE_MAX`); a larger one is at `result_url`, so a poll stays light.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
     pub result: Option<J>,
     /// Where a result too large to inline is read (`GET /api/v1/jobs/{id}/result`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_url: Option<String>,
     /// Error, once there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<schema::Failure>)]
     pub error: Option<Failure>,
 }
 
@@ -141,14 +165,16 @@ pub struct StatusView<J = Value> {
 pub const STATUS_RESULT_INLINE_MAX: u32 = 4096;
 
 /// One entry of `GET /api/v1/jobs/{id}/events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     /// Order, from 1.
     pub seq: i64,
     /// State entered.
+    #[schema(value_type = JobStateSchema)]
     pub state: JobState,
     /// When the state was entered (or the cancel requested).
     #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub at: Timestamp,
     /// Attempt number then.
     pub attempt: u32,
@@ -159,7 +185,7 @@ pub struct EventView {
 }
 
 /// A page of a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {
     /// At most the `limit` asked for (default 20, at most 100), in the requested order.
     pub items: Vec<T>,
@@ -168,21 +194,24 @@ pub struct Page<T> {
 }
 
 /// `PATCH /api/v1/jobs/{id}` body: an `external` job's state report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchJob {
     /// New state.
+    #[schema(value_type = JobStateSchema)]
     pub state: JobState,
     /// Result (with `succeeded`).
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     pub result: Option<Value>,
     /// Error message or object (with `failed`/`dead`).
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     pub error: Option<Value>,
 }
 
 /// `POST /api/v1/auth/login` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// The user's login name.
@@ -192,19 +221,20 @@ pub struct LoginRequest {
 }
 
 /// `POST /api/v1/auth/login` response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginResponse {
     /// The session token, sent as `Authorization: Bearer <token>`.
     pub token: String,
     /// When the token stops working (the server's session TTL, 24 h by default).
     #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub expires_at: Timestamp,
     /// Who logged in.
     pub user: UserView,
 }
 
 /// A queue as `GET /admin/queues` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct QueueView {
     /// The queue's name.
     pub name: String,
@@ -214,6 +244,7 @@ pub struct QueueView {
     pub changed_by: Option<String>,
     /// When (`null`: never).
     #[serde(with = "ts::option")]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub changed_at: Option<Timestamp>,
     /// Jobs waiting or running in it, across the cluster.
     pub jobs: QueueJobs,
@@ -223,7 +254,7 @@ pub struct QueueView {
 }
 
 /// A queue's jobs by waiting or running state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct QueueJobs {
     /// Due later.
     pub scheduled: u64,
@@ -236,18 +267,20 @@ pub struct QueueJobs {
 }
 
 /// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UserView {
     /// The user's id (`PATCH /admin/users/{id}`).
     pub id: i64,
     /// The unique login name.
     pub username: String,
     /// What the user may do: `client`, `operator` or `admin`.
+    #[schema(value_type = RoleSchema)]
     pub role: Role,
     /// A disabled user cannot log in, and their tokens stop working.
     pub disabled: bool,
     /// When the user was created.
     #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub created_at: Timestamp,
 }
 
@@ -264,7 +297,7 @@ impl From<User> for UserView {
 }
 
 /// `POST /api/v1/admin/users` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// The login name: 1–64 characters of letters, digits, `.`, `_`, `@` or `-`; unique.
@@ -273,15 +306,17 @@ pub struct CreateUser {
     pub password: String,
     /// Role (default client).
     #[serde(default)]
+    #[schema(value_type = Option<RoleSchema>)]
     pub role: Option<Role>,
 }
 
 /// `PATCH /api/v1/admin/users/{id}` body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
     /// New role; absent keeps it.
     #[serde(default)]
+    #[schema(value_type = Option<RoleSchema>)]
     pub role: Option<Role>,
     /// New password (at least 8 characters); absent keeps it.
     #[serde(default)]
@@ -292,7 +327,7 @@ pub struct PatchUser {
 }
 
 /// `POST /api/v1/tokens` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// A label to recognise the token by in `GET /tokens`.
@@ -303,7 +338,7 @@ pub struct CreateToken {
 }
 
 /// An API token's metadata; `token` (the secret) only in the creation response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
     /// The token's id (`DELETE /tokens/{id}`).
     pub id: i64,
@@ -311,9 +346,11 @@ pub struct TokenView {
     pub name: String,
     /// When it was created.
     #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub created_at: Timestamp,
     /// When it stops working; `null`: never.
     #[serde(with = "ts::option")]
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub expires_at: Option<Timestamp>,
     /// The secret, shown once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,7 +358,7 @@ pub struct TokenView {
 }
 
 /// An uploaded file (`POST /api/v1/files`, `GET /api/v1/files/{id}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FileView {
     /// Id (a UUID), what `csv_aggregate {file_id}` takes.
     pub id: String,
@@ -335,12 +372,13 @@ pub struct FileView {
     pub content_type: String,
     /// When the upload finished.
     #[serde(with = "ts")]
+    #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub created_at: Timestamp,
 }
 
 /// The JSON answer of `GET /metrics` (any `Accept` that names neither `text/plain` nor
 /// OpenMetrics, or none).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MetricsSummary {
     /// Jobs ever submitted.
     pub total_submitted: u64,
@@ -365,10 +403,20 @@ pub struct MetricsSummary {
     pub p95_start_latency_ms: f64,
 }
 
-/// An RFC 9457 problem document with Kiln's extensions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An RFC 9457 problem document with Kiln's extensions: the body of every error response,
+/// served as `application/problem+json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:kiln:problem:invalid_request",
+    "title": "Bad Request",
+    "status": 400,
+    "detail": "payload.ms: must be at most 3600000",
+    "code": "invalid_request",
+    "request_id": "0190f5a2-7c1e-7b3a-9d4e-2f6a8b1c3d5e",
+    "field": "payload.ms"
+}))]
 pub struct Problem {
-    /// A URI naming the problem type.
+    /// A URI naming the problem type: `urn:kiln:problem:` and the `code`.
     #[serde(rename = "type")]
     pub problem_type: String,
     /// Short summary of the type.

@@ -17,6 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate, time_limit};
+use crate::openapi;
 use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops};
 use crate::state::AppState;
 
@@ -27,6 +28,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs))
+        .route("/docs/{file}", get(openapi::docs_file))
         .fallback(fallback);
     with_layers(routes, state)
 }

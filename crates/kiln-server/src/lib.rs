@@ -13,6 +13,8 @@
 //! - `bootstrap`: [`ensure_admin`], the first `admin` user.
 //! - `metrics`: `/metrics` as JSON or Prometheus text.
 //! - `follow`: the live log fan-out behind `GET /jobs/{id}/logs?follow=true`.
+//! - `openapi`: the OpenAPI 3.1 description (`GET /openapi.json`) generated from the
+//!   handlers' annotations, and Swagger UI (`GET /docs`) embedded in the binary.
 //! - `routes`: the handlers; `submit`, `cancel` and `list` hold the logic they need beyond
 //!   one store call; `view` maps store rows to wire types.
 //!
@@ -33,6 +35,7 @@ mod follow;
 mod list;
 mod metrics;
 mod middleware;
+mod openapi;
 mod problem;
 mod routes;
 mod state;

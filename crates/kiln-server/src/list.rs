@@ -15,8 +15,9 @@ pub const MAX_LIMIT: u32 = 100;
 /// The raw query string of a job list; every field is parsed here so errors name it.
 /// Unknown parameters are refused (400) so a typo (`?stat=queued`) does not silently list
 /// everything.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Comma-separated states.
     pub state: Option<String>,

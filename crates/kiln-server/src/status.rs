@@ -22,8 +22,9 @@ use crate::state::AppState;
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
 
 /// The query of `GET /jobs/{id}/status`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StatusParams {
     /// How long to wait for a change: `500ms`, `20s`, or a number of seconds.
     pub wait: Option<String>,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use kiln_api::{CreateUser, JobView, PatchUser, QueueJobs, QueueView, UserView};
+use kiln_api::{CreateUser, JobView, Page, PatchUser, QueueJobs, QueueView, UserView};
 use kiln_domain::job::QueueName;
 use kiln_domain::user::{check_password, parse_username};
 use kiln_domain::{JobId, JobState, Role, UserId};
@@ -21,7 +21,18 @@ use crate::problem::ApiError;
 use crate::routes::jobs;
 use crate::state::AppState;
 
-/// `GET /admin/users`.
+/// `GET /admin/users`: every user.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users",
+    tag = "admin",
+    operation_id = "list_users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every user", body = Vec<UserView>),
+        (status = 403, description = "The caller is not an admin"),
+    )
+)]
 pub async fn list_users(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -32,6 +43,20 @@ pub async fn list_users(
 }
 
 /// `POST /admin/users` → 201; 409 if the name is taken.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/users",
+    tag = "admin",
+    operation_id = "create_user",
+    security(("bearer" = [])),
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 400, description = "A bad username or password (`field` names it)"),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 409, description = "The username is taken"),
+    )
+)]
 pub async fn create_user(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -50,6 +75,21 @@ pub async fn create_user(
 }
 
 /// `PATCH /admin/users/{id}`: role, password, disabled.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/admin/users/{id}",
+    tag = "admin",
+    operation_id = "update_user",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id")),
+    request_body = PatchUser,
+    responses(
+        (status = 200, description = "The user after the change", body = UserView),
+        (status = 400, description = "A bad id or password"),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 404, description = "No such user"),
+    )
+)]
 pub async fn update_user(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -76,6 +116,19 @@ pub async fn update_user(
 
 /// `GET /admin/jobs`: every user's jobs (or one's, with `owner`), same filters as
 /// `GET /jobs`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/jobs",
+    tag = "admin",
+    operation_id = "admin_list_jobs",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of everyone's jobs (or `owner`'s)", body = Page<JobView>),
+        (status = 400, description = "A bad or unknown query parameter (`field` names it)"),
+        (status = 403, description = "The caller is not an operator"),
+    )
+)]
 pub async fn list_jobs(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -105,6 +158,21 @@ pub async fn list_jobs(
 }
 
 /// `GET /admin/jobs/{id}`: anyone's job.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/jobs/{id}",
+    tag = "admin",
+    operation_id = "admin_get_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)"), ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer: 304 if unchanged")),
+    responses(
+        (status = 200, description = "The job", body = JobView, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        (status = 400, description = "The id is not a job id"),
+        (status = 403, description = "The caller is not an operator"),
+        (status = 404, description = "No such job"),
+    )
+)]
 pub async fn get_job(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -118,6 +186,22 @@ pub async fn get_job(
 }
 
 /// `POST /admin/jobs/{id}/cancel`: cancels anyone's job; the event names the operator.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/jobs/{id}/cancel",
+    tag = "admin",
+    operation_id = "admin_cancel_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    responses(
+        (status = 200, description = "Cancelled", body = JobView),
+        (status = 202, description = "A running job was asked to stop; it is still stopping", body = JobView),
+        (status = 400, description = "The id is not a job id"),
+        (status = 403, description = "The caller is not an operator"),
+        (status = 404, description = "No such job"),
+        (status = 409, description = "The job has already finished"),
+    )
+)]
 pub async fn cancel_job(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -129,6 +213,21 @@ pub async fn cancel_job(
 
 /// `POST|PUT /admin/jobs/{id}/retry`: retries anyone's failed or dead job; the event names
 /// the operator.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/jobs/{id}/retry",
+    tag = "admin",
+    operation_id = "admin_retry_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    responses(
+        (status = 200, description = "The job, queued again with a fresh attempt budget", body = JobView),
+        (status = 400, description = "The id is not a job id"),
+        (status = 403, description = "The caller is not an operator"),
+        (status = 404, description = "No such job"),
+        (status = 409, description = "The job is neither failed nor dead"),
+    )
+)]
 pub async fn retry_job(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -139,6 +238,21 @@ pub async fn retry_job(
 }
 
 /// `DELETE /admin/jobs/{id}`: deletes anyone's finished job (logged with the operator).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/jobs/{id}",
+    tag = "admin",
+    operation_id = "admin_delete_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    responses(
+        (status = 204, description = "Deleted, with its history and artifacts"),
+        (status = 400, description = "The id is not a job id"),
+        (status = 403, description = "The caller is not an operator"),
+        (status = 404, description = "No such job"),
+        (status = 409, description = "The job has not finished"),
+    )
+)]
 pub async fn delete_job(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -150,6 +264,17 @@ pub async fn delete_job(
 
 /// `GET /admin/queues`: every queue that has jobs waiting or running, a limit in
 /// `kiln.toml`, or a pause/resume on record, plus `default`; by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/queues",
+    tag = "admin",
+    operation_id = "list_queues",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The queues, by name", body = Vec<QueueView>),
+        (status = 403, description = "The caller is not an operator"),
+    )
+)]
 pub async fn list_queues(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -196,6 +321,19 @@ pub async fn list_queues(
 
 /// `POST /admin/queues/{queue}/pause`: nothing of the queue is claimed until it is resumed
 /// (jobs are still accepted); on every node, and kept across restarts.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/queues/{queue}/pause",
+    tag = "admin",
+    operation_id = "pause_queue",
+    security(("bearer" = [])),
+    params(("queue" = String, Path, description = "The queue's name")),
+    responses(
+        (status = 200, description = "The queue, paused", body = QueueView),
+        (status = 400, description = "Not a valid queue name"),
+        (status = 403, description = "The caller is not an operator"),
+    )
+)]
 pub async fn pause_queue(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -205,6 +343,19 @@ pub async fn pause_queue(
 }
 
 /// `POST /admin/queues/{queue}/resume`: its jobs are claimed again.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/queues/{queue}/resume",
+    tag = "admin",
+    operation_id = "resume_queue",
+    security(("bearer" = [])),
+    params(("queue" = String, Path, description = "The queue's name")),
+    responses(
+        (status = 200, description = "The queue, resumed", body = QueueView),
+        (status = 400, description = "Not a valid queue name"),
+        (status = 403, description = "The caller is not an operator"),
+    )
+)]
 pub async fn resume_queue(
     State(state): State<AppState>,
     me: CurrentUser,

@@ -22,7 +22,7 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// One artifact in a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ArtifactView {
     /// File name.
     pub name: String,
@@ -33,6 +33,20 @@ pub struct ArtifactView {
 }
 
 /// `GET /jobs/{id}/artifacts`: the job's artifacts, by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/artifacts",
+    tag = "jobs",
+    operation_id = "list_artifacts",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    responses(
+        (status = 200, description = "The files the job's last attempt wrote, by name", body = Vec<ArtifactView>),
+        (status = 400, description = "The id is not a job id"),
+        (status = 404, description = "No such job (or not the caller's)"),
+        (status = 409, description = "The job is running (`job_running`)"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -56,6 +70,24 @@ pub async fn list(
 }
 
 /// `GET /jobs/{id}/artifacts/{name}`: the bytes, streamed, with their length and type.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/artifacts/{name}",
+    tag = "jobs",
+    operation_id = "download_artifact",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)"), ("name" = String, Path, description = "The artifact's name, as listed")),
+    responses(
+        (status = 200, description = "The bytes (`.csv` as text/csv, `.json` as JSON, anything else as octet-stream)", content(
+            ("application/octet-stream"),
+            ("text/csv"),
+            ("application/json"),
+        )),
+        (status = 400, description = "The id is not a job id"),
+        (status = 404, description = "No such job or artifact"),
+        (status = 409, description = "The job is running (`job_running`)"),
+    )
+)]
 pub async fn download(
     State(state): State<AppState>,
     me: CurrentUser,

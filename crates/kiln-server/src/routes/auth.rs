@@ -21,6 +21,19 @@ static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| password::hash("no user has this password").unwrap_or_default());
 
 /// `POST /auth/login` → a session token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    operation_id = "login",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A session token and the user", body = LoginResponse),
+        (status = 400, description = "The body is not a login request"),
+        (status = 401, description = "Wrong username or password (or the user is disabled)"),
+        (status = 429, description = "Too many failed logins for this username (`Retry-After`)"),
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
     Json(body): Json<LoginRequest>,
@@ -82,6 +95,14 @@ async fn session(state: &AppState, user: User) -> Result<LoginResponse, ApiError
 }
 
 /// `POST /auth/logout`: the token used for this request stops working.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    operation_id = "logout",
+    security(("bearer" = [])),
+    responses((status = 204, description = "The token no longer works"))
+)]
 pub async fn logout(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -91,12 +112,28 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /me`.
+/// `GET /me`: the caller.
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "auth",
+    operation_id = "me",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller", body = UserView))
+)]
 pub async fn me(me: CurrentUser) -> Json<UserView> {
     Json(me.user.into())
 }
 
 /// `GET /tokens`: the caller's API tokens (never their secrets).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "auth",
+    operation_id = "list_tokens",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller's API tokens, without secrets", body = Vec<TokenView>))
+)]
 pub async fn list_tokens(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -108,6 +145,18 @@ pub async fn list_tokens(
 }
 
 /// `POST /tokens` → 201 with the secret, shown this once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "auth",
+    operation_id = "create_token",
+    security(("bearer" = [])),
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "The token, with its secret in `token` (shown this once)", body = TokenView),
+        (status = 400, description = "A bad name or lifetime"),
+    )
+)]
 pub async fn create_token(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -136,6 +185,19 @@ pub async fn create_token(
 }
 
 /// `DELETE /tokens/{id}`: 204; 404 if it is not the caller's.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "auth",
+    operation_id = "delete_token",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "The token no longer works"),
+        (status = 400, description = "The id is not a number"),
+        (status = 404, description = "No such token of the caller's"),
+    )
+)]
 pub async fn delete_token(
     State(state): State<AppState>,
     me: CurrentUser,

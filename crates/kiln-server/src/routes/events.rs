@@ -34,8 +34,9 @@ use crate::state::AppState;
 const PAGE: u32 = 500;
 
 /// Query of `GET /events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventParams {
     /// Every user's jobs (operators and admins only).
     #[serde(default)]
@@ -90,6 +91,22 @@ impl Filter {
 }
 
 /// `GET /events`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "jobs",
+    operation_id = "events",
+    security(("bearer" = [])),
+    params(EventParams, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event: the `id` of the last event received")),
+    responses(
+        (status = 200, description = "Server-Sent Events: one `{id, type, state, attempt, at}` per \
+            state change of the caller's jobs, live, until the client disconnects", content(
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "A bad query parameter or `Last-Event-ID`"),
+        (status = 403, description = "`all=true` from a caller who is not an operator"),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     me: CurrentUser,

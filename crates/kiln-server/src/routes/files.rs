@@ -15,6 +15,7 @@ use kiln_objects::{FileId, FileMeta, NewFile, Objects};
 
 use crate::auth::CurrentUser;
 use crate::extract::{Json, Path};
+use crate::openapi::UploadForm;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -25,6 +26,21 @@ pub const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 const FIELD: &str = "file";
 
 /// `POST /files` (multipart/form-data, field `file`) → 201 with the file's metadata.
+#[utoipa::path(
+    post,
+    path = "/api/v1/files",
+    tag = "files",
+    operation_id = "upload_file",
+    security(("bearer" = [])),
+    request_body(content = UploadForm, content_type = "multipart/form-data", description = "The file in the field `file`"),
+    responses(
+        (status = 201, description = "Stored", body = FileView, headers(("Location" = String, description = "The file's URL"))),
+        (status = 400, description = "A broken multipart body, or no `file` field"),
+        (status = 413, description = "Larger than the upload limit"),
+        (status = 415, description = "Not `multipart/form-data`"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+    )
+)]
 pub async fn upload(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -75,6 +91,17 @@ pub async fn upload(
 }
 
 /// `GET /files`: the caller's files, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/files",
+    tag = "files",
+    operation_id = "list_files",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's files, newest first", body = Vec<FileView>),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -85,6 +112,19 @@ pub async fn list(
 }
 
 /// `GET /files/{id}`: the file's metadata.
+#[utoipa::path(
+    get,
+    path = "/api/v1/files/{id}",
+    tag = "files",
+    operation_id = "get_file",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "The file's metadata", body = FileView),
+        (status = 404, description = "No such file (or not the caller's)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -102,6 +142,19 @@ pub async fn get(
 }
 
 /// `GET /files/{id}/content`: the bytes, streamed, with their type and length.
+#[utoipa::path(
+    get,
+    path = "/api/v1/files/{id}/content",
+    tag = "files",
+    operation_id = "file_content",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 200, description = "The bytes, as the media type declared at upload", content(("application/octet-stream"))),
+        (status = 404, description = "No such file (or not the caller's)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+    )
+)]
 pub async fn content(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -131,6 +184,19 @@ pub async fn content(
 }
 
 /// `DELETE /files/{id}` → 204.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/files/{id}",
+    tag = "files",
+    operation_id = "delete_file",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The file's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such file (or not the caller's)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     me: CurrentUser,

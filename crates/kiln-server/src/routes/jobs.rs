@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kiln_api::{EventView, JobView, Page, PatchJob, SubmitJob};
+use kiln_api::{EventView, JobView, Page, PatchJob, StatusView, SubmitJob};
 use kiln_domain::{Failure, JobId, JobState, RawJson};
 use kiln_store::{Inserted, Report};
 use serde_json::Value;
@@ -22,6 +22,25 @@ use crate::{cancel, conditional, status, submit, view};
 pub const REPLAYED: &str = "idempotent-replayed";
 
 /// `POST /jobs` → 202 with the job and its `Location`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    operation_id = "submit_job",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Submitting the same body with the same key again returns the first job (`idempotent-replayed: true`)")),
+    request_body = SubmitJob,
+    responses(
+        (status = 202, description = "Accepted", body = JobView, headers(
+            ("Location" = String, description = "The job's URL"),
+            ("idempotent-replayed" = Option<String>, description = "`true` when an earlier submission with the same key is returned"),
+        )),
+        (status = 400, description = "Invalid submission (unknown type, a payload against its schema, …; `field` names it)"),
+        (status = 403, description = "The caller's role may not submit this type"),
+        (status = 409, description = "The idempotency key was used with a different body"),
+        (status = 429, description = "The queue is full (`Retry-After`)"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -52,6 +71,18 @@ pub async fn create(
 }
 
 /// `GET /jobs`: the caller's jobs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    operation_id = "list_jobs",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of the caller's jobs", body = Page<JobView>),
+        (status = 400, description = "A bad or unknown query parameter (`field` names it)"),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -79,6 +110,20 @@ pub async fn page(state: &AppState, query: kiln_store::ListQuery) -> Result<Resp
 }
 
 /// `GET /jobs/{id}`, with an `ETag` (304 on `If-None-Match`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "get_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)"), ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer: 304 if unchanged")),
+    responses(
+        (status = 200, description = "The job", body = JobView, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        (status = 400, description = "The id is not a job id"),
+        (status = 404, description = "No such job (or not the caller's)"),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -91,6 +136,20 @@ pub async fn get(
 }
 
 /// `GET /jobs/{id}/status[?wait=…&state_not=…]`, with an `ETag` (304 on `If-None-Match`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/status",
+    tag = "jobs",
+    operation_id = "job_status",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)"), status::StatusParams, ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer: 304 if unchanged")),
+    responses(
+        (status = 200, description = "The job's state, progress, and its result once small enough", body = StatusView, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        (status = 400, description = "A bad id or query parameter"),
+        (status = 404, description = "No such job (or not the caller's)"),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -105,6 +164,20 @@ pub async fn status(
 
 /// `GET /jobs/{id}/result`: the result alone (what `status` links to when the result is
 /// too large to inline); 404 while the job has none.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/result",
+    tag = "jobs",
+    operation_id = "job_result",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)"), ("If-None-Match" = Option<String>, Header, description = "An `ETag` from an earlier answer: 304 if unchanged")),
+    responses(
+        (status = 200, description = "The result: any JSON value", body = Value, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        (status = 400, description = "The id is not a job id"),
+        (status = 404, description = "No such job, or it has no result yet (`no_result`)"),
+    )
+)]
 pub async fn result(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -124,6 +197,19 @@ pub async fn result(
 }
 
 /// `GET /jobs/{id}/events`: the state history, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/events",
+    tag = "jobs",
+    operation_id = "job_events",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    responses(
+        (status = 200, description = "The job's state changes, oldest first", body = Vec<EventView>),
+        (status = 400, description = "The id is not a job id"),
+        (status = 404, description = "No such job (or not the caller's)"),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -134,6 +220,21 @@ pub async fn events(
 }
 
 /// `POST /jobs/{id}/cancel`: 200 with the job, or 202 if a running job is still stopping.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    operation_id = "cancel_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    responses(
+        (status = 200, description = "Cancelled", body = JobView),
+        (status = 202, description = "A running job was asked to stop; it is still stopping", body = JobView),
+        (status = 400, description = "The id is not a job id"),
+        (status = 404, description = "No such job (or not the caller's)"),
+        (status = 409, description = "The job has already finished"),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -158,6 +259,20 @@ pub(crate) async fn cancel_as(
 }
 
 /// `POST|PUT /jobs/{id}/retry`: a failed or dead job is queued with a fresh attempt budget.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/retry",
+    tag = "jobs",
+    operation_id = "retry_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    responses(
+        (status = 200, description = "The job, queued again with a fresh attempt budget", body = JobView),
+        (status = 400, description = "The id is not a job id"),
+        (status = 404, description = "No such job (or not the caller's)"),
+        (status = 409, description = "The job is neither failed nor dead"),
+    )
+)]
 pub async fn retry(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -188,6 +303,21 @@ pub(crate) async fn retry_as(
 }
 
 /// `PATCH /jobs/{id}`: an `external` job's state report.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "report_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    request_body = PatchJob,
+    responses(
+        (status = 200, description = "The job after the report", body = JobView),
+        (status = 400, description = "A bad report (`field` names what)"),
+        (status = 404, description = "No such job (or not the caller's)"),
+        (status = 409, description = "Not an `external` job, or the state change is not allowed"),
+    )
+)]
 pub async fn report(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -236,6 +366,20 @@ fn failure(state: JobState, error: Value) -> Result<Failure, ApiError> {
 }
 
 /// `DELETE /jobs/{id}`: 204; 409 unless terminal.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "delete_job",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    responses(
+        (status = 204, description = "Deleted, with its history and artifacts"),
+        (status = 400, description = "The id is not a job id"),
+        (status = 404, description = "No such job (or not the caller's)"),
+        (status = 409, description = "The job has not finished"),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     me: CurrentUser,

@@ -35,8 +35,9 @@ use crate::state::AppState;
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Query of `GET /jobs/{id}/logs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogParams {
     /// Stream until the job ends.
     #[serde(default)]
@@ -44,6 +45,24 @@ pub struct LogParams {
 }
 
 /// `GET /jobs/{id}/logs[?follow=true]`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/logs",
+    tag = "jobs",
+    operation_id = "job_logs",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)"), LogParams, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event: the `id` of the last event received")),
+    responses(
+        (status = 200, description = "The log as text; with `follow=true` a live stream until the job ends: \
+            Server-Sent Events (one event per line, `id` = its offset; a final `end` event with the \
+            state) with `Accept: text/event-stream`, else chunked text", content(
+            (String = "text/plain"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "A bad id, query parameter or `Last-Event-ID`"),
+        (status = 404, description = "No such job (or not the caller's)"),
+    )
+)]
 pub async fn logs(
     State(state): State<AppState>,
     me: CurrentUser,

@@ -6,6 +6,8 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use kiln_api::MetricsSummary;
+use kiln_api::schema::JobTypeSpec as JobTypeSpecSchema;
 use kiln_domain::{JobTypeSpec, Role};
 
 use crate::auth::CurrentUser;
@@ -18,11 +20,28 @@ use crate::{metrics, view};
 const READY_PROBE: Duration = Duration::from_secs(2);
 
 /// `GET /healthz`: 200 while the process is alive (even while shutting down).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    operation_id = "healthz",
+    responses((status = 200, description = "The process is alive", body = String, example = "ok"))
+)]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// `GET /readyz`: 200 when the store answers; 503 while shutting down or unreachable.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "The database answers", body = String, example = "ready"),
+        (status = 503, description = "Shutting down, or the database is unreachable (`not_ready`)"),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     match tokio::time::timeout(READY_PROBE, state.store().user_count()).await {
         Ok(Ok(_)) => Ok("ready"),
@@ -43,6 +62,20 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 
 /// `GET /metrics` (operator or admin): Prometheus text, or the JSON summary for a client
 /// that asks for `application/json` (see [`crate::metrics`]).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    operation_id = "metrics",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text; the JSON summary with `Accept: application/json`", content(
+            (String = "text/plain"),
+            (MetricsSummary = "application/json"),
+        )),
+        (status = 403, description = "The caller is not an operator"),
+    )
+)]
 pub async fn metrics(
     State(state): State<AppState>,
     me: CurrentUser,
@@ -67,6 +100,14 @@ async fn prometheus(state: &AppState) -> Result<Response, ApiError> {
 }
 
 /// `GET /api/v1/job-types`: names, descriptions, schemas and policies.
+#[utoipa::path(
+    get,
+    path = "/api/v1/job-types",
+    tag = "ops",
+    operation_id = "job_types",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Every job type, with its payload's JSON Schema", body = Vec<JobTypeSpecSchema>))
+)]
 pub async fn job_types(State(state): State<AppState>, _me: CurrentUser) -> Json<Vec<JobTypeSpec>> {
     Json(state.catalogue().iter().cloned().collect())
 }

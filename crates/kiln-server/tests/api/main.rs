@@ -13,5 +13,6 @@ mod files;
 mod follow;
 mod helpers;
 mod jobs;
+mod openapi;
 mod ops;
 mod reads;
