@@ -176,6 +176,8 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// Submission time.
     pub created_at: Timestamp,
+    /// The W3C trace id of the submitting request, if it sent a `traceparent`.
+    pub trace_id: Option<String>,
 }
 
 impl NewJob {
@@ -237,6 +239,7 @@ impl NewJob {
             run_at,
             max_attempts: spec.policy.max_attempts,
             created_at: now,
+            trace_id: None,
         })
     }
 }
@@ -272,6 +275,7 @@ impl NewJob {
             updated_at: created_at,
             node: None,
             lease_expires_at: None,
+            trace_id: self.trace_id,
         }
     }
 }
@@ -331,6 +335,9 @@ pub struct Job<J = Value> {
     pub node: Option<String>,
     /// Lease expiry while running.
     pub lease_expires_at: Option<Timestamp>,
+    /// The W3C trace id of the request that submitted it, if that request had one: the
+    /// attempts' log lines carry it.
+    pub trace_id: Option<String>,
 }
 
 impl<J> Job<J> {
@@ -358,6 +365,7 @@ impl<J> Job<J> {
             updated_at: self.updated_at,
             node: self.node,
             lease_expires_at: self.lease_expires_at,
+            trace_id: self.trace_id,
         }
     }
 }

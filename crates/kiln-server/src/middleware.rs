@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -19,6 +20,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// Writes the problem body of every error response (with the request id), logs a 5xx cause
 /// once, logs one INFO line per request, and counts it in the metrics under its route
 /// template (`unmatched` for no route: never the raw path, which would grow the label set).
+///
+/// Everything logged while the request runs is inside a `request` span carrying its
+/// `request_id` and, when the client sent a valid W3C `traceparent`, its `trace_id`.
 pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
@@ -30,7 +34,21 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let resp = next.run(req).await;
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        trace_id = tracing::field::Empty
+    );
+    if let Some(trace_id) = req
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(trace_id)
+    {
+        span.record("trace_id", trace_id);
+    }
+    let resp = next.run(req).instrument(span.clone()).await;
+    let _in_request = span.enter();
     let resp = render_problem(resp, &request_id);
     let status = resp.status().as_u16();
     let took = start.elapsed();
@@ -39,8 +57,32 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .metrics()
         .http_request(method.as_str(), route, status, took);
     let latency_ms = took.as_secs_f64() * 1000.0;
-    tracing::info!(%method, path, status, latency_ms, request_id, "request");
+    tracing::info!(%method, path, status, latency_ms, "request");
     resp
+}
+
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex
+/// flags>`), if the header is well formed and the ids are not all zeros; anything else is
+/// ignored, as the specification asks.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0')
+        && (version != "00" || parts.next().is_none());
+    valid.then_some(trace)
 }
 
 fn render_problem(mut resp: Response, request_id: &str) -> Response {
@@ -123,4 +165,36 @@ pub async fn shutdown_gate(State(state): State<AppState>, req: Request, next: Ne
 /// Unknown routes.
 pub async fn fallback() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id;
+
+    #[test]
+    fn traceparent_gives_its_trace_id_only_when_well_formed() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id(&format!("00-{trace}-00f067aa0ba902b7-01")),
+            Some(trace)
+        );
+        // A later version may add fields after the flags.
+        assert_eq!(
+            trace_id(&format!("01-{trace}-00f067aa0ba902b7-01-extra")),
+            Some(trace)
+        );
+        for bad in [
+            "",
+            "00",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // upper case
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent id
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // invalid version
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  // short trace id
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // v00 has 4 fields
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -51,6 +51,12 @@ pub fn prepare(
         name: body.name,
     };
     let mut job = NewJob::parse(sub, user.id, user.role, state.catalogue(), state.now())?;
+    // The request's W3C trace follows the job into its attempts' log lines.
+    job.trace_id = headers
+        .get(crate::middleware::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::middleware::trace_id)
+        .map(str::to_owned);
     if job.job_type == JobType::Command {
         let payload = CommandPayload::parse(&job.payload)?;
         let program = state.config().command_allow.check(&payload.argv[0])?;

@@ -44,6 +44,22 @@ use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Step, Timestamp, UserId};
 use tokio::sync::broadcast;
 
 pub use error::{Result, StoreError};
+
+/// A store call slower than this is logged at WARN (with what it was), so a struggling
+/// database shows in the logs before it shows as timeouts.
+pub const SLOW_STORE_CALL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Logs `what` at WARN when it took longer than [`SLOW_STORE_CALL`].
+pub(crate) fn warn_if_slow(what: &str, took: std::time::Duration) {
+    if took > SLOW_STORE_CALL {
+        tracing::warn!(
+            what,
+            took_ms = took.as_millis() as u64,
+            "slow store call (over {} ms)",
+            SLOW_STORE_CALL.as_millis()
+        );
+    }
+}
 pub use model::*;
 
 /// Durable storage of users, tokens, jobs, their events and logs.

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinError;
 use tokio::time::{Instant, interval_at, sleep_until};
+use tracing::Instrument;
 
 use crate::{Shared, Stop, StopReason, artifact};
 
@@ -31,37 +32,17 @@ fn never() -> Instant {
 pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
     shared.metrics.slot_busy(1);
     loop {
-        let lease = Lease {
-            job_id: job.id,
-            attempt: job.attempts,
-            node: shared.config.node_id.clone(),
-        };
-        tracing::info!(
-            job_id = %job.id, job_type = %job.job_type, attempt = job.attempts, "job started"
+        // Every line logged for the attempt (the kernel's, the store's warnings) carries
+        // the job's fields.
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job.id,
+            job_type = %job.job_type,
+            attempt = job.attempts,
+            node = %shared.config.node_id,
+            trace_id = job.trace_id.as_deref(),
         );
-        let started = Instant::now();
-        shared
-            .metrics
-            .job_started(job.job_type.as_str(), queue_wait(&job));
-        let Some(outcome) = attempt(&shared, &job, &lease, &stop).await else {
-            shared.metrics.lease_lost();
-            break;
-        };
-        if let Outcome::Failed { failure, .. } = &outcome {
-            // The job's log tells its owner why an attempt failed, beside the error field.
-            let line = format!(
-                "attempt {} failed: {}: {}\n",
-                job.attempts, failure.code, failure.message
-            );
-            if let Err(e) = shared
-                .store
-                .log_append(job.id, &line, shared.clock.now())
-                .await
-            {
-                tracing::debug!(job_id = %job.id, error = %e, "failure line not logged");
-            }
-        }
-        match complete(&shared, &job, &lease, outcome, started.elapsed()).await {
+        match one_attempt(&shared, &job, &stop).instrument(span).await {
             Some((next, next_stop)) => (job, stop) = (next, next_stop),
             None => break,
         }
@@ -69,6 +50,40 @@ pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
     shared.running().remove(&job.id);
     shared.metrics.slot_busy(-1);
     shared.slot_freed.notify_one();
+}
+
+/// Runs one attempt of `job` and stores its outcome; returns the slot's next job, if the
+/// completion claimed one.
+async fn one_attempt(shared: &Shared, job: &Job, stop: &Stop) -> Option<(Job, Stop)> {
+    let lease = Lease {
+        job_id: job.id,
+        attempt: job.attempts,
+        node: shared.config.node_id.clone(),
+    };
+    tracing::info!("job started");
+    let started = Instant::now();
+    shared
+        .metrics
+        .job_started(job.job_type.as_str(), queue_wait(job));
+    let Some(outcome) = attempt(shared, job, &lease, stop).await else {
+        shared.metrics.lease_lost();
+        return None;
+    };
+    if let Outcome::Failed { failure, .. } = &outcome {
+        // The job's log tells its owner why an attempt failed, beside the error field.
+        let line = format!(
+            "attempt {} failed: {}: {}\n",
+            job.attempts, failure.code, failure.message
+        );
+        if let Err(e) = shared
+            .store
+            .log_append(job.id, &line, shared.clock.now())
+            .await
+        {
+            tracing::debug!(error = %e, "failure line not logged");
+        }
+    }
+    complete(shared, job, &lease, outcome, started.elapsed()).await
 }
 
 /// How long the job waited to start: from when it was due (`run_at`, its submission or its
@@ -332,26 +347,54 @@ fn log_completion(
                 _ => MetricOutcome::Retried,
             };
             metrics.job_ended(job.job_type.as_str(), outcome, took);
-            let error = done.error.as_ref().map(|e| e.code.as_str());
-            tracing::info!(
-                job_id = %job.id,
-                job_type = %job.job_type,
-                attempt = lease.attempt,
-                state = %done.state,
-                error,
-                duration_ms = took.as_millis() as u64,
-                "job attempt finished"
-            );
+            let duration_ms = took.as_millis() as u64;
+            // The job span carries its id, type, attempt and node.
+            match (&done.error, outcome) {
+                (Some(error), MetricOutcome::Dead) => tracing::error!(
+                    state = %done.state,
+                    error_code = %error.code,
+                    error = %error.message,
+                    input = %input_summary(job),
+                    duration_ms,
+                    "job failed for good"
+                ),
+                (Some(error), MetricOutcome::Retried) => tracing::warn!(
+                    state = %done.state,
+                    error_code = %error.code,
+                    error = %error.message,
+                    retry_at = ?done.run_at,
+                    duration_ms,
+                    "job attempt failed; it will be retried"
+                ),
+                _ => tracing::info!(state = %done.state, duration_ms, "job attempt finished"),
+            }
         }
         Err(StoreError::LeaseLost) => {
             metrics.lease_lost();
             tracing::warn!(
-                job_id = %job.id, attempt = lease.attempt,
+                attempt = lease.attempt,
                 "outcome refused: the lease was lost (the job was rescued)"
             );
         }
-        Err(e) => tracing::warn!(job_id = %job.id, error = %e, "outcome not stored"),
+        Err(e) => tracing::warn!(error = %e, "outcome not stored"),
     }
+}
+
+/// Bytes of a payload an ERROR line shows.
+const INPUT_SUMMARY: usize = 200;
+
+/// The start of the job's payload as JSON, cut at a character boundary: enough to tell
+/// which input failed without writing a large document into the log.
+fn input_summary(job: &Job) -> String {
+    let text = job.payload.to_string();
+    if text.len() <= INPUT_SUMMARY {
+        return text;
+    }
+    let mut end = INPUT_SUMMARY;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// Appends the lines the kernel logged since the last flush, in one write.

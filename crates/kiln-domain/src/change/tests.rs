@@ -22,6 +22,7 @@ fn job(job_type: JobType, state: JobState) -> Job {
         run_at: at(0),
         max_attempts: 3,
         created_at: at(0),
+        trace_id: None,
     }
     .into_job();
     job.state = state;

@@ -55,8 +55,9 @@ pub(super) async fn insert(
         db,
         "WITH job AS (
              INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
-                               max_attempts, created_at, run_at, updated_at, event_seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, 1)
+                               max_attempts, created_at, run_at, updated_at, event_seq,
+                               trace_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, 1, $12)
              RETURNING id, state, created_at
          )
          INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
@@ -73,6 +74,7 @@ pub(super) async fn insert(
             &int(job.max_attempts),
             &job.created_at,
             &job.run_at,
+            &job.trace_id,
         ],
     )
     .await?;

@@ -19,7 +19,7 @@ macro_rules! job_columns {
     () => {
         "id, owner_id, type, queue, name, state, priority, payload, result, error, attempts, \
          max_attempts, progress, cancel_requested, created_at, run_at, started_at, \
-         finished_at, updated_at, node, lease_expires_at"
+         finished_at, updated_at, node, lease_expires_at, trace_id"
     };
 }
 pub(super) use job_columns;
@@ -62,11 +62,12 @@ pub(super) fn job<J: serde::de::DeserializeOwned>(row: &Row) -> Result<Job<J>> {
         updated_at: get(row, 18)?,
         node: get(row, 19)?,
         lease_expires_at: get(row, 20)?,
+        trace_id: get(row, 21)?,
     })
 }
 
 /// The column of `event_seq` in a row that selects it right after [`job_columns!`].
-pub(super) const EVENT_SEQ: usize = 21;
+pub(super) const EVENT_SEQ: usize = 22;
 
 /// An event number (`integer`) as the feed carries it.
 pub(super) fn seq(row: &Row, idx: usize) -> Result<i64> {
@@ -126,14 +127,26 @@ pub(super) fn json<T: serde::Serialize>(value: &T) -> Json<&T> {
     Json(value)
 }
 
+/// Warns about a statement slower than [`crate::SLOW_STORE_CALL`], naming its start.
+fn slow(sql: &str, started: std::time::Instant) {
+    let took = started.elapsed();
+    if took > crate::SLOW_STORE_CALL {
+        let head: String = sql.split_whitespace().take(8).collect::<Vec<_>>().join(" ");
+        crate::warn_if_slow(&format!("PostgreSQL: {head} …"), took);
+    }
+}
+
 /// Prepares `sql` (cached per connection) and runs it, returning every row.
 pub(super) async fn query(
     db: &impl GenericClient,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>> {
+    let started = std::time::Instant::now();
     let stmt = db.prepare_cached(sql).await?;
-    Ok(db.query(&stmt, params).await?)
+    let rows = db.query(&stmt, params).await?;
+    slow(sql, started);
+    Ok(rows)
 }
 
 /// Prepares `sql` (cached per connection) and runs it, returning at most one row.
@@ -142,8 +155,11 @@ pub(super) async fn query_opt(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Option<Row>> {
+    let started = std::time::Instant::now();
     let stmt = db.prepare_cached(sql).await?;
-    Ok(db.query_opt(&stmt, params).await?)
+    let row = db.query_opt(&stmt, params).await?;
+    slow(sql, started);
+    Ok(row)
 }
 
 /// Prepares `sql` (cached per connection) and runs it, returning exactly one row.
@@ -152,8 +168,11 @@ pub(super) async fn query_one(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Row> {
+    let started = std::time::Instant::now();
     let stmt = db.prepare_cached(sql).await?;
-    Ok(db.query_one(&stmt, params).await?)
+    let row = db.query_one(&stmt, params).await?;
+    slow(sql, started);
+    Ok(row)
 }
 
 /// Prepares `sql` (cached per connection) and runs it, returning the rows it touched.
@@ -162,8 +181,11 @@ pub(super) async fn execute(
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<u64> {
+    let started = std::time::Instant::now();
     let stmt = db.prepare_cached(sql).await?;
-    Ok(db.execute(&stmt, params).await?)
+    let n = db.execute(&stmt, params).await?;
+    slow(sql, started);
+    Ok(n)
 }
 
 /// The events of job `id`, oldest first; `NotFound` unless the job exists and `owner` may

@@ -26,6 +26,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         5,
         include_str!("../../migrations/postgres/0005_queue_controls.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_job_trace_id.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -50,8 +50,11 @@ impl ReaderPool {
     {
         let (answer, answered) = oneshot::channel();
         let read: Read = Box::new(move |conn| {
+            let started = std::time::Instant::now();
+            let result = work(conn);
+            crate::warn_if_slow("a SQLite read", started.elapsed());
             // The caller may have gone away (a dropped request): nothing to tell then.
-            let _ = answer.send(work(conn));
+            let _ = answer.send(result);
         });
         self.queue
             .send(read)

@@ -16,7 +16,7 @@ macro_rules! job_columns {
     () => {
         "id, owner_id, type, queue, name, state, priority, payload, result, error, attempts, \
          max_attempts, progress, cancel_requested, created_at, run_at, started_at, \
-         finished_at, updated_at, node, lease_expires_at"
+         finished_at, updated_at, node, lease_expires_at, trace_id"
     };
 }
 pub(super) use job_columns;
@@ -45,6 +45,7 @@ pub(super) fn job<J: DeserializeOwned>(row: &Row<'_>) -> rusqlite::Result<Job<J>
         updated_at: time(row, 18)?,
         node: row.get(19)?,
         lease_expires_at: opt_time(row, 20)?,
+        trace_id: row.get(21)?,
     })
 }
 

@@ -40,6 +40,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         7,
         include_str!("../../migrations/sqlite/0007_queue_controls.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_job_trace_id.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
@@ -186,7 +190,7 @@ mod tests {
     #[test]
     fn migrations_apply_once() {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn
             .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
@@ -269,7 +273,7 @@ mod tests {
                  VALUES (1, 'k', x'00', x'00000000000000000000000000000001');",
         )
         .unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![4, 5, 6, 7]);
+        assert_eq!(migrate(&conn).unwrap(), vec![4, 5, 6, 7, 8]);
 
         let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
         assert_eq!(one("PRAGMA foreign_keys"), 1, "foreign keys are on again");

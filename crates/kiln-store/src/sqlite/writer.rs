@@ -285,9 +285,11 @@ fn run_batch(
     let mut published = Published::default();
     let started = std::time::Instant::now();
     let executed = execute(conn, &mut batch, &mut published, log_limit);
+    let took = started.elapsed();
     if let Some(metrics) = &outlet.metrics {
-        metrics.store_commit(batch.len(), started.elapsed());
+        metrics.store_commit(batch.len(), took);
     }
+    crate::warn_if_slow("a SQLite commit", took);
     match executed {
         Ok(()) => {
             evict(&outlet.cache, &published);

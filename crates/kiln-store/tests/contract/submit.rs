@@ -27,7 +27,8 @@ pub async fn insert_stores_the_job_and_its_first_event(store: Arc<dyn Store>) {
     s.priority = Some(7);
     s.queue = Some("mail".to_owned());
     s.name = Some("nightly".to_owned());
-    let new = new_job(s, alice, at(100));
+    let mut new = new_job(s, alice, at(100));
+    new.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned());
     let id = new.id;
 
     let inserted = store
@@ -57,8 +58,13 @@ pub async fn insert_stores_the_job_and_its_first_event(store: Arc<dyn Store>) {
     assert_eq!(job.result, None);
     assert_eq!(job.error, None);
     assert!(!job.cancel_requested);
+    assert_eq!(
+        job.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
 
-    // What came back is what is stored, for the owner and for operators.
+    // What came back is what is stored, for the owner and for operators (and a claim reads
+    // the same record).
     assert_eq!(store.job_get(Some(alice), id).await.unwrap(), job);
     assert_eq!(store.job_get(None, id).await.unwrap(), job);
 
@@ -69,6 +75,8 @@ pub async fn insert_stores_the_job_and_its_first_event(store: Arc<dyn Store>) {
     assert_eq!(events[0].at, at(100));
     assert_eq!(events[0].attempt, 0);
     assert_eq!(store.log_get(Some(alice), id).await.unwrap(), "");
+    let claimed = claim_one(&store, "n1", at(200)).await;
+    assert_eq!(claimed.trace_id, job.trace_id);
 }
 
 pub async fn scheduled_insert_keeps_run_at_and_state(store: Arc<dyn Store>) {

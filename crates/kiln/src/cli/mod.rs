@@ -143,7 +143,16 @@ fn init_tracing(filter: &str, format: LogFormat) {
         .with_target(false);
     let result = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // One object per line: timestamp, level, target, the event's fields at the top
+        // level, and the innermost span's fields (`request_id` and `trace_id` of a request;
+        // `job_id`, `job_type`, `attempt` and `node` of a job's attempt) under `span`.
+        LogFormat::Json => builder
+            .with_target(true)
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
     };
     if let Err(e) = result {
         eprintln!("warning: logging already initialised: {e}");

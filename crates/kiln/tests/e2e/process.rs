@@ -17,10 +17,19 @@ const LONG: Duration = Duration::from_secs(20);
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Its log lines after the "serving" line, as they are written.
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 impl Server {
     fn start(dir: &TempDir) -> Self {
+        Self::start_with(dir, "")
+    }
+
+    /// [`Server::start`] with `toml` as its `kiln.toml`.
+    fn start_with(dir: &TempDir, toml: &str) -> Self {
+        let config = dir.path().join("kiln.toml");
+        std::fs::write(&config, toml).expect("kiln.toml");
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("serve")
             .env_clear()
@@ -31,6 +40,7 @@ impl Server {
             .env("KILN_NODE_ID", "process-test")
             .env("KILN_LOG_FORMAT", "json")
             .env("KILN_SHUTDOWN_GRACE", "500ms")
+            .env("KILN_CONFIG", &config)
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -54,9 +64,34 @@ impl Server {
                     .expect("an address");
             }
         };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, addr }
+        // Keep draining the log so the child never blocks on a full pipe; tests that read
+        // it take the lines from the channel.
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, addr, log }
+    }
+
+    /// The JSON log entries written so far, waiting up to `LONG` for one matching `want`.
+    fn log_until(&self, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + LONG;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let Ok(line) = self.log.recv_timeout(left) else {
+                break;
+            };
+            let entry: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+            let found = want(&entry);
+            seen.push(entry);
+            if found {
+                return seen;
+            }
+        }
+        panic!("no such log entry within {LONG:?}; seen: {seen:#?}");
     }
 
     fn signal(&self, sig: &str) {
@@ -322,4 +357,72 @@ async fn a_log_written_to_a_pipe_has_no_colour_codes() {
         seen.iter().all(|l| !l.contains('\x1b')),
         "escape codes in a piped log: {seen:?}"
     );
+}
+
+/// `KILN_LOG_FORMAT=json`: one object per line with timestamp, level and target; a
+/// request's lines carry its `request_id` and the `trace_id` of its W3C `traceparent`, an
+/// attempt's lines the job's id, type, attempt and node; a job that fails for good is an
+/// ERROR with the start of its input.
+#[tokio::test]
+async fn json_logs_carry_the_request_and_job_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    // `sleep` gets one 40 ms attempt: a job that dies.
+    let server = Server::start_with(&dir, "[types.sleep]\ntimeout_ms = 40\nmax_attempts = 1\n");
+    let client = Client::new(server.addr);
+    let token = client.login("admin", ADMIN_PASSWORD).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = client
+        .request(hyper::Method::POST, "/api/v1/jobs")
+        .bearer(Some(&token))
+        .header("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("x-request-id", "req-json-logs-1")
+        .json(&json!({"type": "echo", "payload": {"hello": "logs"}}))
+        .send()
+        .await;
+    assert_eq!(resp.status.as_u16(), 202, "{}", resp.text());
+    let id = resp.json()["id"].as_str().unwrap().to_owned();
+
+    let seen = server.log_until(|e| e["message"] == "request" && e["status"] == 202);
+    let request = seen.last().unwrap();
+    assert_eq!(request["level"], "INFO");
+    assert!(
+        request["timestamp"].is_string() && request["target"].is_string(),
+        "{request}"
+    );
+    assert_eq!(
+        request["span"]["request_id"], "req-json-logs-1",
+        "{request}"
+    );
+    assert_eq!(request["span"]["trace_id"], trace, "{request}");
+
+    let seen = server.log_until(|e| {
+        e["message"] == "job attempt finished" && e["span"]["job_id"] == id.as_str()
+    });
+    let finished = seen.last().unwrap();
+    let span = &finished["span"];
+    assert_eq!(
+        (&span["job_type"], &span["attempt"], &span["node"]),
+        (&json!("echo"), &json!(1), &json!("process-test")),
+        "{finished}"
+    );
+    assert_eq!(finished["state"], "succeeded");
+    assert_eq!(
+        span["trace_id"], trace,
+        "the submitting request's trace: {finished}"
+    );
+
+    // `sleep` has one attempt of 40 ms here (kiln.toml): it dies of its timeout.
+    let resp = client
+        .request(hyper::Method::POST, "/api/v1/jobs")
+        .bearer(Some(&token))
+        .json(&json!({"type": "sleep", "payload": {"ms": 10_000}}))
+        .send()
+        .await;
+    let id = resp.json()["id"].as_str().unwrap().to_owned();
+    let seen = server.log_until(|e| e["span"]["job_id"] == id.as_str() && e["level"] == "ERROR");
+    let dead = seen.last().unwrap();
+    assert_eq!(dead["message"], "job failed for good", "{dead}");
+    assert_eq!(dead["error_code"], "timeout", "{dead}");
+    assert_eq!(dead["input"], r#"{"ms":10000}"#, "{dead}");
+    assert_eq!(dead["span"]["job_type"], "sleep");
 }
