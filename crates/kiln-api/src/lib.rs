@@ -326,15 +326,34 @@ pub struct PatchUser {
     pub disabled: Option<bool>,
 }
 
+/// The longest lifetime an API token may be given, in days (ten years): beyond it a date
+/// would leave what RFC 3339 timestamps can say (four-digit years), and a token for longer
+/// is one that never expires, which is what leaving `expires_in_days` out asks for.
+pub const MAX_TOKEN_DAYS: u32 = 3650;
+
 /// `POST /api/v1/tokens` body.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// A label to recognise the token by in `GET /tokens`.
     pub name: String,
-    /// Lifetime in days (default: never expires).
+    /// Lifetime in days, 1 to [`MAX_TOKEN_DAYS`] (default: never expires).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
+}
+
+/// One Server-Sent Event, as `GET /events` and a followed log stream carry it: the
+/// schema a streaming client (or a fuzzer) checks each event against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SseEvent {
+    /// Where the stream is: send it back as `Last-Event-ID` to resume after this event.
+    pub id: Option<String>,
+    /// The event's name (`message` when the stream gives none; a log stream ends with `end`).
+    pub event: Option<String>,
+    /// The payload: a JSON document on `GET /events` (`{id, type, state, attempt, at}`), a
+    /// line of text on a log stream.
+    pub data: String,
 }
 
 /// An API token's metadata; `token` (the secret) only in the creation response.

@@ -104,7 +104,8 @@ const PROBLEM_JSON: &str = "application/problem+json";
 pub struct ApiDoc;
 
 /// What every operation shares (module docs): the bearer scheme, 401 on secured operations,
-/// 500 on all, and the problem body on every 4xx/5xx response.
+/// 413 and 415 on those with a body, 500 on all, and the problem body on every 4xx/5xx
+/// response.
 struct Contract;
 
 impl Modify for Contract {
@@ -146,6 +147,16 @@ fn shared_responses(operation: &mut Operation) {
                 "No valid bearer token (missing, unknown, expired, or its user disabled)",
             )
             .into()
+        });
+    }
+    if operation.request_body.is_some() {
+        // The body extractors answer these before any handler code runs.
+        responses.entry("413".to_owned()).or_insert_with(|| {
+            DocResponse::new("The body is over its limit (1 MiB for JSON; uploads have their own)")
+                .into()
+        });
+        responses.entry("415".to_owned()).or_insert_with(|| {
+            DocResponse::new("The body is not of the content type the operation takes").into()
         });
     }
     responses.entry("500".to_owned()).or_insert_with(|| {

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::TimeDelta;
-use kiln_api::{CreateToken, LoginRequest, LoginResponse, TokenView, UserView};
+use kiln_api::{CreateToken, LoginRequest, LoginResponse, MAX_TOKEN_DAYS, TokenView, UserView};
 use kiln_domain::User;
 use kiln_store::{NewToken, TokenKind};
 
@@ -168,7 +168,14 @@ pub async fn create_token(
     }
     let now = state.now();
     let expires_at = match body.expires_in_days {
-        Some(0) => return Err(ApiError::invalid("expires_in_days", "must be at least 1")),
+        Some(days) if !(1..=MAX_TOKEN_DAYS).contains(&days) => {
+            return Err(ApiError::invalid(
+                "expires_in_days",
+                format!(
+                    "must be 1 to {MAX_TOKEN_DAYS} (leave it out for a token that never expires)"
+                ),
+            ));
+        }
         Some(days) => Some(now + TimeDelta::days(i64::from(days))),
         None => None,
     };

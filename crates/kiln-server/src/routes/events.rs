@@ -101,7 +101,7 @@ impl Filter {
     responses(
         (status = 200, description = "Server-Sent Events: one `{id, type, state, attempt, at}` per \
             state change of the caller's jobs, live, until the client disconnects", content(
-            (String = "text/event-stream"),
+            (kiln_api::SseEvent = "text/event-stream"),
         )),
         (status = 400, description = "A bad query parameter or `Last-Event-ID`"),
         (status = 403, description = "`all=true` from a caller who is not an operator"),

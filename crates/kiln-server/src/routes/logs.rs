@@ -57,7 +57,7 @@ pub struct LogParams {
             Server-Sent Events (one event per line, `id` = its offset; a final `end` event with the \
             state) with `Accept: text/event-stream`, else chunked text", content(
             (String = "text/plain"),
-            (String = "text/event-stream"),
+            (kiln_api::SseEvent = "text/event-stream"),
         )),
         (status = 400, description = "A bad id, query parameter or `Last-Event-ID`"),
         (status = 404, description = "No such job (or not the caller's)"),

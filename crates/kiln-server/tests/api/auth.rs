@@ -340,3 +340,37 @@ async fn ensure_admin_generates_a_password_once_on_an_empty_store() {
     .await;
     assert!(short.is_err(), "a too-short configured password is refused");
 }
+
+/// Found by fuzzing: a lifetime of tens of thousands of years gave an `expires_at` outside
+/// RFC 3339 (`+43458-03-09…`), and a larger one overflowed the date arithmetic (a 500).
+/// Lifetimes are 1 to 3,650 days; anything else is a 400 and stores no token.
+#[tokio::test]
+async fn token_lifetimes_past_ten_years_are_refused() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice", "client").await;
+    for days in [0_u64, 3651, 15_000_000, u64::from(u32::MAX)] {
+        let resp = app
+            .send(
+                Method::POST,
+                &alice,
+                "/api/v1/tokens",
+                &json!({"name": "long", "expires_in_days": days}),
+            )
+            .await;
+        let p = problem(&resp, 400, "invalid_request");
+        assert_eq!(p["field"], "expires_in_days", "{p}");
+    }
+    let list = app.get(&alice, "/api/v1/tokens").await.json();
+    assert_eq!(list, json!([]), "nothing half-stored");
+    let longest = app
+        .send(
+            Method::POST,
+            &alice,
+            "/api/v1/tokens",
+            &json!({"name": "ten years", "expires_in_days": 3650}),
+        )
+        .await;
+    assert_eq!(longest.status, StatusCode::CREATED, "{}", longest.text());
+    let expires = longest.json()["expires_at"].as_str().unwrap().to_owned();
+    assert!(expires.len() == 24 && expires.ends_with('Z'), "{expires}");
+}

@@ -279,6 +279,16 @@ async fn every_error_response_is_a_problem() {
     for ((method, path), operation) in operations(&doc) {
         let responses = operation["responses"].as_object().expect("responses");
         assert!(responses.contains_key("500"), "{method} {path}: no 500");
+        // Found by fuzzing: a body without `Content-Type: application/json` is a 415, an
+        // oversized one a 413, before the handler runs; both must be documented.
+        if operation.get("requestBody").is_some() {
+            for status in ["413", "415"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path}: a body but no {status}"
+                );
+            }
+        }
         for (status, response) in responses {
             if !status.starts_with(['4', '5']) {
                 continue;
