@@ -49,6 +49,35 @@ pub use error::{Result, StoreError};
 /// database shows in the logs before it shows as timeouts.
 pub const SLOW_STORE_CALL: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// What to say about `active` waiting and running jobs against the `MAX_QUEUED` cap
+/// `limit`: nothing below 90 % of it.
+fn room_warning(active: u64, limit: u64) -> Option<&'static str> {
+    if active >= limit {
+        Some("the queue is full (MAX_QUEUED): submissions are refused with 429")
+    } else if active.saturating_mul(10) >= limit.saturating_mul(9) {
+        Some("the queue is near MAX_QUEUED: submissions will soon be refused with 429")
+    } else {
+        None
+    }
+}
+
+/// Logs [`room_warning`] at WARN, at most once every 10 s (a full queue is checked on every
+/// submission).
+pub(crate) fn note_room(active: u64, limit: u64) {
+    use std::sync::{Mutex, PoisonError};
+    use std::time::{Duration, Instant};
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let Some(message) = room_warning(active, limit) else {
+        return;
+    };
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    tracing::warn!(active, limit, "{message}");
+}
+
 /// Logs `what` at WARN when it took longer than [`SLOW_STORE_CALL`].
 pub(crate) fn warn_if_slow(what: &str, took: std::time::Duration) {
     if took > SLOW_STORE_CALL {
@@ -280,5 +309,21 @@ pub(crate) fn lost_lease_is_an_answer(completed: Result<Job>) -> Result<Result<J
     match completed {
         Err(e) if !matches!(e, StoreError::LeaseLost) => Err(e),
         completed => Ok(completed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_warning;
+
+    #[test]
+    fn the_queue_cap_is_warned_about_from_ninety_percent() {
+        assert_eq!(room_warning(0, 100), None);
+        assert_eq!(room_warning(89, 100), None);
+        assert!(room_warning(90, 100).unwrap().contains("near"));
+        assert!(room_warning(100, 100).unwrap().contains("full"));
+        assert!(room_warning(150, 100).unwrap().contains("full"));
+        assert!(room_warning(0, 0).unwrap().contains("full"));
+        assert!(room_warning(u64::MAX, u64::MAX).is_some());
     }
 }

@@ -111,6 +111,7 @@ async fn ensure_room(tx: &impl GenericClient, limit: u64) -> Result<()> {
         .await?,
         0,
     )?;
+    crate::note_room(u64::try_from(active).unwrap_or(0), limit);
     if u64::try_from(active).unwrap_or(0) >= limit {
         return Err(StoreError::QueueFull { limit });
     }

@@ -51,6 +51,7 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
             .prepare_cached(ACTIVE_COUNT)?
             .query_row([], |r| r.get(0))?;
         let active = counted + tx.unapplied().active();
+        crate::note_room(u64::try_from(active).unwrap_or(0), limit);
         if u64::try_from(active).unwrap_or(0) >= limit {
             return Err(StoreError::QueueFull { limit });
         }
