@@ -347,16 +347,19 @@ fn registry(v: &Validated) -> Registry {
     registry
 }
 
+/// The per-queue concurrency limits of `kiln.toml`.
+fn queue_limits(v: &Validated) -> impl Iterator<Item = (String, usize)> + '_ {
+    v.file
+        .queues
+        .iter()
+        .map(|(name, q)| (name.clone(), q.concurrency))
+}
+
 fn worker_config(v: &Validated) -> WorkerConfig {
     WorkerConfig {
         node_id: v.node_id.clone(),
         max_concurrency: v.config.max_concurrency,
-        queue_limits: v
-            .file
-            .queues
-            .iter()
-            .map(|(name, q)| (name.clone(), q.concurrency))
-            .collect(),
+        queue_limits: queue_limits(v).collect(),
         lease_duration: v.config.lease,
         heartbeat_interval: v.config.lease / 3,
         retention: v.config.retention,
@@ -387,12 +390,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         upload_limit: v.config.upload_limit,
         upload_timeout: v.config.upload_timeout,
         command_allow: Arc::clone(&v.command_allow),
-        queue_limits: v
-            .file
-            .queues
-            .iter()
-            .map(|(name, q)| (name.clone(), q.concurrency))
-            .collect(),
+        queue_limits: queue_limits(v).collect(),
         ..ServerConfig::default()
     }
 }

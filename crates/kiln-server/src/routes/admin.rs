@@ -12,7 +12,6 @@ use kiln_domain::{JobId, JobState, Role, UserId};
 use kiln_store::{NewUser, UserPatch};
 
 use crate::cancel::Actor;
-use crate::conditional;
 
 use crate::auth::{CurrentUser, password};
 use crate::extract::{Json, Path, Query};
@@ -181,8 +180,7 @@ pub async fn get_job(
 ) -> Result<Response, ApiError> {
     me.require(Role::Operator)?;
     let job = state.store().job_read(None, id).await?;
-    let size = conditional::job_size(&job);
-    conditional::json(&headers, &JobView::from(job), size)
+    jobs::job_response(&headers, job)
 }
 
 /// `POST /admin/jobs/{id}/cancel`: cancels anyone's job; the event names the operator.

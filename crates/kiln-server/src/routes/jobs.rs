@@ -131,8 +131,17 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let job = state.store().job_read(Some(me.user.id), id).await?;
+    job_response(&headers, job)
+}
+
+/// A job as `GET /jobs/{id}` (and the operators' `GET /admin/jobs/{id}`) answer it: with an
+/// `ETag`, or 304 when the client has it already.
+pub(crate) fn job_response(
+    headers: &HeaderMap,
+    job: kiln_domain::Job<RawJson>,
+) -> Result<Response, ApiError> {
     let size = conditional::job_size(&job);
-    conditional::json(&headers, &JobView::from(job), size)
+    conditional::json(headers, &JobView::from(job), size)
 }
 
 /// `GET /jobs/{id}/status[?wait=…&state_not=…]`, with an `ETag` (304 on `If-None-Match`).

@@ -3,18 +3,9 @@
 
 use hyper::{Method, StatusCode};
 use kiln_server::ServerConfig;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::helpers::{TestApp, problem};
-
-fn ids(page: &Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use crate::helpers::{TestApp, ids, problem};
 
 #[tokio::test]
 async fn clients_get_403_on_every_operator_route() {

@@ -177,3 +177,13 @@ pub fn problem(resp: &TestResponse, status: u16, code: &str) -> Value {
     );
     body
 }
+
+/// The ids of a list page's jobs, in order.
+pub fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .expect("a page's items")
+        .iter()
+        .map(|j| j["id"].as_str().expect("a job id").to_owned())
+        .collect()
+}

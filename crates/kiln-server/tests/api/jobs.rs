@@ -7,16 +7,7 @@ use kiln_server::ServerConfig;
 use kiln_store::Outcome;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, problem};
-
-fn ids(page: &Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_owned())
-        .collect()
-}
+use crate::helpers::{TestApp, ids, problem};
 
 #[tokio::test]
 async fn submit_answers_202_with_location_and_the_job_reads_back() {
