@@ -167,51 +167,9 @@ pub(super) async fn get<J: serde::de::DeserializeOwned>(
     row::job(&found.ok_or(StoreError::NotFound)?)
 }
 
-/// The `event_seq` of job `id` if `owner` may see it: the version a cached finished job is
-/// checked against (a narrow row, its JSON never read).
-async fn version(db: &impl GenericClient, owner: Option<UserId>, id: JobId) -> Result<i64> {
-    let found = query_opt(
-        db,
-        "SELECT event_seq FROM jobs WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)",
-        &[&id.0, &owner.map(|o| o.0)],
-    )
-    .await?
-    .ok_or(StoreError::NotFound)?;
-    row::seq(&found, 0)
-}
-
-/// The cached finished job `id` if it is still the row's current version; `NotFound` if
-/// the job is gone or `owner` may not see it.
-async fn cached(
-    db: &impl GenericClient,
-    cache: &JobCache,
-    owner: Option<UserId>,
-    id: JobId,
-) -> Result<Option<Cached>> {
-    let Some(hit) = cache.get(id) else {
-        return Ok(None);
-    };
-    let current = version(db, owner, id).await?;
-    Ok((current == hit.version).then_some(hit))
-}
-
-/// Job `id` with its payload and result as stored text: a finished one from `cache` while
-/// its row is unchanged, otherwise read whole (and offered to the cache).
-pub(super) async fn read(
-    db: &impl GenericClient,
-    cache: &JobCache,
-    owner: Option<UserId>,
-    id: JobId,
-) -> Result<Job<RawJson>> {
-    if let Some(hit) = cached(db, cache, owner, id).await? {
-        return Ok(Job::clone(&hit.job));
-    }
-    Ok(read_whole(db, cache, owner, id).await?.0)
-}
-
 /// Reads job `id` whole with its `event_seq`, offers it to `cache`, and returns both the
 /// job and what the cache kept.
-async fn read_whole(
+pub(super) async fn read_whole(
     db: &impl GenericClient,
     cache: &JobCache,
     owner: Option<UserId>,
@@ -233,18 +191,15 @@ async fn read_whole(
     Ok((job, kept))
 }
 
-/// The light status of job `id`: from `cache` while its row is unchanged; a job found
-/// finished is read whole once, so the next polls are served from the cache.
-pub(super) async fn status_cached(
+/// The light status of job `id`, which the cache does not hold at its current version: a
+/// job found finished is read whole once, so the next polls are served from the cache.
+pub(super) async fn status_uncached(
     db: &impl GenericClient,
     cache: &JobCache,
     owner: Option<UserId>,
     id: JobId,
     inline_max: u32,
 ) -> Result<JobStatus> {
-    if let Some(hit) = cached(db, cache, owner, id).await? {
-        return Ok(hit.status(inline_max));
-    }
     let found = status(db, owner, id, inline_max).await?;
     if found.state.is_terminal()
         && let (_, Some(kept)) = read_whole(db, cache, owner, id).await?

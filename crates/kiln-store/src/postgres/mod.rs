@@ -25,6 +25,7 @@
 //! This module owns the options, the pool and the one place driver errors are mapped
 //! ([`map_err`]); it does not decide legality (that is [`kiln_domain::transition`]).
 
+mod batch;
 mod claim;
 mod feed;
 mod jobs;
@@ -100,6 +101,8 @@ pub struct PgStore {
     /// Finished jobs as last read, each checked against the row's `event_seq` before use
     /// (see `crate::cache`).
     cache: JobCache,
+    /// Those checks, coalesced into one statement per batch.
+    versions: batch::Versions,
 }
 
 impl PgStore {
@@ -147,6 +150,7 @@ impl PgStore {
         };
         let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();
         notify::spawn_notifier(pool.clone(), queued);
+        let versions = batch::Versions::start(pool.clone());
         Ok(Arc::new(PgStore {
             pool,
             signals,
@@ -155,6 +159,7 @@ impl PgStore {
             outbox,
             listener,
             cache: JobCache::default(),
+            versions,
         }))
     }
 

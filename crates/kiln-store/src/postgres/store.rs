@@ -14,6 +14,7 @@ use super::jobs::Insert;
 use super::notify::Signals;
 use super::{PgStore, claim, feed, jobs, lease, list, log, queues, retention, users};
 use crate::Store;
+use crate::cache::Cached;
 use crate::error::{BoxError, Result, StoreError};
 use crate::model::*;
 use crate::signal::Outbox;
@@ -115,7 +116,11 @@ impl Store for PgStore {
     }
 
     async fn job_read(&self, owner: Option<UserId>, id: JobId) -> Result<Job<RawJson>> {
-        jobs::read(&self.client().await?, &self.cache, owner, id).await
+        if let Some(hit) = self.cached(owner, id).await? {
+            return Ok(Job::clone(&hit.job));
+        }
+        let client = self.client().await?;
+        Ok(jobs::read_whole(&client, &self.cache, owner, id).await?.0)
     }
 
     async fn job_status(
@@ -124,7 +129,11 @@ impl Store for PgStore {
         id: JobId,
         inline_max: u32,
     ) -> Result<JobStatus> {
-        jobs::status_cached(&self.client().await?, &self.cache, owner, id, inline_max).await
+        if let Some(hit) = self.cached(owner, id).await? {
+            return Ok(hit.status(inline_max));
+        }
+        let client = self.client().await?;
+        jobs::status_uncached(&client, &self.cache, owner, id, inline_max).await
     }
 
     async fn job_list(&self, query: &ListQuery) -> Result<Page> {
@@ -317,5 +326,20 @@ impl Store for PgStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
         self.signals.subscribe()
+    }
+}
+
+impl PgStore {
+    /// The cached finished job `id` if the row's `event_seq` is still the cached one (asked
+    /// through the coalescing [`super::batch::Versions`]); `NotFound` if the job is gone or
+    /// `owner` may not see it; `None` when not cached or changed since.
+    async fn cached(&self, owner: Option<UserId>, id: JobId) -> Result<Option<Cached>> {
+        let Some(hit) = self.cache.get(id) else {
+            return Ok(None);
+        };
+        match self.versions.get(owner, id).await? {
+            None => Err(StoreError::NotFound),
+            Some(version) => Ok((version == hit.version).then_some(hit)),
+        }
     }
 }

@@ -130,3 +130,53 @@ async fn a_node_never_serves_a_finished_job_another_node_changed() {
     assert!(node_a.job_list(&mine).await.unwrap().items.is_empty());
     drop((node_a, node_b));
 }
+
+/// Many reads of cached finished jobs at once are answered in batches (one statement for
+/// many version checks): each still gets its own job, and a job of another owner is still
+/// not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cached_reads_each_get_their_own_job() {
+    let Some((db, store, ada)) = setup().await else {
+        return;
+    };
+    let bob = add_user(&*store, "bob").await;
+    let mut jobs = Vec::new();
+    for i in 0..40 {
+        let owner = if i % 2 == 0 { ada } else { bob };
+        let job = insert(&*store, job(owner, at(i))).await;
+        let running = claim_one(&*store, "n1", at(100 + i)).await;
+        store
+            .job_complete(
+                &lease_of(&running),
+                Outcome::Succeeded(json!({"n": i})),
+                at(200 + i),
+            )
+            .await
+            .unwrap();
+        // Read once: now cached.
+        store.job_read(Some(owner), job.id).await.unwrap();
+        jobs.push((owner, job.id, i));
+    }
+    let reads = (0..400).map(|k| {
+        let store = Arc::clone(&store);
+        let (owner, id, i) = jobs[k % jobs.len()];
+        let other = if owner == ada { bob } else { ada };
+        tokio::spawn(async move {
+            if k % 5 == 0 {
+                // Another owner's job: not found, batched or not.
+                let read = store.job_read(Some(other), id).await;
+                assert!(matches!(read, Err(StoreError::NotFound)), "{read:?}");
+                return;
+            }
+            let job = store.job_read(Some(owner), id).await.unwrap();
+            assert_eq!(job.id, id);
+            assert_eq!(job.result.unwrap().get(), format!(r#"{{"n":{i}}}"#));
+            let status = store.job_status(Some(owner), id, 4096).await.unwrap();
+            assert_eq!((status.id, status.state), (id, JobState::Succeeded));
+        })
+    });
+    for read in reads.collect::<Vec<_>>() {
+        read.await.unwrap();
+    }
+    drop((db, store));
+}
