@@ -1,64 +1,152 @@
-//! Version checks of cached finished jobs, coalesced: concurrent `job_read`s and
-//! `job_status`es of jobs the node has cached ask PostgreSQL for their rows' `event_seq`
-//! in one statement (`WHERE id = ANY($1)`) instead of one round trip each.
+//! Reads by job id, coalesced: concurrent reads of the same kind (the version check of a
+//! cached finished job, a job's events, a job's log) share one statement
+//! (`WHERE j.id = ANY($1)`) instead of one round trip each.
 //!
-//! Written by hand because it is what makes these reads cheap: a read served from the cache
-//! costs a pool check-out and a round trip, and most of that round trip is the kernel
-//! delivering a small message on loopback and waking a backend (`BENCHMARKS.md`). Batching
-//! is natural, never timed: a request waits only while [`IN_FLIGHT`] batches are already at
-//! the database, and then joins the next batch; an idle node sends each request at once.
+//! Written by hand because it is what makes these reads cheap: each costs a pool check-out
+//! and a round trip, and most of that round trip is the kernel delivering a small message
+//! on loopback and waking a backend (`BENCHMARKS.md`). Batching is natural, never timed: a
+//! read waits only while [`IN_FLIGHT`] batches of its kind are already at the database, and
+//! then joins the next batch; an idle node sends each read at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use kiln_domain::{JobId, UserId};
+use kiln_domain::{JobId, JobState, UserId};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_postgres::Row;
 
 use super::{map_pool_err, row};
 use crate::error::{Result, StoreError, backend};
+use crate::log_text::Kept;
+use crate::model::JobEvent;
 
-/// Batches at the database at once; the pool keeps its other connections for everything
-/// else.
+/// Batches of one kind at the database at once; the pool keeps its other connections for
+/// everything else.
 const IN_FLIGHT: usize = 4;
 
 /// Ids per statement at most.
 const MAX_BATCH: usize = 256;
 
-/// One question: the current `event_seq` of job `id`, if `owner` may see it.
-struct Ask {
+/// One kind of read by job id.
+pub(super) trait Lookup: Send + Sync + 'static {
+    /// What one job's read gives (cloned when several asks name the same job).
+    type Out: Clone + Send + 'static;
+    /// The statement: `$1` the ids (`uuid[]`); its first two columns the job's id and owner.
+    const SQL: &'static str;
+    /// Each job's owner and read, from the statement's rows.
+    fn fold(rows: &[Row]) -> Result<HashMap<uuid::Uuid, (i64, Self::Out)>>;
+}
+
+/// The current `event_seq` of a job: what a cached finished job is checked against.
+pub(super) struct Version;
+
+impl Lookup for Version {
+    type Out = i64;
+    const SQL: &'static str =
+        "SELECT j.id, j.owner_id, j.event_seq FROM jobs j WHERE j.id = ANY($1)";
+
+    fn fold(rows: &[Row]) -> Result<HashMap<uuid::Uuid, (i64, i64)>> {
+        rows.iter()
+            .map(|r| Ok((row::get(r, 0)?, (row::get(r, 1)?, row::seq(r, 2)?))))
+            .collect()
+    }
+}
+
+/// A job's events, oldest first.
+pub(super) struct Events;
+
+impl Lookup for Events {
+    type Out = Vec<JobEvent>;
+    const SQL: &'static str =
+        "SELECT j.id, j.owner_id, e.seq, e.state, e.at, e.attempt, e.node, e.message
+         FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id
+         WHERE j.id = ANY($1)
+         ORDER BY j.id, e.seq";
+
+    fn fold(rows: &[Row]) -> Result<HashMap<uuid::Uuid, (i64, Vec<JobEvent>)>> {
+        let mut jobs: HashMap<uuid::Uuid, (i64, Vec<JobEvent>)> = HashMap::new();
+        for r in rows {
+            let entry = jobs
+                .entry(row::get(r, 0)?)
+                .or_insert_with(|| (0, Vec::new()));
+            entry.0 = row::get(r, 1)?;
+            // A job without events (never written by Kiln) is one row of nulls.
+            let Some(seq) = row::get::<Option<i32>>(r, 2)? else {
+                continue;
+            };
+            entry.1.push(JobEvent {
+                seq: i64::from(seq),
+                state: row::state(r, 3)?,
+                at: row::get(r, 4)?,
+                attempt: row::count(r, 5)?,
+                node: row::get(r, 6)?,
+                message: row::get(r, 7)?,
+            });
+        }
+        Ok(jobs)
+    }
+}
+
+/// A job's state and its log as kept.
+pub(super) struct Log;
+
+impl Lookup for Log {
+    type Out = (JobState, Kept);
+    const SQL: &'static str = "SELECT j.id, j.owner_id, j.state, l.text, l.head_bytes, l.dropped
+         FROM jobs j LEFT JOIN job_logs l ON l.job_id = j.id
+         WHERE j.id = ANY($1)";
+
+    fn fold(rows: &[Row]) -> Result<HashMap<uuid::Uuid, (i64, (JobState, Kept))>> {
+        rows.iter()
+            .map(|r| {
+                let kept = Kept::from_row(
+                    row::get::<Option<String>>(r, 3)?.unwrap_or_default(),
+                    row::get::<Option<i64>>(r, 4)?.unwrap_or(0),
+                    row::get::<Option<i64>>(r, 5)?.unwrap_or(0),
+                );
+                Ok((
+                    row::get(r, 0)?,
+                    (row::get(r, 1)?, (row::state(r, 2)?, kept)),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// One question: `L`'s read of job `id`, if `owner` may see it.
+struct Ask<T> {
     id: JobId,
     owner: Option<UserId>,
-    reply: oneshot::Sender<Result<Option<i64>>>,
+    reply: oneshot::Sender<Result<Option<T>>>,
 }
 
-/// The handle [`super::PgStore`] asks through; the task that answers ends with it.
-pub(super) struct Versions {
-    asks: mpsc::UnboundedSender<Ask>,
+/// The handle the store asks through; the task that answers ends with it.
+pub(super) struct Batcher<L: Lookup> {
+    asks: mpsc::UnboundedSender<Ask<L::Out>>,
 }
 
-impl Versions {
+impl<L: Lookup> Batcher<L> {
     /// Starts the task that answers, on `pool`.
     pub fn start(pool: Pool) -> Self {
         let (asks, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, inbox));
+        tokio::spawn(run::<L>(pool, inbox));
         Self { asks }
     }
 
-    /// The current `event_seq` of job `id`; `None` when there is no such job or `owner`
-    /// may not see it.
-    pub async fn get(&self, owner: Option<UserId>, id: JobId) -> Result<Option<i64>> {
+    /// `L`'s read of job `id`; `None` when there is no such job or `owner` may not see it.
+    pub async fn get(&self, owner: Option<UserId>, id: JobId) -> Result<Option<L::Out>> {
         let (reply, answer) = oneshot::channel();
         self.asks
             .send(Ask { id, owner, reply })
-            .map_err(|_| backend("the version checker has stopped"))?;
+            .map_err(|_| backend("a batched reader has stopped"))?;
         answer
             .await
-            .map_err(|_| backend("the version checker dropped a question"))?
+            .map_err(|_| backend("a batched reader dropped a question"))?
     }
 }
 
-async fn run(pool: Pool, mut inbox: mpsc::UnboundedReceiver<Ask>) {
+async fn run<L: Lookup>(pool: Pool, mut inbox: mpsc::UnboundedReceiver<Ask<L::Out>>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = inbox.recv().await {
         // Wait for a slot first: whatever arrives meanwhile joins this batch.
@@ -74,27 +162,23 @@ async fn run(pool: Pool, mut inbox: mpsc::UnboundedReceiver<Ask>) {
         }
         let pool = pool.clone();
         tokio::spawn(async move {
-            answer(&pool, batch).await;
+            answer::<L>(&pool, batch).await;
             drop(slot);
         });
     }
 }
 
-/// Reads the versions of `batch`'s jobs in one statement and answers each question.
-async fn answer(pool: &Pool, batch: Vec<Ask>) {
+/// Reads `batch`'s jobs in one statement and answers each question.
+async fn answer<L: Lookup>(pool: &Pool, batch: Vec<Ask<L::Out>>) {
     let ids: Vec<uuid::Uuid> = batch.iter().map(|a| a.id.0).collect();
-    let rows = async {
+    let found = async {
         let client = pool.get().await.map_err(map_pool_err)?;
-        row::query(
-            &client,
-            "SELECT id, owner_id, event_seq FROM jobs WHERE id = ANY($1)",
-            &[&ids],
-        )
-        .await
+        let rows = row::query(&client, L::SQL, &[&ids]).await?;
+        L::fold(&rows)
     }
     .await;
-    let rows = match rows {
-        Ok(rows) => rows,
+    let found = match found {
+        Ok(found) => found,
         Err(e) => {
             let transient = matches!(e, StoreError::Transient(_));
             for ask in batch {
@@ -108,24 +192,11 @@ async fn answer(pool: &Pool, batch: Vec<Ask>) {
             return;
         }
     };
-    let decoded: Result<HashMap<uuid::Uuid, (i64, i64)>> = rows
-        .iter()
-        .map(|r| Ok((row::get(r, 0)?, (row::get::<i64>(r, 1)?, row::seq(r, 2)?))))
-        .collect();
-    let found = match decoded {
-        Ok(found) => found,
-        Err(e) => {
-            for ask in batch {
-                let _ = ask.reply.send(Err(backend(e.to_string())));
-            }
-            return;
-        }
-    };
     for ask in batch {
         let answer = found
             .get(&ask.id.0)
             .filter(|(owner, _)| ask.owner.is_none_or(|o| o.0 == *owner))
-            .map(|&(_, seq)| seq);
+            .map(|(_, out)| out.clone());
         // The asker may have gone away (a dropped request).
         let _ = ask.reply.send(Ok(answer));
     }

@@ -1,17 +1,17 @@
 //! Job logs, bounded per job: the `job_logs` rows. What a row keeps and how it reads is
-//! [`crate::log_text`], shared with the SQLite backend.
+//! [`crate::log_text`], shared with the SQLite backend. Reads go through the coalescing
+//! reader (`batch::Log`).
 //!
 //! An append that still fits is a plain concatenation in SQL; one that overflows locks the
 //! row, lets [`Kept::append`] keep the head and cut the tail, and writes it back, in one
 //! transaction.
 
 use deadpool_postgres::{GenericClient, Transaction};
-use kiln_domain::{JobId, Timestamp, UserId};
+use kiln_domain::{JobId, Timestamp};
 
 use super::row::{self, query_opt, ts};
 use crate::error::{Result, StoreError};
 use crate::log_text::Kept;
-use crate::model::LogRead;
 
 /// Appends `text` to the job's log, keeping at most `limit` bytes; returns the log's end
 /// offset. `NotFound` if the job does not exist.
@@ -101,29 +101,4 @@ async fn end(db: &impl GenericClient, id: JobId) -> Result<u64> {
 /// A stored byte count as an offset.
 fn offset(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
-}
-
-/// The job's log from offset `from`, with its state, in one statement (one snapshot);
-/// `NotFound` if the job is not visible to `owner`.
-pub(super) async fn read(
-    db: &impl GenericClient,
-    owner: Option<UserId>,
-    id: JobId,
-    from: u64,
-) -> Result<LogRead> {
-    let found = query_opt(
-        db,
-        "SELECT j.state, l.text, l.head_bytes, l.dropped FROM jobs j
-         LEFT JOIN job_logs l ON l.job_id = j.id
-         WHERE j.id = $1 AND ($2::bigint IS NULL OR j.owner_id = $2)",
-        &[&id.0, &owner.map(|o| o.0)],
-    )
-    .await?
-    .ok_or(StoreError::NotFound)?;
-    let kept = Kept::from_row(
-        row::get::<Option<String>>(&found, 1)?.unwrap_or_default(),
-        row::get::<Option<i64>>(&found, 2)?.unwrap_or(0),
-        row::get::<Option<i64>>(&found, 3)?.unwrap_or(0),
-    );
-    Ok(kept.read(from, row::state(&found, 0)?))
 }

@@ -101,8 +101,11 @@ pub struct PgStore {
     /// Finished jobs as last read, each checked against the row's `event_seq` before use
     /// (see `crate::cache`).
     cache: JobCache,
-    /// Those checks, coalesced into one statement per batch.
-    versions: batch::Versions,
+    /// Those checks, coalesced into one statement per batch; likewise reads of events and
+    /// logs.
+    versions: batch::Batcher<batch::Version>,
+    events: batch::Batcher<batch::Events>,
+    logs: batch::Batcher<batch::Log>,
 }
 
 impl PgStore {
@@ -150,7 +153,9 @@ impl PgStore {
         };
         let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();
         notify::spawn_notifier(pool.clone(), queued);
-        let versions = batch::Versions::start(pool.clone());
+        let versions = batch::Batcher::start(pool.clone());
+        let events = batch::Batcher::start(pool.clone());
+        let logs = batch::Batcher::start(pool.clone());
         Ok(Arc::new(PgStore {
             pool,
             signals,
@@ -160,6 +165,8 @@ impl PgStore {
             listener,
             cache: JobCache::default(),
             versions,
+            events,
+            logs,
         }))
     }
 

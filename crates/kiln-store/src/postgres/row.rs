@@ -11,8 +11,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Json, ToSql};
 
 use super::backend;
-use crate::error::{Result, StoreError};
-use crate::model::JobEvent;
+use crate::error::Result;
 
 /// The columns [`job`] reads, in its order; a macro so SQL can be built with `concat!`.
 macro_rules! job_columns {
@@ -186,41 +185,4 @@ pub(super) async fn execute(
     let n = db.execute(&stmt, params).await?;
     slow(sql, started);
     Ok(n)
-}
-
-/// The events of job `id`, oldest first; `NotFound` unless the job exists and `owner` may
-/// see it. One statement: the job row decides visibility, and a job without events (never
-/// written by Kiln, which records `submitted` with the job) is one row of nulls.
-pub(super) async fn events(
-    db: &impl GenericClient,
-    owner: Option<UserId>,
-    id: JobId,
-) -> Result<Vec<JobEvent>> {
-    let rows = query(
-        db,
-        "SELECT e.seq, e.state, e.at, e.attempt, e.node, e.message
-         FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id
-         WHERE j.id = $1 AND ($2::bigint IS NULL OR j.owner_id = $2)
-         ORDER BY e.seq",
-        &[&id.0, &owner.map(|o| o.0)],
-    )
-    .await?;
-    if rows.is_empty() {
-        return Err(StoreError::NotFound);
-    }
-    let mut events = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let Some(seq) = get::<Option<i32>>(r, 0)? else {
-            continue;
-        };
-        events.push(JobEvent {
-            seq: i64::from(seq),
-            state: state(r, 1)?,
-            at: get(r, 2)?,
-            attempt: count(r, 3)?,
-            node: get(r, 4)?,
-            message: get(r, 5)?,
-        });
-    }
-    Ok(events)
 }

@@ -190,7 +190,10 @@ impl Store for PgStore {
     }
 
     async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {
-        super::row::events(&self.client().await?, owner, id).await
+        self.events
+            .get(owner, id)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     async fn event_feed(
@@ -206,7 +209,12 @@ impl Store for PgStore {
     }
 
     async fn log_read(&self, owner: Option<UserId>, id: JobId, from: u64) -> Result<LogRead> {
-        log::read(&self.client().await?, owner, id, from).await
+        let (state, kept) = self
+            .logs
+            .get(owner, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(kept.read(from, state))
     }
 
     async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>> {
@@ -331,7 +339,7 @@ impl Store for PgStore {
 
 impl PgStore {
     /// The cached finished job `id` if the row's `event_seq` is still the cached one (asked
-    /// through the coalescing [`super::batch::Versions`]); `NotFound` if the job is gone or
+    /// through the coalescing [`super::batch::Batcher`]); `NotFound` if the job is gone or
     /// `owner` may not see it; `None` when not cached or changed since.
     async fn cached(&self, owner: Option<UserId>, id: JobId) -> Result<Option<Cached>> {
         let Some(hit) = self.cache.get(id) else {

@@ -131,9 +131,9 @@ async fn a_node_never_serves_a_finished_job_another_node_changed() {
     drop((node_a, node_b));
 }
 
-/// Many reads of cached finished jobs at once are answered in batches (one statement for
-/// many version checks): each still gets its own job, and a job of another owner is still
-/// not found.
+/// Many reads at once (cached finished jobs, events, logs) are answered in batches (one
+/// statement for many jobs): each still gets its own job's, and a job of another owner is
+/// still not found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cached_reads_each_get_their_own_job() {
     let Some((db, store, ada)) = setup().await else {
@@ -145,6 +145,10 @@ async fn concurrent_cached_reads_each_get_their_own_job() {
         let owner = if i % 2 == 0 { ada } else { bob };
         let job = insert(&*store, job(owner, at(i))).await;
         let running = claim_one(&*store, "n1", at(100 + i)).await;
+        store
+            .log_append(job.id, &format!("line of job {i}\n"), at(150 + i))
+            .await
+            .unwrap();
         store
             .job_complete(
                 &lease_of(&running),
@@ -166,8 +170,21 @@ async fn concurrent_cached_reads_each_get_their_own_job() {
                 // Another owner's job: not found, batched or not.
                 let read = store.job_read(Some(other), id).await;
                 assert!(matches!(read, Err(StoreError::NotFound)), "{read:?}");
+                let events = store.event_list(Some(other), id).await;
+                assert!(matches!(events, Err(StoreError::NotFound)), "{events:?}");
+                let log = store.log_get(Some(other), id).await;
+                assert!(matches!(log, Err(StoreError::NotFound)), "{log:?}");
                 return;
             }
+            let events = store.event_list(Some(owner), id).await.unwrap();
+            let states: Vec<JobState> = events.iter().map(|e| e.state).collect();
+            assert_eq!(
+                states,
+                [JobState::Queued, JobState::Running, JobState::Succeeded]
+            );
+            assert_eq!(events[2].at, at(200 + i));
+            let log = store.log_get(Some(owner), id).await.unwrap();
+            assert_eq!(log, format!("line of job {i}\n"));
             let job = store.job_read(Some(owner), id).await.unwrap();
             assert_eq!(job.id, id);
             assert_eq!(job.result.unwrap().get(), format!(r#"{{"n":{i}}}"#));
