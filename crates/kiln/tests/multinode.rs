@@ -384,3 +384,47 @@ async fn with_a_shared_object_store_a_node_serves_artifacts_of_a_job_it_did_not_
     assert!(!stored.exists(), "deleting on A removed what B stored");
     drop((a, b));
 }
+
+/// A queue paused through one node's API is paused for every node, a restarted one
+/// included, until it is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_paused_on_one_node_is_paused_on_every_node_until_resumed() {
+    let Some(db) = TempPostgres::create().await else {
+        return;
+    };
+    let (a, b, client, token, _blocker) = a_busy_b_free(&db).await;
+    let control = |action: &'static str| {
+        client
+            .request(
+                Method::POST,
+                &format!("/api/v1/admin/queues/reports/{action}"),
+            )
+            .bearer(Some(&token))
+            .send()
+    };
+    assert_eq!(control("pause").await.status, StatusCode::OK);
+    // Ahead in priority and submitted first: a node ignoring the pause would run it first.
+    let held = submit(
+        &client,
+        &token,
+        json!({"type": "echo", "queue": "reports", "priority": 100}),
+    )
+    .await;
+    let other = submit(&client, &token, json!({"type": "echo"})).await;
+    wait_state(&client, &token, &other, "succeeded").await;
+    assert_eq!(runners(&client, &token, &other).await, ["node-b"]);
+    assert_eq!(job(&client, &token, &held).await["state"], "queued");
+
+    // A node started afterwards reads the pause from the database too.
+    drop(b);
+    let c = Node::start(&db, "worker", "node-c", 4);
+    let again = submit(&client, &token, json!({"type": "echo"})).await;
+    wait_state(&client, &token, &again, "succeeded").await;
+    assert_eq!(runners(&client, &token, &again).await, ["node-c"]);
+    assert_eq!(job(&client, &token, &held).await["state"], "queued");
+
+    assert_eq!(control("resume").await.status, StatusCode::OK);
+    wait_state(&client, &token, &held, "succeeded").await;
+    assert_eq!(runners(&client, &token, &held).await, ["node-c"]);
+    drop((a, c));
+}
