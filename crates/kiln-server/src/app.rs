@@ -1,6 +1,7 @@
 //! [`router()`]: the routes and the layers around them.
 //!
-//! Layers, outermost first: request id (set, then echoed back) → `observe` (problem bodies
+//! Layers, outermost first: request id (a client's kept only if it is a short token; set,
+//! then echoed back) → `observe` (problem bodies
 //! and the request log line) → catch-panic (a panic is a 500, not a crash) → CORS (only
 //! with an allow-list) → time limit (408; uploads have a longer one) → the shutdown gate
 //! (503) → the routes, whose body extractors stop at `body_limit` (413; uploads at the
@@ -9,14 +10,16 @@
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use crate::middleware::{REQUEST_ID, fallback, observe, panic_response, shutdown_gate, time_limit};
+use crate::middleware::{
+    REQUEST_ID, clean_request_id, fallback, observe, panic_response, shutdown_gate, time_limit,
+};
 use crate::openapi;
 use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops};
 use crate::state::AppState;
@@ -39,6 +42,7 @@ pub fn router(state: AppState) -> Router {
 /// `/healthz`; nothing else, for a Prometheus on a private network.
 pub fn metrics_router(state: AppState) -> Router {
     let layers = ServiceBuilder::new()
+        .layer(from_fn(clean_request_id))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(from_fn_with_state(state.clone(), observe))
@@ -55,6 +59,7 @@ pub fn metrics_router(state: AppState) -> Router {
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     let config = state.config().clone();
     let layers = ServiceBuilder::new()
+        .layer(from_fn(clean_request_id))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(from_fn_with_state(state.clone(), observe))
@@ -126,7 +131,11 @@ fn api(upload_limit: u64) -> Router<AppState> {
 }
 
 /// CORS for the allowed origins; `None` (no CORS headers) when there are none.
+///
+/// `*` among them allows any origin: tokens travel in the `Authorization` header, never in
+/// cookies, so no browser sends one on its own (tower-http's list would panic on `*`).
 fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let any = origins.iter().any(|o| o.trim() == "*");
     let origins: Vec<HeaderValue> = origins
         .iter()
         .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
@@ -134,9 +143,14 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
     }
+    let allow = if any {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins)
+    };
     Some(
         CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
+            .allow_origin(allow)
             .allow_methods([
                 Method::GET,
                 Method::POST,

@@ -61,6 +61,31 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     resp
 }
 
+/// Longest client-supplied request id kept.
+const MAX_REQUEST_ID: usize = 64;
+
+/// Drops a client-supplied `X-Request-Id` that is not a short token (at most 64 letters,
+/// digits, `-`, `_`, `.` or `:`), so the id layer makes a fresh one: the id is echoed in
+/// responses and written in every log line, where a client must not inject text.
+pub async fn clean_request_id(mut req: Request, next: Next) -> Response {
+    let acceptable = |v: &[u8]| {
+        !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID
+            && v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    };
+    let headers = req.headers_mut();
+    let ids = headers.get_all(REQUEST_ID).iter().count();
+    if ids > 1
+        || headers
+            .get(REQUEST_ID)
+            .is_some_and(|v| !acceptable(v.as_bytes()))
+    {
+        headers.remove(REQUEST_ID);
+    }
+    next.run(req).await
+}
+
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 

@@ -3,7 +3,8 @@
 use std::sync::LazyLock;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::CACHE_CONTROL;
+use axum::http::{HeaderName, StatusCode};
 use chrono::TimeDelta;
 use kiln_api::{CreateToken, LoginRequest, LoginResponse, MAX_TOKEN_DAYS, TokenView, UserView};
 use kiln_domain::User;
@@ -37,10 +38,13 @@ static DUMMY_HASH: LazyLock<String> =
 pub async fn login(
     State(state): State<AppState>,
     Json(body): Json<LoginRequest>,
-) -> Result<Json<LoginResponse>, ApiError> {
+) -> Result<([(HeaderName, &'static str); 1], Json<LoginResponse>), ApiError> {
     let user = authenticate(&state, body).await?;
-    session(&state, user).await.map(Json)
+    Ok((NO_STORE, Json(session(&state, user).await?)))
 }
+
+/// A response that carries a secret (a token): no cache may keep it.
+const NO_STORE: [(HeaderName, &str); 1] = [(CACHE_CONTROL, "no-store")];
 
 /// The user whose name and password these are; 429 while the name is throttled.
 async fn authenticate(state: &AppState, body: LoginRequest) -> Result<User, ApiError> {
@@ -161,7 +165,7 @@ pub async fn create_token(
     State(state): State<AppState>,
     me: CurrentUser,
     Json(body): Json<CreateToken>,
-) -> Result<(StatusCode, Json<TokenView>), ApiError> {
+) -> Result<(StatusCode, [(HeaderName, &'static str); 1], Json<TokenView>), ApiError> {
     let name = body.name.trim();
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError::invalid("name", "must be 1-100 bytes"));
@@ -188,7 +192,11 @@ pub async fn create_token(
         expires_at,
     };
     let info = state.store().token_insert(new, now).await?;
-    Ok((StatusCode::CREATED, Json(view::token(info, Some(secret)))))
+    Ok((
+        StatusCode::CREATED,
+        NO_STORE,
+        Json(view::token(info, Some(secret))),
+    ))
 }
 
 /// `DELETE /tokens/{id}`: 204; 404 if it is not the caller's.

@@ -129,4 +129,46 @@ async fn request_ids_are_echoed_and_named_in_problems() {
     let generated = app.get(&app.admin, "/api/v1/me").await;
     let id = generated.header("x-request-id").expect("a generated id");
     assert_eq!(id.len(), 36, "a UUID: {id}");
+    // A client's id that is not a short token is replaced, not echoed into logs and
+    // problems.
+    let long = "x".repeat(65);
+    for bad in ["has space", "quote\"d", "<script>", long.as_str()] {
+        let resp = app
+            .client
+            .request(Method::GET, "/api/v1/jobs/not-a-uuid")
+            .bearer(Some(&app.admin))
+            .header("x-request-id", bad)
+            .send()
+            .await;
+        let echoed = resp.header("x-request-id").expect("an id").to_owned();
+        assert_eq!(echoed.len(), 36, "{bad:?} replaced by a UUID: {echoed}");
+        assert_eq!(resp.json()["request_id"], echoed.as_str());
+    }
+}
+
+/// Responses that carry a token secret tell every cache not to keep them.
+#[tokio::test]
+async fn token_responses_are_not_stored_by_caches() {
+    let app = TestApp::spawn().await;
+    let login = app
+        .client
+        .send_json(
+            Method::POST,
+            None,
+            "/api/v1/auth/login",
+            &json!({"username": "admin", "password": crate::helpers::ADMIN_PASSWORD}),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text());
+    assert_eq!(login.header("cache-control"), Some("no-store"));
+    let token = app
+        .send(
+            Method::POST,
+            &app.admin,
+            "/api/v1/tokens",
+            &json!({"name": "ci"}),
+        )
+        .await;
+    assert_eq!(token.status, StatusCode::CREATED, "{}", token.text());
+    assert_eq!(token.header("cache-control"), Some("no-store"));
 }

@@ -143,6 +143,28 @@ async fn cors_headers_only_for_allowed_origins() {
     assert_eq!(resp.header("access-control-allow-origin"), None);
 }
 
+/// `KILN_CORS_ORIGINS=*` allows any origin (it used to panic at start-up).
+#[tokio::test]
+async fn a_wildcard_cors_origin_allows_any_origin() {
+    let app = TestApp::spawn_with(ServerConfig {
+        cors_origins: vec!["*".into()],
+        ..ServerConfig::default()
+    })
+    .await;
+    let preflight = app
+        .client
+        .request(Method::OPTIONS, "/api/v1/jobs")
+        .header("origin", "https://anywhere.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await;
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        app.client.get(None, "/healthz").await.status,
+        StatusCode::OK
+    );
+}
+
 #[tokio::test]
 async fn a_request_over_the_timeout_is_a_408_problem() {
     let app = TestApp::spawn_with(ServerConfig {
