@@ -176,8 +176,12 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// Submission time.
     pub created_at: Timestamp,
-    /// The W3C trace id of the submitting request, if it sent a `traceparent`.
+    /// The W3C trace id of the submitting request, if it sent a `traceparent` (or the
+    /// OTLP exporter put the request in a trace).
     pub trace_id: Option<String>,
+    /// The span the attempts continue within `trace_id` (16 hex digits): the submitting
+    /// request's span, or the client's parent span.
+    pub parent_span_id: Option<String>,
 }
 
 impl NewJob {
@@ -240,6 +244,7 @@ impl NewJob {
             max_attempts: spec.policy.max_attempts,
             created_at: now,
             trace_id: None,
+            parent_span_id: None,
         })
     }
 }
@@ -276,6 +281,7 @@ impl NewJob {
             node: None,
             lease_expires_at: None,
             trace_id: self.trace_id,
+            parent_span_id: self.parent_span_id,
         }
     }
 }
@@ -338,6 +344,8 @@ pub struct Job<J = Value> {
     /// The W3C trace id of the request that submitted it, if that request had one: the
     /// attempts' log lines carry it.
     pub trace_id: Option<String>,
+    /// The span within `trace_id` that the attempts' spans are children of.
+    pub parent_span_id: Option<String>,
 }
 
 impl<J> Job<J> {
@@ -366,6 +374,7 @@ impl<J> Job<J> {
             node: self.node,
             lease_expires_at: self.lease_expires_at,
             trace_id: self.trace_id,
+            parent_span_id: self.parent_span_id,
         }
     }
 }

@@ -11,6 +11,11 @@
 //! Figures that the database holds (jobs per queue and state, the connection pool) are not
 //! recorded as they change: the `/metrics` handler reads them and sets them with
 //! [`Metrics::set_queue_depths`] and [`Metrics::set_pool`] just before encoding.
+//!
+//! [`trace`] holds the W3C trace context of spans and the hook an OpenTelemetry exporter
+//! installs.
+
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError, RwLock};

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use kiln_metrics::trace;
 use tracing::Instrument;
 
 use crate::problem::ApiError;
@@ -22,7 +23,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// template (`unmatched` for no route: never the raw path, which would grow the label set).
 ///
 /// Everything logged while the request runs is inside a `request` span carrying its
-/// `request_id` and, when the client sent a valid W3C `traceparent`, its `trace_id`.
+/// `request_id` and, when the client sent a valid W3C `traceparent`, its `trace_id`. With
+/// an OpenTelemetry exporter installed ([`kiln_metrics::trace`]) the span continues the
+/// client's trace (or starts one, whose id it then carries) and is named after its route.
 pub async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
@@ -34,25 +37,46 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        trace_id = tracing::field::Empty
+        trace_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
     );
-    if let Some(trace_id) = req
+    let parent = req
         .headers()
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(trace_id)
-    {
-        span.record("trace_id", trace_id);
+        .and_then(trace::traceparent);
+    let tracer = trace::tracer();
+    match tracer {
+        Some(tracer) => {
+            if let Some((trace_id, parent_id)) = parent {
+                tracer.adopt(&span, trace_id, parent_id);
+            }
+            span.record("otel.name", format!("{method} {route}"));
+            span.record("otel.kind", "server");
+            if let Some((trace_id, _)) = tracer.ids(&span) {
+                span.record("trace_id", trace_id);
+            }
+        }
+        None => {
+            if let Some((trace_id, _)) = parent {
+                span.record("trace_id", trace_id);
+            }
+        }
     }
     let resp = next.run(req).instrument(span.clone()).await;
     let _in_request = span.enter();
     let resp = render_problem(resp, &request_id);
     let status = resp.status().as_u16();
+    if tracer.is_some() {
+        span.record("http.response.status_code", i64::from(status));
+    }
     let took = start.elapsed();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     state
         .metrics()
         .http_request(method.as_str(), route, status, took);
@@ -88,27 +112,6 @@ pub async fn clean_request_id(mut req: Request, next: Next) -> Response {
 
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
-
-/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex parent id>-<2 hex
-/// flags>`), if the header is well formed and the ids are not all zeros; anything else is
-/// ignored, as the specification asks.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0')
-        && (version != "00" || parts.next().is_none());
-    valid.then_some(trace)
-}
 
 fn render_problem(mut resp: Response, request_id: &str) -> Response {
     if let Some(err) = resp.extensions_mut().remove::<ApiError>() {
@@ -190,36 +193,4 @@ pub async fn shutdown_gate(State(state): State<AppState>, req: Request, next: Ne
 /// Unknown routes.
 pub async fn fallback() -> ApiError {
     ApiError::not_found("no such route")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::trace_id;
-
-    #[test]
-    fn traceparent_gives_its_trace_id_only_when_well_formed() {
-        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-        assert_eq!(
-            trace_id(&format!("00-{trace}-00f067aa0ba902b7-01")),
-            Some(trace)
-        );
-        // A later version may add fields after the flags.
-        assert_eq!(
-            trace_id(&format!("01-{trace}-00f067aa0ba902b7-01-extra")),
-            Some(trace)
-        );
-        for bad in [
-            "",
-            "00",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // upper case
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace id
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", // zero parent id
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // invalid version
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",  // short trace id
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // v00 has 4 fields
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
-        ] {
-            assert_eq!(trace_id(bad), None, "{bad:?}");
-        }
-    }
 }

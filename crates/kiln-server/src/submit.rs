@@ -51,12 +51,17 @@ pub fn prepare(
         name: body.name,
     };
     let mut job = NewJob::parse(sub, user.id, user.role, state.catalogue(), state.now())?;
-    // The request's W3C trace follows the job into its attempts' log lines.
-    job.trace_id = headers
-        .get(crate::middleware::TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::middleware::trace_id)
-        .map(str::to_owned);
+    // The request's W3C trace follows the job into its attempts (their log lines, and
+    // their spans as children of this request's when an exporter runs).
+    (job.trace_id, job.parent_span_id) = match kiln_metrics::trace::tracer() {
+        Some(tracer) => tracer.ids(&tracing::Span::current()).unzip(),
+        None => headers
+            .get(crate::middleware::TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(kiln_metrics::trace::traceparent)
+            .map(|(trace, parent)| (trace.to_owned(), parent.to_owned()))
+            .unzip(),
+    };
     if job.job_type == JobType::Command {
         let payload = CommandPayload::parse(&job.payload)?;
         let program = state.config().command_allow.check(&payload.argv[0])?;

@@ -41,7 +41,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
             attempt = job.attempts,
             node = %shared.config.node_id,
             trace_id = job.trace_id.as_deref(),
+            otel.name = tracing::field::Empty,
         );
+        // With an exporter, the attempt is a span of the submitting request's trace.
+        if let Some(tracer) = kiln_metrics::trace::tracer() {
+            if let (Some(trace_id), Some(parent)) = (&job.trace_id, &job.parent_span_id) {
+                tracer.adopt(&span, trace_id, parent);
+            }
+            span.record("otel.name", format!("{} attempt", job.job_type));
+        }
         match one_attempt(&shared, &job, &stop).instrument(span).await {
             Some((next, next_stop)) => (job, stop) = (next, next_stop),
             None => break,

@@ -7,6 +7,7 @@
 //! - [`node`]: starts the store, worker and HTTP API together and stops them gracefully.
 //! - [`cli`]: subcommands (`serve`, `worker`, `migrate`, `user`, `bench`, `dev-cert`).
 //! - [`client`]: the client commands (`login`, `submit`, `ls`, `logs`, `watch`, …).
+//! - `otlp` (cargo feature `otlp`): the OpenTelemetry trace exporter.
 //!
 //! Tests start nodes in-process through [`node::start`] with a [`config::Validated`] built
 //! in code.
@@ -17,4 +18,6 @@ pub mod client;
 pub mod command_config;
 pub mod config;
 pub mod node;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod tls;

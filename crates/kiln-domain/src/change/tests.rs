@@ -23,6 +23,7 @@ fn job(job_type: JobType, state: JobState) -> Job {
         max_attempts: 3,
         created_at: at(0),
         trace_id: None,
+        parent_span_id: None,
     }
     .into_job();
     job.state = state;

@@ -56,8 +56,8 @@ pub(super) async fn insert(
         "WITH job AS (
              INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
                                max_attempts, created_at, run_at, updated_at, event_seq,
-                               trace_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, 1, $12)
+                               trace_id, parent_span_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, 1, $12, $13)
              RETURNING id, state, created_at
          )
          INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
@@ -75,6 +75,7 @@ pub(super) async fn insert(
             &job.created_at,
             &job.run_at,
             &job.trace_id,
+            &job.parent_span_id,
         ],
     )
     .await?;

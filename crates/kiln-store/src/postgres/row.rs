@@ -18,7 +18,7 @@ macro_rules! job_columns {
     () => {
         "id, owner_id, type, queue, name, state, priority, payload, result, error, attempts, \
          max_attempts, progress, cancel_requested, created_at, run_at, started_at, \
-         finished_at, updated_at, node, lease_expires_at, trace_id"
+         finished_at, updated_at, node, lease_expires_at, trace_id, parent_span_id"
     };
 }
 pub(super) use job_columns;
@@ -62,11 +62,12 @@ pub(super) fn job<J: serde::de::DeserializeOwned>(row: &Row) -> Result<Job<J>> {
         node: get(row, 19)?,
         lease_expires_at: get(row, 20)?,
         trace_id: get(row, 21)?,
+        parent_span_id: get(row, 22)?,
     })
 }
 
 /// The column of `event_seq` in a row that selects it right after [`job_columns!`].
-pub(super) const EVENT_SEQ: usize = 22;
+pub(super) const EVENT_SEQ: usize = 23;
 
 /// An event number (`integer`) as the feed carries it.
 pub(super) fn seq(row: &Row, idx: usize) -> Result<i64> {

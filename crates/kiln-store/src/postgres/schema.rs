@@ -30,6 +30,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         6,
         include_str!("../../migrations/postgres/0006_job_trace_id.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_job_parent_span.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -59,8 +59,9 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
     let job = stored_job(new)?;
     db.prepare_cached(
         "INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
-                           max_attempts, created_at, run_at, updated_at, trace_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?12)",
+                           max_attempts, created_at, run_at, updated_at, trace_id,
+                           parent_span_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?12, ?13)",
     )?
     .execute((
         id_bytes(job.id),
@@ -75,6 +76,7 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
         ms(job.created_at),
         ms(job.run_at),
         &job.trace_id,
+        &job.parent_span_id,
     ))?;
     tx.counts.inserted(job.state);
     event::record_first(tx, &job, "submitted")?;

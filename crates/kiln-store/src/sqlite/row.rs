@@ -16,7 +16,7 @@ macro_rules! job_columns {
     () => {
         "id, owner_id, type, queue, name, state, priority, payload, result, error, attempts, \
          max_attempts, progress, cancel_requested, created_at, run_at, started_at, \
-         finished_at, updated_at, node, lease_expires_at, trace_id"
+         finished_at, updated_at, node, lease_expires_at, trace_id, parent_span_id"
     };
 }
 pub(super) use job_columns;
@@ -46,6 +46,7 @@ pub(super) fn job<J: DeserializeOwned>(row: &Row<'_>) -> rusqlite::Result<Job<J>
         node: row.get(19)?,
         lease_expires_at: opt_time(row, 20)?,
         trace_id: row.get(21)?,
+        parent_span_id: row.get(22)?,
     })
 }
 

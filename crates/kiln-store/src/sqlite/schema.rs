@@ -44,6 +44,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         8,
         include_str!("../../migrations/sqlite/0008_job_trace_id.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_job_parent_span.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
@@ -190,7 +194,7 @@ mod tests {
     #[test]
     fn migrations_apply_once() {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn
             .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
@@ -273,7 +277,9 @@ mod tests {
                  VALUES (1, 'k', x'00', x'00000000000000000000000000000001');",
         )
         .unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![4, 5, 6, 7, 8]);
+        let later: Vec<u32> = MIGRATIONS[3..].iter().map(|&(v, _)| v).collect();
+        assert_eq!(later.first(), Some(&4));
+        assert_eq!(migrate(&conn).unwrap(), later);
 
         let one = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
         assert_eq!(one("PRAGMA foreign_keys"), 1, "foreign keys are on again");

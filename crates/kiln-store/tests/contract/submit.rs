@@ -29,6 +29,7 @@ pub async fn insert_stores_the_job_and_its_first_event(store: Arc<dyn Store>) {
     s.name = Some("nightly".to_owned());
     let mut new = new_job(s, alice, at(100));
     new.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned());
+    new.parent_span_id = Some("00f067aa0ba902b7".to_owned());
     let id = new.id;
 
     let inserted = store
@@ -62,6 +63,7 @@ pub async fn insert_stores_the_job_and_its_first_event(store: Arc<dyn Store>) {
         job.trace_id.as_deref(),
         Some("4bf92f3577b34da6a3ce929d0e0e4736")
     );
+    assert_eq!(job.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
 
     // What came back is what is stored, for the owner and for operators (and a claim reads
     // the same record).
@@ -77,6 +79,7 @@ pub async fn insert_stores_the_job_and_its_first_event(store: Arc<dyn Store>) {
     assert_eq!(store.log_get(Some(alice), id).await.unwrap(), "");
     let claimed = claim_one(&store, "n1", at(200)).await;
     assert_eq!(claimed.trace_id, job.trace_id);
+    assert_eq!(claimed.parent_span_id, job.parent_span_id);
 }
 
 pub async fn scheduled_insert_keeps_run_at_and_state(store: Arc<dyn Store>) {

@@ -127,34 +127,104 @@ async fn serve(config: Config, role: Role) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
-    init_tracing(&validated.config.log, validated.config.log_format);
-    node::run(validated, role).await?;
-    Ok(0)
+    let exporter = init_tracing(
+        &validated.config.log,
+        validated.config.log_format,
+        &validated.node_id,
+    );
+    let result = node::run(validated, role).await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
+    result.map(|()| 0)
 }
 
-fn init_tracing(filter: &str, format: LogFormat) {
+/// The subscriber's layers: the log lines, then (feature `otlp`) the span exporter.
+type Layers = Vec<
+    Box<
+        dyn tracing_subscriber::Layer<
+                tracing_subscriber::layer::Layered<
+                    tracing_subscriber::EnvFilter,
+                    tracing_subscriber::Registry,
+                >,
+            > + Send
+            + Sync,
+    >,
+>;
+
+/// Installs the log output and, when built with `otlp` and a collector is configured, the
+/// span exporter (returned, to be flushed at exit).
+fn init_tracing(filter: &str, format: LogFormat, node: &str) -> Option<Exporter> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: escape codes in a file or a pipe break log shippers.
     let ansi = crate::client::output::colour(std::io::stdout().is_terminal());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_target(false);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
+    let lines = tracing_subscriber::fmt::layer().with_ansi(ansi);
+    let mut layers: Layers = vec![match format {
+        LogFormat::Text => lines.with_target(false).boxed(),
         // One object per line: timestamp, level, target, the event's fields at the top
         // level, and the innermost span's fields (`request_id` and `trace_id` of a request;
         // `job_id`, `job_type`, `attempt` and `node` of a job's attempt) under `span`.
-        LogFormat::Json => builder
-            .with_target(true)
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-    };
-    if let Err(e) = result {
+            .boxed(),
+    }];
+    let exporter = exporter_layer(node, &mut layers);
+    if let Err(e) = tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init()
+    {
         eprintln!("warning: logging already initialised: {e}");
     }
+    exporter
+}
+
+#[cfg(feature = "otlp")]
+type Exporter = crate::otlp::Exporter;
+/// Built without `otlp`: nothing to flush.
+#[cfg(not(feature = "otlp"))]
+struct Exporter;
+
+#[cfg(not(feature = "otlp"))]
+impl Exporter {
+    async fn shutdown(self) {}
+}
+
+/// Adds the OTLP exporter's layer when a collector is configured.
+#[cfg(feature = "otlp")]
+fn exporter_layer(node: &str, layers: &mut Layers) -> Option<Exporter> {
+    use tracing_subscriber::Layer as _;
+    if !crate::otlp::configured() {
+        return None;
+    }
+    match crate::otlp::layer(node) {
+        Ok((layer, exporter)) => {
+            layers.push(layer.boxed());
+            Some(exporter)
+        }
+        Err(e) => {
+            eprintln!("warning: traces are not exported: {e:#}");
+            None
+        }
+    }
+}
+
+/// Without the `otlp` feature, an `OTEL_EXPORTER_OTLP_ENDPOINT` only earns a warning.
+#[cfg(not(feature = "otlp"))]
+fn exporter_layer(_node: &str, _layers: &mut Layers) -> Option<Exporter> {
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        eprintln!(
+            "warning: OTEL_EXPORTER_OTLP_ENDPOINT is set, but this kiln was built without \
+             the `otlp` feature: traces are not exported"
+        );
+    }
+    None
 }

@@ -12,6 +12,8 @@ mod compute;
 mod helpers;
 mod lifecycle;
 mod metrics;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod process;
 mod queues;
 mod retry;

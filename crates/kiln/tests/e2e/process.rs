@@ -14,9 +14,9 @@ use crate::helpers::{ADMIN_PASSWORD, db_url};
 const LONG: Duration = Duration::from_secs(20);
 
 /// A `kiln serve` process on a free port of 127.0.0.1, over the database in `dir`.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Its log lines after the "serving" line, as they are written.
     log: std::sync::mpsc::Receiver<String>,
 }
@@ -28,6 +28,11 @@ impl Server {
 
     /// [`Server::start`] with `toml` as its `kiln.toml`.
     fn start_with(dir: &TempDir, toml: &str) -> Self {
+        Self::start_env(dir, toml, &[])
+    }
+
+    /// [`Server::start_with`] with `env` added to its environment.
+    pub(crate) fn start_env(dir: &TempDir, toml: &str, env: &[(&str, &str)]) -> Self {
         let config = dir.path().join("kiln.toml");
         std::fs::write(&config, toml).expect("kiln.toml");
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -41,6 +46,7 @@ impl Server {
             .env("KILN_LOG_FORMAT", "json")
             .env("KILN_SHUTDOWN_GRACE", "500ms")
             .env("KILN_CONFIG", &config)
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -94,7 +100,7 @@ impl Server {
         panic!("no such log entry within {LONG:?}; seen: {seen:#?}");
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
@@ -102,7 +108,7 @@ impl Server {
         assert!(status.expect("kill runs").success());
     }
 
-    fn wait_exit(mut self) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(mut self) -> std::process::ExitStatus {
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
