@@ -146,23 +146,52 @@ impl<L: Lookup> Batcher<L> {
     }
 }
 
-async fn run<L: Lookup>(pool: Pool, mut inbox: mpsc::UnboundedReceiver<Ask<L::Out>>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn run<L: Lookup>(pool: Pool, inbox: mpsc::UnboundedReceiver<Ask<L::Out>>) {
+    gather(inbox, IN_FLIGHT, MAX_BATCH, move |batch| {
+        let pool = pool.clone();
+        async move { answer::<L>(&pool, batch).await }
+    })
+    .await;
+}
+
+/// The error of a batch, for each of its callers: transient stays transient (worth a
+/// retry), anything else is a backend error with the same message.
+pub(super) fn copy_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Transient(t) => StoreError::Transient(t.to_string().into()),
+        other => backend(other.to_string()),
+    }
+}
+
+/// Natural batching: takes what `inbox` holds (up to `max`) as one batch as soon as fewer
+/// than `in_flight` batches are being `handle`d, each on a task of its own; whatever
+/// arrives meanwhile joins the next batch. Ends when every sender is gone.
+pub(super) async fn gather<T, F, Fut>(
+    mut inbox: mpsc::UnboundedReceiver<T>,
+    in_flight: usize,
+    max: usize,
+    mut handle: F,
+) where
+    T: Send + 'static,
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = inbox.recv().await {
         // Wait for a slot first: whatever arrives meanwhile joins this batch.
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max {
             match inbox.try_recv() {
-                Ok(ask) => batch.push(ask),
+                Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
+        let work = handle(batch);
         tokio::spawn(async move {
-            answer::<L>(&pool, batch).await;
+            work.await;
             drop(slot);
         });
     }
@@ -180,14 +209,8 @@ async fn answer<L: Lookup>(pool: &Pool, batch: Vec<Ask<L::Out>>) {
     let found = match found {
         Ok(found) => found,
         Err(e) => {
-            let transient = matches!(e, StoreError::Transient(_));
             for ask in batch {
-                let shared = if transient {
-                    StoreError::Transient(e.to_string().into())
-                } else {
-                    backend(e.to_string())
-                };
-                let _ = ask.reply.send(Err(shared));
+                let _ = ask.reply.send(Err(copy_err(&e)));
             }
             return;
         }

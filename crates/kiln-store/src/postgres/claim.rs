@@ -16,6 +16,19 @@ use crate::error::{Result, StoreError};
 use crate::model::{ClaimRequest, FeedEvent};
 use crate::signal::Outbox;
 
+/// Set for the rest of a claim's transaction: no sort, no bitmap scan. The claim must walk
+/// the claim index (`jobs_claim`, in claim order) and stop after `LIMIT` rows; it costs the
+/// same whatever waits. But the planner picks by its statistics, and with stale ones (a
+/// table that grew since the last `ANALYZE`, a backlog piling up faster than autovacuum
+/// looks) or in the generic plan of the prepared statement it estimated a handful of
+/// queued rows and chose to fetch and sort every queued job: 13–23 ms per claim with
+/// 17,000 waiting, 175 ms with 100,000 (`BENCHMARKS.md`). Sequential scans stay allowed:
+/// disabling them makes every estimate enormous, which switches on JIT compilation.
+/// (The claimed rows are put in order here, not by an `ORDER BY` that would now cost as a
+/// disabled sort; JIT stays off in case any estimate grows that large.)
+const CLAIM_PLAN: &str =
+    "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off";
+
 /// Most jobs promoted per transaction, so a burst of jobs all due at once is spread over
 /// several short transactions instead of one long one.
 pub(super) const PROMOTE_CHUNK: i64 = 1000;
@@ -90,6 +103,8 @@ pub(super) async fn claim(
     promote_due(tx, signals, req.now, PROMOTE_CHUNK).await?;
     let running = target(&[JobState::Queued], Event::Claim)?;
     let message = format!("claimed by {}", req.node);
+    // The claim index, in its order, whatever the statistics say (see CLAIM_PLAN).
+    tx.batch_execute(CLAIM_PLAN).await?;
     let rows = query(
         tx,
         concat!(
@@ -112,7 +127,7 @@ pub(super) async fn claim(
              )
              SELECT ",
             job_columns!(),
-            ", event_seq FROM taken ORDER BY priority DESC, run_at, id"
+            ", event_seq FROM taken"
         ),
         &[
             &req.types,
@@ -132,6 +147,13 @@ pub(super) async fn claim(
         signals.changed(FeedEvent::of(&job, row::seq(r, EVENT_SEQ)?));
         claimed.push(job);
     }
+    // Claim order: the highest priority, then the earliest due, then the oldest id.
+    claimed.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.0.cmp(&b.id.0))
+    });
     Ok(claimed)
 }
 

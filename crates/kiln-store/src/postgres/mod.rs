@@ -7,6 +7,10 @@
 //! - Claims pick rows with `FOR UPDATE SKIP LOCKED` in a CTE and move them with
 //!   `UPDATE … RETURNING` in the same statement, so concurrent claimers on any number of
 //!   nodes never wait for each other and never take the same job.
+//! - The hot writes are coalesced (natural batching, no timer): [`complete`] writes the
+//!   outcomes that end together, and the claims for the slots they free, in one
+//!   transaction; [`submit`] writes plain submissions in one multi-row insert; [`batch`]
+//!   reads events, logs and versions of many jobs in one statement.
 //! - Every state change bumps the job row's `event_seq` and appends the event row with that
 //!   number in the same transaction: the row lock orders a job's events without reading
 //!   `max(seq)`.
@@ -17,7 +21,7 @@
 //!   notifications locally.
 //! - SQL lives next to the function that runs it: [`jobs`] (submit, get, cancel, retry,
 //!   report, delete), [`list`], [`claim`] (claim and promotion of due work), [`lease`]
-//!   (fenced completion, progress, renewal, rescue lookup), [`feed`] (events across jobs,
+//!   (fenced progress, renewal, rescue lookup), [`complete`] (fenced completions), [`feed`] (events across jobs,
 //!   for live streams), [`log`], [`users`] (users and tokens), [`retention`] (prune and
 //!   stats); [`row`] maps rows to domain types, [`schema`] applies the embedded migrations,
 //!   [`tls`] reads `sslmode`/`sslrootcert` into the rustls connector every connection uses.
@@ -27,6 +31,7 @@
 
 mod batch;
 mod claim;
+mod complete;
 mod feed;
 mod jobs;
 mod lease;
@@ -39,6 +44,7 @@ mod row;
 mod schema;
 mod seed;
 mod store;
+mod submit;
 pub mod tls;
 mod users;
 
@@ -106,6 +112,10 @@ pub struct PgStore {
     versions: batch::Batcher<batch::Version>,
     events: batch::Batcher<batch::Events>,
     logs: batch::Batcher<batch::Log>,
+    /// Completions (and the claims after them), coalesced into one transaction per batch.
+    completer: complete::Completer,
+    /// Plain submissions, coalesced into one statement per batch.
+    inserter: submit::Inserter,
 }
 
 impl PgStore {
@@ -156,6 +166,13 @@ impl PgStore {
         let versions = batch::Batcher::start(pool.clone());
         let events = batch::Batcher::start(pool.clone());
         let logs = batch::Batcher::start(pool.clone());
+        let publisher = Publisher {
+            signals: signals.clone(),
+            origin: origin.clone(),
+            outbox: outbox.clone(),
+        };
+        let completer = complete::Completer::start(pool.clone(), publisher.clone());
+        let inserter = submit::Inserter::start(pool.clone(), publisher);
         Ok(Arc::new(PgStore {
             pool,
             signals,
@@ -167,6 +184,8 @@ impl PgStore {
             versions,
             events,
             logs,
+            completer,
+            inserter,
         }))
     }
 
@@ -190,9 +209,32 @@ impl PgStore {
 
     /// Publishes the signals of a committed write here and queues them for other nodes.
     fn published(&self, signals: Signals) {
+        self.publisher().publish(signals);
+    }
+
+    fn publisher(&self) -> Publisher {
+        Publisher {
+            signals: self.signals.clone(),
+            origin: self.origin.clone(),
+            outbox: self.outbox.clone(),
+        }
+    }
+}
+
+/// Where the signals of committed writes go: this node's subscribers, and the notifier for
+/// other nodes. A copy for tasks that write on the store's behalf.
+#[derive(Clone)]
+struct Publisher {
+    signals: broadcast::Sender<Signal>,
+    origin: String,
+    outbox: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Publisher {
+    fn publish(&self, signals: Signals) {
         signals.publish(&self.signals);
         for payload in signals.payloads(&self.origin) {
-            // The notifier only stops after this store is dropped.
+            // The notifier only stops after the store is dropped.
             let _ = self.outbox.send(payload);
         }
     }

@@ -83,17 +83,12 @@ impl Store for PgStore {
 
     async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {
         let owner = job.owner;
+        if opts.idempotency.is_none() && opts.max_queued.is_none() {
+            // A plain submission joins the next multi-row insert.
+            return self.inserter.insert(job).await.map(Inserted::Created);
+        }
         let mut client = self.client().await?;
         let mut signals = Signals::default();
-        if opts.idempotency.is_none() && opts.max_queued.is_none() {
-            // A plain submission is one statement: no transaction needed.
-            let done = jobs::insert(&client, &mut signals, job, &opts).await?;
-            self.published(signals);
-            return match done {
-                Insert::Done(inserted) => Ok(inserted),
-                Insert::KeyRaced => Err(StoreError::conflict("an idempotency key raced")),
-            };
-        }
         {
             let tx = client.transaction().await?;
             if let Insert::Done(inserted) = jobs::insert(&tx, &mut signals, job, &opts).await? {
@@ -225,11 +220,17 @@ impl Store for PgStore {
     }
 
     async fn job_complete(&self, lease: &Lease, outcome: Outcome, now: Timestamp) -> Result<Job> {
-        // One statement in its own implicit transaction: no BEGIN/COMMIT round trips.
-        let mut signals = Signals::default();
-        let job = lease::complete(&self.client().await?, &mut signals, lease, outcome, now).await?;
-        self.published(signals);
-        Ok(job)
+        self.completer.complete(lease, outcome, now, None).await?.0
+    }
+
+    async fn job_complete_and_claim(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+        now: Timestamp,
+        next: Option<&ClaimRequest>,
+    ) -> Result<(Result<Job>, Vec<Job>)> {
+        self.completer.complete(lease, outcome, now, next).await
     }
 
     async fn job_progress(&self, lease: &Lease, progress: f32, now: Timestamp) -> Result<()> {

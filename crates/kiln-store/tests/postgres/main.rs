@@ -89,6 +89,7 @@ fn lease_of(job: &kiln_domain::Job) -> Lease {
 }
 
 mod client;
+mod coalesced;
 mod ops;
 mod seed;
 mod tls;
