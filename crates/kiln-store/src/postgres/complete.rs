@@ -39,7 +39,8 @@ pub(super) type Answer = Result<(Result<Job>, Vec<Job>)>;
 /// The completions of one batch, in one statement: `$1`… are arrays with one element per
 /// outcome (id, attempt, node; the state, next `run_at`, `finished_at` and event message
 /// when no cancel is pending and when one is; the result as JSON text, the error as JSON
-/// text, the progress, the time). The fence (`state = 'running'`, the attempt, the node)
+/// text, the progress, the time; `$16` the `job_counts` shard). Jobs it ends terminal are
+/// counted in the same statement (a running job was not counted). The fence (`state = 'running'`, the attempt, the node)
 /// is checked on the newest row version under its lock, so an outcome whose lease was lost
 /// updates nothing and is absent from the rows returned.
 const COMPLETE_MANY: &str = concat!(
@@ -69,6 +70,12 @@ const COMPLETE_MANY: &str = concat!(
      ), events AS (
          INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
          SELECT id, event_seq, state, updated_at, attempts, lease_node, message FROM done
+     ), counted AS (
+         INSERT INTO job_counts (state, shard, n)
+         SELECT state, $16, count(*) FROM done
+         WHERE state IN ('succeeded', 'dead', 'cancelled')
+         GROUP BY state
+         ON CONFLICT (state, shard) DO UPDATE SET n = job_counts.n + EXCLUDED.n
      )
      SELECT ",
     job_columns!(),
@@ -251,6 +258,7 @@ async fn complete_many(
             &at,
             &messages[0],
             &messages[1],
+            &super::counts::shard(),
         ],
     )
     .await?;

@@ -338,10 +338,12 @@ pub(super) async fn change(
     decide: impl FnOnce(&mut Job) -> Result<Change>,
 ) -> Result<(Job, Step)> {
     let mut job = lock(tx, owner, id).await?;
+    let before = job.state;
     let change = decide(&mut job)?;
     if let Some(note) = &change.note {
         let seq = save(tx, &job).await?;
         record(tx, signals, &job, seq, note).await?;
+        super::counts::moved(tx, before, job.state).await?;
     }
     signals.requested(&job, &change);
     Ok((job, change.step))

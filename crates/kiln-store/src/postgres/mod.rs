@@ -32,6 +32,7 @@
 mod batch;
 mod claim;
 mod complete;
+mod counts;
 mod feed;
 mod jobs;
 mod lease;
@@ -140,6 +141,7 @@ impl PgStore {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| backend(format!("cannot build the PostgreSQL pool: {e}")))?;
+        counts::recount(&mut pool.get().await.map_err(map_pool_err)?).await?;
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
         let origin = uuid::Uuid::now_v7().simple().to_string();
         let listener = if opts.listen {

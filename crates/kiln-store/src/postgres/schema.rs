@@ -34,6 +34,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         7,
         include_str!("../../migrations/postgres/0007_job_parent_span.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_job_counts.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -74,6 +74,9 @@ impl PgStore {
         if count > 0 {
             db.batch_execute("VACUUM (ANALYZE) jobs, job_events")
                 .await?;
+            // The seed writes rows directly: count them as a node does when it connects.
+            let mut db = db;
+            super::counts::recount(&mut db).await?;
         }
         Ok(done)
     }

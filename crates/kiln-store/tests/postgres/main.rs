@@ -90,6 +90,7 @@ fn lease_of(job: &kiln_domain::Job) -> Lease {
 
 mod client;
 mod coalesced;
+mod counts;
 mod ops;
 mod seed;
 mod tls;
