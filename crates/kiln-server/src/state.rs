@@ -119,7 +119,7 @@ impl AppState {
         &self.inner.config
     }
 
-    /// Failed-login counters.
+    /// Login attempts per username and the password-hashing slots.
     pub fn logins(&self) -> &LoginThrottle {
         &self.inner.logins
     }

@@ -10,6 +10,7 @@ use kiln_api::{CreateToken, LoginRequest, LoginResponse, MAX_TOKEN_DAYS, TokenVi
 use kiln_domain::User;
 use kiln_store::{NewToken, TokenKind};
 
+use crate::auth::throttle::Refused;
 use crate::auth::{CurrentUser, password, token};
 use crate::extract::{Json, Path};
 use crate::problem::ApiError;
@@ -33,6 +34,7 @@ static DUMMY_HASH: LazyLock<String> =
         (status = 400, description = "The body is not a login request"),
         (status = 401, description = "Wrong username or password (or the user is disabled)"),
         (status = 429, description = "Too many failed logins for this username (`Retry-After`)"),
+        (status = 503, description = "Too many logins being checked at once (`Retry-After`)"),
     )
 )]
 pub async fn login(
@@ -46,35 +48,53 @@ pub async fn login(
 /// A response that carries a secret (a token): no cache may keep it.
 const NO_STORE: [(HeaderName, &str); 1] = [(CACHE_CONTROL, "no-store")];
 
-/// The user whose name and password these are; 429 while the name is throttled.
+/// The user whose name and password these are; 429 while the name is throttled, 503 while
+/// every hashing slot is busy (see [`crate::auth::throttle`]).
 async fn authenticate(state: &AppState, body: LoginRequest) -> Result<User, ApiError> {
     let LoginRequest { username, password } = body;
-    if let Some(wait) = state.logins().check(&username) {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_logins",
-            "too many failed logins for this user; wait before trying again",
-        );
-        e.retry_after = Some(wait);
-        return Err(e);
+    // No user can have a malformed name: refused without hashing or remembering it.
+    if kiln_domain::user::parse_username(&username).is_err() {
+        return Err(ApiError::unauthorized("wrong username or password"));
     }
+    let logins = state.logins();
+    logins.begin(&username).map_err(refused)?;
     let record = state.store().user_by_name(&username).await?;
     let phc = record
         .as_ref()
         .map_or_else(|| DUMMY_HASH.clone(), |r| r.password_hash.clone());
+    let slot = logins.hashing_slot().await.map_err(refused)?;
     let ok = tokio::task::spawn_blocking(move || password::verify(&password, &phc))
         .await
         .map_err(ApiError::internal)?;
+    drop(slot);
     match record {
         Some(r) if ok && !r.user.disabled => {
-            state.logins().succeeded(&username);
+            logins.succeeded(&username);
             Ok(r.user)
         }
-        _ => {
-            state.logins().failed(&username);
-            Err(ApiError::unauthorized("wrong username or password"))
-        }
+        _ => Err(ApiError::unauthorized("wrong username or password")),
     }
+}
+
+/// The problem for a login stopped before its password was checked.
+fn refused(why: Refused) -> ApiError {
+    let (status, code, detail, wait) = match why {
+        Refused::Throttled(wait) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_logins",
+            "too many failed logins for this user; wait before trying again",
+            wait,
+        ),
+        Refused::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "logins_busy",
+            "too many logins are being checked at once; try again shortly",
+            1,
+        ),
+    };
+    let mut e = ApiError::new(status, code, detail);
+    e.retry_after = Some(wait);
+    e
 }
 
 /// A new session token for `user`, valid for `session_ttl`.

@@ -312,6 +312,64 @@ async fn too_many_failed_logins_are_throttled_with_retry_after() {
     app.user("zed", "client").await;
 }
 
+/// Parallel guesses at one name share its budget: each attempt counts from its start, so
+/// twenty at once get ten tries between them, and the right password is then refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_get_the_budget_of_one_name_between_them() {
+    let app = TestApp::spawn().await;
+    let body = json!({"username": "admin", "password": "not-the-password"});
+    let guesses: Vec<_> = (0..2 * MAX_FAILURES)
+        .map(|_| {
+            let client = app.client.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                client
+                    .send_json(Method::POST, None, "/api/v1/auth/login", &body)
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut unauthorized = 0;
+    for guess in guesses {
+        match guess.await.unwrap() {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(unauthorized, MAX_FAILURES);
+    let good = json!({"username": "admin", "password": ADMIN_PASSWORD});
+    let resp = app
+        .client
+        .send_json(Method::POST, None, "/api/v1/auth/login", &good)
+        .await;
+    problem(&resp, 429, "too_many_logins");
+}
+
+/// A login with a name no user can have (900 KB of it) is a 401 at once: nothing is hashed
+/// and nothing is remembered, so such requests cannot grow the server's memory.
+#[tokio::test]
+async fn a_malformed_username_is_refused_without_being_remembered() {
+    let app = TestApp::spawn().await;
+    for name in ["x".repeat(900 * 1024), "a b".to_owned(), String::new()] {
+        let body = json!({"username": name, "password": "whatever-1"});
+        let resp = app
+            .client
+            .send_json(Method::POST, None, "/api/v1/auth/login", &body)
+            .await;
+        problem(&resp, 401, "unauthorized");
+    }
+    assert_eq!(app.state.logins().tracked(), 0);
+    let body = json!({"username": "nobody", "password": "whatever-1"});
+    let resp = app
+        .client
+        .send_json(Method::POST, None, "/api/v1/auth/login", &body)
+        .await;
+    problem(&resp, 401, "unauthorized");
+    assert_eq!(app.state.logins().tracked(), 1, "a well-formed name is");
+}
+
 #[tokio::test]
 async fn ensure_admin_generates_a_password_once_on_an_empty_store() {
     let db = kiln_testkit::TempSqlite::new();
