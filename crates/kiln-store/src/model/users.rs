@@ -48,6 +48,14 @@ pub struct UserPatch {
     pub disabled: Option<bool>,
 }
 
+impl UserPatch {
+    /// Whether the change ends the user's sessions and API tokens: a new password or
+    /// disabling. (Enabling a user again does not bring old tokens back.)
+    pub fn revokes_tokens(&self) -> bool {
+        self.password_hash.is_some() || self.disabled == Some(true)
+    }
+}
+
 /// What a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {

@@ -76,10 +76,12 @@ pub(super) async fn list(db: &impl GenericClient) -> Result<Vec<User>> {
 
 /// Applies the fields of `patch` that are set.
 pub(super) async fn update(db: &impl GenericClient, id: UserId, patch: UserPatch) -> Result<User> {
+    // One statement: the user and, for a new password or disabling, their tokens.
     let found = query_opt(
         db,
         concat!(
-            "UPDATE users SET role = coalesce($2, role),
+            "WITH revoked AS (DELETE FROM tokens WHERE user_id = $1 AND $5)
+             UPDATE users SET role = coalesce($2, role),
                  password_hash = coalesce($3, password_hash),
                  disabled = coalesce($4, disabled)
              WHERE id = $1 RETURNING ",
@@ -90,6 +92,7 @@ pub(super) async fn update(db: &impl GenericClient, id: UserId, patch: UserPatch
             &patch.role.map(|r| r.as_str()),
             &patch.password_hash,
             &patch.disabled,
+            &patch.revokes_tokens(),
         ],
     )
     .await?;

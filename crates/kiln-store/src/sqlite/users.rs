@@ -75,8 +75,14 @@ pub(super) fn list(db: &Connection) -> Result<Vec<User>> {
     Ok(users)
 }
 
-/// Applies the fields of `patch` that are set.
+/// Applies the fields of `patch` that are set; a new password or disabling also deletes
+/// the user's tokens.
 pub(super) fn update(tx: &Tx<'_>, id: UserId, patch: UserPatch) -> Result<User> {
+    if patch.revokes_tokens() {
+        tx.db
+            .prepare_cached("DELETE FROM tokens WHERE user_id = ?1")?
+            .execute([id.0])?;
+    }
     tx.db
         .prepare_cached(concat!(
             "UPDATE users SET role = coalesce(?2, role),

@@ -269,7 +269,63 @@ pub async fn expired_token_or_disabled_user_looks_up_as_none(store: Arc<dyn Stor
             .token_lookup(&[2; 32], at(5_000))
             .await
             .unwrap()
-            .is_some()
+            .is_none(),
+        "disabling revoked the token: enabling the user again does not bring it back"
+    );
+}
+
+pub async fn a_new_password_revokes_the_users_tokens_and_a_role_change_does_not(
+    store: Arc<dyn Store>,
+) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    for (who, hash, kind) in [
+        (alice, [1; 32], TokenKind::Session),
+        (alice, [2; 32], TokenKind::Api),
+        (bob, [3; 32], TokenKind::Api),
+    ] {
+        store
+            .token_insert(token(who, &hash, kind, None), at(0))
+            .await
+            .unwrap();
+    }
+    let alive = |hash: [u8; 32]| {
+        let store = store.clone();
+        async move { store.token_lookup(&hash, at(1)).await.unwrap().is_some() }
+    };
+    store
+        .user_update(
+            alice,
+            UserPatch {
+                role: Some(Role::Operator),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        alive([1; 32]).await && alive([2; 32]).await,
+        "a role change keeps them"
+    );
+    store
+        .user_update(
+            alice,
+            UserPatch {
+                password_hash: Some("new-hash".to_owned()),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!alive([1; 32]).await, "the session is revoked");
+    assert!(!alive([2; 32]).await, "the API token is revoked");
+    assert!(alive([3; 32]).await, "another user's token stays");
+    assert!(
+        store
+            .token_list(alice, TokenKind::Api)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
