@@ -127,6 +127,8 @@ pub trait Store: Send + Sync + 'static {
     async fn token_delete(&self, user: UserId, id: i64) -> Result<()>;
     /// Deletes the token with this hash (logout). Deleting nothing is fine.
     async fn token_delete_hash(&self, hash: &[u8]) -> Result<()>;
+    /// Deletes every token expired at `now`; returns how many.
+    async fn token_prune(&self, now: Timestamp) -> Result<u64>;
 
     // ---- jobs: client side -------------------------------------------------------------
 

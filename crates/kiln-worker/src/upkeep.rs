@@ -110,4 +110,9 @@ async fn prune(shared: &Shared) {
         Err(e) => tracing::warn!(error = %e, "pruning failed"),
     }
     artifact::sweep_scratch(shared).await;
+    match shared.store.token_prune(now).await {
+        Ok(0) => {}
+        Ok(pruned) => tracing::debug!(pruned, "deleted expired tokens"),
+        Err(e) => tracing::warn!(error = %e, "deleting expired tokens failed"),
+    }
 }

@@ -105,6 +105,10 @@ impl Store for Flaky {
         self.inner.token_delete_hash(hash).await
     }
 
+    async fn token_prune(&self, now: Timestamp) -> Result<u64> {
+        self.inner.token_prune(now).await
+    }
+
     async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {
         self.inner.job_insert(job, opts).await
     }

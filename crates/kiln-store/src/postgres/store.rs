@@ -77,6 +77,10 @@ impl Store for PgStore {
         users::token_delete(&self.client().await?, user, id).await
     }
 
+    async fn token_prune(&self, now: Timestamp) -> Result<u64> {
+        users::token_prune(&self.client().await?, now).await
+    }
+
     async fn token_delete_hash(&self, hash: &[u8]) -> Result<()> {
         users::token_delete_hash(&self.client().await?, hash).await
     }

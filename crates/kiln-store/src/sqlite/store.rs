@@ -61,6 +61,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn token_prune(&self, now: Timestamp) -> Result<u64> {
+        self.write(move |tx| users::token_prune(tx, now)).await
+    }
+
     async fn token_delete_hash(&self, hash: &[u8]) -> Result<()> {
         let hash = hash.to_vec();
         self.write(move |tx| users::token_delete_hash(tx, &hash))

@@ -199,6 +199,15 @@ pub(super) fn token_delete(tx: &Tx<'_>, user: UserId, id: i64) -> Result<()> {
 }
 
 /// Deletes the token with this hash, if any.
+/// Deletes the tokens expired at `now`.
+pub(super) fn token_prune(tx: &Tx<'_>, now: Timestamp) -> Result<u64> {
+    let n = tx
+        .db
+        .prepare_cached("DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?1")?
+        .execute([ms(now)])?;
+    Ok(n as u64)
+}
+
 pub(super) fn token_delete_hash(tx: &Tx<'_>, hash: &[u8]) -> Result<()> {
     tx.db
         .prepare_cached("DELETE FROM tokens WHERE hash = ?1")?

@@ -343,3 +343,37 @@ pub async fn token_delete_of_another_users_token_is_not_found(store: Arc<dyn Sto
     );
     assert!(store.token_lookup(&[1; 32], at(1)).await.unwrap().is_some());
 }
+
+pub async fn token_prune_deletes_only_expired_tokens(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    for (hash, expires) in [
+        ([1; 32], Some(1_000)),
+        ([2; 32], Some(2_000)),
+        ([3; 32], None),
+    ] {
+        store
+            .token_insert(token(alice, &hash, TokenKind::Api, expires), at(0))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.token_prune(at(999)).await.unwrap(), 0);
+    assert_eq!(store.token_prune(at(1_000)).await.unwrap(), 1);
+    let left: Vec<_> = store
+        .token_list(alice, TokenKind::Api)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.expires_at)
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&Some(at(1_000))), "{left:?}");
+    assert_eq!(store.token_prune(at(10_000)).await.unwrap(), 1);
+    assert!(
+        store
+            .token_lookup(&[3; 32], at(10_000))
+            .await
+            .unwrap()
+            .is_some(),
+        "a token without expiry stays"
+    );
+}
