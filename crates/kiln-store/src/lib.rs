@@ -104,8 +104,8 @@ pub trait Store: Send + Sync + 'static {
     async fn user_get(&self, id: UserId) -> Result<kiln_domain::User>;
     /// All users, by id.
     async fn user_list(&self) -> Result<Vec<kiln_domain::User>>;
-    /// Changes role, password or disabled flag; `NotFound` if no such user. A new password
-    /// or disabling also deletes the user's tokens (sessions and API tokens), in the same
+    /// Changes role, password or disabled flag; `NotFound` if no such user. A new password,
+    /// a new role or disabling also deletes the user's tokens (sessions and API tokens), in the same
     /// transaction.
     async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<kiln_domain::User>;
     /// How many users exist (0 on first start).

@@ -134,6 +134,11 @@ pub struct Config {
     /// `512KiB`, `1GiB`; `K`/`M`/`G` are binary too). Larger uploads get 413.
     #[arg(long, env = "KILN_UPLOAD_LIMIT", default_value = "50MiB", value_parser = parse_size)]
     pub upload_limit: u64,
+    /// How long a client may take to send a request's headers (from the connection's start
+    /// for the first request); a slower or silent client's connection is closed, and so is
+    /// a keep-alive connection idle that long.
+    #[arg(long, env = "KILN_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
     /// Time limit of one upload (`POST /api/v1/files`); other requests have 30 s.
     #[arg(long, env = "KILN_UPLOAD_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub upload_timeout: Duration,
@@ -263,6 +268,9 @@ impl Config {
             problems.push(format!(
                 "KILN_OBJECT_STORE `{url}` needs a kiln built with `--features cloud`"
             ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.header_timeout) {
+            problems.push("KILN_HEADER_TIMEOUT must be between 1s and 1h".to_owned());
         }
         if self.upload_timeout < Duration::from_secs(1) {
             problems.push("KILN_UPLOAD_TIMEOUT must be at least 1s".to_owned());

@@ -270,7 +270,13 @@ pub async fn start_with_clock(
         node.addr = Some(listener.local_addr()?);
         let stop = CancellationToken::new();
         let app = kiln_server::router(state.clone());
-        let http = spawn_http(listener, app, v.tls.clone(), stop.clone());
+        let http = spawn_http(
+            listener,
+            app,
+            v.tls.clone(),
+            v.config.header_timeout,
+            stop.clone(),
+        );
         node.http = Some((stop, http));
         node.state = Some(state);
         node.tls = v.tls.clone();
@@ -284,13 +290,12 @@ fn spawn_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<ServerTls>,
+    header_timeout: std::time::Duration,
     stop: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
-    if let Some(tls) = tls {
-        return tokio::spawn(crate::tls::server::serve(listener, app, tls, stop));
-    }
     if let Ok(addr) = listener.local_addr()
         && !addr.ip().is_loopback()
+        && tls.is_none()
     {
         tracing::warn!(
             %addr,
@@ -299,8 +304,13 @@ fn spawn_http(
              behind a TLS proxy)"
         );
     }
-    let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-    tokio::spawn(async move { serve.await })
+    tokio::spawn(crate::tls::server::serve(
+        listener,
+        app,
+        tls,
+        header_timeout,
+        stop,
+    ))
 }
 
 /// The object store of uploaded files and job artifacts: `KILN_OBJECT_STORE`, else

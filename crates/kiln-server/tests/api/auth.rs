@@ -217,6 +217,9 @@ async fn admins_create_and_change_users() {
         )
         .await;
     assert_eq!(patched.json()["role"], "operator");
+    // A new role revokes the tokens issued under the old one.
+    problem(&app.get(&token, "/api/v1/me").await, 401, "unauthorized");
+    let token = app.client.login("dave", PASSWORD).await;
     assert_eq!(
         app.get(&token, "/api/v1/me").await.json()["role"],
         "operator"
@@ -231,6 +234,7 @@ async fn admins_create_and_change_users() {
         )
         .await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.text());
+    problem(&app.get(&token, "/api/v1/me").await, 401, "unauthorized");
     let token = app.client.login("dave", "new-password-9").await;
 
     app.send(Method::PATCH, &app.admin, &path, &json!({"disabled": true}))

@@ -49,10 +49,11 @@ pub struct UserPatch {
 }
 
 impl UserPatch {
-    /// Whether the change ends the user's sessions and API tokens: a new password or
-    /// disabling. (Enabling a user again does not bring old tokens back.)
+    /// Whether the change ends the user's sessions and API tokens: a new password, a new
+    /// role, or disabling (a token must not outlive the trust it was issued under; enabling
+    /// a user again brings no old token back).
     pub fn revokes_tokens(&self) -> bool {
-        self.password_hash.is_some() || self.disabled == Some(true)
+        self.password_hash.is_some() || self.role.is_some() || self.disabled == Some(true)
     }
 }
 

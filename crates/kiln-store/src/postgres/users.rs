@@ -76,7 +76,7 @@ pub(super) async fn list(db: &impl GenericClient) -> Result<Vec<User>> {
 
 /// Applies the fields of `patch` that are set.
 pub(super) async fn update(db: &impl GenericClient, id: UserId, patch: UserPatch) -> Result<User> {
-    // One statement: the user and, for a new password or disabling, their tokens.
+    // One statement: the user and, for a new password, role or disabling, their tokens.
     let found = query_opt(
         db,
         concat!(

@@ -75,8 +75,8 @@ pub(super) fn list(db: &Connection) -> Result<Vec<User>> {
     Ok(users)
 }
 
-/// Applies the fields of `patch` that are set; a new password or disabling also deletes
-/// the user's tokens.
+/// Applies the fields of `patch` that are set; a new password, role or disabling also
+/// deletes the user's tokens.
 pub(super) fn update(tx: &Tx<'_>, id: UserId, patch: UserPatch) -> Result<User> {
     if patch.revokes_tokens() {
         tx.db

@@ -38,7 +38,7 @@ macro_rules! contract {
             users::user_update_patches_only_given_fields,
             users::tokens_insert_lookup_list_delete,
             users::expired_token_or_disabled_user_looks_up_as_none,
-            users::a_new_password_revokes_the_users_tokens_and_a_role_change_does_not,
+            users::a_new_password_or_role_revokes_the_users_tokens,
             users::token_prune_deletes_only_expired_tokens,
             users::token_delete_of_another_users_token_is_not_found,
             submit::insert_stores_the_job_and_its_first_event,

@@ -125,19 +125,42 @@ impl ServerTls {
     }
 }
 
-/// Serves `app` over TLS (HTTP/1.1 and HTTP/2) on `listener` until `stop`, then as
-/// `axum::serve` does: no new connections, open ones finish their requests.
+/// Serves `app` on `listener` until `stop`, then as `axum::serve` does: no new
+/// connections, open ones finish their requests. Over TLS with `tls` (HTTP/1.1 and
+/// HTTP/2), else plain. A client must send its request headers within `header_timeout`,
+/// the first ones counted from the connection's start (slow or silent clients cannot hold
+/// a connection open; idle keep-alive connections close after the same time).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    tls: ServerTls,
+    tls: Option<ServerTls>,
+    header_timeout: std::time::Duration,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let handle = axum_server::Handle::<std::net::SocketAddr>::new();
-    let serving = axum_server::Server::from_listener(listener)
-        .acceptor(RustlsAcceptor::new(tls.config))
+    let mut server = axum_server::Server::from_listener(listener)
         .handle(handle.clone())
-        .serve(app.into_make_service());
+        .first_request_timeout(header_timeout);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(header_timeout);
+    let app = app.into_make_service();
+    match tls {
+        Some(tls) => {
+            let serving = server.acceptor(RustlsAcceptor::new(tls.config)).serve(app);
+            until_stopped(serving, handle, stop).await
+        }
+        None => until_stopped(server.serve(app), handle, stop).await,
+    }
+}
+
+/// Runs `serving` until `stop`, then shuts it down gracefully through `handle`.
+async fn until_stopped(
+    serving: impl Future<Output = std::io::Result<()>>,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     tokio::pin!(serving);
     tokio::select! {
         result = &mut serving => result,

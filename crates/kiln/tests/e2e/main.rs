@@ -9,6 +9,7 @@ mod cancel;
 mod cli;
 mod command;
 mod compute;
+mod connections;
 mod helpers;
 mod lifecycle;
 mod metrics;

@@ -11,7 +11,9 @@ use tempfile::TempDir;
 
 use crate::helpers::{ADMIN_PASSWORD, db_url};
 
-const LONG: Duration = Duration::from_secs(20);
+/// How long a test waits for a state of the child process: generous, since a loaded CI host
+/// may starve it for seconds.
+const LONG: Duration = Duration::from_secs(60);
 
 /// A `kiln serve` process on a free port of 127.0.0.1, over the database in `dir`.
 pub(crate) struct Server {
