@@ -326,10 +326,13 @@ pub struct PatchUser {
     pub disabled: Option<bool>,
 }
 
-/// The longest lifetime an API token may be given, in days (ten years): beyond it a date
-/// would leave what RFC 3339 timestamps can say (four-digit years), and a token for longer
-/// is one that never expires, which is what leaving `expires_in_days` out asks for.
+/// The longest lifetime an operator may allow API tokens (`KILN_TOKEN_MAX_DAYS`), in days
+/// (ten years): beyond it a date would leave what RFC 3339 timestamps can say.
 pub const MAX_TOKEN_DAYS: u32 = 3650;
+
+/// An API token's lifetime when the request names none, in days (or the server's maximum,
+/// if that is shorter). Every API token expires.
+pub const DEFAULT_TOKEN_DAYS: u32 = 90;
 
 /// `POST /api/v1/tokens` body.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -337,7 +340,8 @@ pub const MAX_TOKEN_DAYS: u32 = 3650;
 pub struct CreateToken {
     /// A label to recognise the token by in `GET /tokens`.
     pub name: String,
-    /// Lifetime in days, 1 to [`MAX_TOKEN_DAYS`] (default: never expires).
+    /// Lifetime in days, 1 to the server's maximum (`KILN_TOKEN_MAX_DAYS`, 365 by default;
+    /// at most [`MAX_TOKEN_DAYS`]); default [`DEFAULT_TOKEN_DAYS`].
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,

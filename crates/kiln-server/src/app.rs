@@ -1,6 +1,7 @@
 //! [`router()`]: the routes and the layers around them.
 //!
-//! Layers, outermost first: request id (a client's kept only if it is a short token; set,
+//! Layers, outermost first: security headers (`nosniff`, no framing, no referrer) on every
+//! response → request id (a client's kept only if it is a short token; set,
 //! then echoed back) → `observe` (problem bodies
 //! and the request log line) → catch-panic (a panic is a 500, not a crash) → CORS (only
 //! with an allow-list) → time limit (408; uploads have a longer one) → the shutdown gate
@@ -18,7 +19,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::middleware::{
-    REQUEST_ID, clean_request_id, fallback, observe, panic_response, shutdown_gate, time_limit,
+    REQUEST_ID, clean_request_id, fallback, observe, panic_response, security_headers,
+    shutdown_gate, time_limit,
 };
 use crate::openapi;
 use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops};
@@ -42,6 +44,7 @@ pub fn router(state: AppState) -> Router {
 /// `/healthz`; nothing else, for a Prometheus on a private network.
 pub fn metrics_router(state: AppState) -> Router {
     let layers = ServiceBuilder::new()
+        .layer(from_fn(security_headers))
         .layer(from_fn(clean_request_id))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -59,6 +62,7 @@ pub fn metrics_router(state: AppState) -> Router {
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     let config = state.config().clone();
     let layers = ServiceBuilder::new()
+        .layer(from_fn(security_headers))
         .layer(from_fn(clean_request_id))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())

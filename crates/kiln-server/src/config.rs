@@ -9,6 +9,9 @@ pub struct ServerConfig {
     pub max_queued: Option<u64>,
     /// Lifetime of a login (session) token. Default 24 h.
     pub session_ttl: Duration,
+    /// The longest lifetime an API token may be given, in days (1 to
+    /// [`kiln_api::MAX_TOKEN_DAYS`]). Default 365.
+    pub token_max_days: u32,
     /// Largest accepted request body in bytes; larger ones get 413. Default 1 MiB.
     pub body_limit: usize,
     /// How long `POST /jobs/{id}/cancel` waits for a running job to stop before answering
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
         Self {
             max_queued: None,
             session_ttl: Duration::from_secs(24 * 3600),
+            token_max_days: 365,
             body_limit: 1024 * 1024,
             cancel_wait: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),

@@ -5,8 +5,11 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::http::StatusCode;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kiln_metrics::trace;
@@ -82,6 +85,24 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
         .http_request(method.as_str(), route, status, took);
     let latency_ms = took.as_secs_f64() * 1000.0;
     tracing::info!(%method, path, status, latency_ms, "request");
+    resp
+}
+
+/// Adds the standard security headers to every response that does not set its own: no
+/// MIME sniffing, no framing by other sites (clickjacking), no `Referer` sent from Kiln's
+/// pages.
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    for (name, value) in [
+        (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (X_FRAME_OPTIONS, "DENY"),
+        (REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
     resp
 }
 

@@ -120,6 +120,10 @@ pub struct Config {
     /// Lifetime of a login token.
     #[arg(long, env = "KILN_SESSION_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub session_ttl: Duration,
+    /// The longest lifetime, in days, a user may give an API token (1 to 3650); a token
+    /// asked for without one lives 90 days, or this long if it is shorter.
+    #[arg(long, env = "KILN_TOKEN_MAX_DAYS", default_value_t = 365)]
+    pub token_max_days: u32,
     /// SQLite durability mode.
     #[arg(long, env = "KILN_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_sync: SqliteSync,
@@ -277,6 +281,12 @@ impl Config {
         }
         if self.upload_limit == 0 {
             problems.push("KILN_UPLOAD_LIMIT must be at least 1 byte".to_owned());
+        }
+        if !(1..=kiln_api::MAX_TOKEN_DAYS).contains(&self.token_max_days) {
+            problems.push(format!(
+                "KILN_TOKEN_MAX_DAYS must be 1 to {}",
+                kiln_api::MAX_TOKEN_DAYS
+            ));
         }
         if self.session_ttl < Duration::from_secs(60) {
             problems.push("KILN_SESSION_TTL must be at least 1m".to_owned());

@@ -396,6 +396,7 @@ fn server_config(v: &Validated) -> ServerConfig {
     ServerConfig {
         max_queued: v.config.max_queued,
         session_ttl: v.config.session_ttl,
+        token_max_days: v.config.token_max_days,
         cors_origins: v.config.cors_origins.clone(),
         upload_limit: v.config.upload_limit,
         upload_timeout: v.config.upload_timeout,

@@ -87,6 +87,7 @@ pub async fn create_user(
         (status = 400, description = "A bad id or password"),
         (status = 403, description = "The caller is not an admin"),
         (status = 404, description = "No such user"),
+        (status = 409, description = "The change would leave no active admin"),
     )
 )]
 pub async fn update_user(
@@ -96,6 +97,10 @@ pub async fn update_user(
     Json(body): Json<PatchUser>,
 ) -> Result<Json<UserView>, ApiError> {
     me.require(Role::Admin)?;
+    let demotes = body.role.is_some_and(|r| r != Role::Admin) || body.disabled == Some(true);
+    if demotes {
+        keeps_an_admin(&state, UserId(id)).await?;
+    }
     let password_hash = match body.password {
         Some(p) => {
             check_password(&p)?;
@@ -111,6 +116,27 @@ pub async fn update_user(
     let user = state.store().user_update(UserId(id), patch).await?;
     state.tokens().forget_user(user.id);
     Ok(Json(user.into()))
+}
+
+/// `Conflict` if `id` is the only active admin: demoting or disabling them would leave
+/// nobody able to administer Kiln (`kiln user` on the server can still do it).
+async fn keeps_an_admin(state: &AppState, id: UserId) -> Result<(), ApiError> {
+    let admins: Vec<UserId> = state
+        .store()
+        .user_list()
+        .await?
+        .into_iter()
+        .filter(|u| u.role == Role::Admin && !u.disabled)
+        .map(|u| u.id)
+        .collect();
+    if admins == [id] {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "last_admin",
+            "this is the only active admin: make another admin first",
+        ));
+    }
+    Ok(())
 }
 
 /// `GET /admin/jobs`: every user's jobs (or one's, with `owner`), same filters as

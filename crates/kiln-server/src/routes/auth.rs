@@ -6,7 +6,10 @@ use axum::extract::State;
 use axum::http::header::CACHE_CONTROL;
 use axum::http::{HeaderName, StatusCode};
 use chrono::TimeDelta;
-use kiln_api::{CreateToken, LoginRequest, LoginResponse, MAX_TOKEN_DAYS, TokenView, UserView};
+use kiln_api::{
+    CreateToken, DEFAULT_TOKEN_DAYS, LoginRequest, LoginResponse, MAX_TOKEN_DAYS, TokenView,
+    UserView,
+};
 use kiln_domain::User;
 use kiln_store::{NewToken, TokenKind};
 
@@ -191,18 +194,15 @@ pub async fn create_token(
         return Err(ApiError::invalid("name", "must be 1-100 bytes"));
     }
     let now = state.now();
-    let expires_at = match body.expires_in_days {
-        Some(days) if !(1..=MAX_TOKEN_DAYS).contains(&days) => {
-            return Err(ApiError::invalid(
-                "expires_in_days",
-                format!(
-                    "must be 1 to {MAX_TOKEN_DAYS} (leave it out for a token that never expires)"
-                ),
-            ));
-        }
-        Some(days) => Some(now + TimeDelta::days(i64::from(days))),
-        None => None,
-    };
+    let max = state.config().token_max_days.clamp(1, MAX_TOKEN_DAYS);
+    let days = body.expires_in_days.unwrap_or(DEFAULT_TOKEN_DAYS.min(max));
+    if !(1..=max).contains(&days) {
+        return Err(ApiError::invalid(
+            "expires_in_days",
+            format!("must be 1 to {max} (this server's longest token lifetime)"),
+        ));
+    }
+    let expires_at = Some(now + TimeDelta::days(i64::from(days)));
     let secret = token::generate();
     let new = NewToken {
         user: me.user.id,

@@ -408,7 +408,11 @@ async fn ensure_admin_generates_a_password_once_on_an_empty_store() {
 /// Lifetimes are 1 to 3,650 days; anything else is a 400 and stores no token.
 #[tokio::test]
 async fn token_lifetimes_past_ten_years_are_refused() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(ServerConfig {
+        token_max_days: 3650,
+        ..ServerConfig::default()
+    })
+    .await;
     let alice = app.user("alice", "client").await;
     for days in [0_u64, 3651, 15_000_000, u64::from(u32::MAX)] {
         let resp = app
@@ -435,4 +439,73 @@ async fn token_lifetimes_past_ten_years_are_refused() {
     assert_eq!(longest.status, StatusCode::CREATED, "{}", longest.text());
     let expires = longest.json()["expires_at"].as_str().unwrap().to_owned();
     assert!(expires.len() == 24 && expires.ends_with('Z'), "{expires}");
+}
+
+/// The only active admin cannot be demoted or disabled (nobody could administer Kiln
+/// afterwards); once there is another admin, they can.
+#[tokio::test]
+async fn the_last_active_admin_cannot_be_demoted_or_disabled() {
+    let app = TestApp::spawn().await;
+    let me = app.get(&app.admin, "/api/v1/me").await.json();
+    let path = format!("/api/v1/admin/users/{}", me["id"]);
+    for body in [json!({"role": "operator"}), json!({"disabled": true})] {
+        let resp = app.send(Method::PATCH, &app.admin, &path, &body).await;
+        problem(&resp, 409, "last_admin");
+    }
+    assert_eq!(
+        app.get(&app.admin, "/api/v1/me").await.json()["role"],
+        "admin"
+    );
+
+    let other = app.user("ada", "admin").await;
+    let resp = app
+        .send(Method::PATCH, &other, &path, &json!({"role": "operator"}))
+        .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert_eq!(resp.json()["role"], "operator");
+}
+
+/// Every API token expires: 90 days when the request names no lifetime, and never later
+/// than the server's maximum (`KILN_TOKEN_MAX_DAYS`, 365 by default).
+#[tokio::test]
+async fn api_tokens_expire_by_default_and_within_the_servers_maximum() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice", "client").await;
+    let before = chrono::Utc::now();
+    let created = app
+        .send(
+            Method::POST,
+            &alice,
+            "/api/v1/tokens",
+            &json!({"name": "ci"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let expires: chrono::DateTime<chrono::Utc> = created.json()["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let days = (expires - before).num_hours() as f64 / 24.0;
+    assert!((89.9..=90.1).contains(&days), "{days} days");
+
+    let resp = app
+        .send(
+            Method::POST,
+            &alice,
+            "/api/v1/tokens",
+            &json!({"name": "long", "expires_in_days": 366}),
+        )
+        .await;
+    let p = problem(&resp, 400, "invalid_request");
+    assert_eq!(p["field"], "expires_in_days", "{p}");
+    let resp = app
+        .send(
+            Method::POST,
+            &alice,
+            "/api/v1/tokens",
+            &json!({"name": "year", "expires_in_days": 365}),
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
 }

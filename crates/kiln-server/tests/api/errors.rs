@@ -172,3 +172,22 @@ async fn token_responses_are_not_stored_by_caches() {
     assert_eq!(token.status, StatusCode::CREATED, "{}", token.text());
     assert_eq!(token.header("cache-control"), Some("no-store"));
 }
+
+/// Every response, a success, a problem, an unknown route, the docs, carries the standard
+/// security headers.
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let app = TestApp::spawn().await;
+    let responses = [
+        app.get(&app.admin, "/api/v1/me").await,
+        app.client.get(None, "/api/v1/me").await,
+        app.client.get(None, "/no/such/route").await,
+        app.client.get(None, "/healthz").await,
+        app.client.get(None, "/docs").await,
+    ];
+    for resp in &responses {
+        assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(resp.header("x-frame-options"), Some("DENY"));
+        assert_eq!(resp.header("referrer-policy"), Some("no-referrer"));
+    }
+}

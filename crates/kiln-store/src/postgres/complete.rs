@@ -197,12 +197,19 @@ async fn write(pool: &Pool, asks: &[(Lease, Completion, Option<ClaimRequest>)]) 
     ))
 }
 
-/// The completions of `asks`, each its job or `LeaseLost`.
+/// The completions of `asks`, each its job or `LeaseLost`. Two outcomes for one job in a
+/// batch (the same attempt completed twice at once) race as they would one after the
+/// other: the first is written, the later ones lose.
 async fn complete_many(
     db: &impl GenericClient,
     signals: &mut Signals,
     asks: &[(Lease, Completion, Option<ClaimRequest>)],
 ) -> Result<Vec<Result<Job>>> {
+    let mut seen = std::collections::HashSet::with_capacity(asks.len());
+    let first: Vec<bool> = asks
+        .iter()
+        .map(|(lease, _, _)| seen.insert(lease.job_id))
+        .collect();
     let n = asks.len();
     let mut ids = Vec::with_capacity(n);
     let mut attempts = Vec::with_capacity(n);
@@ -215,7 +222,7 @@ async fn complete_many(
     let mut errors = Vec::with_capacity(n);
     let mut progress = Vec::with_capacity(n);
     let mut at = Vec::with_capacity(n);
-    for (lease, done, _) in asks {
+    for ((lease, done, _), _) in asks.iter().zip(&first).filter(|(_, first)| **first) {
         ids.push(lease.job_id.0);
         attempts.push(int(lease.attempt));
         nodes.push(lease.node.as_str());
@@ -270,8 +277,10 @@ async fn complete_many(
     }
     Ok(asks
         .iter()
-        .map(|(lease, _, _)| {
+        .zip(first)
+        .map(|((lease, _, _), first)| {
             jobs.get(&lease.job_id)
+                .filter(|_| first)
                 .cloned()
                 .ok_or(StoreError::LeaseLost)
         })

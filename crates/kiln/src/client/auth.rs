@@ -161,7 +161,7 @@ pub enum TokenCommand {
     Create {
         /// A name to recognise it by.
         name: String,
-        /// Days until it expires [default: never].
+        /// Days until it expires [default: 90, or the server's maximum if shorter].
         #[arg(long)]
         days: Option<u32>,
     },
