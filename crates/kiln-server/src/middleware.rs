@@ -8,7 +8,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::http::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, REFERRER_POLICY,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -90,10 +91,18 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
 
 /// Adds the standard security headers to every response that does not set its own: no
 /// MIME sniffing, no framing by other sites (clickjacking), no `Referer` sent from Kiln's
-/// pages.
+/// pages; and `Cache-Control: no-store` on the answer to an authenticated request, so no
+/// cache keeps what a token unlocked (job reads set their own `private, no-cache`: a
+/// browser may keep them, revalidated by `ETag`, and no shared cache may).
 pub async fn security_headers(req: Request, next: Next) -> Response {
+    let authenticated = req.headers().contains_key(AUTHORIZATION);
     let mut resp = next.run(req).await;
     let headers = resp.headers_mut();
+    if authenticated {
+        headers
+            .entry(CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+    }
     for (name, value) in [
         (X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (X_FRAME_OPTIONS, "DENY"),

@@ -190,4 +190,28 @@ async fn every_response_carries_the_security_headers() {
         assert_eq!(resp.header("x-frame-options"), Some("DENY"));
         assert_eq!(resp.header("referrer-policy"), Some("no-referrer"));
     }
+    // What a token unlocked is not stored by any cache; a job read may be kept by the
+    // browser alone, revalidated by its ETag.
+    assert_eq!(responses[0].header("cache-control"), Some("no-store"));
+    assert_eq!(
+        responses[3].header("cache-control"),
+        None,
+        "healthz is public"
+    );
+    let id = app
+        .send(
+            Method::POST,
+            &app.admin,
+            "/api/v1/jobs",
+            &json!({"type": "echo", "payload": {}}),
+        )
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = app.get(&app.admin, &format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job.header("cache-control"), Some("private, no-cache"));
+    let list = app.get(&app.admin, "/api/v1/jobs").await;
+    assert_eq!(list.header("cache-control"), Some("no-store"));
 }
