@@ -1,5 +1,6 @@
-//! Slow and silent clients: a connection that does not finish its request headers within
-//! `--header-timeout` is closed, so such clients cannot hold the server's connections.
+//! Slow, silent and idle clients: a connection that does not finish its request headers
+//! within `--header-timeout` (counted from its start, or from the end of its last
+//! response) is closed, so such clients cannot hold the server's connections.
 
 use std::time::Duration;
 
@@ -32,9 +33,21 @@ async fn clients_that_never_finish_their_headers_are_disconnected() {
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: kiln\r\n")
         .await
         .unwrap();
+    // A keep-alive connection that got its answer and then says nothing more.
+    let mut idle = TcpStream::connect(app.addr()).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: kiln\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
     // Far past the 1 s limit, and shorter than the 30 s default: a close within it is the
     // configured limit at work.
-    for (name, stream) in [("silent", &mut silent), ("slow", &mut slow)] {
+    for (name, stream) in [
+        ("silent", &mut silent),
+        ("slow", &mut slow),
+        ("idle", &mut idle),
+    ] {
         let closed = tokio::time::timeout(Duration::from_secs(15), until_closed(stream)).await;
         assert!(closed.is_ok(), "the {name} client's connection stayed open");
     }
