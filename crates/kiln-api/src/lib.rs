@@ -7,7 +7,7 @@
 pub mod schema;
 pub mod ts;
 
-use kiln_domain::{Failure, Job, JobState, Role, Timestamp, User};
+use kiln_domain::{Failure, Job, JobId, JobState, Role, Timestamp, User};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -399,6 +399,43 @@ pub struct FileView {
     pub created_at: Timestamp,
 }
 
+/// One file a job wrote: an entry of a succeeded job's `result.artifacts` and of
+/// `GET /api/v1/jobs/{id}/artifacts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ArtifactLink {
+    /// File name (letters, digits, `.`, `-`, `_`).
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// The media type it is served with.
+    pub content_type: String,
+    /// Where to download it (the job owner's credentials apply).
+    pub url: String,
+}
+
+impl ArtifactLink {
+    /// The link to artifact `name` (`bytes` long) of job `job`.
+    pub fn new(job: JobId, name: &str, bytes: u64) -> Self {
+        Self {
+            url: format!("/api/v1/jobs/{job}/artifacts/{name}"),
+            content_type: artifact_content_type(name).to_owned(),
+            bytes,
+            name: name.to_owned(),
+        }
+    }
+}
+
+/// The media type an artifact is served with, from its extension: `.csv`, `.json`,
+/// `.txt`/`.log` as text or JSON, NumPy arrays (`.npy`) and anything else as raw bytes.
+pub fn artifact_content_type(name: &str) -> &'static str {
+    match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("csv") => "text/csv; charset=utf-8",
+        Some("json") => "application/json",
+        Some("txt" | "log") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
 /// The JSON answer of `GET /metrics` (any `Accept` that names neither `text/plain` nor
 /// OpenMetrics, or none).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -455,4 +492,27 @@ pub struct Problem {
     /// The offending field, for validation errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_links_name_their_type_and_download_route() {
+        let job = JobId::new();
+        let link = ArtifactLink::new(job, "data.csv", 12);
+        assert_eq!(
+            link.url,
+            format!("/api/v1/jobs/{}/artifacts/data.csv", job.0.hyphenated())
+        );
+        assert_eq!(link.content_type, "text/csv; charset=utf-8");
+        assert_eq!(link.bytes, 12);
+        assert_eq!(
+            artifact_content_type("primes.npy"),
+            "application/octet-stream"
+        );
+        assert_eq!(artifact_content_type("result.json"), "application/json");
+        assert_eq!(artifact_content_type("noext"), "application/octet-stream");
+    }
 }

@@ -76,7 +76,6 @@ impl Kernel for Primes {
         ));
         let mut value = serde_json::to_value(&summary).permanent("internal")?;
         value["elapsed_ms"] = Value::from(elapsed_ms);
-        value["artifact"] = Value::from("primes.npy");
         Ok(value)
     }
 }

@@ -275,8 +275,8 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest `run_at` of a `scheduled` or `failed` job, to sleep until.
     async fn job_next_due(&self) -> Result<Option<Timestamp>>;
     /// Deletes terminal jobs finished before `finished_before`, and the oldest terminal
-    /// jobs beyond `keep_max`; returns how many.
-    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<u64>;
+    /// jobs beyond `keep_max`; returns how many, and which of them had artifacts.
+    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<Pruned>;
     /// Counts and timings for `/metrics`.
     async fn job_stats(&self) -> Result<Stats>;
     /// Jobs waiting or running (scheduled, queued, failed, running) per queue and state;

@@ -6,10 +6,13 @@
 //! attempt may be half-written and are discarded. Publishing happens before the outcome is
 //! stored, so a job that reads `succeeded` already has all its artifacts in place.
 
+use kiln_api::ArtifactLink;
 use kiln_domain::{Failure, Job, JobId, JobState};
 use kiln_kernels::Artifacts;
 use kiln_objects::{Objects, artifact::valid_name};
 use kiln_store::{Outcome, StoreError};
+use serde_json::Value;
+use tokio::time::{Instant, timeout_at};
 
 use crate::Shared;
 
@@ -31,30 +34,50 @@ pub(crate) async fn prepare(shared: &Shared, job: &Job) -> Result<Artifacts, Fai
     Ok(artifacts)
 }
 
-/// Moves a succeeded attempt's files into the object store and removes the scratch
-/// directory whatever the outcome. A failed upload turns success into a retryable failure
-/// (and deletes what this attempt had stored, so no partial set is ever served).
+/// Moves a succeeded attempt's files into the object store, lists them in the result
+/// (`artifacts: [{name, bytes, content_type, url}]`, when the result is an object) and
+/// removes the scratch directory whatever the outcome. A failed upload turns success into a
+/// retryable failure, and one still running at `deadline` (the job's timeout) into a
+/// timeout; either way what this attempt had stored is deleted, so no partial set is ever
+/// served.
 pub(crate) async fn publish(
     shared: &Shared,
     job: &Job,
     artifacts: &Artifacts,
     outcome: Option<Outcome>,
+    deadline: Option<Instant>,
 ) -> Option<Outcome> {
     if !artifacts.written() {
         return outcome;
     }
     let outcome = match (outcome, &shared.config.objects) {
-        (Some(Outcome::Succeeded(value)), Some(objects)) => {
-            match upload(objects, job, artifacts).await {
-                Ok(()) => Some(Outcome::Succeeded(value)),
-                Err(e) => {
+        (Some(Outcome::Succeeded(mut value)), Some(objects)) => {
+            let stored = match deadline {
+                Some(at) => timeout_at(at, upload(objects, job, artifacts)).await,
+                None => Ok(upload(objects, job, artifacts).await),
+            };
+            let failure = match stored {
+                Ok(Ok(links)) => {
+                    if let Value::Object(fields) = &mut value {
+                        fields.insert("artifacts".into(), links_value(&links));
+                    }
+                    None
+                }
+                Ok(Err(e)) => Some(Failure::retryable(
+                    "artifact_store",
+                    format!("cannot store the job's artifacts: {e}"),
+                )),
+                Err(_elapsed) => {
+                    let ms = shared.catalogue.get(job.job_type).policy.timeout();
+                    Some(Failure::timeout(ms.map_or(0, |t| t.as_millis() as u64)))
+                }
+            };
+            match failure {
+                None => Some(Outcome::Succeeded(value)),
+                Some(failure) => {
                     if let Err(e) = objects.artifact_delete(job.id).await {
                         tracing::warn!(job_id = %job.id, error = %e, "partial artifacts left");
                     }
-                    let failure = Failure::retryable(
-                        "artifact_store",
-                        format!("cannot store the job's artifacts: {e}"),
-                    );
                     Some(shared.failed(job, failure, shared.clock.now()))
                 }
             }
@@ -69,12 +92,18 @@ pub(crate) async fn publish(
     outcome
 }
 
-/// Stores every file of the scratch directory under the attempt's prefix.
+fn links_value(links: &[ArtifactLink]) -> Value {
+    serde_json::to_value(links).unwrap_or_else(|_| Value::Array(Vec::new()))
+}
+
+/// Stores every file of the scratch directory under the attempt's prefix; their links,
+/// sorted by name.
 async fn upload(
     objects: &Objects,
     job: &Job,
     artifacts: &Artifacts,
-) -> Result<(), kiln_objects::ObjectsError> {
+) -> Result<Vec<ArtifactLink>, kiln_objects::ObjectsError> {
+    let mut links = Vec::new();
     let mut entries = tokio::fs::read_dir(artifacts.dir()).await?;
     while let Some(entry) = entries.next_entry().await? {
         let name = entry.file_name();
@@ -91,8 +120,10 @@ async fn upload(
             .await?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         tracing::debug!(job_id = %job.id, name, size, how = ?how, ms, "artifact stored");
+        links.push(ArtifactLink::new(job.id, name, size));
     }
-    Ok(())
+    links.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(links)
 }
 
 async fn discard(dir: &std::path::Path) {
@@ -103,9 +134,24 @@ async fn discard(dir: &std::path::Path) {
     }
 }
 
-/// Deletes the stored artifacts of jobs that no longer exist (pruned, or deleted while
-/// the node serving the delete could not reach the object store). One listing of the
-/// job prefixes and one store lookup per job that has artifacts.
+/// Deletes the stored artifacts of jobs a prune has just deleted (those whose result
+/// listed artifacts): one prefix delete each, no listing of the whole store. A failure is
+/// logged and left to the next reconciliation ([`sweep_stored`]).
+pub(crate) async fn delete_pruned(shared: &Shared, jobs: &[JobId]) {
+    let Some(objects) = &shared.config.objects else {
+        return;
+    };
+    for &id in jobs {
+        if let Err(e) = objects.artifact_delete(id).await {
+            tracing::warn!(job_id = %id, error = %e, "cannot remove a pruned job's artifacts");
+        }
+    }
+}
+
+/// Deletes the stored artifacts of jobs that no longer exist, whatever removed them
+/// (deleted while the node serving the delete could not reach the object store, pruned by a
+/// node that died before its deletes). One listing of the job prefixes and one store
+/// lookup per job that has artifacts: `upkeep` runs it at start-up and daily.
 pub(crate) async fn sweep_stored(shared: &Shared) {
     let Some(objects) = &shared.config.objects else {
         return;

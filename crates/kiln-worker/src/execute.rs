@@ -172,7 +172,7 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
     };
     flush_log(shared, job, &mut log_rx).await;
     let outcome = decide(shared, job, &artifacts, stop.reason(), result, timeout);
-    artifact::publish(shared, job, &artifacts, outcome).await
+    artifact::publish(shared, job, &artifacts, outcome, timeout_at).await
 }
 
 /// What the attempt's result means, given why (if at all) it was asked to stop.

@@ -52,14 +52,24 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// How often the whole artifact store is compared with the jobs table, for artifacts no
+/// prune knew of (a delete that could not reach the store, a node that died between a
+/// prune and its deletes): at start-up, then daily. Pruning itself deletes the artifacts
+/// of the jobs it pruned by id, without listing the store.
+const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Rescues expired leases and promotes due jobs every `rescue_interval`; prunes (with the
-/// artifacts of pruned jobs) and sweeps stale scratch directories every `prune_interval`.
+/// artifacts of pruned jobs) and sweeps stale scratch directories every `prune_interval`;
+/// reconciles the artifact store every [`RECONCILE_INTERVAL`].
 pub(crate) async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
     let config = &shared.config;
     let mut rescue_tick = interval(config.rescue_interval);
     rescue_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut prune_tick = interval_at(Instant::now(), config.prune_interval);
     prune_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // After the first prune, and then daily.
+    let mut reconcile_tick = interval_at(Instant::now(), RECONCILE_INTERVAL);
+    reconcile_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -70,6 +80,7 @@ pub(crate) async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
             _ = prune_tick.tick() => prune(&shared).await,
+            _ = reconcile_tick.tick() => artifact::sweep_stored(&shared).await,
         }
     }
 }
@@ -102,10 +113,14 @@ async fn prune(shared: &Shared) {
     let cutoff = now
         - chrono::TimeDelta::from_std(shared.config.retention).unwrap_or(chrono::TimeDelta::MAX);
     match shared.store.job_prune(cutoff, shared.config.max_jobs).await {
-        Ok(0) => {}
+        Ok(pruned) if pruned.count == 0 => {}
         Ok(pruned) => {
-            tracing::info!(pruned, "pruned old terminal jobs");
-            artifact::sweep_stored(shared).await;
+            tracing::info!(
+                pruned = pruned.count,
+                with_artifacts = pruned.with_artifacts.len(),
+                "pruned old terminal jobs"
+            );
+            artifact::delete_pruned(shared, &pruned.with_artifacts).await;
         }
         Err(e) => tracing::warn!(error = %e, "pruning failed"),
     }

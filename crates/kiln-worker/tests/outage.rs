@@ -219,7 +219,11 @@ impl Store for Flaky {
     async fn job_next_due(&self) -> Result<Option<Timestamp>> {
         self.inner.job_next_due().await
     }
-    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<u64> {
+    async fn job_prune(
+        &self,
+        finished_before: Timestamp,
+        keep_max: Option<u64>,
+    ) -> Result<kiln_store::Pruned> {
         self.inner.job_prune(finished_before, keep_max).await
     }
     async fn job_stats(&self) -> Result<Stats> {

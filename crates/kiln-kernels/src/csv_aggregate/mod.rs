@@ -93,7 +93,6 @@ async fn run_generated(ctx: JobContext, p: CsvGeneratedPayload) -> Result<Value,
         result["generate_ms"] = json!(generate_ms);
         result["aggregate_ms"] = json!(aggregate_ms);
         result["bytes"] = json!(bytes);
-        result["artifact"] = json!("data.csv");
         Ok(result)
     })
     .await?

@@ -12,25 +12,14 @@ use axum::extract::State;
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use kiln_api::{ArtifactLink, artifact_content_type};
 use kiln_domain::{Job, JobId, JobState};
 use kiln_objects::ObjectsError;
-use serde::Serialize;
 
 use crate::auth::CurrentUser;
 use crate::extract::{Json, Path};
 use crate::problem::ApiError;
 use crate::state::AppState;
-
-/// One artifact in a listing.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ArtifactView {
-    /// File name.
-    pub name: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Where to download it.
-    pub url: String,
-}
 
 /// `GET /jobs/{id}/artifacts`: the job's artifacts, by name.
 #[utoipa::path(
@@ -41,7 +30,7 @@ pub struct ArtifactView {
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
     responses(
-        (status = 200, description = "The files the job's last attempt wrote, by name", body = Vec<ArtifactView>),
+        (status = 200, description = "The files the job's last attempt wrote, by name", body = Vec<ArtifactLink>),
         (status = 400, description = "The id is not a job id"),
         (status = 404, description = "No such job (or not the caller's)"),
         (status = 409, description = "The job is running (`job_running`)"),
@@ -51,22 +40,19 @@ pub async fn list(
     State(state): State<AppState>,
     me: CurrentUser,
     Path(id): Path<JobId>,
-) -> Result<Json<Vec<ArtifactView>>, ApiError> {
+) -> Result<Json<Vec<ArtifactLink>>, ApiError> {
     let job = state.store().job_get(Some(me.user.id), id).await?;
     ensure_finished(&job)?;
     let Some(objects) = &state.config().objects else {
         return Ok(Json(Vec::new()));
     };
     let listed = objects.artifact_list(id, job.attempts).await?;
-    let views = listed
-        .into_iter()
-        .map(|a| ArtifactView {
-            url: format!("/api/v1/jobs/{id}/artifacts/{}", a.name),
-            size: a.size,
-            name: a.name,
-        })
-        .collect();
-    Ok(Json(views))
+    Ok(Json(
+        listed
+            .iter()
+            .map(|a| ArtifactLink::new(id, &a.name, a.size))
+            .collect(),
+    ))
 }
 
 /// `GET /jobs/{id}/artifacts/{name}`: the bytes, streamed, with their length and type.
@@ -104,7 +90,10 @@ pub async fn download(
     };
     let mut resp = Body::from_stream(stream).into_response();
     let headers = resp.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type(&name)));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(artifact_content_type(&name)),
+    );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
     headers.insert(
         HeaderName::from_static("x-content-type-options"),
@@ -136,25 +125,4 @@ fn ensure_finished(job: &Job) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-fn content_type(name: &str) -> &'static str {
-    match name.rsplit_once('.').map(|(_, ext)| ext) {
-        Some("csv") => "text/csv; charset=utf-8",
-        Some("json") => "application/json",
-        Some("txt" | "log") => "text/plain; charset=utf-8",
-        // NumPy arrays (`.npy`) and anything else: raw bytes.
-        _ => "application/octet-stream",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_types_follow_the_extension() {
-        assert_eq!(content_type("data.csv"), "text/csv; charset=utf-8");
-        assert_eq!(content_type("primes.npy"), "application/octet-stream");
-    }
 }

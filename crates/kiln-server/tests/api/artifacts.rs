@@ -55,7 +55,7 @@ async fn artifacts_are_served_from_the_object_store_to_the_owner_and_deleted_wit
     let list = app.get(&app.admin, &list_path).await;
     assert_eq!(
         list.json(),
-        json!([{"name": "data.csv", "size": data.len(),
+        json!([{"name": "data.csv", "bytes": data.len(), "content_type": "text/csv; charset=utf-8",
                 "url": format!("/api/v1/jobs/{id}/artifacts/data.csv")}])
     );
     let path = format!("/api/v1/jobs/{id}/artifacts/data.csv");

@@ -227,6 +227,16 @@ pub enum LeaseFilter {
     Node(String),
 }
 
+/// What one prune deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Jobs deleted.
+    pub count: u64,
+    /// Those of them whose result listed artifacts (`result.artifacts`): the artifacts to
+    /// delete with them, so the sweep never has to list the whole object store.
+    pub with_artifacts: Vec<JobId>,
+}
+
 /// Counts and timings for `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {

@@ -5,11 +5,11 @@
 //! idempotency keys; a trigger counts deleted jobs, so `total_submitted` survives pruning.
 
 use deadpool_postgres::GenericClient;
-use kiln_domain::{JobState, Timestamp};
+use kiln_domain::{JobId, JobState, Timestamp};
 
 use super::row::{self, big, ts};
 use crate::error::Result;
-use crate::model::{QUEUE_DEPTHS, QueueDepth, Stats};
+use crate::model::{Pruned, QUEUE_DEPTHS, QueueDepth, Stats};
 
 /// Most jobs deleted per transaction: a prune of a large backlog runs as many short
 /// transactions, so it never holds thousands of row locks for long.
@@ -20,7 +20,8 @@ pub(super) const PRUNE_CHUNK: i64 = 1000;
 const LATENCY_SAMPLE: i64 = 1000;
 
 /// Deletes up to `PRUNE_CHUNK` prunable jobs: first those finished before `before`, then the
-/// oldest terminal jobs beyond the newest `keep_max`. Returns how many.
+/// oldest terminal jobs beyond the newest `keep_max`. Returns how many, and which had
+/// artifacts.
 ///
 /// The outer `WHERE` repeats the terminal condition: if a job is retried (so no longer
 /// terminal) while this runs, the delete re-checks the new row version and spares it.
@@ -28,30 +29,46 @@ pub(super) async fn prune_chunk(
     db: &impl GenericClient,
     before: Timestamp,
     keep_max: Option<u64>,
-) -> Result<u64> {
-    let mut deleted = row::execute(
+) -> Result<Pruned> {
+    let mut pruned = Pruned::default();
+    let rows = row::query(
         db,
         "DELETE FROM jobs WHERE id IN (
              SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1
              LIMIT $2)
-           AND finished_at IS NOT NULL AND finished_at < $1",
+           AND finished_at IS NOT NULL AND finished_at < $1
+         RETURNING id, state = 'succeeded' AND (result -> 'artifacts') IS NOT NULL",
         &[&ts(before), &PRUNE_CHUNK],
     )
     .await?;
+    note_pruned(&mut pruned, &rows)?;
     if let Some(keep) = keep_max
-        && big(deleted) < PRUNE_CHUNK
+        && big(pruned.count) < PRUNE_CHUNK
     {
-        deleted += row::execute(
+        let rows = row::query(
             db,
             "DELETE FROM jobs WHERE id IN (
                  SELECT id FROM jobs WHERE finished_at IS NOT NULL
                  ORDER BY finished_at DESC, id DESC OFFSET $1 LIMIT $2)
-               AND finished_at IS NOT NULL",
-            &[&big(keep), &(PRUNE_CHUNK - big(deleted))],
+               AND finished_at IS NOT NULL
+             RETURNING id, state = 'succeeded' AND (result -> 'artifacts') IS NOT NULL",
+            &[&big(keep), &(PRUNE_CHUNK - big(pruned.count))],
         )
         .await?;
+        note_pruned(&mut pruned, &rows)?;
     }
-    Ok(deleted)
+    Ok(pruned)
+}
+
+/// Adds the rows of a `DELETE … RETURNING id, <has artifacts>` to `pruned`.
+fn note_pruned(pruned: &mut Pruned, rows: &[tokio_postgres::Row]) -> Result<()> {
+    pruned.count += rows.len() as u64;
+    for r in rows {
+        if row::get::<Option<bool>>(r, 1)? == Some(true) {
+            pruned.with_artifacts.push(JobId(row::get(r, 0)?));
+        }
+    }
+    Ok(())
 }
 
 /// Jobs waiting or running per queue and state.

@@ -288,12 +288,14 @@ impl Store for PgStore {
         claim::next_due(&self.client().await?).await
     }
 
-    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<u64> {
+    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<Pruned> {
         let client = self.client().await?;
-        let mut total = 0;
+        let mut total = Pruned::default();
         loop {
-            let n = retention::prune_chunk(&client, finished_before, keep_max).await?;
-            total += n;
+            let chunk = retention::prune_chunk(&client, finished_before, keep_max).await?;
+            let n = chunk.count;
+            total.count += n;
+            total.with_artifacts.extend(chunk.with_artifacts);
             if n < retention::PRUNE_CHUNK as u64 {
                 return Ok(total);
             }

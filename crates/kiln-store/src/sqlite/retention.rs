@@ -10,57 +10,78 @@ use rusqlite::Connection;
 use super::row::{self, ms};
 use super::writer::Tx;
 use crate::error::{Result, backend};
-use crate::model::{QUEUE_DEPTHS, QueueDepth, Stats};
+use crate::model::{Pruned, QUEUE_DEPTHS, QueueDepth, Stats};
 
 /// Most jobs deleted per writer command: a prune of a large backlog runs as many short
 /// transactions, so submissions are never stuck behind one long delete.
 pub(super) const PRUNE_CHUNK: usize = 1000;
 
 /// Deletes up to `PRUNE_CHUNK` prunable jobs: first those finished before `before`, then the
-/// oldest terminal jobs beyond the newest `keep_max`. Returns how many.
+/// oldest terminal jobs beyond the newest `keep_max`. Returns how many, and which had
+/// artifacts.
 pub(super) fn prune_chunk(
     tx: &mut Tx<'_>,
     before: Timestamp,
     keep_max: Option<u64>,
-) -> Result<u64> {
+) -> Result<Pruned> {
     let chunk = PRUNE_CHUNK as i64;
-    let mut deleted = delete_returning(
+    let mut pruned = Pruned::default();
+    delete_returning(
         tx,
+        &mut pruned,
         "DELETE FROM jobs WHERE rowid IN (
              SELECT rowid FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1
              LIMIT ?2)
-         RETURNING state",
+         RETURNING state, id, state = 'succeeded' AND json_type(result, '$.artifacts') IS NOT NULL",
         (ms(before), chunk),
     )?;
     if let Some(keep) = keep_max
-        && deleted < chunk
+        && (pruned.count as i64) < chunk
     {
-        deleted += delete_returning(
+        let left = chunk - pruned.count as i64;
+        delete_returning(
             tx,
+            &mut pruned,
             "DELETE FROM jobs WHERE rowid IN (
                  SELECT rowid FROM jobs WHERE finished_at IS NOT NULL
                  ORDER BY finished_at DESC LIMIT ?2 OFFSET ?1)
-             RETURNING state",
-            (i64::try_from(keep).unwrap_or(i64::MAX), chunk - deleted),
+             RETURNING state, id, state = 'succeeded' AND json_type(result, '$.artifacts') IS NOT NULL",
+            (i64::try_from(keep).unwrap_or(i64::MAX), left),
         )?;
     }
-    Ok(deleted as u64)
+    Ok(pruned)
 }
 
-/// Runs a `DELETE … RETURNING state`, noting each deleted job for the counts.
-fn delete_returning(tx: &mut Tx<'_>, sql: &str, params: (i64, i64)) -> Result<i64> {
-    let states = tx
+/// Runs a `DELETE … RETURNING state, id, <has artifacts>`, noting each deleted job for the
+/// counts and in `pruned`.
+fn delete_returning(
+    tx: &mut Tx<'_>,
+    pruned: &mut Pruned,
+    sql: &str,
+    params: (i64, i64),
+) -> Result<()> {
+    let rows = tx
         .db
         .prepare_cached(sql)?
-        .query_map(params, |r| row::state(r, 0))?
+        .query_map(params, |r| {
+            Ok((
+                row::state(r, 0)?,
+                row::job_id(r, 1)?,
+                r.get::<_, Option<bool>>(2)?,
+            ))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    for &state in &states {
+    for &(state, id, artifacts) in &rows {
         tx.counts.deleted(state);
+        if artifacts == Some(true) {
+            pruned.with_artifacts.push(id);
+        }
     }
-    if !states.is_empty() {
+    if !rows.is_empty() {
         tx.evict_all();
     }
-    Ok(states.len() as i64)
+    pruned.count += rows.len() as u64;
+    Ok(())
 }
 
 /// Jobs ever submitted, current counts per state, mean run time, p95 start latency.

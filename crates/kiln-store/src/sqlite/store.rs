@@ -280,13 +280,15 @@ impl Store for SqliteStore {
         self.read(claim::next_due).await
     }
 
-    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<u64> {
-        let mut total = 0;
+    async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<Pruned> {
+        let mut total = Pruned::default();
         loop {
-            let n = self
+            let chunk = self
                 .write(move |tx| retention::prune_chunk(tx, finished_before, keep_max))
                 .await?;
-            total += n;
+            let n = chunk.count;
+            total.count += n;
+            total.with_artifacts.extend(chunk.with_artifacts);
             if n < retention::PRUNE_CHUNK as u64 {
                 return Ok(total);
             }

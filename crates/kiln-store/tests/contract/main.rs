@@ -105,6 +105,7 @@ macro_rules! contract {
             maintenance::counts_follow_every_kind_of_change,
             maintenance::promote_and_prune_work_past_any_internal_chunk_size,
             maintenance::prune_by_age_and_count_in_one_call,
+            maintenance::prune_names_the_pruned_jobs_that_had_artifacts,
             maintenance::subscribe_hears_job_available_and_changed,
             races::concurrent_idempotent_inserts_create_one_job,
             races::concurrent_inserts_respect_max_queued,

@@ -109,23 +109,27 @@ pub async fn prune_by_age_and_keep_max_spares_non_terminal_jobs(store: Arc<dyn S
     };
 
     // By age: finished strictly before 2500 → the first two.
-    assert_eq!(store.job_prune(at(2_500), None).await.unwrap(), 2);
+    assert_eq!(store.job_prune(at(2_500), None).await.unwrap().count, 2);
     assert!(!exists(done[0]).await);
     assert!(!exists(done[1]).await);
     assert!(exists(done[2]).await);
     // Nothing more that old.
-    assert_eq!(store.job_prune(at(2_500), None).await.unwrap(), 0);
+    assert_eq!(store.job_prune(at(2_500), None).await.unwrap().count, 0);
 
     // By count: keep the newest two terminal jobs (4000, 5000).
-    assert_eq!(store.job_prune(at(0), Some(2)).await.unwrap(), 1);
+    assert_eq!(store.job_prune(at(0), Some(2)).await.unwrap().count, 1);
     assert!(!exists(done[2]).await);
     assert!(exists(done[3]).await);
     assert!(exists(done[4]).await);
-    assert_eq!(store.job_prune(at(0), Some(2)).await.unwrap(), 0);
+    assert_eq!(store.job_prune(at(0), Some(2)).await.unwrap().count, 0);
 
     // Everything terminal, however far in the future: non-terminal jobs stay.
     assert_eq!(
-        store.job_prune(at(1_000_000_000), Some(0)).await.unwrap(),
+        store
+            .job_prune(at(1_000_000_000), Some(0))
+            .await
+            .unwrap()
+            .count,
         2
     );
     for id in survivors {
@@ -327,13 +331,13 @@ pub async fn promote_and_prune_work_past_any_internal_chunk_size(store: Arc<dyn 
     insert_many(&store, alice, 3, || sub("echo"), at(3_000)).await;
 
     assert_eq!(
-        store.job_prune(at(0), Some(100)).await.unwrap(),
+        store.job_prune(at(0), Some(100)).await.unwrap().count,
         (N - 100) as u64
     );
     let stats = store.job_stats().await.unwrap();
     assert_eq!(count(&stats, JobState::Cancelled), 100);
     assert_eq!(count(&stats, JobState::Queued), 3);
-    assert_eq!(store.job_prune(at(2_001), None).await.unwrap(), 100);
+    assert_eq!(store.job_prune(at(2_001), None).await.unwrap().count, 100);
     let stats = store.job_stats().await.unwrap();
     assert_eq!(count(&stats, JobState::Cancelled), 0);
     assert_eq!(count(&stats, JobState::Queued), 3);
@@ -349,7 +353,7 @@ pub async fn prune_by_age_and_count_in_one_call(store: Arc<dyn Store>) {
         done.push(job.id);
     }
     // Two are older than 2500; of the other three, the oldest is beyond the newest two.
-    assert_eq!(store.job_prune(at(2_500), Some(2)).await.unwrap(), 3);
+    assert_eq!(store.job_prune(at(2_500), Some(2)).await.unwrap().count, 3);
     for (i, id) in done.iter().enumerate() {
         assert_eq!(store.job_get(None, *id).await.is_ok(), i >= 3, "job {i}");
     }
@@ -357,6 +361,42 @@ pub async fn prune_by_age_and_count_in_one_call(store: Arc<dyn Store>) {
 
 /// `job_stats` per state equals the jobs a listing finds in that state, after each kind of
 /// change a job can go through (the counts are kept incrementally, not counted).
+pub async fn prune_names_the_pruned_jobs_that_had_artifacts(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let results = [
+        json!({"n": 1, "artifacts": [{"name": "a.npy", "bytes": 1}]}),
+        json!({"n": 2}),
+        json!("ok"),
+        json!({"n": 4, "artifacts": []}),
+    ];
+    let mut ids = Vec::new();
+    for (i, result) in results.into_iter().enumerate() {
+        echo(&store, alice, at(0)).await;
+        let running = claim_one(&store, "n1", at(1)).await;
+        store
+            .job_complete(
+                &lease_of(&running),
+                Outcome::Succeeded(result),
+                at(10 + i as i64),
+            )
+            .await
+            .unwrap();
+        ids.push(running.id);
+    }
+    // A cancelled job has no result, so no artifacts.
+    let cancelled = echo(&store, alice, at(0)).await;
+    store.job_cancel(None, cancelled.id, at(20)).await.unwrap();
+
+    let pruned = store.job_prune(at(1_000), None).await.unwrap();
+
+    assert_eq!(pruned.count, 5);
+    let mut with = pruned.with_artifacts;
+    with.sort();
+    let mut want = vec![ids[0], ids[3]];
+    want.sort();
+    assert_eq!(with, want);
+}
+
 pub async fn counts_follow_every_kind_of_change(store: Arc<dyn Store>) {
     async fn check(store: &Arc<dyn Store>, step: &str) {
         let stats = store.job_stats().await.unwrap();
@@ -422,7 +462,7 @@ pub async fn counts_follow_every_kind_of_change(store: Arc<dyn Store>) {
 
     store.job_delete(None, queued.id).await.unwrap();
     check(&store, "delete").await;
-    assert_eq!(store.job_prune(at(1_000_000), None).await.unwrap(), 1);
+    assert_eq!(store.job_prune(at(1_000_000), None).await.unwrap().count, 1);
     check(&store, "prune").await;
     assert_eq!(store.job_stats().await.unwrap().total_submitted, 6);
 }

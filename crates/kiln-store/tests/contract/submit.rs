@@ -431,7 +431,7 @@ pub async fn reads_of_a_finished_job_see_every_later_write(store: Arc<dyn Store>
         .await
         .unwrap();
     read_twice_of(&store, alice, other.id).await;
-    assert_eq!(store.job_prune(at(13), None).await.unwrap(), 1);
+    assert_eq!(store.job_prune(at(13), None).await.unwrap().count, 1);
     assert_not_found(store.job_read(None, other.id).await);
     assert_not_found(store.job_status(None, other.id, 4096).await);
 }

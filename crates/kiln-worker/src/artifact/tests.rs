@@ -113,18 +113,53 @@ async fn a_succeeded_attempt_moves_its_files_into_the_store_and_leaves_no_scratc
         f.shared(),
         &job,
         &artifacts,
-        Some(Outcome::Succeeded(json!(1))),
+        Some(Outcome::Succeeded(json!({"n": 1}))),
+        None,
     )
     .await;
 
-    assert!(
-        matches!(outcome, Some(Outcome::Succeeded(_))),
-        "{outcome:?}"
-    );
+    let Some(Outcome::Succeeded(result)) = outcome else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(
         f.objects.artifact_list(job.id, 1).await.unwrap(),
         [meta("out.npy", 1000), meta("result.json", 2)]
     );
+    // The result links them, in the shape of `GET /jobs/{id}/artifacts`.
+    let url = |name: &str| format!("/api/v1/jobs/{}/artifacts/{name}", job.id);
+    assert_eq!(
+        result,
+        json!({"n": 1, "artifacts": [
+            {"name": "out.npy", "bytes": 1000, "content_type": "application/octet-stream", "url": url("out.npy")},
+            {"name": "result.json", "bytes": 2, "content_type": "application/json", "url": url("result.json")},
+        ]})
+    );
+    assert_eq!(f.scratch_entries(), 0);
+}
+
+#[tokio::test]
+async fn an_upload_still_running_at_the_job_s_timeout_fails_it_and_leaves_nothing() {
+    let f = Fixture::new().await;
+    let job = f.running_job().await;
+    let artifacts = prepare(f.shared(), &job).await.unwrap();
+    write(&artifacts, "out.npy", &[7; 1000]);
+
+    // The deadline has passed: the upload's first file-system step is still pending.
+    let deadline = tokio::time::Instant::now();
+    let outcome = publish(
+        f.shared(),
+        &job,
+        &artifacts,
+        Some(Outcome::Succeeded(json!({"n": 1}))),
+        Some(deadline),
+    )
+    .await;
+
+    let Some(Outcome::Failed { failure, .. }) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(failure.code, "timeout");
+    assert!(f.objects.artifact_jobs().await.unwrap().is_empty());
     assert_eq!(f.scratch_entries(), 0);
 }
 
@@ -135,7 +170,7 @@ async fn a_failed_or_cancelled_attempt_s_files_are_discarded() {
     for outcome in [Some(Outcome::Cancelled), None] {
         let artifacts = prepare(f.shared(), &job).await.unwrap();
         write(&artifacts, "half.csv", b"id,gro");
-        let after = publish(f.shared(), &job, &artifacts, outcome.clone()).await;
+        let after = publish(f.shared(), &job, &artifacts, outcome.clone(), None).await;
         assert_eq!(after.is_some(), outcome.is_some());
         assert!(f.objects.artifact_jobs().await.unwrap().is_empty());
         assert_eq!(f.scratch_entries(), 0);
@@ -148,7 +183,14 @@ async fn a_retry_clears_the_artifacts_of_earlier_attempts() {
     let mut job = f.running_job().await;
     let first = prepare(f.shared(), &job).await.unwrap();
     write(&first, "a.csv", b"1");
-    publish(f.shared(), &job, &first, Some(Outcome::Succeeded(json!(1)))).await;
+    publish(
+        f.shared(),
+        &job,
+        &first,
+        Some(Outcome::Succeeded(json!(1))),
+        None,
+    )
+    .await;
     assert_eq!(f.objects.artifact_list(job.id, 1).await.unwrap().len(), 1);
 
     job.attempts = 2;
@@ -187,6 +229,25 @@ async fn the_sweeps_remove_what_no_job_or_attempt_owns_any_more() {
     let expected = Artifacts::for_attempt(f.scratch.path(), live.id, 1);
     assert_eq!(left, [expected.dir().file_name().unwrap()]);
     assert_eq!(f.objects.artifact_jobs().await.unwrap(), [live.id]);
+}
+
+#[tokio::test]
+async fn a_prune_deletes_the_artifacts_of_the_jobs_it_names_only() {
+    let f = Fixture::new().await;
+    let (pruned, kept) = (JobId::new(), JobId::new());
+    for id in [pruned, kept] {
+        let artifacts = Artifacts::for_attempt(f.scratch.path(), id, 1);
+        write(&artifacts, "x.csv", b"x");
+        f.objects
+            .artifact_put_file(id, 1, "x.csv", &artifacts.dir().join("x.csv"))
+            .await
+            .unwrap();
+    }
+
+    delete_pruned(f.shared(), &[pruned]).await;
+
+    // `kept` has no job row either: only the daily reconciliation would remove it.
+    assert_eq!(f.objects.artifact_jobs().await.unwrap(), [kept]);
 }
 
 #[test]

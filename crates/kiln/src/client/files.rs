@@ -164,7 +164,7 @@ pub async fn artifacts(api: &Api, out: Out, args: ArtifactsArgs) -> CliResult<i3
             let _ = out.json(&list, false);
         } else {
             let rows = rows(&list, |a| {
-                vec![field(&a["name"]), field(&a["size"]), field(&a["url"])]
+                vec![field(&a["name"]), field(&a["bytes"]), field(&a["url"])]
             });
             let _ = out.line(&table(&["name", "bytes", "url"], rows));
         }

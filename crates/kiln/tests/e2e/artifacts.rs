@@ -46,11 +46,11 @@ async fn with_a_memory_object_store_artifacts_download_byte_exact_and_leave_no_l
             &format!("/api/v1/jobs/{csv_job}/artifacts"),
         )
         .await;
-    assert_eq!(
-        list.json(),
-        json!([{"name": "data.csv", "size": expected.len(),
-                "url": format!("/api/v1/jobs/{csv_job}/artifacts/data.csv")}])
-    );
+    let links = json!([{"name": "data.csv", "bytes": expected.len(),
+            "content_type": "text/csv; charset=utf-8",
+            "url": format!("/api/v1/jobs/{csv_job}/artifacts/data.csv")}]);
+    assert_eq!(list.json(), links);
+    assert_eq!(csv["result"]["artifacts"], links);
     let path = format!("/api/v1/jobs/{csv_job}/artifacts/data.csv");
     let file = app.client.get(Some(&app.admin), &path).await;
     assert_eq!(file.status, StatusCode::OK);

@@ -47,11 +47,12 @@ async fn primes_artifact_downloads_byte_exact_for_its_owner_only() {
     assert_eq!(list.status, StatusCode::OK, "{}", list.text());
     let mut expected = npy::header("<u4", false, &[1000]);
     npy::write_u32(&mut expected, &first_primes(1000)).unwrap();
-    assert_eq!(
-        list.json(),
-        json!([{"name": "primes.npy", "size": expected.len(),
-                "url": format!("/api/v1/jobs/{id}/artifacts/primes.npy")}])
-    );
+    let links = json!([{"name": "primes.npy", "bytes": expected.len(),
+            "content_type": "application/octet-stream",
+            "url": format!("/api/v1/jobs/{id}/artifacts/primes.npy")}]);
+    assert_eq!(list.json(), links);
+    // The result links the same files.
+    assert_eq!(job["result"]["artifacts"], links);
 
     let path = format!("/api/v1/jobs/{id}/artifacts/primes.npy");
     let file = app.client.get(Some(&app.admin), &path).await;
