@@ -1,12 +1,19 @@
 //! Compute kernels as the worker runs them, without the service around them.
 //!
 //! Run: `cargo bench -p kiln-kernels --bench kernels` (`-- primes` to pick one; `--runs N`;
-//! `--csv PATH` keeps the generated CSV there for `benches/reference.py`).
+//! `--csv PATH` keeps the generated CSV there for `benches/reference.py`; `--pause-ms N`
+//! idles before each kernel run of the "matrix side by side" table, as a service's CPU pool
+//! idles between jobs).
+//! The benchmark uses the service's allocator (mimalloc), whose large-page behaviour moves
+//! the matrix figures by several per cent.
 //! Each figure is the median of the runs, with min and max beside it. The machine's f64 FMA
 //! peak on 1 and 2 threads is measured before the matrix products and each GFLOP/s figure
 //! is given as a share of it.
 
 use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use kiln_kernels::cpu::Check;
 use kiln_kernels::csv_aggregate;
@@ -65,6 +72,13 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
+    // `--pause-ms N`: idle time before each kernel run of the side-by-side table.
+    let pause_ms = args
+        .iter()
+        .position(|a| a == "--pause-ms")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
     // `--csv PATH`: write the generated CSV there and keep it (for `reference.py`).
     let keep_csv = args
         .iter()
@@ -155,7 +169,7 @@ fn main() {
         }
     }
     if wanted("matrix side by side") {
-        side_by_side(runs, &mut peak);
+        side_by_side(runs, pause_ms, &mut peak);
     }
     let rows = 10_000_000u64;
     let dir = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
@@ -266,11 +280,12 @@ fn cancel_latency(name: &str, runs: usize, payload: serde_json::Value) {
             .expect("a kernel");
         let elapsed = runtime.block_on(async move {
             let run = tokio::spawn(async move { kernel.run(ctx).await });
-            while progress.get() == 0.0 {
+            // Cancel at a different point of the work each time (by progress, so never
+            // after the end on a fast machine): between 0 and 90% of it.
+            let at = 0.9 * (i as f32 + 1.0) / (runs as f32 + 1.0);
+            while progress.get() == 0.0 || progress.get() < at {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            // Cancel at a different point of the work each time.
-            tokio::time::sleep(std::time::Duration::from_millis(20 + 37 * i as u64)).await;
             let start = Instant::now();
             cancel.cancel();
             let result = run.await.expect("kernel task");
@@ -426,14 +441,10 @@ fn avx512() -> bool {
 /// touched, on a pool of its own), and the `matrix_multiply` kernel as the worker runs it
 /// (`Kernel::run` on a Tokio runtime, the CPU pool, fresh inputs and output each time; its
 /// result's `gflops`, which times the product alone).
-fn side_by_side(runs: usize, peak: &mut [f64; 3]) {
+fn side_by_side(runs: usize, pause_ms: u64, peak: &mut [f64; 3]) {
     if peak[2] == 0.0 {
         peak[2] = fma_peak("f64 FMA peak, 2 threads", 2, runs).0;
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .expect("a thread pool");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -441,32 +452,36 @@ fn side_by_side(runs: usize, peak: &mut [f64; 3]) {
         .expect("a runtime");
     let mut rows = Vec::new();
     for n in [256usize, 512, 1024, 2048, 4096] {
-        let (a, b) = (generate(n, 1, 0), generate(n, 1, 1));
-        let mut c = faer::Mat::<f64>::zeros(n, n);
-        // Enough repetitions for ~0.2 s a run at small n, one at large n.
-        let reps = (2e8 / (2.0 * (n as f64).powi(3))).ceil().max(1.0) as usize;
-        let mut direct = Vec::new();
-        for _ in 0..runs {
-            let start = Instant::now();
-            for _ in 0..reps {
-                pool.install(|| {
-                    faer::linalg::matmul::matmul(
-                        c.as_mut(),
-                        faer::Accum::Replace,
-                        a.as_ref(),
-                        b.as_ref(),
-                        1.0,
-                        faer::Par::rayon(0),
-                    )
-                });
-            }
-            direct
-                .push(reps as f64 * 2.0 * (n as f64).powi(3) / start.elapsed().as_secs_f64() / 1e9);
-        }
-        drop((a, b, c));
+        // faer directly, on the same CPU pool the kernels run on.
+        let direct = runtime
+            .block_on(kiln_kernels::cpu::run(move || {
+                let (a, b) = (generate(n, 1, 0), generate(n, 1, 1));
+                let mut c = faer::Mat::<f64>::zeros(n, n);
+                // Enough repetitions for ~0.2 s a run at small n, one at large n.
+                let reps = (2e8 / (2.0 * (n as f64).powi(3))).ceil().max(1.0) as usize;
+                (0..runs)
+                    .map(|_| {
+                        let start = Instant::now();
+                        for _ in 0..reps {
+                            faer::linalg::matmul::matmul(
+                                c.as_mut(),
+                                faer::Accum::Replace,
+                                a.as_ref(),
+                                b.as_ref(),
+                                1.0,
+                                faer::Par::rayon(0),
+                            );
+                        }
+                        reps as f64 * 2.0 * (n as f64).powi(3) / start.elapsed().as_secs_f64() / 1e9
+                    })
+                    .collect::<Vec<f64>>()
+            }))
+            .expect("the product");
         let mut job = Vec::new();
         let mut wall = Vec::new();
         for _ in 0..runs {
+            // A service's CPU pool is idle between jobs; `--pause-ms` mimics that.
+            std::thread::sleep(std::time::Duration::from_millis(pause_ms));
             let (ctx, _log) = kiln_kernels::test_context(serde_json::json!({"n": n, "seed": 1}));
             let artifacts = ctx.artifacts.clone();
             let start = Instant::now();

@@ -114,6 +114,14 @@ impl Progress {
         self.0.store(clamped.to_bits(), Ordering::Relaxed);
     }
 
+    /// Records progress unless a larger value is already recorded: for kernels whose
+    /// threads finish pieces of work in any order.
+    pub fn raise(&self, fraction: f32) {
+        // Non-negative floats order like their bit patterns.
+        let clamped = kiln_domain::change::clamp_progress(fraction).max(0.0);
+        self.0.fetch_max(clamped.to_bits(), Ordering::Relaxed);
+    }
+
     /// The last value set.
     pub fn get(&self) -> f32 {
         f32::from_bits(self.0.load(Ordering::Relaxed))

@@ -3,11 +3,12 @@
 //! faer was chosen over matrixmultiply for speed: about 195 against 135 GFLOP/s on two
 //! cores at n = 1024 on this machine class, for about a minute more of clean build.
 //!
-//! The product is computed in blocks of C (at most 2.5 GFLOP, ~50 ms, each), so the cancel
-//! token is checked and progress reported between blocks while each block still runs at full
-//! speed on every core.
+//! The product is computed in blocks of C (at most 1.25 GFLOP, a few tens of ms, each), one
+//! faer product per block on one thread, the blocks shared out to the CPU pool, so the
+//! cancel token is checked and progress reported between blocks while every core computes.
 
 use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -22,12 +23,13 @@ use serde_json::Value;
 use crate::cpu::{self, Check};
 use crate::{Classify, JobContext, Kernel, KernelError, npy};
 
-/// Floating-point work of the largest uninterruptible block (block sides are rounded down
-/// to a multiple of 128, so no block exceeds it): n = 4096 gets 512×512 blocks (2.15
-/// GFLOP), 35–55 ms each on two AVX2 cores at 40–60 GFLOP/s, so a cancel lands well inside
-/// 100 ms. Larger blocks run a little faster (3.36 GFLOP: 81 against 76 GFLOP/s on a
-/// faster machine) but took up to 141 ms to cancel on an AVX2 one.
-const BLOCK_FLOP: f64 = 2.5e9;
+/// Floating-point work of the largest uninterruptible call: one block of C on one thread.
+/// n = 4096 gets 376×376 blocks (1.16 GFLOP), ~24 ms on one AVX-512 core at ~48 GFLOP/s
+/// and ~40 ms on a slower AVX2 one, so a cancel lands well inside 100 ms.
+const BLOCK_FLOP: f64 = 1.25e9;
+/// Blocks per pool thread at least: a thread the OS takes away for a while (another
+/// process on the core) leaves blocks that the others take over.
+const MIN_BLOCKS_PER_THREAD: usize = 2;
 
 /// The `matrix_multiply` kernel.
 #[derive(Debug, Clone, Copy)]
@@ -183,11 +185,15 @@ fn mix(mut z: u64) -> u64 {
 
 /// `a · b`, block by block, checking for a cancel between blocks.
 ///
-/// faer's GEMM cannot be interrupted, and slicing the product finely costs speed (each
-/// block re-packs its rows of `a` and columns of `b`: 32-column panels ran at a quarter of
-/// full speed). So the product is cut into the fewest square-ish blocks of at most
-/// `BLOCK_FLOP` each: a product up to that size is one call; n = 4096 is 8×8 blocks of
-/// 512×512. A cancel waits for at most one block.
+/// faer's GEMM cannot be interrupted, so the product is cut into blocks of C of at most
+/// `BLOCK_FLOP` each. The blocks are shared out to the pool's threads by rayon, and each
+/// block is one faer product on one thread (`Par::Seq`). Letting faer parallelise each
+/// product instead (`Par::rayon`) synchronises its threads at a barrier several times per
+/// product; inside a service, where another thread takes a core now and then, a thread
+/// that waits at a barrier for one the OS has descheduled lost a third of the speed at
+/// n ≥ 1024 and up to three quarters at n = 512 (BENCHMARKS.md, "Compute kernels"). Whole
+/// blocks per thread need no synchronisation but the block queue. The price is that each
+/// block packs its own rows of `a` and columns of `b`; square blocks keep that small.
 pub fn multiply(
     a: MatRef<'_, f64>,
     b: MatRef<'_, f64>,
@@ -195,36 +201,61 @@ pub fn multiply(
 ) -> Result<Mat<f64>, KernelError> {
     let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
     let mut c = Mat::<f64>::zeros(m, n);
-    let total = 2.0 * m as f64 * k as f64 * n as f64;
-    let side = if total <= BLOCK_FLOP {
-        m.max(n).max(1)
-    } else {
-        // 2·side²·k ≤ BLOCK_FLOP, rounded down to a multiple of 128 rows/columns.
-        let side = (BLOCK_FLOP / (2.0 * k as f64)).sqrt() as usize;
-        (side / 128 * 128).max(128)
-    };
-    let blocks = m.div_ceil(side) * n.div_ceil(side);
-    let mut done = 0;
-    for col in (0..n).step_by(side) {
-        let w = side.min(n - col);
-        for row in (0..m).step_by(side) {
-            if let Err(e) = check.stopped() {
-                return Err(drop_later(c, e));
-            }
-            let h = side.min(m - row);
-            matmul(
-                c.as_mut().submatrix_mut(row, col, h, w),
-                Accum::Replace,
-                a.submatrix(row, 0, h, k),
-                b.submatrix(0, col, k, w),
-                1.0,
-                Par::rayon(0),
-            );
-            done += 1;
-            check.progress(0.1 + 0.9 * done as f32 / blocks as f32);
+    let (h, w) = block_shape(m, k, n, rayon::current_num_threads());
+    let blocks = m.div_ceil(h) * n.div_ceil(w);
+    let done = AtomicUsize::new(0);
+    let computed = c
+        .as_mut()
+        .par_col_chunks_mut(w)
+        .enumerate()
+        .try_for_each(|(j, panel)| {
+            panel
+                .par_row_chunks_mut(h)
+                .enumerate()
+                .try_for_each(|(i, block)| {
+                    check.stopped()?;
+                    let (rows, cols) = (block.nrows(), block.ncols());
+                    matmul(
+                        block,
+                        Accum::Replace,
+                        a.subrows(i * h, rows),
+                        b.subcols(j * w, cols),
+                        1.0,
+                        Par::Seq,
+                    );
+                    let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    check.raise_progress(0.1 + 0.9 * finished as f32 / blocks as f32);
+                    Ok::<(), KernelError>(())
+                })
+        });
+    match computed {
+        Ok(()) => Ok(c),
+        Err(e) => Err(drop_later(c, e)),
+    }
+}
+
+/// Rows and columns of the blocks `multiply` cuts an m×n product with inner size k into:
+/// square-ish, at most `BLOCK_FLOP` each, as even as the sizes allow, and at least
+/// `MIN_BLOCKS_PER_THREAD` per thread when the product has room for blocks of 64 or more.
+fn block_shape(m: usize, k: usize, n: usize, threads: usize) -> (usize, usize) {
+    let (m, n) = (m.max(1), n.max(1));
+    let side = ((BLOCK_FLOP / (2.0 * k.max(1) as f64)).sqrt() as usize).max(64);
+    let (mut rows, mut cols) = (m.div_ceil(side), n.div_ceil(side));
+    let wanted = MIN_BLOCKS_PER_THREAD * threads.max(1);
+    while rows * cols < wanted {
+        // Split the longer side, while its blocks stay at least 64 long.
+        let (h, w) = (m / (rows + 1), n / (cols + 1));
+        if h >= w && h >= 64 {
+            rows += 1;
+        } else if w >= 64 {
+            cols += 1;
+        } else {
+            break;
         }
     }
-    Ok(c)
+    // Multiples of 8 rows (whole vectors of the GEMM's micro-kernel) where that is free.
+    let h = m.div_ceil(rows).next_multiple_of(8).min(m);
+    (h, n.div_ceil(cols))
 }
 
 /// Writes `c` as a Fortran-ordered `<f8` `.npy` array.
@@ -294,6 +325,32 @@ mod tests {
         let want: f64 = expected.iter().flatten().sum();
         let (got, _, _) = summarise(c.as_ref());
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+
+    #[test]
+    fn block_shapes_bound_each_call_and_give_every_thread_work() {
+        for (m, k, n, threads) in [
+            (4096, 4096, 4096, 2),
+            (2048, 2048, 2048, 2),
+            (1024, 1024, 1024, 2),
+            (512, 512, 512, 2),
+            (300, 300, 300, 8),
+            (100, 5000, 100, 2),
+            (1, 1, 1, 2),
+            (4096, 4096, 4096, 64),
+        ] {
+            let (h, w) = block_shape(m, k, n, threads);
+            assert!(h >= 1 && h <= m && w >= 1 && w <= n, "{m}×{k}×{n}: {h}×{w}");
+            let flop = 2.0 * h as f64 * w as f64 * k as f64;
+            assert!(flop <= BLOCK_FLOP || h.max(w) <= 64, "{m}×{k}×{n}: {h}×{w}");
+            let blocks = m.div_ceil(h) * n.div_ceil(w);
+            assert!(
+                blocks >= MIN_BLOCKS_PER_THREAD * threads || h.min(w) < 128,
+                "{m}×{k}×{n} on {threads}: {blocks} blocks of {h}×{w}"
+            );
+        }
+        assert_eq!(block_shape(4096, 4096, 4096, 2), (376, 373));
+        assert_eq!(block_shape(512, 512, 512, 2), (256, 256));
     }
 
     #[test]
