@@ -186,12 +186,14 @@ async fn matrix_product_artifact_has_the_npy_shape() {
 }
 
 #[tokio::test]
-async fn a_running_primes_job_shows_progress_and_stops_on_cancel() {
+async fn a_running_compute_job_shows_progress_and_stops_on_cancel() {
     let app = TestApp::spawn().await;
+    // The largest product: over a second of work on a fast host, where the largest `primes`
+    // (~0.2 s) may finish before its first progress is even stored.
     let id = app
         .submit_ok(
             &app.admin,
-            json!({"type": "primes", "payload": {"n": 50_000_000}}),
+            json!({"type": "matrix_multiply", "payload": {"n": 4096}}),
         )
         .await;
     let status = kiln_testkit::wait_until("progress above zero", LONG, || async {
