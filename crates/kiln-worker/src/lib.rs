@@ -201,8 +201,7 @@ impl Shared {
     }
 
     fn lease_until(&self, now: Timestamp) -> Timestamp {
-        now + chrono::TimeDelta::from_std(self.config.lease_duration)
-            .unwrap_or(chrono::TimeDelta::MAX)
+        kiln_domain::clock::later(now, self.config.lease_duration)
     }
 
     /// The outcome of a failed attempt: `failed` with a backoff delay drawn from the type's
@@ -214,7 +213,7 @@ impl Shared {
                 let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
                 backoff.delay(job.attempts, &mut *rng)
             };
-            now + chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::MAX)
+            kiln_domain::clock::later(now, delay)
         });
         Outcome::Failed { failure, retry_at }
     }

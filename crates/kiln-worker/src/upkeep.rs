@@ -110,8 +110,7 @@ async fn rescue_expired(shared: &Shared) {
 
 async fn prune(shared: &Shared) {
     let now = shared.clock.now();
-    let cutoff = now
-        - chrono::TimeDelta::from_std(shared.config.retention).unwrap_or(chrono::TimeDelta::MAX);
+    let cutoff = kiln_domain::clock::earlier(now, shared.config.retention);
     match shared.store.job_prune(cutoff, shared.config.max_jobs).await {
         Ok(pruned) if pruned.count == 0 => {}
         Ok(pruned) => {

@@ -261,8 +261,24 @@ impl Config {
         if self.max_queued == Some(0) {
             problems.push("MAX_QUEUED must be at least 1".to_owned());
         }
-        if self.lease < Duration::from_secs(1) {
-            problems.push("KILN_LEASE must be at least 1s".to_owned());
+        // Upper bounds keep every computed instant and interval sane (a lease of u64::MAX
+        // seconds once overflowed a date inside a background task).
+        let bounded = [
+            ("KILN_LEASE", self.lease, 1, DAY),
+            ("KILN_RETENTION", self.retention, 0, 100 * 365 * DAY),
+            ("KILN_SHUTDOWN_GRACE", self.shutdown_grace, 0, 3600),
+            ("KILN_SESSION_TTL", self.session_ttl, 60, 365 * DAY),
+            ("KILN_UPLOAD_TIMEOUT", self.upload_timeout, 1, DAY),
+            ("KILN_HEADER_TIMEOUT", self.header_timeout, 1, 3600),
+        ];
+        for (name, value, min, max) in bounded {
+            if !(Duration::from_secs(min)..=Duration::from_secs(max)).contains(&value) {
+                problems.push(format!(
+                    "{name} must be between {} and {}",
+                    humantime::format_duration(Duration::from_secs(min)),
+                    humantime::format_duration(Duration::from_secs(max)),
+                ));
+            }
         }
         if let Some(url) = &self.object_store
             && !url.starts_with("memory:")
@@ -273,12 +289,6 @@ impl Config {
                 "KILN_OBJECT_STORE `{url}` needs a kiln built with `--features cloud`"
             ));
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.header_timeout) {
-            problems.push("KILN_HEADER_TIMEOUT must be between 1s and 1h".to_owned());
-        }
-        if self.upload_timeout < Duration::from_secs(1) {
-            problems.push("KILN_UPLOAD_TIMEOUT must be at least 1s".to_owned());
-        }
         if self.upload_limit == 0 {
             problems.push("KILN_UPLOAD_LIMIT must be at least 1 byte".to_owned());
         }
@@ -287,9 +297,6 @@ impl Config {
                 "KILN_TOKEN_MAX_DAYS must be 1 to {}",
                 kiln_api::MAX_TOKEN_DAYS
             ));
-        }
-        if self.session_ttl < Duration::from_secs(60) {
-            problems.push("KILN_SESSION_TTL must be at least 1m".to_owned());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             problems.push(format!(
@@ -385,6 +392,13 @@ impl Config {
 }
 
 /// The default catalogue with the file's policy overrides applied.
+/// Seconds in a day, for the bounds of durations.
+const DAY: u64 = 86_400;
+/// The most attempts a type's policy may allow.
+const MAX_ATTEMPTS: u32 = 1000;
+/// The longest timeout or backoff a type's policy may set: 7 days, in ms.
+const MAX_POLICY_MS: u64 = 7 * DAY * 1000;
+
 fn catalogue(file: &FileConfig, problems: &mut Vec<String>) -> Catalogue {
     let mut catalogue = Catalogue::default();
     for (name, overrides) in &file.types {
@@ -401,10 +415,21 @@ fn catalogue(file: &FileConfig, problems: &mut Vec<String>) -> Catalogue {
                 cap_ms: overrides.backoff_cap_ms.unwrap_or(base.backoff.cap_ms),
             },
         };
-        if policy.max_attempts == 0 {
+        if !(1..=MAX_ATTEMPTS).contains(&policy.max_attempts) {
             problems.push(format!(
-                "kiln.toml [types.{name}]: max_attempts must be at least 1"
+                "kiln.toml [types.{name}]: max_attempts must be 1 to {MAX_ATTEMPTS}"
             ));
+        }
+        for (field, ms) in [
+            ("timeout_ms", policy.timeout_ms),
+            ("backoff_base_ms", policy.backoff.base_ms),
+            ("backoff_cap_ms", policy.backoff.cap_ms),
+        ] {
+            if ms > MAX_POLICY_MS {
+                problems.push(format!(
+                    "kiln.toml [types.{name}]: {field} must be at most {MAX_POLICY_MS} (7 days)"
+                ));
+            }
         }
         catalogue.set_policy(job_type, policy);
     }
@@ -473,6 +498,50 @@ mod tests {
         ]);
         let problems = c.validate().unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:#?}");
+    }
+
+    #[test]
+    fn durations_and_policies_have_upper_bounds() {
+        let huge = "18446744073709551615s";
+        let c = parse(&[
+            "--lease",
+            huge,
+            "--retention",
+            huge,
+            "--shutdown-grace",
+            "2h",
+            "--session-ttl",
+            "400d",
+            "--upload-timeout",
+            "2d",
+            "--header-timeout",
+            "0s",
+        ]);
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert!(problems[0].starts_with("KILN_LEASE must be between 1s and 1day"));
+        let ok = parse(&[
+            "--lease",
+            "1d",
+            "--retention",
+            "36500d",
+            "--session-ttl",
+            "365d",
+        ]);
+        assert!(ok.validate().is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.toml");
+        std::fs::write(
+            &path,
+            "[types.sleep]\ntimeout_ms = 18446744073709551615\nmax_attempts = 4294967295\n\
+             backoff_base_ms = 604800001\nbackoff_cap_ms = 604800000\n",
+        )
+        .unwrap();
+        let problems = parse(&["--config", path.to_str().unwrap()])
+            .validate()
+            .unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
     }
 
     #[test]

@@ -103,8 +103,7 @@ fn refused(why: Refused) -> ApiError {
 /// A new session token for `user`, valid for `session_ttl`.
 async fn session(state: &AppState, user: User) -> Result<LoginResponse, ApiError> {
     let now = state.now();
-    let ttl = TimeDelta::from_std(state.config().session_ttl).unwrap_or(TimeDelta::days(1));
-    let expires_at = now + ttl;
+    let expires_at = kiln_domain::clock::later(now, state.config().session_ttl);
     let secret = token::generate();
     let new = NewToken {
         user: user.id,

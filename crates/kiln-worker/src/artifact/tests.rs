@@ -144,8 +144,10 @@ async fn an_upload_still_running_at_the_job_s_timeout_fails_it_and_leaves_nothin
     let artifacts = prepare(f.shared(), &job).await.unwrap();
     write(&artifacts, "out.npy", &[7; 1000]);
 
-    // The deadline has passed: the upload's first file-system step is still pending.
-    let deadline = tokio::time::Instant::now();
+    // The deadline passed a second ago, so the timer has fired by the first poll, while the
+    // upload's first file-system step (on the blocking pool) is still pending. (A deadline
+    // of "now" may only fire at the timer's next tick, after a fast upload.)
+    let deadline = tokio::time::Instant::now() - std::time::Duration::from_secs(1);
     let outcome = publish(
         f.shared(),
         &job,
