@@ -1,4 +1,10 @@
-//! [`ensure_admin`]: the first start of an empty database creates the `admin` user.
+//! [`ensure_admin`]: the first start of an empty database creates the `admin` user; a
+//! generated password is kept in an owner-only file ([`write_password_file`]) until the
+//! password is changed ([`retire_password_file`]).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use kiln_domain::{Role, Timestamp};
 use kiln_store::{NewUser, Store, StoreError};
@@ -61,5 +67,56 @@ pub async fn ensure_admin(
         // Another node created it between the count and the insert: fine.
         Err(StoreError::Conflict { .. }) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a generated admin password to `path`, readable by this user only (0600). Anything
+/// already at `path` (a file of an earlier first start, or a link planted there) is removed
+/// first, and the file is created anew (`O_EXCL`: a link that appears meanwhile is not
+/// followed but refused).
+pub fn write_password_file(path: &Path, password: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{password}")?;
+    file.sync_all()
+}
+
+/// Removes the generated-password file once it no longer opens the `admin` account (the
+/// password was changed, or the user is gone). Returns whether the file is still there.
+pub async fn retire_password_file(store: &dyn Store, path: &Path) -> Result<bool, SetupError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(false);
+    };
+    let password = text.lines().next().unwrap_or_default().to_owned();
+    let still_valid = match store.user_by_name("admin").await? {
+        Some(admin) => {
+            let phc = admin.password_hash;
+            tokio::task::spawn_blocking(move || password::verify(&password, &phc)).await?
+        }
+        None => false,
+    };
+    if !still_valid {
+        remove_password_file(path);
+    }
+    Ok(still_valid)
+}
+
+/// Removes the generated-password file, if any (a failure is logged).
+pub fn remove_password_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed the generated admin password file")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the generated admin password file")
+        }
     }
 }

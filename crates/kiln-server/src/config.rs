@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// Per-queue concurrency limits of the nodes (`kiln.toml`), shown by
     /// `GET /admin/queues`.
     pub queue_limits: std::collections::BTreeMap<String, usize>,
+    /// Where a generated first admin password is kept; removed when `admin`'s password is
+    /// changed through the API.
+    pub admin_password_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             command_allow: std::sync::Arc::default(),
             log_follow_buffer: 256,
             queue_limits: std::collections::BTreeMap::new(),
+            admin_password_file: None,
         }
     }
 }

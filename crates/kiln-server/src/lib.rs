@@ -44,7 +44,9 @@ mod submit;
 mod view;
 
 pub use app::{metrics_router, router};
-pub use bootstrap::{SetupError, ensure_admin};
+pub use bootstrap::{
+    SetupError, ensure_admin, remove_password_file, retire_password_file, write_password_file,
+};
 pub use config::ServerConfig;
 pub use problem::ApiError;
 pub use state::AppState;

@@ -96,9 +96,19 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Password of the `admin` user created on first start (else one is generated and printed once).
+    /// Password of the `admin` user created on first start (else one is generated and written
+    /// to an owner-only file in the data directory). Prefer the environment variable or
+    /// `--admin-password-file`: a flag's value shows in the process list.
     #[arg(long, env = "KILN_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<Secret>,
+    /// A file holding the password of the `admin` user created on first start (its first
+    /// line).
+    #[arg(
+        long,
+        env = "KILN_ADMIN_PASSWORD_FILE",
+        conflicts_with = "admin_password"
+    )]
+    pub admin_password_file: Option<std::path::PathBuf>,
     /// Finished jobs older than this are pruned.
     #[arg(long, env = "KILN_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
@@ -253,7 +263,7 @@ pub struct Validated {
 
 impl Config {
     /// Reads the TOML file and checks everything, listing every problem found.
-    pub fn validate(self) -> Result<Validated, Vec<String>> {
+    pub fn validate(mut self) -> Result<Validated, Vec<String>> {
         let mut problems = Vec::new();
         if self.max_concurrency == 0 || self.max_concurrency > 1024 {
             problems.push("MAX_CONCURRENCY must be between 1 and 1024".to_owned());
@@ -316,6 +326,17 @@ impl Config {
             problems.push(format!("DATABASE_URL: {e}"));
         }
         let tls = self.tls(&mut problems);
+        if let Some(path) = &self.admin_password_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let first = text.lines().next().unwrap_or_default().to_owned();
+                    self.admin_password = Some(Secret(first));
+                }
+                Err(e) => {
+                    problems.push(format!("KILN_ADMIN_PASSWORD_FILE {}: {e}", path.display()))
+                }
+            }
+        }
         if let Some(Secret(p)) = &self.admin_password
             && let Err(e) = kiln_domain::user::check_password(p)
         {

@@ -205,6 +205,9 @@ pub async fn start_with_clock(
     )
     .await?;
     let catalogue = Arc::new(v.catalogue.clone());
+    for name in ["objects", "scratch", "command-scratch"] {
+        private_dir(&data_dir(&v.config.database_url, name, &v.node_id))?;
+    }
     let objects = open_objects(v)?;
     let worker = Worker::new(
         WorkerConfig {
@@ -256,13 +259,35 @@ pub async fn start_with_clock(
     }
     if role == Role::Serve {
         let admin_password = v.config.admin_password.as_ref().map(|s| s.0.as_str());
+        let password_file = password_file(v);
         if let Some(generated) =
             kiln_server::ensure_admin(store.as_ref(), admin_password, clock.now())
                 .await
                 .context("while creating the first admin user")?
         {
-            println!("Created user `admin` with password: {generated}");
-            println!("(shown once; set KILN_ADMIN_PASSWORD to choose it)");
+            kiln_server::write_password_file(&password_file, &generated).with_context(|| {
+                format!(
+                    "while writing the admin password to {}",
+                    password_file.display()
+                )
+            })?;
+            tracing::warn!(
+                path = %password_file.display(),
+                "created user `admin` with a generated password, in this file (readable by \
+                 this user only; removed once the password is changed)"
+            );
+            println!(
+                "Created user `admin`; its password is in {} (removed once you change it)",
+                password_file.display()
+            );
+        } else if kiln_server::retire_password_file(store.as_ref(), &password_file)
+            .await
+            .context("while checking the generated admin password file")?
+        {
+            tracing::warn!(
+                path = %password_file.display(),
+                "`admin` still has the generated password kept in this file: change it"
+            );
         }
         let listener = tokio::net::TcpListener::bind((v.config.bind, v.config.port))
             .await
@@ -392,8 +417,41 @@ fn data_dir(database_url: &str, name: &str, node_id: &str) -> std::path::PathBuf
     }
 }
 
+/// Where a generated first admin password is written: `admin-password` beside the SQLite
+/// file (else in the system temp dir, per node).
+fn password_file(v: &Validated) -> std::path::PathBuf {
+    data_dir(&v.config.database_url, "admin-password", &v.node_id)
+}
+
+/// Creates `dir` readable by this user only (0700), or checks that the one already there
+/// is a directory of this user's, not a link: the data directories of a node without a
+/// SQLite file live under the shared temp dir, where anyone may have created the name
+/// first.
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(dir)
+                .with_context(|| format!("while checking {}", dir.display()))?;
+            let me = rustix::process::getuid().as_raw();
+            anyhow::ensure!(
+                meta.is_dir() && meta.uid() == me,
+                "{} is not a directory of this user's (a link, a file, or another user's): \
+                 refusing to keep data there",
+                dir.display()
+            );
+            Ok(())
+        }
+        // A missing parent (the SQLite file's directory is created with the database).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("while creating {}", dir.display())),
+    }
+}
+
 fn server_config(v: &Validated) -> ServerConfig {
     ServerConfig {
+        admin_password_file: Some(password_file(v)),
         max_queued: v.config.max_queued,
         session_ttl: v.config.session_ttl,
         token_max_days: v.config.token_max_days,
@@ -454,6 +512,9 @@ impl Node {
 
 /// Runs a node until SIGINT or SIGTERM, then shuts it down gracefully.
 pub async fn run(v: Validated, role: Role) -> anyhow::Result<()> {
+    // Everything the node creates (the database, uploads, artifacts, scratch files, the
+    // generated admin password) is readable by this user only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let node = start(&v, role).await?;
     match node.addr() {
         Some(addr) => {
@@ -495,5 +556,31 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::private_dir;
+
+    #[test]
+    fn data_dirs_in_a_shared_place_are_our_own_or_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let fresh = base.path().join("fresh");
+        private_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Ours already: fine, again and again.
+        private_dir(&fresh).unwrap();
+        // A link planted under the name, or a file: refused.
+        let link = base.path().join("planted");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let err = private_dir(&link).unwrap_err().to_string();
+        assert!(err.contains("not a directory of this user's"), "{err}");
+        let file = base.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(private_dir(&file).is_err());
     }
 }

@@ -113,8 +113,15 @@ pub async fn update_user(
         password_hash,
         disabled: body.disabled,
     };
+    let new_password = patch.password_hash.is_some();
     let user = state.store().user_update(UserId(id), patch).await?;
     state.tokens().forget_user(user.id);
+    if new_password
+        && user.username == "admin"
+        && let Some(path) = &state.config().admin_password_file
+    {
+        crate::remove_password_file(path);
+    }
     Ok(Json(user.into()))
 }
 

@@ -21,6 +21,8 @@ pub(crate) struct Server {
     pub(crate) addr: SocketAddr,
     /// Its log lines after the "serving" line, as they are written.
     log: std::sync::mpsc::Receiver<String>,
+    /// Its JSON log entries up to the "serving" line.
+    startup: Vec<Value>,
 }
 
 impl Server {
@@ -35,15 +37,27 @@ impl Server {
 
     /// [`Server::start_with`] with `env` added to its environment.
     pub(crate) fn start_env(dir: &TempDir, toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(dir, toml, env, Some(ADMIN_PASSWORD))
+    }
+
+    /// A server given `admin_password` as `KILN_ADMIN_PASSWORD`, or nothing.
+    fn spawn(
+        dir: &TempDir,
+        toml: &str,
+        env: &[(&str, &str)],
+        admin_password: Option<&str>,
+    ) -> Self {
         let config = dir.path().join("kiln.toml");
         std::fs::write(&config, toml).expect("kiln.toml");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("serve")
-            .env_clear()
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command.arg("serve").env_clear();
+        if let Some(password) = admin_password {
+            command.env("KILN_ADMIN_PASSWORD", password);
+        }
+        let mut child = command
             .env("PORT", "0")
             .env("KILN_BIND", "127.0.0.1")
             .env("DATABASE_URL", db_url(dir))
-            .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("KILN_NODE_ID", "process-test")
             .env("KILN_LOG_FORMAT", "json")
             .env("KILN_SHUTDOWN_GRACE", "500ms")
@@ -56,6 +70,7 @@ impl Server {
             .expect("kiln starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut startup = Vec::new();
         let addr = loop {
             let line = lines
                 .next()
@@ -71,6 +86,7 @@ impl Server {
                     .parse()
                     .expect("an address");
             }
+            startup.push(entry);
         };
         // Keep draining the log so the child never blocks on a full pipe; tests that read
         // it take the lines from the channel.
@@ -80,7 +96,12 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            startup,
+        }
     }
 
     /// The JSON log entries written so far, waiting up to `LONG` for one matching `want`.
@@ -306,6 +327,75 @@ async fn users_managed_offline_can_log_in() {
         (me["username"].as_str(), me["role"].as_str()),
         (Some("olga"), Some("admin"))
     );
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn a_generated_admin_password_is_kept_in_an_owner_only_file_until_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-password");
+    let server = Server::spawn(&dir, "", &[], None);
+    let line = serde_json::to_string(&server.startup).unwrap();
+    assert!(line.contains("generated password"), "{line}");
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_eq!(password.len(), 24);
+    assert!(
+        !line.contains(&password),
+        "the log never shows the password"
+    );
+    assert!(
+        line.contains(&file.display().to_string()),
+        "the log says where it is"
+    );
+    // Everything the node created is its user's only.
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&dir.path().join("kiln.db")), 0o600);
+    assert_eq!(mode(&dir.path().join("objects")), 0o700);
+
+    let client = Client::new(server.addr);
+    let token = client.login("admin", &password).await;
+    let me = client.get(Some(&token), "/api/v1/me").await.json();
+    let path = format!("/api/v1/admin/users/{}", me["id"]);
+    let body = json!({"password": "a-new-admin-password"});
+    let changed = client
+        .send_json(hyper::Method::PATCH, Some(&token), &path, &body)
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    assert!(!file.exists(), "removed once the password is changed");
+    drop(server);
+
+    // A file whose password no longer opens `admin` (changed offline, say) goes at start.
+    std::fs::write(&file, "stale-password-123\n").unwrap();
+    let server = Server::spawn(&dir, "", &[], None);
+    assert!(!file.exists());
+    Client::new(server.addr)
+        .login("admin", "a-new-admin-password")
+        .await;
+}
+
+#[tokio::test]
+async fn the_first_admin_password_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "from-a-file-123\nignored second line\n").unwrap();
+    let server = Server::spawn(
+        &dir,
+        "",
+        &[("KILN_ADMIN_PASSWORD_FILE", secret.to_str().unwrap())],
+        None,
+    );
+    Client::new(server.addr)
+        .login("admin", "from-a-file-123")
+        .await;
+    assert!(!dir.path().join("admin-password").exists());
 }
 
 #[test]
