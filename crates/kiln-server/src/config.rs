@@ -41,6 +41,8 @@ pub struct ServerConfig {
     /// Per-queue concurrency limits of the nodes (`kiln.toml`), shown by
     /// `GET /admin/queues`.
     pub queue_limits: std::collections::BTreeMap<String, usize>,
+    /// Uploads in progress at once; more answer 503 `uploads_busy` with `Retry-After`.
+    pub max_uploads: usize,
     /// Where a generated first admin password is kept; removed when `admin`'s password is
     /// changed through the API.
     pub admin_password_file: Option<std::path::PathBuf>,
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             log_follow_buffer: 256,
             queue_limits: std::collections::BTreeMap::new(),
             admin_password_file: None,
+            max_uploads: 16,
         }
     }
 }

@@ -34,6 +34,8 @@ struct Inner {
     /// Started by the first log follower.
     log_hub: OnceLock<LogHub>,
     metrics: Arc<Metrics>,
+    /// One permit per upload in progress (`ServerConfig::max_uploads`).
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -56,8 +58,10 @@ impl AppState {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_uploads.max(1)));
         Self {
             inner: Arc::new(Inner {
+                uploads,
                 store,
                 catalogue,
                 clock,
@@ -77,6 +81,11 @@ impl AppState {
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.shutdown.cancel();
+    }
+
+    /// A permit for one more upload, if fewer than `max_uploads` are in progress.
+    pub fn upload_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.inner.uploads).try_acquire_owned().ok()
     }
 
     /// Fires when shutdown begins; live streams end then.

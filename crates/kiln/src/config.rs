@@ -153,6 +153,13 @@ pub struct Config {
     /// a keep-alive connection idle that long.
     #[arg(long, env = "KILN_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+    /// Client connections open at once; a connection beyond them is closed at once.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Uploads (`POST /api/v1/files`) in progress at once; more answer 503 with
+    /// `Retry-After`.
+    #[arg(long, env = "KILN_MAX_UPLOADS", default_value_t = 16)]
+    pub max_uploads: usize,
     /// Time limit of one upload (`POST /api/v1/files`); other requests have 30 s.
     #[arg(long, env = "KILN_UPLOAD_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     pub upload_timeout: Duration,
@@ -267,6 +274,12 @@ impl Config {
         let mut problems = Vec::new();
         if self.max_concurrency == 0 || self.max_concurrency > 1024 {
             problems.push("MAX_CONCURRENCY must be between 1 and 1024".to_owned());
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            problems.push("KILN_MAX_CONNECTIONS must be between 1 and 1000000".to_owned());
+        }
+        if !(1..=10_000).contains(&self.max_uploads) {
+            problems.push("KILN_MAX_UPLOADS must be between 1 and 10000".to_owned());
         }
         if self.max_queued == Some(0) {
             problems.push("MAX_QUEUED must be at least 1".to_owned());

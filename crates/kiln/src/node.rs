@@ -205,8 +205,18 @@ pub async fn start_with_clock(
     )
     .await?;
     let catalogue = Arc::new(v.catalogue.clone());
-    for name in ["objects", "scratch", "command-scratch"] {
-        private_dir(&data_dir(&v.config.database_url, name, &v.node_id))?;
+    let beside_sqlite = matches!(
+        kiln_store::sqlite::parse_database_url(&v.config.database_url),
+        Some(kiln_store::sqlite::SqlitePath::File(_))
+    );
+    if !beside_sqlite {
+        let local_objects = v.config.object_store.is_none().then_some("objects");
+        for name in ["scratch", "command-scratch"]
+            .into_iter()
+            .chain(local_objects)
+        {
+            private_dir(&data_dir(&v.config.database_url, name, &v.node_id))?;
+        }
     }
     let objects = open_objects(v)?;
     let worker = Worker::new(
@@ -295,13 +305,11 @@ pub async fn start_with_clock(
         node.addr = Some(listener.local_addr()?);
         let stop = CancellationToken::new();
         let app = kiln_server::router(state.clone());
-        let http = spawn_http(
-            listener,
-            app,
-            v.tls.clone(),
-            v.config.header_timeout,
-            stop.clone(),
-        );
+        let limits = crate::tls::server::ConnectionLimits {
+            header_timeout: v.config.header_timeout,
+            max_connections: v.config.max_connections,
+        };
+        let http = spawn_http(listener, app, v.tls.clone(), limits, stop.clone());
         node.http = Some((stop, http));
         node.state = Some(state);
         node.tls = v.tls.clone();
@@ -315,7 +323,7 @@ fn spawn_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<ServerTls>,
-    header_timeout: std::time::Duration,
+    limits: crate::tls::server::ConnectionLimits,
     stop: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
     if let Ok(addr) = listener.local_addr()
@@ -329,13 +337,7 @@ fn spawn_http(
              behind a TLS proxy)"
         );
     }
-    tokio::spawn(crate::tls::server::serve(
-        listener,
-        app,
-        tls,
-        header_timeout,
-        stop,
-    ))
+    tokio::spawn(crate::tls::server::serve(listener, app, tls, limits, stop))
 }
 
 /// The object store of uploaded files and job artifacts: `KILN_OBJECT_STORE`, else
@@ -458,6 +460,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         cors_origins: v.config.cors_origins.clone(),
         upload_limit: v.config.upload_limit,
         upload_timeout: v.config.upload_timeout,
+        max_uploads: v.config.max_uploads,
         command_allow: Arc::clone(&v.command_allow),
         queue_limits: queue_limits(v).collect(),
         ..ServerConfig::default()

@@ -38,7 +38,7 @@ const FIELD: &str = "file";
         (status = 400, description = "A broken multipart body, or no `file` field"),
         (status = 413, description = "Larger than the upload limit"),
         (status = 415, description = "Not `multipart/form-data`"),
-        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
     )
 )]
 pub async fn upload(
@@ -49,6 +49,19 @@ pub async fn upload(
     let objects = objects(&state)?;
     let limit = state.config().upload_limit;
     check_headers(req.headers(), limit)?;
+    // Held until the upload is stored or refused: slow uploads cannot pile up without end.
+    let Some(_permit) = state.upload_permit() else {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "uploads_busy",
+            format!(
+                "{} uploads are in progress, the most this server takes at once; try again shortly",
+                state.config().max_uploads
+            ),
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    };
     let mut multipart = Multipart::from_request(req, &state)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text()))?;
@@ -99,7 +112,7 @@ pub async fn upload(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's files, newest first", body = Vec<FileView>),
-        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
     )
 )]
 pub async fn list(
@@ -122,7 +135,7 @@ pub async fn list(
     responses(
         (status = 200, description = "The file's metadata", body = FileView),
         (status = 404, description = "No such file (or not the caller's)"),
-        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
     )
 )]
 pub async fn get(
@@ -152,7 +165,7 @@ pub async fn get(
     responses(
         (status = 200, description = "The bytes, as the media type declared at upload", content(("application/octet-stream"))),
         (status = 404, description = "No such file (or not the caller's)"),
-        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
     )
 )]
 pub async fn content(
@@ -194,7 +207,7 @@ pub async fn content(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such file (or not the caller's)"),
-        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
     )
 )]
 pub async fn delete(

@@ -7,12 +7,16 @@
 //! previous configuration in place. ALPN offers `h2` and `http/1.1`.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use anyhow::Context;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// The PEM files of the server's TLS configuration.
@@ -127,31 +131,133 @@ impl ServerTls {
 
 /// Serves `app` on `listener` until `stop`, then as `axum::serve` does: no new
 /// connections, open ones finish their requests. Over TLS with `tls` (HTTP/1.1 and
-/// HTTP/2), else plain. A client must send its request headers within `header_timeout`,
-/// the first ones counted from the connection's start (slow or silent clients cannot hold
-/// a connection open; idle keep-alive connections close after the same time).
+/// HTTP/2), else plain. A client must send its request headers within the limits'
+/// `header_timeout`, the first ones counted from the connection's start (slow or silent
+/// clients cannot hold a connection open; idle keep-alive connections close after the same
+/// time), and at most `max_connections` connections are open at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<ServerTls>,
-    header_timeout: std::time::Duration,
+    limits: ConnectionLimits,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let handle = axum_server::Handle::<std::net::SocketAddr>::new();
     let mut server = axum_server::Server::from_listener(listener)
         .handle(handle.clone())
-        .first_request_timeout(header_timeout);
+        .first_request_timeout(limits.header_timeout);
     server
         .http_builder()
         .http1()
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(limits.header_timeout);
     let app = app.into_make_service();
+    let cap = CapConnections::new(limits.max_connections);
     match tls {
         Some(tls) => {
-            let serving = server.acceptor(RustlsAcceptor::new(tls.config)).serve(app);
-            until_stopped(serving, handle, stop).await
+            let acceptor = RustlsAcceptor::new(tls.config).acceptor(cap);
+            until_stopped(server.acceptor(acceptor).serve(app), handle, stop).await
         }
-        None => until_stopped(server.serve(app), handle, stop).await,
+        None => until_stopped(server.acceptor(cap).serve(app), handle, stop).await,
+    }
+}
+
+/// What a server allows each client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time to send a request's headers (from the connection's start for the first one);
+    /// also how long a keep-alive connection may stay idle.
+    pub header_timeout: std::time::Duration,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+/// An acceptor that lets at most `max` connections be open at once: each holds a permit
+/// for its whole life, and a connection accepted without one is closed at once, before
+/// any TLS handshake or request parsing (a client that opens thousands of connections
+/// costs a file descriptor each only for a moment). Written here because axum-server has no
+/// such limit and tower's concurrency limit counts requests, not connections.
+#[derive(Debug, Clone)]
+struct CapConnections {
+    permits: Arc<Semaphore>,
+}
+
+impl CapConnections {
+    fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+}
+
+impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for CapConnections {
+    type Stream = Capped;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Capped, S)>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        std::future::ready(match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => Ok((
+                Capped {
+                    stream,
+                    _permit: permit,
+                },
+                service,
+            )),
+            Err(_) => {
+                tracing::debug!("connection limit reached: a new connection is closed");
+                Err(std::io::Error::other("connection limit reached"))
+            }
+        })
+    }
+}
+
+/// A connection holding its permit until it is dropped.
+#[derive(Debug)]
+struct Capped {
+    stream: tokio::net::TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Capped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -219,3 +219,65 @@ async fn binary_junk_after_a_header_is_counted_as_bad_rows_not_a_crash() {
         result["count"].as_u64().unwrap() + result["bad_rows"].as_u64().unwrap()
     );
 }
+
+#[tokio::test]
+async fn uploads_beyond_the_cap_answer_503_until_one_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::spawn_with(crate::helpers::Opts {
+        flags: vec!["--max-uploads".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let alice = app.user("alice", "client").await;
+    // A slow client: the request line, headers and half of the body, then nothing.
+    let (content_type, body) =
+        kiln_testkit::multipart_body(&[Part::file("file", "slow.csv", "text/csv", b"a,b\n1,2\n")]);
+    let start_slow = || async {
+        let mut slow = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+        let head = format!(
+            "POST /api/v1/files HTTP/1.1\r\nHost: kiln\r\nAuthorization: Bearer {alice}\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        slow.write_all(&body[..body.len() / 2]).await.unwrap();
+        slow
+    };
+    let mut slow = start_slow().await;
+
+    // Once the server is inside the slow upload, the next one is refused.
+    let deadline = tokio::time::Instant::now() + LONG;
+    let busy = loop {
+        let resp = app
+            .client
+            .request(Method::POST, "/api/v1/files")
+            .bearer(Some(&alice))
+            .multipart(&[Part::file("file", "b.csv", "text/csv", b"x\n1\n")])
+            .send()
+            .await;
+        if resp.status == StatusCode::SERVICE_UNAVAILABLE {
+            break resp;
+        }
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no upload was ever refused"
+        );
+        // This one got the place before the slow one: if the slow one was refused
+        // meanwhile (it has an answer), start it again.
+        let mut peek = [0u8; 1];
+        if slow.try_read(&mut peek).is_ok() {
+            slow = start_slow().await;
+        }
+    };
+    assert_eq!(busy.json()["code"], "uploads_busy");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+
+    // The slow client finishes: its upload is stored, and the place is free again.
+    slow.write_all(&body[body.len() / 2..]).await.unwrap();
+    let mut answer = [0u8; 12];
+    slow.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 201");
+    upload(&app, &alice, "after.csv", b"x\n1\n").await;
+}
