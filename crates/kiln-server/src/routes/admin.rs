@@ -225,12 +225,11 @@ pub async fn get_job(
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
     responses(
-        (status = 200, description = "Cancelled", body = JobView),
+        (status = 200, description = "Cancelled, or already finished (then unchanged)", body = JobView),
         (status = 202, description = "A running job was asked to stop; it is still stopping", body = JobView),
         (status = 400, description = "The id is not a job id"),
         (status = 403, description = "The caller is not an operator"),
         (status = 404, description = "No such job"),
-        (status = 409, description = "The job has already finished"),
     )
 )]
 pub async fn cancel_job(

@@ -237,11 +237,10 @@ pub async fn events(
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
     responses(
-        (status = 200, description = "Cancelled", body = JobView),
+        (status = 200, description = "Cancelled, or already finished (then unchanged)", body = JobView),
         (status = 202, description = "A running job was asked to stop; it is still stopping", body = JobView),
         (status = 400, description = "The id is not a job id"),
         (status = 404, description = "No such job (or not the caller's)"),
-        (status = 409, description = "The job has already finished"),
     )
 )]
 pub async fn cancel(

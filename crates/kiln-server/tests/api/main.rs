@@ -16,3 +16,4 @@ mod jobs;
 mod openapi;
 mod ops;
 mod reads;
+mod security;
