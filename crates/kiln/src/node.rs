@@ -219,6 +219,28 @@ pub async fn start_with_clock(
         }
     }
     let objects = open_objects(v)?;
+    // Every listener is bound before the worker starts: a node that cannot serve (a port
+    // in use, say) exits having claimed nothing, and without failing as "left running by
+    // its previous incarnation" the jobs of a live node it was started beside by mistake.
+    let metrics_listener = match v.config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("while binding the metrics listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let listener = match role {
+        Role::Serve => Some(
+            tokio::net::TcpListener::bind((v.config.bind, v.config.port))
+                .await
+                .with_context(|| format!("while binding {}:{}", v.config.bind, v.config.port))?,
+        ),
+        Role::Worker => None,
+    };
+    if role == Role::Serve {
+        first_admin(v, store.as_ref(), clock.now()).await?;
+    }
     let worker = Worker::new(
         WorkerConfig {
             objects: Some(objects.clone()),
@@ -256,10 +278,7 @@ pub async fn start_with_clock(
         config,
         metrics,
     );
-    if let Some(addr) = v.config.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("while binding the metrics listener {addr}"))?;
+    if let Some(listener) = metrics_listener {
         node.metrics_addr = Some(listener.local_addr()?);
         let stop = CancellationToken::new();
         let app = kiln_server::metrics_router(state.clone());
@@ -267,41 +286,7 @@ pub async fn start_with_clock(
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         node.metrics_http = Some((stop, tokio::spawn(async move { serve.await })));
     }
-    if role == Role::Serve {
-        let admin_password = v.config.admin_password.as_ref().map(|s| s.0.as_str());
-        let password_file = password_file(v);
-        if let Some(generated) =
-            kiln_server::ensure_admin(store.as_ref(), admin_password, clock.now())
-                .await
-                .context("while creating the first admin user")?
-        {
-            kiln_server::write_password_file(&password_file, &generated).with_context(|| {
-                format!(
-                    "while writing the admin password to {}",
-                    password_file.display()
-                )
-            })?;
-            tracing::warn!(
-                path = %password_file.display(),
-                "created user `admin` with a generated password, in this file (readable by \
-                 this user only; removed once the password is changed)"
-            );
-            println!(
-                "Created user `admin`; its password is in {} (removed once you change it)",
-                password_file.display()
-            );
-        } else if kiln_server::retire_password_file(store.as_ref(), &password_file)
-            .await
-            .context("while checking the generated admin password file")?
-        {
-            tracing::warn!(
-                path = %password_file.display(),
-                "`admin` still has the generated password kept in this file: change it"
-            );
-        }
-        let listener = tokio::net::TcpListener::bind((v.config.bind, v.config.port))
-            .await
-            .with_context(|| format!("while binding {}:{}", v.config.bind, v.config.port))?;
+    if let Some(listener) = listener {
         node.addr = Some(listener.local_addr()?);
         let stop = CancellationToken::new();
         let app = kiln_server::router(state.clone());
@@ -417,6 +402,47 @@ fn data_dir(database_url: &str, name: &str, node_id: &str) -> std::path::PathBuf
         }
         _ => std::env::temp_dir().join(format!("kiln-{name}-{node_id}")),
     }
+}
+
+/// Creates `admin` on the first start of an empty database (with the configured password,
+/// or a generated one written to an owner-only file); on later starts, removes that file
+/// once the password was changed.
+async fn first_admin(
+    v: &Validated,
+    store: &dyn kiln_store::Store,
+    now: kiln_domain::Timestamp,
+) -> anyhow::Result<()> {
+    let admin_password = v.config.admin_password.as_ref().map(|s| s.0.as_str());
+    let password_file = password_file(v);
+    if let Some(generated) = kiln_server::ensure_admin(store, admin_password, now)
+        .await
+        .context("while creating the first admin user")?
+    {
+        kiln_server::write_password_file(&password_file, &generated).with_context(|| {
+            format!(
+                "while writing the admin password to {}",
+                password_file.display()
+            )
+        })?;
+        tracing::warn!(
+            path = %password_file.display(),
+            "created user `admin` with a generated password, in this file (readable by \
+             this user only; removed once the password is changed)"
+        );
+        println!(
+            "Created user `admin`; its password is in {} (removed once you change it)",
+            password_file.display()
+        );
+    } else if kiln_server::retire_password_file(store, &password_file)
+        .await
+        .context("while checking the generated admin password file")?
+    {
+        tracing::warn!(
+            path = %password_file.display(),
+            "`admin` still has the generated password kept in this file: change it"
+        );
+    }
+    Ok(())
 }
 
 /// Where a generated first admin password is written: `admin-password` beside the SQLite

@@ -398,6 +398,62 @@ async fn the_first_admin_password_can_come_from_a_file() {
     assert!(!dir.path().join("admin-password").exists());
 }
 
+#[tokio::test]
+async fn a_node_that_cannot_bind_its_port_exits_having_claimed_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A job that comes due after the first server has stopped.
+    let server = Server::start(&dir);
+    let client = Client::new(server.addr);
+    let token = client.login("admin", ADMIN_PASSWORD).await;
+    let body = json!({"type": "echo", "payload": 1, "delay_ms": 1500});
+    let resp = client
+        .send_json(hyper::Method::POST, Some(&token), "/api/v1/jobs", &body)
+        .await;
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    let id = resp.json()["id"].as_str().unwrap().to_owned();
+    let run_at: chrono::DateTime<chrono::Utc> =
+        resp.json()["run_at"].as_str().unwrap().parse().unwrap();
+    server.signal("TERM");
+    assert!(server.wait_exit().success());
+    kiln_testkit::wait_until("the job is due", LONG, || async {
+        if chrono::Utc::now() > run_at {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })
+    .await;
+
+    // The same node id, on a port that is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .env_clear()
+        .env("PORT", &port)
+        .env("KILN_BIND", "127.0.0.1")
+        .env("DATABASE_URL", db_url(&dir))
+        .env("KILN_NODE_ID", "process-test")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("while binding"), "{stderr}");
+
+    // Read without a node (which would claim it): due, and never started.
+    let store = kiln_store::sqlite::SqliteStore::open(kiln_store::sqlite::SqliteOptions {
+        path: kiln_store::sqlite::SqlitePath::File(dir.path().join("kiln.db")),
+        ..Default::default()
+    })
+    .unwrap();
+    let job = kiln_store::Store::job_get(store.as_ref(), None, id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(job.attempts, 0, "{job:?}");
+    assert!(job.started_at.is_none(), "{job:?}");
+}
+
 #[test]
 fn a_bad_configuration_lists_every_problem_and_exits_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
