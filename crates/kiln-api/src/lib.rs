@@ -105,6 +105,57 @@ pub struct JobView<J = Value> {
     #[serde(with = "ts")]
     #[schema(value_type = String, format = DateTime, example = "2026-01-02T03:04:05.678Z")]
     pub updated_at: Timestamp,
+    /// In lists only: what was left out of this entry because it is over
+    /// [`LIST_INLINE_MAX`] bytes (the payload then reads `null`, the result is absent);
+    /// the job's own route has it whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elided: Option<Elided>,
+}
+
+/// The most bytes of payload, and of result, a job list shows inline per job: one page's
+/// size never grows with what a client chose to store.
+pub const LIST_INLINE_MAX: usize = 4096;
+
+/// What a list entry left out ([`JobView::elided`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Elided {
+    /// The payload's size in bytes, when it was left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_bytes: Option<usize>,
+    /// The result's size in bytes, when it was left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_bytes: Option<usize>,
+    /// Where the whole job is (`/api/v1/jobs/{id}`).
+    pub url: String,
+}
+
+impl JobView<kiln_domain::RawJson> {
+    /// This entry as a list shows it: a payload or result over [`LIST_INLINE_MAX`] bytes
+    /// left out and named in [`JobView::elided`].
+    pub fn for_list(mut self) -> Self {
+        let payload_bytes = self.payload.get().len();
+        let result_bytes = self.result.as_ref().map_or(0, |r| r.get().len());
+        if payload_bytes <= LIST_INLINE_MAX && result_bytes <= LIST_INLINE_MAX {
+            return self;
+        }
+        let mut elided = Elided {
+            payload_bytes: None,
+            result_bytes: None,
+            url: format!("/api/v1/jobs/{}", self.id),
+        };
+        if payload_bytes > LIST_INLINE_MAX
+            && let Ok(null) = serde_json::value::RawValue::from_string("null".to_owned())
+        {
+            self.payload = null;
+            elided.payload_bytes = Some(payload_bytes);
+        }
+        if result_bytes > LIST_INLINE_MAX {
+            self.result = None;
+            elided.result_bytes = Some(result_bytes);
+        }
+        self.elided = Some(elided);
+        self
+    }
 }
 
 impl<J> From<Job<J>> for JobView<J> {
@@ -128,6 +179,7 @@ impl<J> From<Job<J>> for JobView<J> {
             started_at: job.started_at,
             finished_at: job.finished_at,
             updated_at: job.updated_at,
+            elided: None,
         }
     }
 }

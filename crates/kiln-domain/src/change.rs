@@ -97,7 +97,14 @@ pub enum ReportRefused {
     /// The state machine refused the move.
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
+    /// The job has started [`MAX_REPORTED_ATTEMPTS`] attempts: its history stays bounded.
+    #[error("the job has started {MAX_REPORTED_ATTEMPTS} attempts, the most an external job may")]
+    TooManyAttempts,
 }
+
+/// The most attempts an `external` job's owner may start by reporting `running`: a loop of
+/// reports (running, failed, queued, running, …) cannot grow the job's history for ever.
+pub const MAX_REPORTED_ATTEMPTS: u32 = 1000;
 
 /// Moves `job` to `state` at `now`, keeping `finished_at` set exactly on terminal states
 /// and the lease fields only while running.
@@ -172,6 +179,9 @@ pub fn report(job: &mut Job, report: Report, now: Timestamp) -> Result<Change, R
     }
     let from = job.state;
     report_event(from, report.state)?;
+    if report.state == JobState::Running && job.attempts >= MAX_REPORTED_ATTEMPTS {
+        return Err(ReportRefused::TooManyAttempts);
+    }
     enter(job, report.state, now);
     match report.state {
         JobState::Running => {

@@ -74,7 +74,9 @@ pub(crate) fn backend(what: impl Into<String>) -> StoreError {
 impl From<ReportRefused> for StoreError {
     fn from(refused: ReportRefused) -> Self {
         match refused {
-            ReportRefused::NotExternal => Self::conflict(refused.to_string()),
+            ReportRefused::NotExternal | ReportRefused::TooManyAttempts => {
+                Self::conflict(refused.to_string())
+            }
             ReportRefused::Illegal(illegal) => Self::Illegal(illegal),
         }
     }

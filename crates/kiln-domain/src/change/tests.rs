@@ -173,3 +173,31 @@ fn progress_is_clamped_and_nan_is_zero() {
     assert_eq!(clamp_progress(0.25), 0.25);
     assert_eq!(clamp_progress(7.0), 1.0);
 }
+
+#[test]
+fn a_report_loop_stops_at_the_attempt_cap() {
+    let mut j = job(JobType::External, JobState::Queued);
+    let report = |state| Report {
+        state,
+        result: None,
+        error: None,
+    };
+    for _ in 0..MAX_REPORTED_ATTEMPTS {
+        report_into(&mut j, report(JobState::Running));
+        report_into(&mut j, report(JobState::Failed));
+        report_into(&mut j, report(JobState::Queued));
+    }
+    assert_eq!(j.attempts, MAX_REPORTED_ATTEMPTS);
+    let refused = super::report(&mut j, report(JobState::Running), at(5));
+    assert!(
+        matches!(refused, Err(ReportRefused::TooManyAttempts)),
+        "{refused:?}"
+    );
+    assert_eq!(j.state, JobState::Queued, "nothing changed");
+    // It can still end.
+    super::report(&mut j, report(JobState::Cancelled), at(6)).unwrap();
+}
+
+fn report_into(j: &mut Job, r: Report) {
+    super::report(j, r, at(3)).unwrap();
+}

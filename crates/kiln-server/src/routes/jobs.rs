@@ -102,7 +102,11 @@ pub async fn page(state: &AppState, query: kiln_store::ListQuery) -> Result<Resp
     let page = state.store().job_list(&query).await?;
     let size = page.items.iter().map(conditional::job_size).sum();
     let page: Page<JobView<RawJson>> = Page {
-        items: page.items.into_iter().map(JobView::from).collect(),
+        items: page
+            .items
+            .into_iter()
+            .map(|job| JobView::from(job).for_list())
+            .collect(),
         next_cursor: page.next_cursor.map(|c| c.encode()),
     };
     let body = conditional::body(&page, size)?;
@@ -205,17 +209,31 @@ pub async fn result(
     conditional::json(&headers, &result, size)
 }
 
-/// `GET /jobs/{id}/events`: the state history, oldest first.
+/// The query of `GET /jobs/{id}/events`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// Only events after this `seq` (the last one of the page before).
+    pub after: Option<i64>,
+    /// Events per page, 1–1000 (default 1000).
+    pub limit: Option<usize>,
+}
+
+/// The most events one answer holds.
+pub const EVENTS_PAGE_MAX: usize = 1000;
+
+/// `GET /jobs/{id}/events`: the state history, oldest first, a page at a time.
 #[utoipa::path(
     get,
     path = "/api/v1/jobs/{id}/events",
     tag = "jobs",
     operation_id = "job_events",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The job's id (a UUIDv7)")),
+    params(("id" = String, Path, description = "The job's id (a UUIDv7)"), EventParams),
     responses(
-        (status = 200, description = "The job's state changes, oldest first", body = Vec<EventView>),
-        (status = 400, description = "The id is not a job id"),
+        (status = 200, description = "The job's state changes, oldest first: at most `limit`; when more follow, a `Link: <…?after=SEQ&limit=N>; rel=\"next\"` header points at them", body = Vec<EventView>),
+        (status = 400, description = "The id is not a job id, or a bad `after`/`limit`"),
         (status = 404, description = "No such job (or not the caller's)"),
     )
 )]
@@ -223,9 +241,36 @@ pub async fn events(
     State(state): State<AppState>,
     me: CurrentUser,
     Path(id): Path<JobId>,
-) -> Result<Json<Vec<EventView>>, ApiError> {
+    Query(params): Query<EventParams>,
+) -> Result<Response, ApiError> {
+    let limit = params.limit.unwrap_or(EVENTS_PAGE_MAX);
+    if !(1..=EVENTS_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be 1 to {EVENTS_PAGE_MAX}"),
+        ));
+    }
+    let after = params.after.unwrap_or(0);
     let events = state.store().event_list(Some(me.user.id), id).await?;
-    Ok(Json(events.into_iter().map(view::event).collect()))
+    let mut page: Vec<EventView> = events
+        .into_iter()
+        .filter(|e| e.seq > after)
+        .take(limit + 1)
+        .map(view::event)
+        .collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let mut resp = Json(&page).into_response();
+    if more && let Some(last) = page.last() {
+        let next = format!(
+            "</api/v1/jobs/{id}/events?after={}&limit={limit}>; rel=\"next\"",
+            last.seq
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&next) {
+            resp.headers_mut().insert(axum::http::header::LINK, value);
+        }
+    }
+    Ok(resp)
 }
 
 /// `POST /jobs/{id}/cancel`: 200 with the job, or 202 if a running job is still stopping.

@@ -3,7 +3,7 @@
 
 use hyper::{Method, StatusCode};
 use kiln_store::Outcome;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, problem};
 
@@ -167,4 +167,120 @@ async fn bad_long_poll_parameters_are_400_problems() {
         .get(&app.admin, &format!("/api/v1/jobs/{id}/status?wiat=1s"))
         .await;
     assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text());
+}
+
+#[tokio::test]
+async fn lists_leave_out_large_payloads_and_results_with_a_link() {
+    let app = TestApp::spawn().await;
+    let big = "x".repeat(5000);
+    let small = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "echo", "payload": {"s": "small"}}),
+        )
+        .await;
+    let large = app
+        .submit_ok(&app.admin, json!({"type": "echo", "payload": {"s": big}}))
+        .await;
+    let page = app.get(&app.admin, "/api/v1/jobs?limit=10").await.json();
+    let entry = |id: &str| {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(entry(&small)["payload"], json!({"s": "small"}));
+    assert!(entry(&small).get("elided").is_none());
+    let listed = entry(&large);
+    assert_eq!(listed["payload"], Value::Null);
+    let bytes = serde_json::to_string(&json!({"s": big})).unwrap().len();
+    assert_eq!(
+        listed["elided"],
+        json!({"payload_bytes": bytes, "url": format!("/api/v1/jobs/{large}")})
+    );
+    // The job's own route has it whole.
+    let whole = app
+        .get(&app.admin, &format!("/api/v1/jobs/{large}"))
+        .await
+        .json();
+    assert_eq!(whole["payload"]["s"], big);
+
+    // A large result, finished: absent from the list entry, named in `elided`.
+    app.run(&small, Outcome::Succeeded(json!({"r": "y".repeat(6000)})))
+        .await;
+    let page = app
+        .get(&app.admin, "/api/v1/jobs?limit=10&state=succeeded")
+        .await
+        .json();
+    let listed = &page["items"][0];
+    assert_eq!(listed["id"], small);
+    assert!(listed.get("result").is_none_or(Value::is_null), "{listed}");
+    assert_eq!(listed["elided"]["result_bytes"], 6000 + 8);
+    assert!(listed["elided"].get("payload_bytes").is_none());
+}
+
+#[tokio::test]
+async fn events_come_a_page_at_a_time_with_a_link_to_the_next() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "external", "payload": {"name": "loop"}}),
+        )
+        .await;
+    let path = format!("/api/v1/jobs/{id}");
+    for state in ["running", "failed", "queued", "running", "failed", "queued"] {
+        let resp = app
+            .send(Method::PATCH, &app.admin, &path, &json!({"state": state}))
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{state}: {}", resp.text());
+    }
+    let all = app.get(&app.admin, &format!("{path}/events")).await;
+    assert!(all.header("link").is_none());
+    let all = all.json();
+    let seqs: Vec<i64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 7, "{all}");
+
+    let mut next = Some(format!("{path}/events?limit=3"));
+    let mut paged = Vec::new();
+    let mut pages = 0;
+    while let Some(url) = next.take() {
+        let resp = app.get(&app.admin, &url).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+        let items = resp.json();
+        assert!(items.as_array().unwrap().len() <= 3);
+        paged.extend(
+            items
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["seq"].as_i64().unwrap()),
+        );
+        next = resp.header("link").map(|l| {
+            l.strip_prefix('<')
+                .and_then(|l| l.split_once(">; rel=\"next\""))
+                .map(|(url, _)| url.to_owned())
+                .unwrap_or_else(|| panic!("{l}"))
+        });
+        pages += 1;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, seqs);
+    for bad in ["limit=0", "limit=1001", "after=x", "limit=-1", "colour=red"] {
+        let resp = app.get(&app.admin, &format!("{path}/events?{bad}")).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            resp.text()
+        );
+    }
 }
