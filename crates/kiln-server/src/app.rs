@@ -119,6 +119,7 @@ fn api(upload_limit: u64) -> Router<AppState> {
             "/admin/users/{id}",
             axum::routing::patch(admin::update_user),
         )
+        .route("/admin/users/{id}/unlock", post(admin::unlock_user))
         .route("/admin/jobs", get(admin::list_jobs))
         .route(
             "/admin/jobs/{id}",

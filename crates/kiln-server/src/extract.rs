@@ -207,3 +207,20 @@ mod tests {
         );
     }
 }
+
+/// The client's IP address, when the server was started with connection info (`kiln
+/// serve` is; a router served without it gives `None`). The address of the TCP peer:
+/// behind a proxy, the proxy's.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let info = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(Self(info.map(|c| c.0.ip())))
+    }
+}

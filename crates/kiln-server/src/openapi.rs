@@ -81,6 +81,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         admin::list_users,
         admin::create_user,
         admin::update_user,
+        admin::unlock_user,
         admin::list_jobs,
         admin::get_job,
         admin::delete_job,

@@ -125,6 +125,33 @@ pub async fn update_user(
     Ok(Json(user.into()))
 }
 
+/// `POST /admin/users/{id}/unlock`: lifts the user's login lockout on this node.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/users/{id}/unlock",
+    tag = "admin",
+    operation_id = "unlock_user",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id")),
+    responses(
+        (status = 204, description = "Password logins for the user are accepted again (the lockout is per node: send it to each)"),
+        (status = 400, description = "A bad id"),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 404, description = "No such user"),
+    )
+)]
+pub async fn unlock_user(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    me.require(Role::Admin)?;
+    let user = state.store().user_get(UserId(id)).await?;
+    state.logins().unlock(&user.username);
+    tracing::info!(user = %user.username, by = %me.user.username, "login lockout lifted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `Conflict` if `id` is the only active admin: demoting or disabling them would leave
 /// nobody able to administer Kiln (`kiln user` on the server can still do it).
 async fn keeps_an_admin(state: &AppState, id: UserId) -> Result<(), ApiError> {

@@ -42,9 +42,10 @@ static DUMMY_HASH: LazyLock<String> =
 )]
 pub async fn login(
     State(state): State<AppState>,
+    crate::extract::PeerAddr(address): crate::extract::PeerAddr,
     Json(body): Json<LoginRequest>,
 ) -> Result<([(HeaderName, &'static str); 1], Json<LoginResponse>), ApiError> {
-    let user = authenticate(&state, body).await?;
+    let user = authenticate(&state, body, address).await?;
     Ok((NO_STORE, Json(session(&state, user).await?)))
 }
 
@@ -53,14 +54,18 @@ const NO_STORE: [(HeaderName, &str); 1] = [(CACHE_CONTROL, "no-store")];
 
 /// The user whose name and password these are; 429 while the name is throttled, 503 while
 /// every hashing slot is busy (see [`crate::auth::throttle`]).
-async fn authenticate(state: &AppState, body: LoginRequest) -> Result<User, ApiError> {
+async fn authenticate(
+    state: &AppState,
+    body: LoginRequest,
+    address: Option<std::net::IpAddr>,
+) -> Result<User, ApiError> {
     let LoginRequest { username, password } = body;
     // No user can have a malformed name: refused without hashing or remembering it.
     if kiln_domain::user::parse_username(&username).is_err() {
         return Err(ApiError::unauthorized("wrong username or password"));
     }
     let logins = state.logins();
-    logins.begin(&username).map_err(refused)?;
+    logins.begin(&username, address).map_err(refused)?;
     let record = state.store().user_by_name(&username).await?;
     let phc = record
         .as_ref()
@@ -72,7 +77,7 @@ async fn authenticate(state: &AppState, body: LoginRequest) -> Result<User, ApiE
     drop(slot);
     match record {
         Some(r) if ok && !r.user.disabled => {
-            logins.succeeded(&username);
+            logins.succeeded(&username, address);
             Ok(r.user)
         }
         _ => Err(ApiError::unauthorized("wrong username or password")),
@@ -86,6 +91,12 @@ fn refused(why: Refused) -> ApiError {
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_logins",
             "too many failed logins for this user; wait before trying again",
+            wait,
+        ),
+        Refused::AddressThrottled(wait) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_logins",
+            "too many failed logins from this address; wait before trying again",
             wait,
         ),
         Refused::Busy => (

@@ -45,6 +45,8 @@ impl TestApp {
             .expect("bind a port");
         let addr = listener.local_addr().expect("an address");
         let app = kiln_server::router(state.clone());
+        // With the peer's address, as `kiln serve` runs it (login throttling uses it).
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await });
         let client = Client::new(addr);
         let admin = client.login("admin", ADMIN_PASSWORD).await;

@@ -150,7 +150,8 @@ pub async fn serve(
         .http_builder()
         .http1()
         .header_read_timeout(limits.header_timeout);
-    let app = app.into_make_service();
+    // With the peer's address: login throttling counts failures per client address.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let cap = CapConnections::new(limits.max_connections);
     match tls {
         Some(tls) => {
