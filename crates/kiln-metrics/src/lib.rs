@@ -187,6 +187,9 @@ pub struct Metrics {
     pool: Family<StateLabels, Gauge>,
     pool_waiting: Gauge,
     followers: Gauge,
+    task_restarts: Counter,
+    /// Background tasks of this node that died and are waiting to be started again.
+    tasks_down: Mutex<Vec<&'static str>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -229,6 +232,8 @@ impl Metrics {
             pool: Family::default(),
             pool_waiting: Gauge::default(),
             followers: Gauge::default(),
+            task_restarts: Counter::default(),
+            tasks_down: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -251,6 +256,11 @@ impl Metrics {
             "kiln_job_run_duration_seconds",
             "Run time of the attempts this node ended, by type",
             m.run_duration.clone(),
+        );
+        r.register(
+            "kiln_task_restarts",
+            "Background tasks of this node (dispatcher, heartbeat, maintenance) started again after they died",
+            m.task_restarts.clone(),
         );
         r.register(
             "kiln_job_rescues",
@@ -386,6 +396,34 @@ impl Metrics {
         self.run_duration
             .get_or_create(&TypeLabels { r#type })
             .observe(ran.as_secs_f64());
+    }
+
+    /// Background task `name` died: `/readyz` fails until [`Metrics::task_up`].
+    pub fn task_down(&self, name: &'static str) {
+        let mut down = self.tasks_down.lock().unwrap_or_else(|e| e.into_inner());
+        if !down.contains(&name) {
+            down.push(name);
+        }
+    }
+
+    /// Background task `name` runs again.
+    pub fn task_up(&self, name: &'static str) {
+        self.task_restarts.inc();
+        let mut down = self.tasks_down.lock().unwrap_or_else(|e| e.into_inner());
+        down.retain(|n| *n != name);
+    }
+
+    /// The background tasks down now.
+    pub fn tasks_down(&self) -> Vec<&'static str> {
+        self.tasks_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Restarts of background tasks so far.
+    pub fn task_restarts(&self) -> u64 {
+        self.task_restarts.get()
     }
 
     /// `n` jobs with expired leases were put back.

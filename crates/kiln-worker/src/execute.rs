@@ -1,9 +1,11 @@
 //! One attempt: runs the kernel under its timeout and stop switch, flushes progress and log
 //! lines while it runs, and stores the outcome fenced by the attempt's lease.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use kiln_domain::{Failure, Job, JobState, Lease};
 use kiln_kernels::{Artifacts, Inputs, JobContext, KernelError, LogSink, Progress};
 use kiln_metrics::{Metrics, Outcome as MetricOutcome};
@@ -50,14 +52,48 @@ pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
             }
             span.record("otel.name", format!("{} attempt", job.job_type));
         }
-        match one_attempt(&shared, &job, &stop).instrument(span).await {
-            Some((next, next_stop)) => (job, stop) = (next, next_stop),
-            None => break,
+        let attempt = AssertUnwindSafe(one_attempt(&shared, &job, &stop).instrument(span));
+        match attempt.catch_unwind().await {
+            Ok(Some((next, next_stop))) => (job, stop) = (next, next_stop),
+            Ok(None) => break,
+            Err(panic) => {
+                after_panic(&shared, &job, panic).await;
+                break;
+            }
         }
     }
     shared.running().remove(&job.id);
     shared.metrics.slot_busy(-1);
     shared.slot_freed.notify_one();
+}
+
+/// An attempt whose executor panicked (a bug in Kiln, not in the job): its outcome is
+/// unknown, so it is stored as a retryable failure, fenced by its lease (if the attempt had
+/// already stored its outcome, nothing changes). The caller then frees the slot, and the
+/// heartbeat stops renewing the lease.
+async fn after_panic(shared: &Shared, job: &Job, panic: Box<dyn std::any::Any + Send>) {
+    let why = crate::supervise::panic_message(panic);
+    tracing::error!(job_id = %job.id, attempt = job.attempts, panic = %why, "the attempt's executor panicked");
+    let lease = Lease {
+        job_id: job.id,
+        attempt: job.attempts,
+        node: shared.config.node_id.clone(),
+    };
+    let failure = Failure::retryable(
+        "worker_panic",
+        "the worker failed while running the attempt; this is a bug in Kiln",
+    );
+    let now = shared.clock.now();
+    match shared
+        .store
+        .job_complete(&lease, shared.failed(job, failure, now), now)
+        .await
+    {
+        Ok(_) | Err(StoreError::LeaseLost) => {}
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, error = %e, "cannot store the failure; the lease will expire and the job be rescued");
+        }
+    }
 }
 
 /// Runs one attempt of `job` and stores its outcome; returns the slot's next job, if the

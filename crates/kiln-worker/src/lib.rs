@@ -22,6 +22,7 @@
 mod artifact;
 mod dispatch;
 mod execute;
+mod supervise;
 mod upkeep;
 
 use std::collections::HashMap;
@@ -272,16 +273,50 @@ impl Worker {
         let stop_claiming = shared.stop_claiming.clone();
         let stop_all = CancellationToken::new();
         let executors = TaskTracker::new();
-        let tasks = vec![
-            tokio::spawn(dispatch::run(
+        let metrics = Arc::clone(&shared.metrics);
+        let dispatcher = {
+            let (shared, stop_claiming, stop_all, executors) = (
                 Arc::clone(&shared),
-                signals,
                 stop_claiming.clone(),
                 stop_all.clone(),
                 executors.clone(),
-            )),
-            tokio::spawn(upkeep::heartbeat(Arc::clone(&shared), stop_all.clone())),
-            tokio::spawn(upkeep::maintenance(Arc::clone(&shared), stop_all.clone())),
+            );
+            // The first run uses the subscription made before the first claim; a restart
+            // subscribes again (and claims at once, so nothing missed meanwhile waits).
+            let mut first = Some(signals);
+            move || {
+                let signals = first.take().unwrap_or_else(|| shared.store.subscribe());
+                dispatch::run(
+                    Arc::clone(&shared),
+                    signals,
+                    stop_claiming.clone(),
+                    stop_all.clone(),
+                    executors.clone(),
+                )
+            }
+        };
+        let heartbeat = {
+            let (shared, stop_all) = (Arc::clone(&shared), stop_all.clone());
+            move || upkeep::heartbeat(Arc::clone(&shared), stop_all.clone())
+        };
+        let maintenance = {
+            let (shared, stop_all) = (Arc::clone(&shared), stop_all.clone());
+            move || upkeep::maintenance(Arc::clone(&shared), stop_all.clone())
+        };
+        let tasks = vec![
+            supervise::supervise(
+                "dispatcher",
+                Arc::clone(&metrics),
+                stop_claiming.clone(),
+                dispatcher,
+            ),
+            supervise::supervise(
+                "heartbeat",
+                Arc::clone(&metrics),
+                stop_all.clone(),
+                heartbeat,
+            ),
+            supervise::supervise("maintenance", metrics, stop_all.clone(), maintenance),
         ];
         tracing::info!(
             node = %shared.config.node_id,

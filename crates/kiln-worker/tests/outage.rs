@@ -37,6 +37,9 @@ use tokio::sync::broadcast;
 struct Flaky {
     inner: Arc<dyn Store>,
     fail_completions: AtomicU32,
+    /// While above zero, each [`Store::job_complete_and_claim`] panics (a bug in the
+    /// worker's path) instead of answering.
+    panic_completions: AtomicU32,
     /// Calls of [`Store::job_complete_and_claim`], failed or not.
     complete_and_claim_calls: AtomicU32,
 }
@@ -46,6 +49,7 @@ impl Flaky {
         Self {
             inner,
             fail_completions: AtomicU32::new(fail_completions),
+            panic_completions: AtomicU32::new(0),
             complete_and_claim_calls: AtomicU32::new(0),
         }
     }
@@ -195,6 +199,13 @@ impl Store for Flaky {
         next: Option<&ClaimRequest>,
     ) -> Result<(Result<Job>, Vec<Job>)> {
         self.complete_and_claim_calls.fetch_add(1, Ordering::SeqCst);
+        if self
+            .panic_completions
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("a bug on the completion path");
+        }
         self.outage()?;
         self.inner
             .job_complete_and_claim(lease, outcome, now, next)
@@ -370,5 +381,104 @@ async fn an_outcome_survives_a_store_outage_longer_than_a_few_retries() {
         "the attempt was rescued: {states:?}"
     );
 
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// An executor that panics (here: on the completion path) frees its slot and stores the
+/// attempt as a retryable failure: the job runs again, and the node keeps working.
+#[tokio::test]
+async fn a_panicking_executor_frees_its_slot_and_the_job_runs_again() {
+    let db = TempSqlite::new();
+    let flaky = Arc::new(Flaky::new(db.store.clone(), 0));
+    flaky.panic_completions.store(1, Ordering::SeqCst);
+    let store: Arc<dyn Store> = Arc::clone(&flaky) as Arc<dyn Store>;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let owner = store
+        .user_insert(
+            NewUser {
+                username: "ada".into(),
+                password_hash: "x".into(),
+                role: Role::Admin,
+            },
+            clock.now(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let catalogue = Catalogue::default();
+    let metrics = Arc::new(kiln_metrics::Metrics::default());
+    let config = WorkerConfig {
+        node_id: "node-a".into(),
+        max_concurrency: 1,
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(
+        config,
+        Arc::clone(&store),
+        Registry::default(),
+        Arc::new(catalogue.clone()),
+        Arc::clone(&clock),
+    )
+    .with_metrics(Arc::clone(&metrics))
+    .start()
+    .await
+    .unwrap();
+    let submit = |payload| {
+        NewJob::parse(
+            Submission {
+                job_type: "echo".into(),
+                payload,
+                ..Submission::default()
+            },
+            owner,
+            Role::Admin,
+            &catalogue,
+            clock.now(),
+        )
+        .unwrap()
+    };
+    let first = submit(json!(1));
+    let id = first.id;
+    store
+        .job_insert(first, InsertOptions::default())
+        .await
+        .unwrap();
+
+    let job = wait_until(
+        &format!("job {id} to succeed"),
+        Duration::from_secs(60),
+        || async {
+            let job = store.job_get(None, id).await.unwrap();
+            if job.state == JobState::Succeeded {
+                Ok(job)
+            } else {
+                Err((job.state, job.attempts))
+            }
+        },
+    )
+    .await;
+    assert_eq!(job.attempts, 2, "the panicked attempt is retried: {job:?}");
+    assert_eq!(
+        job.error.as_ref().map(|e| e.code.as_str()),
+        Some("worker_panic")
+    );
+    // The only slot is free again: another job runs.
+    let second = submit(json!(2));
+    let id = second.id;
+    store
+        .job_insert(second, InsertOptions::default())
+        .await
+        .unwrap();
+    wait_until(
+        "the next job to succeed",
+        Duration::from_secs(60),
+        || async {
+            let job = store.job_get(None, id).await.unwrap();
+            (job.state == JobState::Succeeded)
+                .then_some(())
+                .ok_or(job.state)
+        },
+    )
+    .await;
     worker.shutdown(Duration::from_secs(1)).await;
 }

@@ -31,7 +31,8 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when the store answers; 503 while shutting down or unreachable.
+/// `GET /readyz`: 200 when the store answers and every background task runs; 503 while
+/// shutting down, unreachable, or restarting a task.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -39,10 +40,21 @@ pub async fn healthz() -> &'static str {
     operation_id = "readyz",
     responses(
         (status = 200, description = "The database answers", body = String, example = "ready"),
-        (status = 503, description = "Shutting down, or the database is unreachable (`not_ready`)"),
+        (status = 503, description = "Shutting down, the database is unreachable, or a background task (dispatcher, heartbeat, maintenance) died and is being started again (`not_ready`)"),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let down = state.metrics().tasks_down();
+    if !down.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "a background task died and is being started again: {}",
+                down.join(", ")
+            ),
+        ));
+    }
     match tokio::time::timeout(READY_PROBE, state.store().user_count()).await {
         Ok(Ok(_)) => Ok("ready"),
         Ok(Err(e)) => {

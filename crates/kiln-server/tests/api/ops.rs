@@ -89,6 +89,13 @@ async fn health_and_readiness_answer_without_a_token() {
         StatusCode::OK
     );
     assert_eq!(app.client.get(None, "/readyz").await.status, StatusCode::OK);
+    // A background task that died: not ready until it runs again.
+    app.state.metrics().task_down("heartbeat");
+    let down = app.client.get(None, "/readyz").await;
+    let body = problem(&down, 503, "not_ready");
+    assert!(body["detail"].as_str().unwrap().contains("heartbeat"), "{body}");
+    app.state.metrics().task_up("heartbeat");
+    assert_eq!(app.client.get(None, "/readyz").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
