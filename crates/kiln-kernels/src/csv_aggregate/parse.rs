@@ -6,9 +6,15 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender};
 
+/// The group tables. Group names come from uploaded files, so the hash is keyed with a
+/// random key per process (aHash): a file of names crafted to collide cannot turn each
+/// insert into a scan of the table, as it could with an unkeyed hash (`FxHash`, used
+/// before: the parse took 442 ms against 532 here, medians; BENCHMARKS.md "Compute
+/// kernels"). std's SipHash-1-3 is keyed too, but took 650 ms.
+type GroupMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+
 use kiln_domain::job_type::CsvOperation;
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -76,7 +82,7 @@ pub struct Aggregate {
     /// Over all good rows.
     pub total: Stat,
     /// Per group, when grouping.
-    pub groups: FxHashMap<String, Stat>,
+    pub groups: GroupMap<String, Stat>,
     /// Whether the `csv` crate parsed the file (it had quotes).
     pub slow_path: bool,
 }
@@ -360,19 +366,19 @@ struct Partial<'a> {
     rows: u64,
     bad_rows: u64,
     total: Stat,
-    short: FxHashMap<u128, Stat>,
-    long: FxHashMap<&'a [u8], Stat>,
+    short: GroupMap<u128, Stat>,
+    long: GroupMap<&'a [u8], Stat>,
 }
 
 /// Group statistics while a file is being read: short keys packed, long ones as bytes.
 #[derive(Default)]
 struct Groups {
-    short: FxHashMap<u128, Stat>,
-    long: FxHashMap<Box<[u8]>, Stat>,
+    short: GroupMap<u128, Stat>,
+    long: GroupMap<Box<[u8]>, Stat>,
 }
 
 impl Groups {
-    fn into_named(self) -> FxHashMap<String, Stat> {
+    fn into_named(self) -> GroupMap<String, Stat> {
         let short = self.short.into_iter().map(|(k, s)| (unpack(k), s));
         let long = self.long.into_iter().map(|(k, s)| (k.into_vec(), s));
         short

@@ -93,7 +93,10 @@ async fn health_and_readiness_answer_without_a_token() {
     app.state.metrics().task_down("heartbeat");
     let down = app.client.get(None, "/readyz").await;
     let body = problem(&down, 503, "not_ready");
-    assert!(body["detail"].as_str().unwrap().contains("heartbeat"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("heartbeat"),
+        "{body}"
+    );
     app.state.metrics().task_up("heartbeat");
     assert_eq!(app.client.get(None, "/readyz").await.status, StatusCode::OK);
 }
