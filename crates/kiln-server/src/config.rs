@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub queue_limits: std::collections::BTreeMap<String, usize>,
     /// Uploads in progress at once; more answer 503 `uploads_busy` with `Retry-After`.
     pub max_uploads: usize,
+    /// Each client's submission rate (operators and admins are not limited); `None`: no
+    /// limit.
+    pub submit_rate: Option<crate::rate::SubmitRate>,
     /// Where a generated first admin password is kept; removed when `admin`'s password is
     /// changed through the API.
     pub admin_password_file: Option<std::path::PathBuf>,
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             queue_limits: std::collections::BTreeMap::new(),
             admin_password_file: None,
             max_uploads: 16,
+            submit_rate: None,
         }
     }
 }

@@ -37,6 +37,7 @@ mod metrics;
 mod middleware;
 mod openapi;
 mod problem;
+pub mod rate;
 mod routes;
 mod state;
 mod status;

@@ -36,6 +36,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// One permit per upload in progress (`ServerConfig::max_uploads`).
     uploads: Arc<tokio::sync::Semaphore>,
+    /// Each client's submission bucket (`ServerConfig::submit_rate`).
+    submissions: Option<crate::rate::SubmitLimiter>,
 }
 
 impl AppState {
@@ -59,9 +61,11 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Self {
         let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_uploads.max(1)));
+        let submissions = config.submit_rate.map(crate::rate::SubmitLimiter::new);
         Self {
             inner: Arc::new(Inner {
                 uploads,
+                submissions,
                 store,
                 catalogue,
                 clock,
@@ -81,6 +85,15 @@ impl AppState {
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         self.inner.shutdown.cancel();
+    }
+
+    /// Takes one submission from `user`'s allowance (`Err`: how long until one is free).
+    /// Operators and admins have no limit.
+    pub fn take_submission(&self, user: &kiln_domain::User) -> Result<(), std::time::Duration> {
+        match &self.inner.submissions {
+            Some(limiter) if user.role == kiln_domain::Role::Client => limiter.take(user.id),
+            _ => Ok(()),
+        }
     }
 
     /// A permit for one more upload, if fewer than `max_uploads` are in progress.

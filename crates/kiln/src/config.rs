@@ -156,6 +156,13 @@ pub struct Config {
     /// Client connections open at once; a connection beyond them is closed at once.
     #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Each client's submission rate, `N/s`, `N/m` or `N/h`, or `off` (operators and admins
+    /// are not limited); over it, 429 `rate_limited` with `Retry-After`.
+    #[arg(long, env = "KILN_SUBMIT_RATE", default_value = "100/s")]
+    pub submit_rate: String,
+    /// Submissions a client may make at once after being idle (the bucket's size).
+    #[arg(long, env = "KILN_SUBMIT_BURST", default_value_t = 1000)]
+    pub submit_burst: u32,
     /// Uploads (`POST /api/v1/files`) in progress at once; more answer 503 with
     /// `Retry-After`.
     #[arg(long, env = "KILN_MAX_UPLOADS", default_value_t = 16)]
@@ -278,6 +285,9 @@ impl Config {
         if !(1..=1_000_000).contains(&self.max_connections) {
             problems.push("KILN_MAX_CONNECTIONS must be between 1 and 1000000".to_owned());
         }
+        if let Err(e) = self.submit_rate() {
+            problems.push(format!("KILN_SUBMIT_RATE/KILN_SUBMIT_BURST: {e}"));
+        }
         if !(1..=10_000).contains(&self.max_uploads) {
             problems.push("KILN_MAX_UPLOADS must be between 1 and 10000".to_owned());
         }
@@ -381,6 +391,14 @@ impl Config {
             command_allow: std::sync::Arc::new(command_allow),
             tls,
         })
+    }
+
+    /// The clients' submission rate (`None`: `off`).
+    pub fn submit_rate(&self) -> Result<Option<kiln_server::rate::SubmitRate>, String> {
+        if self.submit_rate.trim() == "off" {
+            return Ok(None);
+        }
+        kiln_server::rate::SubmitRate::parse(&self.submit_rate, self.submit_burst).map(Some)
     }
 
     /// The TLS files, loaded: both of `--tls-cert` and `--tls-key` or neither, and a client
@@ -504,6 +522,9 @@ mod tests {
         assert_eq!(c.port, 8080);
         assert_eq!(c.max_concurrency, 4);
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!((c.submit_rate.as_str(), c.submit_burst), ("100/s", 1000));
+        assert!(parse(&["--submit-rate", "off"]).submit_rate().unwrap().is_none());
+        assert!(parse(&["--submit-rate", "fast"]).validate().is_err());
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(c.upload_limit, 50 << 20);
     }

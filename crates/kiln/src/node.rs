@@ -487,6 +487,8 @@ fn server_config(v: &Validated) -> ServerConfig {
         upload_limit: v.config.upload_limit,
         upload_timeout: v.config.upload_timeout,
         max_uploads: v.config.max_uploads,
+        // Checked by `Config::validate`.
+        submit_rate: v.config.submit_rate().ok().flatten(),
         command_allow: Arc::clone(&v.command_allow),
         queue_limits: queue_limits(v).collect(),
         ..ServerConfig::default()

@@ -552,3 +552,44 @@ async fn job_types_lists_schemas_and_policies() {
     assert_eq!(sleep["policy"]["max_attempts"], 3);
     assert!(sleep["description"].is_string());
 }
+
+#[tokio::test]
+async fn a_client_submitting_too_fast_gets_429_and_operators_are_not_limited() {
+    let config = kiln_server::ServerConfig {
+        submit_rate: Some(kiln_server::rate::SubmitRate::parse("1/h", 3).unwrap()),
+        ..kiln_server::ServerConfig::default()
+    };
+    let app = TestApp::spawn_with(config).await;
+    let alice = app.user("alice", "client").await;
+    let olga = app.user("olga", "operator").await;
+    let job = json!({"type": "echo", "payload": 1});
+    for _ in 0..3 {
+        assert_eq!(
+            app.submit(&alice, job.clone()).await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let refused = app.submit(&alice, job.clone()).await;
+    let body = problem(&refused, 429, "rate_limited");
+    let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait > 60 && wait <= 3600, "{wait} {body}");
+    // Nothing was stored for the refused one.
+    let mine = app.get(&alice, "/api/v1/jobs").await.json();
+    assert_eq!(mine["items"].as_array().unwrap().len(), 3);
+    // Others have their own allowance; operators and admins none.
+    let bob = app.user("bob", "client").await;
+    assert_eq!(
+        app.submit(&bob, job.clone()).await.status,
+        StatusCode::ACCEPTED
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            app.submit(&olga, job.clone()).await.status,
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(
+            app.submit(&app.admin, job.clone()).await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+}
