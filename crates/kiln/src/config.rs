@@ -523,7 +523,12 @@ mod tests {
         assert_eq!(c.max_concurrency, 4);
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
         assert_eq!((c.submit_rate.as_str(), c.submit_burst), ("100/s", 1000));
-        assert!(parse(&["--submit-rate", "off"]).submit_rate().unwrap().is_none());
+        assert!(
+            parse(&["--submit-rate", "off"])
+                .submit_rate()
+                .unwrap()
+                .is_none()
+        );
         assert!(parse(&["--submit-rate", "fast"]).validate().is_err());
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(c.upload_limit, 50 << 20);
