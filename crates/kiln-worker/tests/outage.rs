@@ -283,6 +283,33 @@ fn the_outage_error_is_transient() {
     );
 }
 
+/// The user who owns the tests' jobs.
+async fn owner(store: &Arc<dyn Store>) -> UserId {
+    let user = NewUser {
+        username: "ada".into(),
+        password_hash: "x".into(),
+        role: Role::Admin,
+    };
+    store.user_insert(user, SystemClock.now()).await.unwrap().id
+}
+
+/// An `echo` job of `owner`'s with `payload`.
+fn echo(owner: UserId, payload: serde_json::Value) -> NewJob {
+    let submission = Submission {
+        job_type: "echo".into(),
+        payload,
+        ..Submission::default()
+    };
+    NewJob::parse(
+        submission,
+        owner,
+        Role::Admin,
+        &Catalogue::default(),
+        SystemClock.now(),
+    )
+    .unwrap()
+}
+
 /// Runs on Tokio's real clock: the SQLite store answers from its own OS thread, and a paused
 /// clock would auto-advance through timers (this test's deadline among them) while the
 /// runtime idles waiting for it.
@@ -297,18 +324,7 @@ async fn an_outcome_survives_a_store_outage_longer_than_a_few_retries() {
     let flaky = Arc::new(Flaky::new(db.store.clone(), FAILURES));
     let store: Arc<dyn Store> = Arc::clone(&flaky) as Arc<dyn Store>;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let owner = store
-        .user_insert(
-            NewUser {
-                username: "ada".into(),
-                password_hash: "x".into(),
-                role: Role::Admin,
-            },
-            clock.now(),
-        )
-        .await
-        .unwrap()
-        .id;
+    let owner = owner(&store).await;
     let catalogue = Catalogue::default();
     let config = WorkerConfig {
         node_id: "node-a".into(),
@@ -329,18 +345,7 @@ async fn an_outcome_survives_a_store_outage_longer_than_a_few_retries() {
     .unwrap();
 
     let payload = json!({"kept": "through the outage"});
-    let job = NewJob::parse(
-        Submission {
-            job_type: "echo".into(),
-            payload: payload.clone(),
-            ..Submission::default()
-        },
-        owner,
-        Role::Admin,
-        &catalogue,
-        clock.now(),
-    )
-    .unwrap();
+    let job = echo(owner, payload.clone());
     let id = job.id;
     store
         .job_insert(job, InsertOptions::default())
@@ -393,18 +398,7 @@ async fn a_panicking_executor_frees_its_slot_and_the_job_runs_again() {
     flaky.panic_completions.store(1, Ordering::SeqCst);
     let store: Arc<dyn Store> = Arc::clone(&flaky) as Arc<dyn Store>;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let owner = store
-        .user_insert(
-            NewUser {
-                username: "ada".into(),
-                password_hash: "x".into(),
-                role: Role::Admin,
-            },
-            clock.now(),
-        )
-        .await
-        .unwrap()
-        .id;
+    let owner = owner(&store).await;
     let catalogue = Catalogue::default();
     let metrics = Arc::new(kiln_metrics::Metrics::default());
     let config = WorkerConfig {
@@ -423,21 +417,7 @@ async fn a_panicking_executor_frees_its_slot_and_the_job_runs_again() {
     .start()
     .await
     .unwrap();
-    let submit = |payload| {
-        NewJob::parse(
-            Submission {
-                job_type: "echo".into(),
-                payload,
-                ..Submission::default()
-            },
-            owner,
-            Role::Admin,
-            &catalogue,
-            clock.now(),
-        )
-        .unwrap()
-    };
-    let first = submit(json!(1));
+    let first = echo(owner, json!(1));
     let id = first.id;
     store
         .job_insert(first, InsertOptions::default())
@@ -463,7 +443,7 @@ async fn a_panicking_executor_frees_its_slot_and_the_job_runs_again() {
         Some("worker_panic")
     );
     // The only slot is free again: another job runs.
-    let second = submit(json!(2));
+    let second = echo(owner, json!(2));
     let id = second.id;
     store
         .job_insert(second, InsertOptions::default())
