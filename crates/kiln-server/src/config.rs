@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub queue_limits: std::collections::BTreeMap<String, usize>,
     /// Uploads in progress at once; more answer 503 `uploads_busy` with `Retry-After`.
     pub max_uploads: usize,
+    /// Bytes of uploaded files each user may keep (`None`: no limit); an upload past it
+    /// answers 507 `storage_quota`.
+    pub storage_quota: Option<u64>,
     /// Each client's submission rate (operators and admins are not limited); `None`: no
     /// limit.
     pub submit_rate: Option<crate::rate::SubmitRate>,
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             admin_password_file: None,
             max_uploads: 16,
             submit_rate: None,
+            storage_quota: None,
         }
     }
 }

@@ -148,6 +148,10 @@ pub struct Config {
     /// `512KiB`, `1GiB`; `K`/`M`/`G` are binary too). Larger uploads get 413.
     #[arg(long, env = "KILN_UPLOAD_LIMIT", default_value = "50MiB", value_parser = parse_size)]
     pub upload_limit: u64,
+    /// Bytes of uploaded files each user may keep (same units; `0`: no limit). An upload past
+    /// it answers 507 `storage_quota`.
+    #[arg(long, env = "KILN_USER_STORAGE", default_value = "10GiB", value_parser = parse_size)]
+    pub user_storage: u64,
     /// How long a client may take to send a request's headers (from the connection's start
     /// for the first request); a slower or silent client's connection is closed, and so is
     /// a keep-alive connection idle that long.

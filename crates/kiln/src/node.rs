@@ -487,6 +487,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         upload_limit: v.config.upload_limit,
         upload_timeout: v.config.upload_timeout,
         max_uploads: v.config.max_uploads,
+        storage_quota: (v.config.user_storage > 0).then_some(v.config.user_storage),
         // Checked by `Config::validate`.
         submit_rate: v.config.submit_rate().ok().flatten(),
         command_allow: Arc::clone(&v.command_allow),

@@ -11,7 +11,7 @@ use axum::http::header::{CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, LOCA
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_api::FileView;
-use kiln_objects::{FileId, FileMeta, NewFile, Objects};
+use kiln_objects::{FileId, FileMeta, NewFile, Objects, ObjectsError};
 
 use crate::auth::CurrentUser;
 use crate::extract::{Json, Path};
@@ -37,6 +37,7 @@ const FIELD: &str = "file";
         (status = 201, description = "Stored", body = FileView, headers(("Location" = String, description = "The file's URL"))),
         (status = 400, description = "A broken multipart body, or no `file` field"),
         (status = 413, description = "Larger than the upload limit"),
+        (status = 507, description = "Over the caller's storage quota (`storage_quota`)"),
         (status = 415, description = "Not `multipart/form-data`"),
         (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
     )
@@ -86,13 +87,39 @@ pub async fn upload(
             .collect(),
         created_at: state.now(),
     };
+    // The user's storage quota: what is left of it bounds this upload too.
+    let room = match state.config().storage_quota {
+        Some(quota) => {
+            let used: u64 = objects
+                .file_list(me.user.id)
+                .await?
+                .iter()
+                .map(|f| f.size)
+                .sum();
+            Some((quota, used, quota.saturating_sub(used)))
+        }
+        None => None,
+    };
+    let quota_bound = room.is_some_and(|(_, _, left)| left < limit);
+    let limit = room.map_or(limit, |(_, _, left)| left.min(limit));
     let meta = match objects.file_put(me.user.id, file, field, limit).await {
         Ok(meta) => meta,
         Err(e) => {
             // Read (and drop) the rest of the body, bounded by the route's limit, so the
             // client sees the error rather than a reset connection.
             while let Ok(Some(_)) = multipart.next_field().await {}
-            return Err(e.into());
+            return Err(match (e, room) {
+                (ObjectsError::TooLarge { .. }, Some((quota, used, _))) if quota_bound => {
+                    ApiError::new(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "storage_quota",
+                        format!(
+                            "your files take {used} of the {quota} bytes each user may keep; delete some to upload this one"
+                        ),
+                    )
+                }
+                (e, _) => e.into(),
+            });
         }
     };
     let location = format!("/api/v1/files/{}", meta.id);
@@ -112,7 +139,7 @@ pub async fn upload(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller's files, newest first", body = Vec<FileView>),
-        (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
     )
 )]
 pub async fn list(
@@ -135,7 +162,7 @@ pub async fn list(
     responses(
         (status = 200, description = "The file's metadata", body = FileView),
         (status = 404, description = "No such file (or not the caller's)"),
-        (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
     )
 )]
 pub async fn get(
@@ -165,7 +192,7 @@ pub async fn get(
     responses(
         (status = 200, description = "The bytes, as the media type declared at upload", content(("application/octet-stream"))),
         (status = 404, description = "No such file (or not the caller's)"),
-        (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
     )
 )]
 pub async fn content(
@@ -207,7 +234,7 @@ pub async fn content(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such file (or not the caller's)"),
-        (status = 503, description = "This server has no object storage (`uploads_disabled`), or is taking as many uploads as it may at once (`uploads_busy`, with `Retry-After`)"),
+        (status = 503, description = "This server has no object storage (`uploads_disabled`)"),
     )
 )]
 pub async fn delete(

@@ -275,3 +275,58 @@ async fn without_object_storage_uploads_are_503() {
     assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.json()["code"], "uploads_disabled");
 }
+
+#[tokio::test]
+async fn uploads_past_the_storage_quota_are_507_and_a_delete_makes_room() {
+    let dir = TempDir::new().unwrap();
+    let config = ServerConfig {
+        objects: Some(Objects::local(dir.path()).unwrap()),
+        storage_quota: Some(1000),
+        ..ServerConfig::default()
+    };
+    let app = TestApp::spawn_with(config).await;
+    let alice = app.user("alice", "client").await;
+    let file = |name, size: usize| (name, vec![b'x'; size]);
+    let (name, data) = file("a.bin", 600);
+    let first = upload(
+        &app,
+        &alice,
+        &[Part::file("file", name, "application/octet-stream", &data)],
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    // 600 + 500 > 1000: refused, and nothing of it kept.
+    let (name, data) = file("b.bin", 500);
+    let over = upload(
+        &app,
+        &alice,
+        &[Part::file("file", name, "application/octet-stream", &data)],
+    )
+    .await;
+    let body = crate::helpers::problem(&over, 507, "storage_quota");
+    assert!(body["detail"].as_str().unwrap().contains("600"), "{body}");
+    let listed = app.get(&alice, "/api/v1/files").await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    // Another user has a quota of their own.
+    let bob = app.user("bob", "client").await;
+    let ok = upload(
+        &app,
+        &bob,
+        &[Part::file("file", name, "application/octet-stream", &data)],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    // A delete makes room again.
+    let deleted = app
+        .call(Method::DELETE, &alice, &format!("/api/v1/files/{id}"))
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let now_fits = upload(
+        &app,
+        &alice,
+        &[Part::file("file", name, "application/octet-stream", &data)],
+    )
+    .await;
+    assert_eq!(now_fits.status, StatusCode::CREATED, "{}", now_fits.text());
+}
