@@ -335,6 +335,43 @@ impl Objects {
         }
     }
 
+    /// Deletes every user's files uploaded before `before` (retention, like finished
+    /// jobs): one listing of `files/`, the upload time read from each file's id (a UUIDv7),
+    /// no object read. A file half-deleted by an interrupted prune is finished by the next.
+    /// Returns how many objects (data and metadata) went.
+    pub async fn file_prune(&self, before: DateTime<Utc>) -> Result<usize, ObjectsError> {
+        let cutoff_ms = u64::try_from(before.timestamp_millis()).unwrap_or(0);
+        let root = ObjectPath::from("files");
+        let old = self
+            .store
+            .list(Some(&root))
+            .try_filter(move |o| {
+                let uploaded_ms = o
+                    .location
+                    .filename()
+                    .map(|name| name.trim_end_matches(".json"))
+                    .and_then(|id| uuid::Uuid::try_parse(id).ok())
+                    .and_then(|id| id.get_timestamp())
+                    .map(|t| {
+                        let (secs, nanos) = t.to_unix();
+                        secs * 1000 + u64::from(nanos / 1_000_000)
+                    });
+                futures_util::future::ready(uploaded_ms.is_some_and(|ms| ms < cutoff_ms))
+            })
+            .map_ok(|o| o.location)
+            .boxed();
+        let mut results = self.store.delete_stream(old);
+        let mut deleted = 0;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(_) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(deleted)
+    }
+
     /// A local path holding `owner`'s file `id`, for a kernel to read: the stored file
     /// itself on the local backend, else a scratch copy in `scratch_dir` (removed when the
     /// [`LocalFile`] is dropped).

@@ -186,6 +186,39 @@ async fn another_owner_sees_nothing_and_delete_removes_both_objects() {
 }
 
 #[tokio::test]
+async fn a_prune_deletes_every_user_s_files_uploaded_before_the_cutoff_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let objects = Objects::local(&root).unwrap();
+    for (owner, name) in [(ALICE, "a.csv"), (BOB, "b.csv")] {
+        objects
+            .file_put(owner, new_file(name), chunks(b"x\n1\n", 2), 1024)
+            .await
+            .unwrap();
+    }
+    let hour = chrono::TimeDelta::hours(1);
+    // Uploaded after the cutoff: kept.
+    assert_eq!(
+        objects.file_prune(chrono::Utc::now() - hour).await.unwrap(),
+        0
+    );
+    assert_eq!(files_under(&root).len(), 4);
+    // Uploaded before it: the data and the metadata of both users' files go.
+    assert_eq!(
+        objects.file_prune(chrono::Utc::now() + hour).await.unwrap(),
+        4
+    );
+    assert!(objects.file_list(ALICE).await.unwrap().is_empty());
+    assert!(objects.file_list(BOB).await.unwrap().is_empty());
+    assert!(files_under(&root).is_empty());
+    // Nothing to prune is no error.
+    assert_eq!(
+        objects.file_prune(chrono::Utc::now() + hour).await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
 async fn a_remote_backend_gives_kernels_a_scratch_copy_removed_on_drop() {
     let dir = tempfile::tempdir().unwrap();
     let objects = Objects::new(Arc::new(object_store::memory::InMemory::new()));

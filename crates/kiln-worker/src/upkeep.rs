@@ -60,7 +60,7 @@ const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2
 
 /// Rescues expired leases and promotes due jobs every `rescue_interval`; prunes (with the
 /// artifacts of pruned jobs) and sweeps stale scratch directories every `prune_interval`;
-/// reconciles the artifact store every [`RECONCILE_INTERVAL`].
+/// reconciles the artifact store and prunes old uploaded files every [`RECONCILE_INTERVAL`].
 pub(crate) async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
     let config = &shared.config;
     let mut rescue_tick = interval(config.rescue_interval);
@@ -80,7 +80,10 @@ pub(crate) async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
             _ = prune_tick.tick() => prune(&shared).await,
-            _ = reconcile_tick.tick() => artifact::sweep_stored(&shared).await,
+            _ = reconcile_tick.tick() => {
+                artifact::sweep_stored(&shared).await;
+                prune_files(&shared).await;
+            }
         }
     }
 }
@@ -108,6 +111,20 @@ async fn rescue_expired(shared: &Shared) {
     }
 }
 
+/// Deletes the uploaded files older than the retention, like finished jobs (a job that
+/// names one afterwards fails with `file_not_found`).
+async fn prune_files(shared: &Shared) {
+    let Some(objects) = &shared.config.objects else {
+        return;
+    };
+    let cutoff = kiln_domain::clock::earlier(shared.clock.now(), shared.config.retention);
+    match objects.file_prune(cutoff).await {
+        Ok(0) => {}
+        Ok(objects) => tracing::info!(objects, "pruned old uploaded files"),
+        Err(e) => tracing::warn!(error = %e, "pruning uploaded files failed"),
+    }
+}
+
 async fn prune(shared: &Shared) {
     let now = shared.clock.now();
     let cutoff = kiln_domain::clock::earlier(now, shared.config.retention);
@@ -128,5 +145,58 @@ async fn prune(shared: &Shared) {
         Ok(0) => {}
         Ok(pruned) => tracing::debug!(pruned, "deleted expired tokens"),
         Err(e) => tracing::warn!(error = %e, "deleting expired tokens failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kiln_domain::job_type::Catalogue;
+    use kiln_domain::{Clock, ManualClock, SystemClock, UserId};
+    use kiln_kernels::Registry;
+    use kiln_objects::{NewFile, Objects};
+    use kiln_store::Store;
+    use kiln_testkit::db::TempSqlite;
+
+    use crate::{Worker, WorkerConfig};
+
+    #[tokio::test]
+    async fn uploaded_files_older_than_the_retention_are_pruned() {
+        let db = TempSqlite::new();
+        let store: Arc<dyn Store> = db.store.clone();
+        let objects = Objects::from_url("memory:///", Vec::<(String, String)>::new()).unwrap();
+        let file = NewFile {
+            name: "a.csv".into(),
+            content_type: "text/csv".into(),
+            created_at: chrono::Utc::now(),
+        };
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
+            bytes::Bytes::from_static(b"x\n"),
+        )]);
+        objects.file_put(UserId(1), file, body, 1024).await.unwrap();
+        // A week's retention, seen from `days` after the upload.
+        let worker = |days| {
+            let config = WorkerConfig {
+                retention: std::time::Duration::from_secs(7 * 86_400),
+                objects: Some(objects.clone()),
+                ..WorkerConfig::default()
+            };
+            let at = SystemClock.now() + chrono::TimeDelta::days(days);
+            Worker::new(
+                config,
+                Arc::clone(&store),
+                Registry::default(),
+                Arc::new(Catalogue::default()),
+                Arc::new(ManualClock::new(at)),
+            )
+        };
+        super::prune_files(&worker(6).shared).await;
+        assert_eq!(objects.file_list(UserId(1)).await.unwrap().len(), 1, "kept");
+        super::prune_files(&worker(8).shared).await;
+        assert!(
+            objects.file_list(UserId(1)).await.unwrap().is_empty(),
+            "pruned"
+        );
     }
 }
