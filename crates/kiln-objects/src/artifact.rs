@@ -178,17 +178,7 @@ impl Objects {
             .list(Some(prefix))
             .map_ok(|meta| meta.location)
             .boxed();
-        let mut results = self.store.delete_stream(locations);
-        let mut deleted = 0;
-        while let Some(result) = results.next().await {
-            match result {
-                Ok(_) => deleted += 1,
-                // Deleted meanwhile (a concurrent delete): gone is what we wanted.
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(deleted)
+        self.delete_all(locations).await
     }
 }
 

@@ -360,7 +360,16 @@ impl Objects {
             })
             .map_ok(|o| o.location)
             .boxed();
-        let mut results = self.store.delete_stream(old);
+        self.delete_all(old).await
+    }
+
+    /// Deletes every object `locations` yields; returns how many went. One deleted
+    /// meanwhile (a concurrent delete) is what was wanted, not an error.
+    pub(crate) async fn delete_all(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> Result<usize, ObjectsError> {
+        let mut results = self.store.delete_stream(locations);
         let mut deleted = 0;
         while let Some(result) = results.next().await {
             match result {
