@@ -52,6 +52,9 @@ pub struct ServerConfig {
     /// Where a generated first admin password is kept; removed when `admin`'s password is
     /// changed through the API.
     pub admin_password_file: Option<std::path::PathBuf>,
+    /// OpenID Connect bearer tokens (Entra ID) accepted beside Kiln's own; `None`: only
+    /// Kiln tokens.
+    pub oidc: Option<std::sync::Arc<crate::auth::oidc::Oidc>>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             max_uploads: 16,
             submit_rate: None,
             storage_quota: None,
+            oidc: None,
         }
     }
 }

@@ -110,6 +110,19 @@ pub trait Store: Send + Sync + 'static {
     async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<kiln_domain::User>;
     /// How many users exist (0 on first start).
     async fn user_count(&self) -> Result<u64>;
+    /// The user linked to an external identity, disabled or not; `None` before first sight.
+    async fn user_by_identity(
+        &self,
+        identity: &ExternalIdentity,
+    ) -> Result<Option<kiln_domain::User>>;
+    /// Creates a user linked to `identity`, both in one transaction; `Conflict` (nothing
+    /// stored) if the username is taken or the identity is already linked.
+    async fn user_insert_linked(
+        &self,
+        user: NewUser,
+        identity: ExternalIdentity,
+        now: Timestamp,
+    ) -> Result<kiln_domain::User>;
 
     // ---- tokens ------------------------------------------------------------------------
 

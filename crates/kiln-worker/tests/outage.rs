@@ -20,9 +20,9 @@ use kiln_domain::{
 };
 use kiln_kernels::Registry;
 use kiln_store::{
-    ClaimRequest, FeedCursor, FeedEvent, InsertOptions, Inserted, JobEvent, JobStatus, LeaseFilter,
-    ListQuery, LogRead, NewToken, NewUser, Outcome, Page, Renewal, Report, Result, Signal, Stats,
-    Store, StoreError, TokenInfo, TokenKind, UserPatch, UserRecord,
+    ClaimRequest, ExternalIdentity, FeedCursor, FeedEvent, InsertOptions, Inserted, JobEvent,
+    JobStatus, LeaseFilter, ListQuery, LogRead, NewToken, NewUser, Outcome, Page, Renewal, Report,
+    Result, Signal, Stats, Store, StoreError, TokenInfo, TokenKind, UserPatch, UserRecord,
 };
 use kiln_testkit::db::TempSqlite;
 use kiln_testkit::wait::wait_until;
@@ -87,6 +87,20 @@ impl Store for Flaky {
     }
     async fn user_count(&self) -> Result<u64> {
         self.inner.user_count().await
+    }
+    async fn user_by_identity(
+        &self,
+        identity: &ExternalIdentity,
+    ) -> Result<Option<kiln_domain::User>> {
+        self.inner.user_by_identity(identity).await
+    }
+    async fn user_insert_linked(
+        &self,
+        user: NewUser,
+        identity: ExternalIdentity,
+        now: Timestamp,
+    ) -> Result<kiln_domain::User> {
+        self.inner.user_insert_linked(user, identity, now).await
     }
 
     async fn token_insert(&self, token: NewToken, now: Timestamp) -> Result<TokenInfo> {

@@ -10,6 +10,7 @@
 //! SIGHUP re-reads the certificate files; without them it is plain HTTP, with a warning when
 //! the address is reachable from other machines.
 
+use kiln_server::auth::oidc::Oidc;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -492,6 +493,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         submit_rate: v.config.submit_rate().ok().flatten(),
         command_allow: Arc::clone(&v.command_allow),
         queue_limits: queue_limits(v).collect(),
+        oidc: v.oidc.clone().map(|c| Arc::new(Oidc::new(c))),
         ..ServerConfig::default()
     }
 }
@@ -562,6 +564,9 @@ pub async fn run(v: Validated, role: Role) -> anyhow::Result<()> {
     }
     if let Some(addr) = node.metrics_addr() {
         tracing::info!(%addr, "metrics are served without a token on /metrics");
+    }
+    if let (Some(oidc), Some(_)) = (&v.oidc, node.addr()) {
+        tracing::info!(issuer = %oidc.issuer, audience = %oidc.audience, roles_claim = ?oidc.roles_claim, "OpenID Connect bearer tokens are accepted");
     }
     shutdown_signal().await;
     node.shutdown().await

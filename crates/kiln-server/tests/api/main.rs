@@ -13,6 +13,7 @@ mod files;
 mod follow;
 mod helpers;
 mod jobs;
+mod oidc;
 mod openapi;
 mod ops;
 mod reads;

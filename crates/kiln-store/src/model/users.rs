@@ -27,6 +27,16 @@ impl NewUser {
     }
 }
 
+/// An identity vouched for by an external issuer (an OpenID Connect provider): the issuer and
+/// the subject id it gives the person. Kiln links it to one user, made on first sight.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExternalIdentity {
+    /// The issuer's identifier (`iss`), exactly as the provider writes it.
+    pub issuer: String,
+    /// The person's stable id at that issuer (Entra's `oid`, else `sub`).
+    pub subject: String,
+}
+
 /// A user with their password hash, for login only.
 #[derive(Debug, Clone)]
 pub struct UserRecord {

@@ -38,6 +38,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         8,
         include_str!("../../migrations/postgres/0008_job_counts.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_user_identities.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -53,6 +53,19 @@ impl Store for PgStore {
         users::list(&self.client().await?).await
     }
 
+    async fn user_by_identity(&self, identity: &ExternalIdentity) -> Result<Option<User>> {
+        users::by_identity(&self.client().await?, identity).await
+    }
+
+    async fn user_insert_linked(
+        &self,
+        user: NewUser,
+        identity: ExternalIdentity,
+        now: Timestamp,
+    ) -> Result<User> {
+        users::insert_linked(&self.client().await?, user, &identity, now).await
+    }
+
     async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<User> {
         users::update(&self.client().await?, id, patch).await
     }

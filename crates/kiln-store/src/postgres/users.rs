@@ -9,7 +9,9 @@ use tokio_postgres::Row;
 
 use super::row::{self, query, query_opt, ts, user_columns};
 use crate::error::{Result, StoreError};
-use crate::model::{NewToken, NewUser, TokenInfo, TokenKind, UserPatch, UserRecord};
+use crate::model::{
+    ExternalIdentity, NewToken, NewUser, TokenInfo, TokenKind, UserPatch, UserRecord,
+};
 
 /// Creates a user; `Conflict` if the name is taken.
 pub(super) async fn insert(db: &impl GenericClient, user: NewUser, now: Timestamp) -> Result<User> {
@@ -28,6 +30,58 @@ pub(super) async fn insert(db: &impl GenericClient, user: NewUser, now: Timestam
     .await
     .map_err(|e| e.conflict_as("username already taken"))?;
     Ok(user.stored(UserId(row::get(&found, 0)?), now))
+}
+
+/// Creates a user and links `identity` to them in one statement; `Conflict` if the name is
+/// taken or the identity already linked (then neither is stored).
+pub(super) async fn insert_linked(
+    db: &impl GenericClient,
+    user: NewUser,
+    identity: &ExternalIdentity,
+    now: Timestamp,
+) -> Result<User> {
+    let now = ts(now);
+    let found = row::query_one(
+        db,
+        "WITH made AS (
+             INSERT INTO users (username, password_hash, role, disabled, created_at)
+             VALUES ($1, $2, $3, false, $4) RETURNING id
+         ), linked AS (
+             INSERT INTO user_identities (issuer, subject, user_id, created_at)
+             SELECT $5, $6, id, $4 FROM made
+         )
+         SELECT id FROM made",
+        &[
+            &user.username,
+            &user.password_hash,
+            &user.role.as_str(),
+            &now,
+            &identity.issuer,
+            &identity.subject,
+        ],
+    )
+    .await
+    .map_err(|e| e.conflict_as("username taken or identity already linked"))?;
+    Ok(user.stored(UserId(row::get(&found, 0)?), now))
+}
+
+/// The user linked to an external identity.
+pub(super) async fn by_identity(
+    db: &impl GenericClient,
+    identity: &ExternalIdentity,
+) -> Result<Option<User>> {
+    let found = query_opt(
+        db,
+        concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = (SELECT user_id FROM user_identities
+                                     WHERE issuer = $1 AND subject = $2)"
+        ),
+        &[&identity.issuer, &identity.subject],
+    )
+    .await?;
+    found.map(|r| row::user(&r, 0)).transpose()
 }
 
 /// A user and their password hash, by name.

@@ -48,6 +48,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         9,
         include_str!("../../migrations/sqlite/0009_job_parent_span.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_user_identities.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
@@ -194,7 +198,7 @@ mod tests {
     #[test]
     fn migrations_apply_once() {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
-        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(migrate(&conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn
             .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))

@@ -41,6 +41,21 @@ impl Store for SqliteStore {
         self.read(users::count).await
     }
 
+    async fn user_by_identity(&self, identity: &ExternalIdentity) -> Result<Option<User>> {
+        let identity = identity.clone();
+        self.read(move |db| users::by_identity(db, &identity)).await
+    }
+
+    async fn user_insert_linked(
+        &self,
+        user: NewUser,
+        identity: ExternalIdentity,
+        now: Timestamp,
+    ) -> Result<User> {
+        self.write(move |tx| users::insert_linked(tx, user, &identity, now))
+            .await
+    }
+
     async fn token_insert(&self, token: NewToken, now: Timestamp) -> Result<TokenInfo> {
         self.write(move |tx| users::token_insert(tx, token, now))
             .await

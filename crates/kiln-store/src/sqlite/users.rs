@@ -9,7 +9,9 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use super::row::{self, ms, opt_ms, user_columns};
 use super::writer::Tx;
 use crate::error::{Result, StoreError};
-use crate::model::{NewToken, NewUser, TokenInfo, TokenKind, UserPatch, UserRecord};
+use crate::model::{
+    ExternalIdentity, NewToken, NewUser, TokenInfo, TokenKind, UserPatch, UserRecord,
+};
 
 /// Creates a user; `Conflict` if the name is taken.
 pub(super) fn insert(tx: &Tx<'_>, user: NewUser, now: Timestamp) -> Result<User> {
@@ -30,6 +32,39 @@ pub(super) fn insert(tx: &Tx<'_>, user: NewUser, now: Timestamp) -> Result<User>
         )
         .map_err(|e| StoreError::from(e).conflict_as("username already taken"))?;
     Ok(user.stored(UserId(id), now))
+}
+
+/// Creates a user and links `identity` to them; `Conflict` if the name is taken or the
+/// identity already linked (the caller's transaction then stores neither).
+pub(super) fn insert_linked(
+    tx: &Tx<'_>,
+    user: NewUser,
+    identity: &ExternalIdentity,
+    now: Timestamp,
+) -> Result<User> {
+    let user = insert(tx, user, now)?;
+    tx.db
+        .prepare_cached(
+            "INSERT INTO user_identities (issuer, subject, user_id, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute((&identity.issuer, &identity.subject, user.id.0, ms(now)))
+        .map_err(|e| StoreError::from(e).conflict_as("identity already linked"))?;
+    Ok(user)
+}
+
+/// The user linked to an external identity.
+pub(super) fn by_identity(db: &Connection, identity: &ExternalIdentity) -> Result<Option<User>> {
+    let user = db
+        .prepare_cached(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = (SELECT user_id FROM user_identities
+                                     WHERE issuer = ?1 AND subject = ?2)"
+        ))?
+        .query_row((&identity.issuer, &identity.subject), |r| row::user(r, 0))
+        .optional()?;
+    Ok(user)
 }
 
 /// A user and their password hash, by name.

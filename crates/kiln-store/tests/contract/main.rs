@@ -41,6 +41,7 @@ macro_rules! contract {
             users::a_new_password_or_role_revokes_the_users_tokens,
             users::token_prune_deletes_only_expired_tokens,
             users::token_delete_of_another_users_token_is_not_found,
+            users::an_external_identity_links_to_one_user,
             submit::insert_stores_the_job_and_its_first_event,
             submit::scheduled_insert_keeps_run_at_and_state,
             submit::idempotent_insert_returns_the_existing_job,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use kiln_domain::{Role, UserId};
-use kiln_store::{NewToken, NewUser, Store, StoreError, TokenKind, UserPatch};
+use kiln_store::{ExternalIdentity, NewToken, NewUser, Store, StoreError, TokenKind, UserPatch};
 
 use crate::helpers::{assert_conflict, assert_not_found, at, user};
 
@@ -371,4 +371,57 @@ pub async fn token_prune_deletes_only_expired_tokens(store: Arc<dyn Store>) {
             .is_some(),
         "a token without expiry stays"
     );
+}
+
+pub async fn an_external_identity_links_to_one_user(store: Arc<dyn Store>) {
+    let entra = |subject: &str| ExternalIdentity {
+        issuer: "https://login.example/tenant/v2.0".to_owned(),
+        subject: subject.to_owned(),
+    };
+    assert_eq!(store.user_by_identity(&entra("oid-1")).await.unwrap(), None);
+    let made = store
+        .user_insert_linked(new_user("ada", Role::Client), entra("oid-1"), at(3))
+        .await
+        .unwrap();
+    assert_eq!((made.username.as_str(), made.role), ("ada", Role::Client));
+    assert_eq!(
+        store.user_by_identity(&entra("oid-1")).await.unwrap(),
+        Some(made.clone())
+    );
+    // The same subject at another issuer is another person.
+    let elsewhere = ExternalIdentity {
+        issuer: "https://other.example".to_owned(),
+        subject: "oid-1".to_owned(),
+    };
+    assert_eq!(store.user_by_identity(&elsewhere).await.unwrap(), None);
+
+    // A taken name, or an identity already linked: a conflict that stores nothing.
+    user(&store, "grace").await;
+    assert_conflict(
+        store
+            .user_insert_linked(new_user("grace", Role::Client), entra("oid-2"), at(4))
+            .await,
+    );
+    assert_eq!(store.user_by_identity(&entra("oid-2")).await.unwrap(), None);
+    assert_conflict(
+        store
+            .user_insert_linked(new_user("ada-2", Role::Client), entra("oid-1"), at(4))
+            .await,
+    );
+    assert!(store.user_by_name("ada-2").await.unwrap().is_none());
+    assert_eq!(store.user_count().await.unwrap(), 2);
+
+    // A disabled user is still found (the caller refuses them).
+    store
+        .user_update(
+            made.id,
+            UserPatch {
+                disabled: Some(true),
+                ..UserPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let found = store.user_by_identity(&entra("oid-1")).await.unwrap();
+    assert!(found.is_some_and(|u| u.disabled && u.id == made.id));
 }

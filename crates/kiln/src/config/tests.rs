@@ -187,3 +187,34 @@ fn tls_files_come_in_pairs_and_must_load() {
 fn secrets_do_not_print() {
     assert_eq!(format!("{:?}", Secret("hunter22".into())), "Secret(***)");
 }
+
+#[test]
+fn openid_connect_needs_an_https_issuer_and_an_audience() {
+    assert!(parse(&[]).validate().unwrap().oidc.is_none());
+    let ok = parse(&[
+        "--oidc-issuer",
+        "https://login.microsoftonline.com/tenant/v2.0",
+        "--oidc-audience",
+        "api://kiln",
+        "--oidc-roles-claim",
+        "roles",
+    ])
+    .validate()
+    .unwrap()
+    .oidc
+    .unwrap();
+    assert_eq!(ok.roles_claim.as_deref(), Some("roles"));
+    for bad in [
+        &["--oidc-audience", "api://kiln"][..],
+        &["--oidc-issuer", "https://login.example/t"][..],
+        &[
+            "--oidc-issuer",
+            "http://login.example/t",
+            "--oidc-audience",
+            "a",
+        ][..],
+    ] {
+        let problems = parse(bad).validate().unwrap_err();
+        assert!(problems[0].contains("KILN_OIDC"), "{problems:?}");
+    }
+}
