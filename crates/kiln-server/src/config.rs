@@ -7,6 +7,9 @@ use std::time::Duration;
 pub struct ServerConfig {
     /// Refuse submissions (429) while this many jobs are waiting or running; `None`: no cap.
     pub max_queued: Option<u64>,
+    /// Each client's quota of jobs not finished yet (operators and admins have none): a
+    /// submission past it answers 429 `active_quota`; `None`: no quota.
+    pub max_active: Option<u64>,
     /// Lifetime of a login (session) token. Default 24 h.
     pub session_ttl: Duration,
     /// The longest lifetime an API token may be given, in days (1 to
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_queued: None,
+            max_active: None,
             session_ttl: Duration::from_secs(24 * 3600),
             token_max_days: 365,
             body_limit: 1024 * 1024,

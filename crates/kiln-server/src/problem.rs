@@ -169,6 +169,18 @@ impl From<StoreError> for ApiError {
                 e.retry_after = Some(RETRY_AFTER_SECS);
                 e
             }
+            StoreError::ActiveQuota { limit } => {
+                let mut e = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "active_quota",
+                    format!(
+                        "you have {limit} jobs waiting or running, your quota; submit more \
+                         once some have finished"
+                    ),
+                );
+                e.retry_after = Some(RETRY_AFTER_SECS);
+                e
+            }
             StoreError::Transient(source) => {
                 let mut e = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

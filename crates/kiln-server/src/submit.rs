@@ -70,6 +70,10 @@ pub fn prepare(
     let opts = InsertOptions {
         idempotency,
         max_queued: state.config().max_queued,
+        owner_max_active: state
+            .config()
+            .max_active
+            .filter(|_| user.role == kiln_domain::Role::Client),
     };
     Ok((job, opts))
 }

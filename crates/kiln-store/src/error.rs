@@ -36,6 +36,12 @@ pub enum StoreError {
         /// The configured capacity.
         limit: u64,
     },
+    /// The owner has their quota of non-terminal jobs already.
+    #[error("active-job quota: {limit} jobs are waiting or running")]
+    ActiveQuota {
+        /// The owner's quota.
+        limit: u64,
+    },
     /// Worth retrying: busy database, serialisation failure, lost connection.
     #[error("transient storage error")]
     Transient(#[source] BoxError),

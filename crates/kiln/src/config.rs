@@ -175,6 +175,10 @@ pub struct Config {
     /// Client connections open at once; a connection beyond them is closed at once.
     #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Jobs each client may have waiting or running at once (`0`: no limit; operators and
+    /// admins have none); past it a submission answers 429 `active_quota`.
+    #[arg(long, env = "KILN_MAX_ACTIVE", default_value_t = 10_000)]
+    pub max_active: u64,
     /// Each client's submission rate, `N/s`, `N/m` or `N/h`, or `off` (operators and admins
     /// are not limited); over it, 429 `rate_limited` with `Retry-After`.
     #[arg(long, env = "KILN_SUBMIT_RATE", default_value = "100/s")]

@@ -482,6 +482,7 @@ fn server_config(v: &Validated) -> ServerConfig {
     ServerConfig {
         admin_password_file: Some(password_file(v)),
         max_queued: v.config.max_queued,
+        max_active: (v.config.max_active > 0).then_some(v.config.max_active),
         session_ttl: v.config.session_ttl,
         token_max_days: v.config.token_max_days,
         cors_origins: v.config.cors_origins.clone(),

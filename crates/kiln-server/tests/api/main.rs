@@ -13,6 +13,7 @@ mod files;
 mod follow;
 mod helpers;
 mod jobs;
+mod limits;
 mod oidc;
 mod openapi;
 mod ops;

@@ -27,6 +27,8 @@ pub struct InsertOptions {
     pub idempotency: Option<Idempotency>,
     /// Refuse with `QueueFull` when this many non-terminal jobs exist.
     pub max_queued: Option<u64>,
+    /// Refuse with `ActiveQuota` when the job's owner has this many non-terminal jobs.
+    pub owner_max_active: Option<u64>,
 }
 
 /// The record `new` becomes when stored; `Conflict` unless it starts `scheduled` or

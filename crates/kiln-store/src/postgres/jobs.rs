@@ -22,6 +22,9 @@ use crate::signal::Outbox;
 /// The advisory lock key that serialises inserts checking `max_queued` (`kilnqcap`).
 const MAX_QUEUED_LOCK: i64 = 0x6b69_6c6e_7163_6170;
 
+/// The first key of the per-owner quota locks (`kiln` in ASCII).
+const OWNER_LOCK_CLASS: i32 = 0x6b69_6c6e;
+
 /// What [`insert`] found when another transaction holds the same idempotency key.
 // Short-lived and returned once per insert: boxing the common case would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -48,6 +51,9 @@ pub(super) async fn insert(
     }
     if let Some(limit) = opts.max_queued {
         ensure_room(db, limit).await?;
+    }
+    if let Some(limit) = opts.owner_max_active {
+        ensure_owner_room(db, new.owner, limit).await?;
     }
     let job = stored_job(new)?;
     // The job and its first event in one statement.
@@ -115,6 +121,37 @@ async fn ensure_room(tx: &impl GenericClient, limit: u64) -> Result<()> {
     crate::note_room(u64::try_from(active).unwrap_or(0), limit);
     if u64::try_from(active).unwrap_or(0) >= limit {
         return Err(StoreError::QueueFull { limit });
+    }
+    Ok(())
+}
+
+/// `ActiveQuota` when `owner` has `limit` non-terminal jobs. The owner's capped inserts take
+/// turns on an advisory lock of their own (two-key form: its own key space), so two nodes
+/// cannot both see room for the owner's last job; counting reads at most `limit` entries of
+/// the partial index `jobs_owner_active`.
+async fn ensure_owner_room(tx: &impl GenericClient, owner: UserId, limit: u64) -> Result<()> {
+    // Ids past 2^31 wrap onto another owner's lock: they only take turns more often.
+    let key = owner.0 as i32;
+    row::execute(
+        tx,
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&OWNER_LOCK_CLASS, &key],
+    )
+    .await?;
+    let active: i64 = row::get(
+        &query_one(
+            tx,
+            "SELECT count(*) FROM (
+                 SELECT 1 FROM jobs WHERE owner_id = $1
+                     AND state IN ('scheduled', 'queued', 'running', 'failed')
+                 LIMIT $2) AS active",
+            &[&owner.0, &i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+        .await?,
+        0,
+    )?;
+    if u64::try_from(active).unwrap_or(0) >= limit {
+        return Err(StoreError::ActiveQuota { limit });
     }
     Ok(())
 }

@@ -42,6 +42,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         9,
         include_str!("../../migrations/postgres/0009_user_identities.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_owner_active.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -100,7 +100,10 @@ impl Store for PgStore {
 
     async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {
         let owner = job.owner;
-        if opts.idempotency.is_none() && opts.max_queued.is_none() {
+        if opts.idempotency.is_none()
+            && opts.max_queued.is_none()
+            && opts.owner_max_active.is_none()
+        {
             // A plain submission joins the next multi-row insert.
             return self.inserter.insert(job).await.map(Inserted::Created);
         }

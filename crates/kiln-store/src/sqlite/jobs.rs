@@ -23,6 +23,12 @@ use crate::signal::Outbox;
 const ACTIVE_COUNT: &str = "SELECT coalesce(sum(n), 0) FROM job_counts
      WHERE state IN ('scheduled', 'queued', 'running', 'failed')";
 
+/// An owner's non-terminal jobs, counted up to `?2` (index `jobs_owner_active`).
+const OWNER_ACTIVE_COUNT: &str = "SELECT count(*) FROM (
+     SELECT 1 FROM jobs WHERE owner_id = ?1
+         AND state IN ('scheduled', 'queued', 'running', 'failed')
+     LIMIT ?2)";
+
 /// Stores a new job with its `submitted` event, or finds the job its idempotency key made.
 pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Result<Inserted> {
     let db = tx.db;
@@ -54,6 +60,16 @@ pub(super) fn insert(tx: &mut Tx<'_>, new: NewJob, opts: InsertOptions) -> Resul
         crate::note_room(u64::try_from(active).unwrap_or(0), limit);
         if u64::try_from(active).unwrap_or(0) >= limit {
             return Err(StoreError::QueueFull { limit });
+        }
+    }
+    if let Some(limit) = opts.owner_max_active {
+        // Within the writer's batch: earlier inserts of this batch are counted too.
+        let active: i64 = db.prepare_cached(OWNER_ACTIVE_COUNT)?.query_row(
+            (new.owner.0, i64::try_from(limit).unwrap_or(i64::MAX)),
+            |r| r.get(0),
+        )?;
+        if u64::try_from(active).unwrap_or(0) >= limit {
+            return Err(StoreError::ActiveQuota { limit });
         }
     }
     let job = stored_job(new)?;

@@ -392,6 +392,7 @@ pub async fn delete_of_terminal_job_cascades(store: Arc<dyn Store>) {
             request_hash: vec![1; 32],
         }),
         max_queued: None,
+        owner_max_active: None,
     };
     let job = store
         .job_insert(new_job(sub("echo"), alice, at(0)), idem.clone())

@@ -48,6 +48,7 @@ macro_rules! contract {
             submit::idempotency_key_with_another_hash_is_a_conflict,
             submit::idempotency_keys_are_scoped_per_owner,
             submit::max_queued_refuses_with_queue_full,
+            submit::owner_max_active_refuses_only_that_owner,
             submit::other_owner_sees_not_found_everywhere,
             submit::missing_job_is_not_found,
             submit::status_is_the_light_view_and_inlines_only_small_results,
@@ -110,6 +111,7 @@ macro_rules! contract {
             maintenance::subscribe_hears_job_available_and_changed,
             races::concurrent_idempotent_inserts_create_one_job,
             races::concurrent_inserts_respect_max_queued,
+            races::concurrent_inserts_never_pass_an_owners_quota,
             races::concurrent_completions_of_one_attempt_succeed_once,
             races::claims_racing_cancels_leave_consistent_jobs,
         );

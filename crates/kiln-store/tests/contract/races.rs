@@ -19,6 +19,7 @@ pub async fn concurrent_idempotent_inserts_create_one_job(store: Arc<dyn Store>)
             request_hash: vec![7; 32],
         }),
         max_queued: None,
+        owner_max_active: None,
     };
     let mut tasks = Vec::new();
     for i in 0..CALLERS {
@@ -60,6 +61,7 @@ pub async fn concurrent_inserts_respect_max_queued(store: Arc<dyn Store>) {
                     InsertOptions {
                         idempotency: None,
                         max_queued: Some(CAP),
+                        owner_max_active: None,
                     },
                 )
                 .await
@@ -79,6 +81,44 @@ pub async fn concurrent_inserts_respect_max_queued(store: Arc<dyn Store>) {
     assert!(ok <= CAP, "{ok} inserted past a cap of {CAP}");
     assert_eq!(stats.total_submitted, ok);
     assert_eq!(ok, CAP, "the cap is reached, not undershot");
+}
+
+pub async fn concurrent_inserts_never_pass_an_owners_quota(store: Arc<dyn Store>) {
+    const CALLERS: usize = 40;
+    const QUOTA: u64 = 7;
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let mut tasks = Vec::new();
+    for i in 0..CALLERS {
+        let store = Arc::clone(&store);
+        let owner = if i % 2 == 0 { alice } else { bob };
+        tasks.push(tokio::spawn(async move {
+            let opts = InsertOptions {
+                owner_max_active: Some(QUOTA),
+                ..InsertOptions::default()
+            };
+            let inserted = store
+                .job_insert(new_job(sub("echo"), owner, at(i as i64)), opts)
+                .await;
+            (owner, inserted)
+        }));
+    }
+    let (mut by_alice, mut by_bob) = (0, 0);
+    for task in tasks {
+        match task.await.expect("insert task") {
+            (owner, Ok(Inserted::Created(_))) if owner == alice => by_alice += 1,
+            (_, Ok(Inserted::Created(_))) => by_bob += 1,
+            (_, Ok(Inserted::Existing(job))) => panic!("no key, yet existing: {job:?}"),
+            (_, Err(StoreError::ActiveQuota { limit: QUOTA })) => {}
+            (_, Err(e)) if e.is_transient() => {}
+            (_, Err(e)) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert_eq!(
+        (by_alice, by_bob),
+        (QUOTA, QUOTA),
+        "each owner reaches the quota, no more"
+    );
 }
 
 pub async fn concurrent_completions_of_one_attempt_succeed_once(store: Arc<dyn Store>) {

@@ -18,6 +18,7 @@ fn key(key: &str, hash: u8) -> InsertOptions {
             request_hash: vec![hash; 32],
         }),
         max_queued: None,
+        owner_max_active: None,
     }
 }
 
@@ -189,6 +190,7 @@ pub async fn max_queued_refuses_with_queue_full(store: Arc<dyn Store>) {
     let cap = |n| InsertOptions {
         idempotency: None,
         max_queued: Some(n),
+        owner_max_active: None,
     };
     let first = store
         .job_insert(new_job(sub("echo"), alice, at(0)), cap(2))
@@ -454,4 +456,57 @@ fn mine(owner: kiln_domain::UserId) -> kiln_store::ListQuery {
         limit: 100,
         ..kiln_store::ListQuery::default()
     }
+}
+
+pub async fn owner_max_active_refuses_only_that_owner(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let quota = |n| InsertOptions {
+        owner_max_active: Some(n),
+        ..InsertOptions::default()
+    };
+    let first = store
+        .job_insert(new_job(sub("echo"), alice, at(0)), quota(2))
+        .await
+        .unwrap();
+    let mut later = sub("echo");
+    later.delay_ms = Some(60_000);
+    store
+        .job_insert(new_job(later, alice, at(1)), quota(2))
+        .await
+        .unwrap();
+    let refused = store
+        .job_insert(new_job(sub("echo"), alice, at(2)), quota(2))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::ActiveQuota { limit: 2 })),
+        "got {refused:?}"
+    );
+    // Another owner has room of their own; nothing of the refused insert was stored.
+    store
+        .job_insert(new_job(sub("echo"), bob, at(3)), quota(2))
+        .await
+        .unwrap();
+    assert_eq!(store.job_stats().await.unwrap().total_submitted, 3);
+    // A running job still counts; a finished one does not.
+    let running = claim_one(&store, "n1", at(4)).await;
+    assert_eq!(running.id, first.job().id);
+    assert!(
+        store
+            .job_insert(new_job(sub("echo"), alice, at(5)), quota(2))
+            .await
+            .is_err()
+    );
+    store
+        .job_complete(
+            &lease_of(&running),
+            kiln_store::Outcome::Succeeded(result_value()),
+            at(6),
+        )
+        .await
+        .unwrap();
+    store
+        .job_insert(new_job(sub("echo"), alice, at(7)), quota(2))
+        .await
+        .expect("room again once a job finished");
 }

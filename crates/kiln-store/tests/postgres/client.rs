@@ -18,6 +18,7 @@ async fn capped_inserts_from_two_nodes_stop_exactly_at_the_cap() {
             let capped = InsertOptions {
                 idempotency: None,
                 max_queued: Some(10),
+                owner_max_active: None,
             };
             store.job_insert(job(ada, at(i)), capped).await
         })
