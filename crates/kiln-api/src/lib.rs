@@ -4,6 +4,7 @@
 //! Conversions from domain types live here so every surface renders a job the same way.
 #![warn(missing_docs)]
 
+pub mod limits;
 pub mod schema;
 pub mod ts;
 

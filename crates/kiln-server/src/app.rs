@@ -120,6 +120,10 @@ fn api(upload_limit: u64) -> Router<AppState> {
             axum::routing::patch(admin::update_user),
         )
         .route("/admin/users/{id}/unlock", post(admin::unlock_user))
+        .route(
+            "/admin/users/{id}/limits",
+            get(admin::get_limits).put(admin::put_limits),
+        )
         .route("/admin/jobs", get(admin::list_jobs))
         .route(
             "/admin/jobs/{id}",

@@ -10,6 +10,9 @@ pub struct ServerConfig {
     /// Each client's quota of jobs not finished yet (operators and admins have none): a
     /// submission past it answers 429 `active_quota`; `None`: no quota.
     pub max_active: Option<u64>,
+    /// Each client's share of a node's slots, as the nodes run it (shown by the limits
+    /// routes; the workers enforce it); `None`: no share.
+    pub slot_share: Option<f64>,
     /// Lifetime of a login (session) token. Default 24 h.
     pub session_ttl: Duration,
     /// The longest lifetime an API token may be given, in days (1 to
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
         Self {
             max_queued: None,
             max_active: None,
+            slot_share: None,
             session_ttl: Duration::from_secs(24 * 3600),
             token_max_days: 365,
             body_limit: 1024 * 1024,

@@ -12,6 +12,7 @@
 //! - [`auth`]: argon2id passwords, bearer tokens and the [`auth::CurrentUser`] extractor.
 //! - `bootstrap`: [`ensure_admin`], the first `admin` user.
 //! - `metrics`: `/metrics` as JSON or Prometheus text.
+//! - [`limits`]: per-user limits (defaults, an admin's overrides, their cache).
 //! - `follow`: the live log fan-out behind `GET /jobs/{id}/logs?follow=true`.
 //! - `openapi`: the OpenAPI 3.1 description (`GET /openapi.json`) generated from the
 //!   handlers' annotations, and Swagger UI (`GET /docs`) embedded in the binary.
@@ -32,6 +33,7 @@ mod conditional;
 mod config;
 mod extract;
 mod follow;
+pub mod limits;
 mod list;
 mod metrics;
 mod middleware;

@@ -82,6 +82,8 @@ const PROBLEM_JSON: &str = "application/problem+json";
         admin::create_user,
         admin::update_user,
         admin::unlock_user,
+        admin::get_limits,
+        admin::put_limits,
         admin::list_jobs,
         admin::get_job,
         admin::delete_job,
@@ -118,8 +120,9 @@ impl Modify for Contract {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A session token from `POST /api/v1/auth/login` or an API token from \
-                         `POST /api/v1/tokens`, as `Authorization: Bearer <token>`.",
+                        "A session token from `POST /api/v1/auth/login`, an API token from \
+                         `POST /api/v1/tokens`, or (when the server accepts them) an OpenID \
+                         Connect access token, as `Authorization: Bearer <token>`.",
                     ))
                     .build(),
             ),

@@ -36,8 +36,10 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// One permit per upload in progress (`ServerConfig::max_uploads`).
     uploads: Arc<tokio::sync::Semaphore>,
-    /// Each client's submission bucket (`ServerConfig::submit_rate`).
-    submissions: Option<crate::rate::SubmitLimiter>,
+    /// Each user's submission bucket (`ServerConfig::submit_rate`, or their own rate).
+    submissions: crate::rate::SubmitLimiter,
+    /// Users' own limits, recently read.
+    limits: crate::limits::LimitsCache,
 }
 
 impl AppState {
@@ -61,11 +63,12 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Self {
         let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_uploads.max(1)));
-        let submissions = config.submit_rate.map(crate::rate::SubmitLimiter::new);
+        let submissions = crate::rate::SubmitLimiter::new(config.submit_rate);
         Self {
             inner: Arc::new(Inner {
                 uploads,
                 submissions,
+                limits: crate::limits::LimitsCache::default(),
                 store,
                 catalogue,
                 clock,
@@ -87,13 +90,22 @@ impl AppState {
         self.inner.shutdown.cancel();
     }
 
-    /// Takes one submission from `user`'s allowance (`Err`: how long until one is free).
-    /// Operators and admins have no limit.
-    pub fn take_submission(&self, user: &kiln_domain::User) -> Result<(), std::time::Duration> {
-        match &self.inner.submissions {
-            Some(limiter) if user.role == kiln_domain::Role::Client => limiter.take(user.id),
-            _ => Ok(()),
+    /// Takes one submission from `user`'s allowance at `rate` (`Err`: how long until one
+    /// is free); `None`: no limit.
+    pub fn take_submission(
+        &self,
+        user: &kiln_domain::User,
+        rate: Option<crate::rate::SubmitRate>,
+    ) -> Result<(), std::time::Duration> {
+        match rate {
+            Some(rate) => self.inner.submissions.take(user.id, rate),
+            None => Ok(()),
         }
+    }
+
+    /// Users' own limits, recently read.
+    pub fn limits_cache(&self) -> &crate::limits::LimitsCache {
+        &self.inner.limits
     }
 
     /// A permit for one more upload, if fewer than `max_uploads` are in progress.

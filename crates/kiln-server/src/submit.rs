@@ -70,10 +70,8 @@ pub fn prepare(
     let opts = InsertOptions {
         idempotency,
         max_queued: state.config().max_queued,
-        owner_max_active: state
-            .config()
-            .max_active
-            .filter(|_| user.role == kiln_domain::Role::Client),
+        // The caller's quota, which depends on their own limits (`limits_of`).
+        owner_max_active: None,
     };
     Ok((job, opts))
 }

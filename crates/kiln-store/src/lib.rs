@@ -110,6 +110,11 @@ pub trait Store: Send + Sync + 'static {
     async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<kiln_domain::User>;
     /// How many users exist (0 on first start).
     async fn user_count(&self) -> Result<u64>;
+    /// The limits an admin set for `user` (all `None` for none); `NotFound` if no such user.
+    async fn user_limits(&self, user: UserId) -> Result<UserLimits>;
+    /// Replaces the limits set for `user` (all `None` clears them); `NotFound` if no such
+    /// user.
+    async fn user_limits_set(&self, user: UserId, limits: UserLimits) -> Result<UserLimits>;
     /// The user linked to an external identity, disabled or not; `None` before first sight.
     async fn user_by_identity(
         &self,

@@ -100,6 +100,8 @@ async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
         }
         (limit, exclude)
     };
+    let share = shared.share(None).await;
+    let limit = limit.min(share.limit);
     if limit == 0 {
         // A finished attempt wakes us; the poll is only a safety net.
         return Next::WaitUntil(poll);
@@ -109,6 +111,7 @@ async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
         node: config.node_id.clone(),
         types: shared.types.clone(),
         exclude_queues,
+        exclude_owners: share.exclude,
         limit: u32::try_from(limit).unwrap_or(u32::MAX),
         now,
         lease_until: shared.lease_until(now),

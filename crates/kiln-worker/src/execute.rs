@@ -314,11 +314,13 @@ async fn complete(
     loop {
         // Read-held until the next job is in `running`: see `Shared::claiming`.
         let claiming = shared.claiming.read().await;
+        let share = shared.share(Some(job.id)).await;
         let now = shared.clock.now();
         let next = (!shared.stop_claiming.is_cancelled()).then(|| ClaimRequest {
             node: shared.config.node_id.clone(),
             types: shared.types.clone(),
             exclude_queues: shared.config.queue_limits.keys().cloned().collect(),
+            exclude_owners: share.exclude,
             limit: 1,
             now,
             lease_until: shared.lease_until(now),

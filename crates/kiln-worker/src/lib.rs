@@ -22,6 +22,7 @@
 mod artifact;
 mod dispatch;
 mod execute;
+mod fair;
 mod supervise;
 mod upkeep;
 
@@ -78,6 +79,9 @@ pub struct WorkerConfig {
     /// only its owner's), and jobs' artifacts. `None`: such jobs fail permanently with
     /// `no_object_storage`, and artifacts are discarded.
     pub objects: Option<kiln_objects::Objects>,
+    /// The most slots of this node one client's jobs may hold (see [`fair`]); `None`: no
+    /// share.
+    pub owner_slots: Option<usize>,
 }
 
 impl Default for WorkerConfig {
@@ -98,6 +102,7 @@ impl Default for WorkerConfig {
             progress_flush: Duration::from_millis(250),
             artifact_scratch: std::env::temp_dir().join("kiln-artifact-scratch"),
             objects: None,
+            owner_slots: None,
         }
     }
 }
@@ -138,6 +143,7 @@ impl Stop {
 struct Running {
     lease: Lease,
     queue: String,
+    owner: kiln_domain::UserId,
     stop: Stop,
 }
 
@@ -151,6 +157,8 @@ struct Shared {
     /// Claim only these types (the ones this node has kernels for).
     types: Vec<String>,
     running: Mutex<HashMap<JobId, Running>>,
+    /// Roles of the owners of running jobs, for the fair share.
+    roles: fair::Roles,
     /// An attempt finished: a slot may be free.
     slot_freed: Notify,
     /// Renew leases now (after lagging behind the signals).
@@ -191,6 +199,7 @@ impl Shared {
                 node: self.config.node_id.clone(),
             },
             queue: job.queue.clone().into(),
+            owner: job.owner,
             stop: stop.clone(),
         };
         let mut map = self.running();
@@ -244,6 +253,7 @@ impl Worker {
                 clock,
                 types,
                 running: Mutex::new(HashMap::new()),
+                roles: fair::Roles::default(),
                 slot_freed: Notify::new(),
                 heartbeat_now: Notify::new(),
                 claiming: tokio::sync::RwLock::new(()),

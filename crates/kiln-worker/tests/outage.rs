@@ -22,7 +22,8 @@ use kiln_kernels::Registry;
 use kiln_store::{
     ClaimRequest, ExternalIdentity, FeedCursor, FeedEvent, InsertOptions, Inserted, JobEvent,
     JobStatus, LeaseFilter, ListQuery, LogRead, NewToken, NewUser, Outcome, Page, Renewal, Report,
-    Result, Signal, Stats, Store, StoreError, TokenInfo, TokenKind, UserPatch, UserRecord,
+    Result, Signal, Stats, Store, StoreError, TokenInfo, TokenKind, UserLimits, UserPatch,
+    UserRecord,
 };
 use kiln_testkit::db::TempSqlite;
 use kiln_testkit::wait::wait_until;
@@ -87,6 +88,12 @@ impl Store for Flaky {
     }
     async fn user_count(&self) -> Result<u64> {
         self.inner.user_count().await
+    }
+    async fn user_limits(&self, user: UserId) -> Result<UserLimits> {
+        self.inner.user_limits(user).await
+    }
+    async fn user_limits_set(&self, user: UserId, limits: UserLimits) -> Result<UserLimits> {
+        self.inner.user_limits_set(user, limits).await
     }
     async fn user_by_identity(
         &self,

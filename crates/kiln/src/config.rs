@@ -179,6 +179,12 @@ pub struct Config {
     /// admins have none); past it a submission answers 429 `active_quota`.
     #[arg(long, env = "KILN_MAX_ACTIVE", default_value_t = 10_000)]
     pub max_active: u64,
+    /// The share of this node's slots (`MAX_CONCURRENCY`) one client's jobs may hold, from
+    /// 0 to 1 (at least one slot; operators' and admins' jobs are not held to it). A client
+    /// at it waits while other slots are free, so others always find one; `1` turns it off
+    /// (a single-client installation).
+    #[arg(long, env = "KILN_SLOT_SHARE", default_value_t = 0.5)]
+    pub slot_share: f64,
     /// Each client's submission rate, `N/s`, `N/m` or `N/h`, or `off` (operators and admins
     /// are not limited); over it, 429 `rate_limited` with `Retry-After`.
     #[arg(long, env = "KILN_SUBMIT_RATE", default_value = "100/s")]
@@ -313,6 +319,9 @@ impl Config {
         if let Err(e) = self.submit_rate() {
             problems.push(format!("KILN_SUBMIT_RATE/KILN_SUBMIT_BURST: {e}"));
         }
+        if !(self.slot_share > 0.0 && self.slot_share <= 1.0) {
+            problems.push("KILN_SLOT_SHARE must be above 0 and at most 1".to_owned());
+        }
         if !(1..=10_000).contains(&self.max_uploads) {
             problems.push("KILN_MAX_UPLOADS must be between 1 and 10000".to_owned());
         }
@@ -431,6 +440,14 @@ impl Config {
             tls,
             oidc,
         })
+    }
+
+    /// The most slots one client's jobs may hold on this node (`None`: no limit).
+    pub fn owner_slots(&self) -> Option<usize> {
+        // Both factors are checked (share in (0, 1], at most 1024 slots): the product fits.
+        let slots = (self.slot_share * self.max_concurrency as f64).floor() as usize;
+        let slots = slots.max(1);
+        (slots < self.max_concurrency).then_some(slots)
     }
 
     /// The clients' submission rate (`None`: `off`).

@@ -388,6 +388,7 @@ fn worker_config(v: &Validated) -> WorkerConfig {
         retention: v.config.retention,
         max_jobs: v.config.max_jobs,
         artifact_scratch: data_dir(&v.config.database_url, "scratch", &v.node_id),
+        owner_slots: v.config.owner_slots(),
         ..WorkerConfig::default()
     }
 }
@@ -483,6 +484,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         admin_password_file: Some(password_file(v)),
         max_queued: v.config.max_queued,
         max_active: (v.config.max_active > 0).then_some(v.config.max_active),
+        slot_share: v.config.owner_slots().map(|_| v.config.slot_share),
         session_ttl: v.config.session_ttl,
         token_max_days: v.config.token_max_days,
         cors_origins: v.config.cors_origins.clone(),

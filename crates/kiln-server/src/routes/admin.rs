@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use kiln_api::limits::{LimitOverrides, UserLimitsView};
 use kiln_api::{CreateUser, JobView, Page, PatchUser, QueueJobs, QueueView, UserView};
 use kiln_domain::job::QueueName;
 use kiln_domain::user::{check_password, parse_username};
@@ -150,6 +151,76 @@ pub async fn unlock_user(
     state.logins().unlock(&user.username);
     tracing::info!(user = %user.username, by = %me.user.username, "login lockout lifted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /admin/users/{id}/limits`: the limits an admin set for the user, and what holds.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users/{id}/limits",
+    tag = "admin",
+    operation_id = "get_user_limits",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "The user's limits", body = UserLimitsView),
+        (status = 400, description = "A bad id"),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 404, description = "No such user"),
+    )
+)]
+pub async fn get_limits(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<i64>,
+) -> Result<Json<UserLimitsView>, ApiError> {
+    me.require(Role::Admin)?;
+    let user = state.store().user_get(UserId(id)).await?;
+    let own = state.store().user_limits(user.id).await?;
+    Ok(Json(limits_view(&state, &user, &own)))
+}
+
+/// `PUT /admin/users/{id}/limits`: replaces the limits set for the user (an empty object
+/// gives them every default).
+#[utoipa::path(
+    put,
+    path = "/api/v1/admin/users/{id}/limits",
+    tag = "admin",
+    operation_id = "put_user_limits",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id")),
+    request_body = LimitOverrides,
+    responses(
+        (status = 200, description = "Set: the user's limits now (other nodes apply them within 5 s; a slot share within a minute)", body = UserLimitsView),
+        (status = 400, description = "A bad id or limit (`field` names it)"),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 404, description = "No such user"),
+    )
+)]
+pub async fn put_limits(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<i64>,
+    Json(body): Json<LimitOverrides>,
+) -> Result<Json<UserLimitsView>, ApiError> {
+    me.require(Role::Admin)?;
+    let own = crate::limits::check(body)?;
+    let user = state.store().user_get(UserId(id)).await?;
+    let own = state.store().user_limits_set(user.id, own).await?;
+    state.limits_cache().put(user.id, own.clone());
+    tracing::info!(user = %user.username, by = %me.user.username, limits = ?own, "user limits set");
+    Ok(Json(limits_view(&state, &user, &own)))
+}
+
+fn limits_view(
+    state: &AppState,
+    user: &kiln_domain::User,
+    own: &kiln_store::UserLimits,
+) -> UserLimitsView {
+    UserLimitsView {
+        user_id: user.id.0,
+        overrides: crate::limits::overrides_view(own),
+        effective: crate::limits::Effective::of(state.config(), user.role, own).view(),
+    }
 }
 
 /// `Conflict` if `id` is the only active admin: demoting or disabling them would leave

@@ -88,7 +88,7 @@ pub async fn upload(
         created_at: state.now(),
     };
     // The user's storage quota: what is left of it bounds this upload too.
-    let room = match state.config().storage_quota {
+    let room = match state.limits_of(&me.user).await?.storage {
         Some(quota) => {
             let used: u64 = objects
                 .file_list(me.user.id)

@@ -38,7 +38,7 @@ pub const REPLAYED: &str = "idempotent-replayed";
         (status = 400, description = "Invalid submission (unknown type, a payload against its schema, …; `field` names it)"),
         (status = 403, description = "The caller's role may not submit this type"),
         (status = 409, description = "The idempotency key was used with a different body"),
-        (status = 429, description = "The queue is full, or the caller submits faster than each client may (`rate_limited`); with `Retry-After`"),
+        (status = 429, description = "The queue is full (`queue_full`), the caller submits faster than their rate (`rate_limited`), or has as many jobs waiting or running as their quota (`active_quota`); with `Retry-After`"),
     )
 )]
 pub async fn create(
@@ -47,7 +47,8 @@ pub async fn create(
     headers: HeaderMap,
     Json(body): Json<SubmitJob>,
 ) -> Result<Response, ApiError> {
-    if let Err(wait) = state.take_submission(&me.user) {
+    let limits = state.limits_of(&me.user).await?;
+    if let Err(wait) = state.take_submission(&me.user, limits.submit) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -56,7 +57,8 @@ pub async fn create(
         e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
         return Err(e);
     }
-    let (job, opts) = submit::prepare(&state, &me.user, &headers, body)?;
+    let (job, mut opts) = submit::prepare(&state, &me.user, &headers, body)?;
+    opts.owner_max_active = limits.max_active;
     submit::check_inputs(&state, &job).await?;
     let inserted = state.store().job_insert(job, opts).await?;
     let replayed = matches!(inserted, Inserted::Existing(_));

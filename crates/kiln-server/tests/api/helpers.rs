@@ -113,6 +113,7 @@ impl TestApp {
             node: NODE.to_owned(),
             types: vec!["echo".into(), "sleep".into()],
             exclude_queues: Vec::new(),
+            exclude_owners: Vec::new(),
             limit: 100,
             now,
             lease_until: now + TimeDelta::seconds(60),

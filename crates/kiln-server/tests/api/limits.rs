@@ -1,8 +1,11 @@
-//! Per-client limits: the active-job quota.
+//! Per-user limits: the active-job quota, and the limits an admin sets for one user.
 
-use hyper::Method;
+use hyper::{Method, StatusCode};
+use kiln_objects::Objects;
 use kiln_server::ServerConfig;
-use serde_json::json;
+use kiln_server::rate::SubmitRate;
+use kiln_testkit::Part;
+use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, problem};
 
@@ -35,4 +38,124 @@ async fn a_client_past_the_active_quota_gets_429_and_others_do_not() {
         .await;
     assert_eq!(cancel.json()["state"], "cancelled");
     app.submit_ok(&ada, json!({"type": "echo"})).await;
+}
+
+/// A server with the usual defaults and a local object store.
+async fn spawn_with_defaults() -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        objects: Some(Objects::local(dir.path()).unwrap()),
+        submit_rate: Some(SubmitRate::parse("100/s", 1000).unwrap()),
+        max_active: Some(10_000),
+        slot_share: Some(0.5),
+        storage_quota: Some(1 << 30),
+        ..ServerConfig::default()
+    };
+    (TestApp::spawn_with(config).await, dir)
+}
+
+async fn put_limits(app: &TestApp, id: i64, body: &Value) -> kiln_testkit::TestResponse {
+    let path = format!("/api/v1/admin/users/{id}/limits");
+    app.send(Method::PUT, &app.admin, &path, body).await
+}
+
+#[tokio::test]
+async fn an_admin_reads_and_sets_a_users_limits() {
+    let (app, _dir) = spawn_with_defaults().await;
+    let ada = app.user("ada", "client").await;
+    let id = app.get(&ada, "/api/v1/me").await.json()["id"]
+        .as_i64()
+        .unwrap();
+    let path = format!("/api/v1/admin/users/{id}/limits");
+
+    let read = app.get(&app.admin, &path).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text());
+    let read = read.json();
+    assert_eq!(read["overrides"]["max_active"], Value::Null);
+    assert_eq!(
+        read["effective"],
+        json!({"submit_rate": "100/s", "submit_burst": 1000, "max_active": 10_000,
+               "slot_share": 0.5, "storage": 1u64 << 30})
+    );
+
+    let body = json!({"submit_rate": "1/h", "submit_burst": 1, "max_active": 2,
+                      "slot_share": 0.25, "storage": 0});
+    let set = put_limits(&app, id, &body).await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text());
+    let set = set.json();
+    assert_eq!(set["overrides"]["submit_rate"], "1/h");
+    assert_eq!(
+        set["effective"],
+        json!({"submit_rate": "1/h", "submit_burst": 1, "max_active": 2,
+               "slot_share": 0.25, "storage": null})
+    );
+    assert_eq!(app.get(&app.admin, &path).await.json(), set);
+
+    // They hold at once: one submission an hour.
+    app.submit_ok(&ada, json!({"type": "echo"})).await;
+    let limited = app.submit(&ada, json!({"type": "echo"})).await;
+    problem(&limited, 429, "rate_limited");
+
+    // An empty object gives every default back.
+    let cleared = put_limits(&app, id, &json!({})).await.json();
+    assert_eq!(cleared["effective"]["submit_rate"], "100/s");
+    app.submit_ok(&ada, json!({"type": "echo"})).await;
+
+    // Only admins; an unknown user is 404; bad values name their field and change nothing.
+    let refused = app.send(Method::PUT, &ada, &path, &json!({})).await;
+    problem(&refused, 403, "forbidden");
+    problem(&app.get(&ada, &path).await, 403, "forbidden");
+    problem(&put_limits(&app, 9_999, &json!({})).await, 404, "not_found");
+    for (bad, field) in [
+        (json!({"submit_rate": "fast"}), "submit_rate"),
+        (json!({"submit_burst": 0}), "submit_burst"),
+        (json!({"slot_share": 0}), "slot_share"),
+        (json!({"slot_share": 2.5}), "slot_share"),
+        (json!({"max_active": -1}), "max_active"),
+        (json!({"speed": 1}), "speed"),
+    ] {
+        let resp = put_limits(&app, id, &bad).await;
+        let body = problem(&resp, 400, "invalid_request");
+        assert!(body["detail"].as_str().unwrap().contains(field), "{body}");
+    }
+    assert_eq!(app.get(&app.admin, &path).await.json(), cleared);
+}
+
+#[tokio::test]
+async fn a_users_own_quota_and_storage_hold_for_them_alone_even_an_operator() {
+    let (app, _dir) = spawn_with_defaults().await;
+    let op = app.user("op", "operator").await;
+    let ada = app.user("ada", "client").await;
+    let id_of = |me: Value| me["id"].as_i64().unwrap();
+    let op_id = id_of(app.get(&op, "/api/v1/me").await.json());
+    let ada_id = id_of(app.get(&ada, "/api/v1/me").await.json());
+
+    // Operators have no quota by default; one set for them holds.
+    put_limits(&app, op_id, &json!({"max_active": 1})).await;
+    app.submit_ok(&op, json!({"type": "echo"})).await;
+    problem(
+        &app.submit(&op, json!({"type": "echo"})).await,
+        429,
+        "active_quota",
+    );
+    app.submit_ok(&app.admin, json!({"type": "echo"})).await;
+
+    // A storage quota of 10 bytes: an 11-byte upload is refused, and nothing is kept.
+    put_limits(&app, ada_id, &json!({"storage": 10})).await;
+    let upload = |data: &'static [u8]| {
+        let app = &app;
+        let ada = ada.clone();
+        async move {
+            app.client
+                .request(Method::POST, "/api/v1/files")
+                .bearer(Some(&ada))
+                .multipart(&[Part::file("file", "a.txt", "text/plain", data)])
+                .send()
+                .await
+        }
+    };
+    problem(&upload(b"01234567890").await, 507, "storage_quota");
+    let kept = app.get(&ada, "/api/v1/files").await.json();
+    assert_eq!(kept.as_array().map(Vec::len), Some(0), "{kept}");
+    assert_eq!(upload(b"0123456789").await.status, StatusCode::CREATED);
 }

@@ -263,6 +263,12 @@ async fn every_route_answers_each_caller_exactly_as_the_rules_say() {
             200,
             Staff::Admins,
         ),
+        row(
+            Method::GET,
+            "/api/v1/admin/users/1/limits".to_owned(),
+            200,
+            Staff::Admins,
+        ),
     ];
     let mut wrong = Vec::new();
     for r in &reads {

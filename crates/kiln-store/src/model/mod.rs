@@ -202,6 +202,9 @@ pub struct ClaimRequest {
     /// Queues not to claim from: the worker names those at their per-node concurrency limit
     /// (and, for the claim that follows a completion, every queue that has a limit).
     pub exclude_queues: Vec<String>,
+    /// Owners whose jobs not to claim: the worker names the clients that hold their share of
+    /// its slots.
+    pub exclude_owners: Vec<UserId>,
     /// Most jobs to claim.
     pub limit: u32,
     /// Claim time: jobs due by then may be claimed, and it becomes the claimed jobs'

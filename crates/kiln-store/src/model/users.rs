@@ -37,6 +37,33 @@ pub struct ExternalIdentity {
     pub subject: String,
 }
 
+/// Limits an admin set for one user; `None` keeps the server's default for them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserLimits {
+    /// Submissions per period (`N/s`, `N/m`, `N/h`) or `off`.
+    pub submit_rate: Option<String>,
+    /// Submissions at once after being idle.
+    pub submit_burst: Option<u32>,
+    /// Jobs waiting or running at once (`0`: no limit).
+    pub max_active: Option<u64>,
+    /// Share of a node's slots their jobs may hold (0 < share ≤ 1).
+    pub slot_share: Option<f64>,
+    /// Bytes of uploaded files they may keep (`0`: no limit).
+    pub storage: Option<u64>,
+}
+
+impl UserLimits {
+    /// Whether every limit is the default.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `n` as a database integer (values past `i64::MAX` mean "no limit" anyway).
+pub(crate) fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// A user with their password hash, for login only.
 #[derive(Debug, Clone)]
 pub struct UserRecord {

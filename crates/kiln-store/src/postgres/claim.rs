@@ -112,6 +112,7 @@ pub(super) async fn claim(
                  SELECT id FROM jobs
                  WHERE state = 'queued' AND type = ANY($1) AND queue <> ALL($2)
                    AND queue NOT IN (SELECT name FROM queue_controls WHERE paused)
+                   AND owner_id <> ALL($9)
                  ORDER BY priority DESC, run_at, id
                  LIMIT $3
                  FOR UPDATE SKIP LOCKED
@@ -138,6 +139,7 @@ pub(super) async fn claim(
             &ts(req.lease_until),
             &running.as_str(),
             &message,
+            &req.exclude_owners.iter().map(|o| o.0).collect::<Vec<i64>>(),
         ],
     )
     .await?;

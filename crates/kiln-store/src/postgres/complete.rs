@@ -305,6 +305,7 @@ async fn claim_for(
             r.node == first.node
                 && r.types == first.types
                 && r.exclude_queues == first.exclude_queues
+                && r.exclude_owners == first.exclude_owners
         };
         let group: Vec<(usize, &ClaimRequest)> = (i..asks.len())
             .filter(|&j| !done[j])

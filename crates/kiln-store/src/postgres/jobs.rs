@@ -141,9 +141,9 @@ async fn ensure_owner_room(tx: &impl GenericClient, owner: UserId, limit: u64) -
     let active: i64 = row::get(
         &query_one(
             tx,
+            // `finished_at` is set exactly on terminal jobs (index `jobs_owner_active`).
             "SELECT count(*) FROM (
-                 SELECT 1 FROM jobs WHERE owner_id = $1
-                     AND state IN ('scheduled', 'queued', 'running', 'failed')
+                 SELECT 1 FROM jobs WHERE owner_id = $1 AND finished_at IS NULL
                  LIMIT $2) AS active",
             &[&owner.0, &i64::try_from(limit).unwrap_or(i64::MAX)],
         )

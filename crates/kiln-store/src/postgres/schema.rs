@@ -46,6 +46,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         10,
         include_str!("../../migrations/postgres/0010_owner_active.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/postgres/0011_user_limits.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

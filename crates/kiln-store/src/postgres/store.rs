@@ -53,6 +53,14 @@ impl Store for PgStore {
         users::list(&self.client().await?).await
     }
 
+    async fn user_limits(&self, user: UserId) -> Result<UserLimits> {
+        users::limits(&self.client().await?, user).await
+    }
+
+    async fn user_limits_set(&self, user: UserId, limits: UserLimits) -> Result<UserLimits> {
+        users::limits_set(&self.client().await?, user, limits).await
+    }
+
     async fn user_by_identity(&self, identity: &ExternalIdentity) -> Result<Option<User>> {
         users::by_identity(&self.client().await?, identity).await
     }

@@ -10,7 +10,8 @@ use tokio_postgres::Row;
 use super::row::{self, query, query_opt, ts, user_columns};
 use crate::error::{Result, StoreError};
 use crate::model::{
-    ExternalIdentity, NewToken, NewUser, TokenInfo, TokenKind, UserPatch, UserRecord,
+    ExternalIdentity, NewToken, NewUser, TokenInfo, TokenKind, UserLimits, UserPatch, UserRecord,
+    clamp_i64,
 };
 
 /// Creates a user; `Conflict` if the name is taken.
@@ -63,6 +64,64 @@ pub(super) async fn insert_linked(
     .await
     .map_err(|e| e.conflict_as("username taken or identity already linked"))?;
     Ok(user.stored(UserId(row::get(&found, 0)?), now))
+}
+
+/// The limits set for `user`; `NotFound` without such a user.
+pub(super) async fn limits(db: &impl GenericClient, user: UserId) -> Result<UserLimits> {
+    let found = query_opt(
+        db,
+        "SELECT l.submit_rate, l.submit_burst, l.max_active, l.slot_share, l.storage
+         FROM users u LEFT JOIN user_limits l ON l.user_id = u.id WHERE u.id = $1",
+        &[&user.0],
+    )
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let unsigned = |at: usize| -> Result<Option<u64>> {
+        Ok(row::get::<Option<i64>>(&found, at)?.map(|n| u64::try_from(n).unwrap_or(0)))
+    };
+    Ok(UserLimits {
+        submit_rate: row::get(&found, 0)?,
+        submit_burst: row::get::<Option<i64>>(&found, 1)?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        max_active: unsigned(2)?,
+        slot_share: row::get(&found, 3)?,
+        storage: unsigned(4)?,
+    })
+}
+
+/// Replaces the limits set for `user` in one statement (a row only while some limit is
+/// set); `NotFound` without such a user.
+pub(super) async fn limits_set(
+    db: &impl GenericClient,
+    user: UserId,
+    limits: UserLimits,
+) -> Result<UserLimits> {
+    let found = query_opt(
+        db,
+        "WITH target AS (SELECT id FROM users WHERE id = $1),
+         cleared AS (
+             DELETE FROM user_limits WHERE user_id IN (SELECT id FROM target) AND $7
+         ), kept AS (
+             INSERT INTO user_limits (user_id, submit_rate, submit_burst, max_active,
+                                      slot_share, storage)
+             SELECT id, $2, $3, $4, $5, $6 FROM target WHERE NOT $7
+             ON CONFLICT (user_id) DO UPDATE SET submit_rate = $2, submit_burst = $3,
+                 max_active = $4, slot_share = $5, storage = $6
+         )
+         SELECT id FROM target",
+        &[
+            &user.0,
+            &limits.submit_rate,
+            &limits.submit_burst.map(i64::from),
+            &limits.max_active.map(clamp_i64),
+            &limits.slot_share,
+            &limits.storage.map(clamp_i64),
+            &limits.is_default(),
+        ],
+    )
+    .await?;
+    found.ok_or(StoreError::NotFound)?;
+    Ok(limits)
 }
 
 /// The user linked to an external identity.

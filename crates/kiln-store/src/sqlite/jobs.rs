@@ -23,10 +23,11 @@ use crate::signal::Outbox;
 const ACTIVE_COUNT: &str = "SELECT coalesce(sum(n), 0) FROM job_counts
      WHERE state IN ('scheduled', 'queued', 'running', 'failed')";
 
-/// An owner's non-terminal jobs, counted up to `?2` (index `jobs_owner_active`).
-const OWNER_ACTIVE_COUNT: &str = "SELECT count(*) FROM (
-     SELECT 1 FROM jobs WHERE owner_id = ?1
-         AND state IN ('scheduled', 'queued', 'running', 'failed')
+/// An owner's non-terminal jobs (`finished_at` is set exactly on terminal ones), counted up
+/// to `?2` (index `jobs_owner_active`).
+pub(super) const OWNER_ACTIVE_COUNT: &str = "SELECT count(*) FROM (
+     SELECT 1 FROM jobs INDEXED BY jobs_owner_active
+     WHERE owner_id = ?1 AND finished_at IS NULL
      LIMIT ?2)";
 
 /// Stores a new job with its `submitted` event, or finds the job its idempotency key made.

@@ -56,6 +56,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         11,
         include_str!("../../migrations/sqlite/0011_owner_active.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/sqlite/0012_user_limits.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
@@ -204,7 +208,7 @@ mod tests {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
         assert_eq!(
             migrate(&conn).unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
         );
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn
@@ -259,6 +263,27 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_quota_count_reads_only_its_partial_index() {
+        let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
+        migrate(&conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                super::super::jobs::OWNER_ACTIVE_COUNT
+            ))
+            .unwrap()
+            .query_map([1, 10], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("COVERING INDEX jobs_owner_active")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
     fn the_jobs_rebuild_keeps_rows_references_and_cascades() {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
         conn.execute_batch(
@@ -296,8 +321,8 @@ mod tests {
         assert_eq!(one("PRAGMA foreign_keys"), 1, "foreign keys are on again");
         assert_eq!(one("SELECT count(*) FROM jobs"), 2);
         // The rebuild's nine indexes (eight of its own and the primary key's), less the
-        // one version 5 drops.
-        assert_eq!(one("SELECT count(*) FROM pragma_index_list('jobs')"), 8);
+        // one version 5 drops, plus version 11's `jobs_owner_active`.
+        assert_eq!(one("SELECT count(*) FROM pragma_index_list('jobs')"), 9);
         assert!(
             conn.execute("UPDATE jobs SET state = 'bogus'", []).is_err(),
             "the state check still holds"

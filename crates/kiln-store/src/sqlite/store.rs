@@ -41,6 +41,15 @@ impl Store for SqliteStore {
         self.read(users::count).await
     }
 
+    async fn user_limits(&self, user: UserId) -> Result<UserLimits> {
+        self.read(move |db| users::limits(db, user)).await
+    }
+
+    async fn user_limits_set(&self, user: UserId, limits: UserLimits) -> Result<UserLimits> {
+        self.write(move |tx| users::limits_set(tx, user, limits))
+            .await
+    }
+
     async fn user_by_identity(&self, identity: &ExternalIdentity) -> Result<Option<User>> {
         let identity = identity.clone();
         self.read(move |db| users::by_identity(db, &identity)).await

@@ -10,7 +10,7 @@ use super::row::{self, ms, opt_ms, user_columns};
 use super::writer::Tx;
 use crate::error::{Result, StoreError};
 use crate::model::{
-    ExternalIdentity, NewToken, NewUser, TokenInfo, TokenKind, UserPatch, UserRecord,
+    ExternalIdentity, NewToken, NewUser, TokenInfo, TokenKind, UserLimits, UserPatch, UserRecord,
 };
 
 /// Creates a user; `Conflict` if the name is taken.
@@ -51,6 +51,58 @@ pub(super) fn insert_linked(
         .execute((&identity.issuer, &identity.subject, user.id.0, ms(now)))
         .map_err(|e| StoreError::from(e).conflict_as("identity already linked"))?;
     Ok(user)
+}
+
+/// The limits set for `user`; `NotFound` without such a user.
+pub(super) fn limits(db: &Connection, user: UserId) -> Result<UserLimits> {
+    get(db, user)?;
+    let limits = db
+        .prepare_cached(
+            "SELECT submit_rate, submit_burst, max_active, slot_share, storage
+             FROM user_limits WHERE user_id = ?1",
+        )?
+        .query_row([user.0], |r| {
+            let unsigned = |at| {
+                Ok::<_, rusqlite::Error>(r.get::<_, Option<i64>>(at)?.map(|n| n.max(0) as u64))
+            };
+            Ok(UserLimits {
+                submit_rate: r.get(0)?,
+                submit_burst: r.get(1)?,
+                max_active: unsigned(2)?,
+                slot_share: r.get(3)?,
+                storage: unsigned(4)?,
+            })
+        })
+        .optional()?;
+    Ok(limits.unwrap_or_default())
+}
+
+/// Replaces the limits set for `user` (a row only while some limit is set).
+pub(super) fn limits_set(tx: &Tx<'_>, user: UserId, limits: UserLimits) -> Result<UserLimits> {
+    get(tx.db, user)?;
+    if limits.is_default() {
+        tx.db
+            .prepare_cached("DELETE FROM user_limits WHERE user_id = ?1")?
+            .execute([user.0])?;
+        return Ok(limits);
+    }
+    tx.db
+        .prepare_cached(
+            "INSERT INTO user_limits (user_id, submit_rate, submit_burst, max_active,
+                                      slot_share, storage)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (user_id) DO UPDATE SET submit_rate = ?2, submit_burst = ?3,
+                 max_active = ?4, slot_share = ?5, storage = ?6",
+        )?
+        .execute((
+            user.0,
+            &limits.submit_rate,
+            limits.submit_burst,
+            limits.max_active.map(crate::model::clamp_i64),
+            limits.slot_share,
+            limits.storage.map(crate::model::clamp_i64),
+        ))?;
+    Ok(limits)
 }
 
 /// The user linked to an external identity.

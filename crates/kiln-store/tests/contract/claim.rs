@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::TimeDelta;
-use kiln_domain::{Failure, JobId, JobState};
+use kiln_domain::{Failure, JobId, JobState, UserId};
 use kiln_store::{ClaimRequest, Outcome, QueueDepth, Signal, Store};
 use serde_json::json;
 
@@ -120,6 +120,7 @@ pub async fn claim_skips_future_jobs_excluded_queues_and_unknown_types(store: Ar
     let req = ClaimRequest {
         types: vec!["echo".to_owned()],
         exclude_queues: vec!["paused".to_owned()],
+        exclude_owners: Vec::new(),
         ..claim_req("n1", 100, at(1_000))
     };
     let claimed: Vec<JobId> = store
@@ -467,6 +468,7 @@ pub async fn claim_finds_jobs_behind_many_unclaimable_ones(store: Arc<dyn Store>
     let req = |limit| ClaimRequest {
         types: vec!["echo".to_owned()],
         exclude_queues: vec!["paused".to_owned()],
+        exclude_owners: Vec::new(),
         ..claim_req("n1", limit, at(1_000))
     };
     let ids = |jobs: Vec<kiln_domain::Job>| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
@@ -558,4 +560,28 @@ pub async fn a_paused_queue_is_skipped_by_claims_until_resumed(store: Arc<dyn St
         .collect();
     assert_eq!(claimed, vec![report.id, accepted.id]);
     assert_eq!(store.queue_controls().await.unwrap(), vec![resumed]);
+}
+
+pub async fn claim_skips_the_jobs_of_excluded_owners(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    // Alice's jobs come first in the claim order (priority), then Bob's.
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        let mut s = sub("echo");
+        s.priority = Some(50);
+        mine.push(insert(&store, alice, s, at(0)).await.id);
+    }
+    let bobs = echo(&store, bob, at(1)).await;
+    let req = |limit, exclude: Vec<UserId>| ClaimRequest {
+        exclude_owners: exclude,
+        ..claim_req("n1", limit, at(10))
+    };
+    let claimed = store.job_claim(&req(2, vec![alice])).await.unwrap();
+    let ids: Vec<JobId> = claimed.iter().map(|j| j.id).collect();
+    assert_eq!(ids, vec![bobs.id], "only Bob's job; Alice's wait");
+    // Nobody excluded: Alice's jobs in order.
+    let claimed = store.job_claim(&req(5, Vec::new())).await.unwrap();
+    let ids: Vec<JobId> = claimed.iter().map(|j| j.id).collect();
+    assert_eq!(ids, mine);
 }

@@ -80,6 +80,7 @@ pub fn claim_req(node: &str, limit: u32, now: Timestamp) -> ClaimRequest {
         node: node.to_owned(),
         types: vec!["echo".to_owned(), "sleep".to_owned()],
         exclude_queues: Vec::new(),
+        exclude_owners: Vec::new(),
         limit,
         now,
         lease_until: now + chrono::TimeDelta::seconds(30),

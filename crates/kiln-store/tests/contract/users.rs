@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use kiln_domain::{Role, UserId};
-use kiln_store::{ExternalIdentity, NewToken, NewUser, Store, StoreError, TokenKind, UserPatch};
+use kiln_store::{
+    ExternalIdentity, NewToken, NewUser, Store, StoreError, TokenKind, UserLimits, UserPatch,
+};
 
 use crate::helpers::{assert_conflict, assert_not_found, at, user};
 
@@ -424,4 +426,50 @@ pub async fn an_external_identity_links_to_one_user(store: Arc<dyn Store>) {
         .unwrap();
     let found = store.user_by_identity(&entra("oid-1")).await.unwrap();
     assert!(found.is_some_and(|u| u.disabled && u.id == made.id));
+}
+
+pub async fn user_limits_are_set_replaced_and_cleared(store: Arc<dyn Store>) {
+    let ada = user(&store, "ada").await;
+    assert!(store.user_limits(ada).await.unwrap().is_default());
+    let limits = UserLimits {
+        submit_rate: Some("5/m".to_owned()),
+        submit_burst: Some(3),
+        max_active: Some(0),
+        slot_share: Some(0.25),
+        storage: Some(u64::MAX),
+    };
+    assert_eq!(
+        store.user_limits_set(ada, limits.clone()).await.unwrap(),
+        limits
+    );
+    let stored = store.user_limits(ada).await.unwrap();
+    assert_eq!(
+        stored.storage,
+        Some(i64::MAX as u64),
+        "clamped to what a column holds"
+    );
+    assert_eq!(
+        UserLimits {
+            storage: None,
+            ..stored
+        },
+        UserLimits {
+            storage: None,
+            ..limits
+        }
+    );
+    // A replacement keeps only what it sets.
+    let fewer = UserLimits {
+        max_active: Some(10),
+        ..UserLimits::default()
+    };
+    store.user_limits_set(ada, fewer.clone()).await.unwrap();
+    assert_eq!(store.user_limits(ada).await.unwrap(), fewer);
+    store
+        .user_limits_set(ada, UserLimits::default())
+        .await
+        .unwrap();
+    assert!(store.user_limits(ada).await.unwrap().is_default());
+    assert_not_found(store.user_limits(UserId(9_999)).await);
+    assert_not_found(store.user_limits_set(UserId(9_999), fewer).await);
 }

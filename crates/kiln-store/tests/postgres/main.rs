@@ -74,6 +74,7 @@ fn claim_req(node: &str, limit: u32, now: Timestamp) -> ClaimRequest {
         node: node.into(),
         types: vec!["echo".into(), "sleep".into()],
         exclude_queues: vec![],
+        exclude_owners: Vec::new(),
         limit,
         now,
         lease_until: now + TimeDelta::seconds(30),

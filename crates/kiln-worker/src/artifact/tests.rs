@@ -75,6 +75,7 @@ impl Fixture {
                 node: "node-a".into(),
                 types: vec!["echo".into()],
                 exclude_queues: vec![],
+                exclude_owners: Vec::new(),
                 limit: 10,
                 now,
                 lease_until: now + TimeDelta::minutes(5),

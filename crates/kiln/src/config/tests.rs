@@ -218,3 +218,19 @@ fn openid_connect_needs_an_https_issuer_and_an_audience() {
         assert!(problems[0].contains("KILN_OIDC"), "{problems:?}");
     }
 }
+
+#[test]
+fn the_slot_share_gives_each_client_at_least_one_slot() {
+    let slots = |share: &str, max: &str| {
+        parse(&["--slot-share", share, "--max-concurrency", max]).owner_slots()
+    };
+    assert_eq!(parse(&[]).owner_slots(), Some(2), "half of 4 by default");
+    assert_eq!(slots("0.5", "7"), Some(3));
+    assert_eq!(slots("0.01", "4"), Some(1));
+    assert_eq!(slots("1", "4"), None);
+    assert_eq!(slots("0.5", "1"), None, "one slot: nothing to share");
+    for bad in ["0", "-0.5", "1.5", "NaN"] {
+        let flag = format!("--slot-share={bad}");
+        assert!(parse(&[&flag]).validate().is_err(), "{bad}");
+    }
+}
