@@ -17,8 +17,9 @@ use crate::config::ServerConfig;
 use crate::problem::ApiError;
 use crate::rate::SubmitRate;
 
-/// How long a user's overrides are trusted without reading them again (a change made
-/// through this server applies at once; through another node, within this time).
+/// How long a user's overrides are trusted without reading them again: a change reaches
+/// every node at once through the store's signals; this bounds the time a missed signal
+/// (a listener reconnecting) can keep an old value.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// The largest burst an override may give.
 const MAX_BURST: u32 = 1_000_000;
@@ -149,6 +150,16 @@ impl LimitsCache {
             .get(&user)
             .filter(|(_, at)| at.elapsed() < CACHE_TTL)
             .map(|(limits, _)| limits.clone())
+    }
+
+    /// Forgets `user` (`None`: everyone).
+    pub fn forget(&self, user: Option<UserId>) {
+        match user {
+            Some(user) => {
+                self.lock().remove(&user);
+            }
+            None => self.lock().clear(),
+        }
     }
 
     /// Remembers `user`'s overrides.

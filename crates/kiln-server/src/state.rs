@@ -15,6 +15,34 @@ use crate::auth::token::TokenCache;
 use crate::config::ServerConfig;
 use crate::follow::LogHub;
 
+/// Forgets the cached tokens and limits of every user the store says changed, on this node
+/// or another (revocation at once everywhere). Ends with the state or the store.
+async fn forget_changed_users(
+    state: std::sync::Weak<Inner>,
+    mut signals: tokio::sync::broadcast::Receiver<kiln_store::Signal>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let signal = signals.recv().await;
+        let Some(inner) = state.upgrade() else {
+            return;
+        };
+        match signal {
+            Ok(kiln_store::Signal::UserChanged(user)) => {
+                inner.tokens.forget_user(user);
+                inner.limits.forget(Some(user));
+            }
+            Ok(_) => {}
+            // A change may be among the missed signals: forget everything.
+            Err(RecvError::Lagged(_)) => {
+                inner.tokens.clear();
+                inner.limits.forget(None);
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Shared state of the HTTP API; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -62,9 +90,10 @@ impl AppState {
         config: ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let signals = store.subscribe();
         let uploads = Arc::new(tokio::sync::Semaphore::new(config.max_uploads.max(1)));
         let submissions = crate::rate::SubmitLimiter::new(config.submit_rate);
-        Self {
+        let state = Self {
             inner: Arc::new(Inner {
                 uploads,
                 submissions,
@@ -80,7 +109,11 @@ impl AppState {
                 log_hub: OnceLock::new(),
                 metrics,
             }),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(forget_changed_users(Arc::downgrade(&state.inner), signals));
         }
+        state
     }
 
     /// From now on every request except `/healthz` is answered 503, and live streams end

@@ -57,12 +57,15 @@ pub(crate) async fn run(
                 signal = signals.recv() => match signal {
                     Ok(Signal::JobAvailable) => continue 'claim,
                     Ok(Signal::CancelRequested(id)) => cancel(&shared, id),
+                    // Their role or slot share may have changed.
+                    Ok(Signal::UserChanged(user)) => shared.roles.forget(Some(user)),
                     Ok(Signal::Changed(_) | Signal::LogAppended { .. }) => {}
                     Err(RecvError::Lagged(missed)) => {
                         // Missed signals may have included cancels: let the heartbeat
                         // read pending cancel requests from the store now.
                         tracing::debug!(missed, "signal receiver lagged");
                         shared.heartbeat_now.notify_one();
+                        shared.roles.forget(None);
                         continue 'claim;
                     }
                     Err(RecvError::Closed) => break 'claim,

@@ -19,7 +19,8 @@ use kiln_domain::{JobId, Role, UserId};
 
 use crate::Shared;
 
-/// How long an owner's role is trusted before it is read again.
+/// How long an owner's role and share are trusted before they are read again (a change is
+/// signalled and forgotten at once; this bounds what a missed signal keeps).
 const ROLE_TTL: Duration = Duration::from_secs(60);
 
 /// What the share needs to know of an owner.
@@ -40,6 +41,17 @@ impl Roles {
         map.get(&owner)
             .filter(|(_, at)| at.elapsed() < ROLE_TTL)
             .map(|(known, _)| *known)
+    }
+
+    /// Forgets `owner` (`None`: everyone): read again at the next claim.
+    pub(crate) fn forget(&self, owner: Option<UserId>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match owner {
+            Some(owner) => {
+                map.remove(&owner);
+            }
+            None => map.clear(),
+        }
     }
 
     fn put(&self, owner: UserId, role: Owner) {

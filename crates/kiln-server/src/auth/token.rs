@@ -20,8 +20,9 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// How long a looked-up token is trusted without asking the store again. Logout, token
-/// deletion and user changes made through this server invalidate at once; changes made
-/// elsewhere (another node, the CLI) take effect within this time.
+/// deletion and user changes invalidate at once, on every node: the store signals them
+/// ([`kiln_store::Signal::UserChanged`]). This bounds what a missed signal (a listener
+/// reconnecting, a change by `kiln user` in another process on SQLite) can keep alive.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Entries beyond which the cache is swept of stale ones (bounds memory under token spray).
 const CACHE_SWEEP_AT: usize = 10_000;
@@ -97,6 +98,11 @@ impl TokenCache {
     /// Forgets every token of this user (role change, disabling, password change).
     pub fn forget_user(&self, user: UserId) {
         self.lock().retain(|_, e| e.user.id != user);
+    }
+
+    /// Forgets every token.
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 }
 

@@ -190,7 +190,7 @@ pub async fn get_limits(
     params(("id" = i64, Path, description = "The user's id")),
     request_body = LimitOverrides,
     responses(
-        (status = 200, description = "Set: the user's limits now (other nodes apply them within 5 s; a slot share within a minute)", body = UserLimitsView),
+        (status = 200, description = "Set: the user's limits now, applied by every node at once", body = UserLimitsView),
         (status = 400, description = "A bad id or limit (`field` names it)"),
         (status = 403, description = "The caller is not an admin"),
         (status = 404, description = "No such user"),

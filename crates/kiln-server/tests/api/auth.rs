@@ -550,3 +550,30 @@ async fn api_tokens_expire_by_default_and_within_the_servers_maximum() {
         .await;
     assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
 }
+
+/// A change made elsewhere (another node, or the store directly) reaches this server's
+/// token cache through the store's signal, well before the cache's own 5 s would.
+#[tokio::test]
+async fn a_user_disabled_elsewhere_is_refused_without_waiting_for_the_cache() {
+    let app = TestApp::spawn().await;
+    let token = app.user("ada", "client").await;
+    let me = app.get(&token, "/api/v1/me").await;
+    assert_eq!(me.status, StatusCode::OK);
+    let id = kiln_domain::UserId(me.json()["id"].as_i64().unwrap());
+    let patch = kiln_store::UserPatch {
+        disabled: Some(true),
+        ..kiln_store::UserPatch::default()
+    };
+    app.store().user_update(id, patch).await.unwrap();
+    kiln_testkit::wait::wait_until(
+        "the disabled user's token to be refused",
+        std::time::Duration::from_secs(3),
+        || async {
+            match app.get(&token, "/api/v1/me").await.status {
+                StatusCode::UNAUTHORIZED => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
+}

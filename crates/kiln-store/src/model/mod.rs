@@ -432,6 +432,9 @@ pub enum Signal {
     JobAvailable,
     /// A running job's owner asked to cancel it.
     CancelRequested(JobId),
+    /// A user's tokens, role, enabled flag or limits changed (a token revoked, a password
+    /// or role changed, the user disabled, limits set): forget what is cached of them.
+    UserChanged(UserId),
     /// A job changed state: the event just stored (shared, so every subscriber's copy is a
     /// reference count).
     Changed(Arc<FeedEvent>),

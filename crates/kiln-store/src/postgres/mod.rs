@@ -59,6 +59,8 @@ use tokio_postgres::error::SqlState;
 use crate::cache::JobCache;
 use crate::error::{Result, StoreError, backend};
 use crate::model::Signal;
+use crate::signal::Outbox;
+use kiln_domain::UserId;
 pub use notify::LISTENER_NAME;
 use notify::Signals;
 
@@ -207,6 +209,13 @@ impl PgStore {
         tx.commit().await?;
         self.published(signals);
         Ok(())
+    }
+
+    /// Tells this node and the others that `user` changed (a committed user write).
+    fn user_changed(&self, user: UserId) {
+        let mut signals = Signals::default();
+        signals.push(Signal::UserChanged(user));
+        self.published(signals);
     }
 
     /// Publishes the signals of a committed write here and queues them for other nodes.

@@ -3,7 +3,7 @@
 //! re-publishes other nodes' notifications to this node's subscribers.
 //!
 //! Channel `kiln_jobs`; payload `<origin>|<signal>` where `<signal>` is `available`,
-//! `cancel:<job uuid>` or
+//! `cancel:<job uuid>`, `user:<user id>`, `log:<job uuid>:<end>` or
 //! `changed:<job uuid>:<owner id>:<seq>:<state>:<attempt>:<at unix ms>:<queue>:<type>`
 //! (queue names are `[a-z0-9_-]`; the type comes last, so even a `:` in it would survive,
 //! and the longest payload stays far below `NOTIFY`'s 8,000 bytes). `<origin>` names the
@@ -86,6 +86,7 @@ pub(super) fn encode(signal: &Signal) -> String {
     match signal {
         Signal::JobAvailable => "available".to_owned(),
         Signal::CancelRequested(id) => format!("cancel:{}", id.0),
+        Signal::UserChanged(user) => format!("user:{}", user.0),
         Signal::Changed(e) => format!(
             "changed:{}:{}:{}:{}:{}:{}:{}:{}",
             e.job_id.0,
@@ -108,6 +109,9 @@ pub(super) fn decode(payload: &str) -> Option<Signal> {
     }
     if let Some(id) = payload.strip_prefix("cancel:") {
         return Some(Signal::CancelRequested(id.parse().ok()?));
+    }
+    if let Some(id) = payload.strip_prefix("user:") {
+        return Some(Signal::UserChanged(UserId(id.parse().ok()?)));
     }
     if let Some(rest) = payload.strip_prefix("log:") {
         let (id, end) = rest.split_once(':')?;
@@ -339,6 +343,7 @@ mod tests {
         for signal in [
             Signal::JobAvailable,
             Signal::CancelRequested(id),
+            Signal::UserChanged(UserId(42)),
             Signal::Changed(Arc::new(event(JobState::Running))),
             Signal::Changed(Arc::new(odd)),
         ] {

@@ -58,7 +58,9 @@ impl Store for PgStore {
     }
 
     async fn user_limits_set(&self, user: UserId, limits: UserLimits) -> Result<UserLimits> {
-        users::limits_set(&self.client().await?, user, limits).await
+        let limits = users::limits_set(&self.client().await?, user, limits).await?;
+        self.user_changed(user);
+        Ok(limits)
     }
 
     async fn user_by_identity(&self, identity: &ExternalIdentity) -> Result<Option<User>> {
@@ -75,7 +77,9 @@ impl Store for PgStore {
     }
 
     async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<User> {
-        users::update(&self.client().await?, id, patch).await
+        let user = users::update(&self.client().await?, id, patch).await?;
+        self.user_changed(id);
+        Ok(user)
     }
 
     async fn user_count(&self) -> Result<u64> {
@@ -95,7 +99,9 @@ impl Store for PgStore {
     }
 
     async fn token_delete(&self, user: UserId, id: i64) -> Result<()> {
-        users::token_delete(&self.client().await?, user, id).await
+        users::token_delete(&self.client().await?, user, id).await?;
+        self.user_changed(user);
+        Ok(())
     }
 
     async fn token_prune(&self, now: Timestamp) -> Result<u64> {
@@ -103,7 +109,10 @@ impl Store for PgStore {
     }
 
     async fn token_delete_hash(&self, hash: &[u8]) -> Result<()> {
-        users::token_delete_hash(&self.client().await?, hash).await
+        if let Some(user) = users::token_delete_hash(&self.client().await?, hash).await? {
+            self.user_changed(user);
+        }
+        Ok(())
     }
 
     async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {

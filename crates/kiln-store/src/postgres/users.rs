@@ -319,13 +319,21 @@ pub(super) async fn token_delete(db: &impl GenericClient, user: UserId, id: i64)
     Ok(())
 }
 
-/// Deletes the token with this hash, if any.
 /// Deletes the tokens expired at `now`.
 pub(super) async fn token_prune(db: &impl GenericClient, now: Timestamp) -> Result<u64> {
     row::execute(db, "DELETE FROM tokens WHERE expires_at <= $1", &[&now]).await
 }
 
-pub(super) async fn token_delete_hash(db: &impl GenericClient, hash: &[u8]) -> Result<()> {
-    row::execute(db, "DELETE FROM tokens WHERE hash = $1", &[&hash]).await?;
-    Ok(())
+/// Deletes the token with this hash, if any; whose it was.
+pub(super) async fn token_delete_hash(
+    db: &impl GenericClient,
+    hash: &[u8],
+) -> Result<Option<UserId>> {
+    let found = query_opt(
+        db,
+        "DELETE FROM tokens WHERE hash = $1 RETURNING user_id",
+        &[&hash],
+    )
+    .await?;
+    found.map(|r| row::get(&r, 0).map(UserId)).transpose()
 }

@@ -13,6 +13,7 @@ use crate::Store;
 use crate::cache::Cached;
 use crate::error::{Result, StoreError};
 use crate::model::*;
+use crate::signal::Outbox;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -34,7 +35,12 @@ impl Store for SqliteStore {
     }
 
     async fn user_update(&self, id: UserId, patch: UserPatch) -> Result<User> {
-        self.write(move |tx| users::update(tx, id, patch)).await
+        self.write(move |tx| {
+            let user = users::update(tx, id, patch)?;
+            tx.push(Signal::UserChanged(id));
+            Ok(user)
+        })
+        .await
     }
 
     async fn user_count(&self) -> Result<u64> {
@@ -46,8 +52,12 @@ impl Store for SqliteStore {
     }
 
     async fn user_limits_set(&self, user: UserId, limits: UserLimits) -> Result<UserLimits> {
-        self.write(move |tx| users::limits_set(tx, user, limits))
-            .await
+        self.write(move |tx| {
+            let limits = users::limits_set(tx, user, limits)?;
+            tx.push(Signal::UserChanged(user));
+            Ok(limits)
+        })
+        .await
     }
 
     async fn user_by_identity(&self, identity: &ExternalIdentity) -> Result<Option<User>> {
@@ -81,8 +91,12 @@ impl Store for SqliteStore {
     }
 
     async fn token_delete(&self, user: UserId, id: i64) -> Result<()> {
-        self.write(move |tx| users::token_delete(tx, user, id))
-            .await
+        self.write(move |tx| {
+            users::token_delete(tx, user, id)?;
+            tx.push(Signal::UserChanged(user));
+            Ok(())
+        })
+        .await
     }
 
     async fn token_prune(&self, now: Timestamp) -> Result<u64> {
@@ -91,8 +105,13 @@ impl Store for SqliteStore {
 
     async fn token_delete_hash(&self, hash: &[u8]) -> Result<()> {
         let hash = hash.to_vec();
-        self.write(move |tx| users::token_delete_hash(tx, &hash))
-            .await
+        self.write(move |tx| {
+            if let Some(user) = users::token_delete_hash(tx, &hash)? {
+                tx.push(Signal::UserChanged(user));
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn job_insert(&self, job: NewJob, opts: InsertOptions) -> Result<Inserted> {

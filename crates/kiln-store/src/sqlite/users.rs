@@ -285,7 +285,6 @@ pub(super) fn token_delete(tx: &Tx<'_>, user: UserId, id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the token with this hash, if any.
 /// Deletes the tokens expired at `now`.
 pub(super) fn token_prune(tx: &Tx<'_>, now: Timestamp) -> Result<u64> {
     let n = tx
@@ -295,9 +294,12 @@ pub(super) fn token_prune(tx: &Tx<'_>, now: Timestamp) -> Result<u64> {
     Ok(n as u64)
 }
 
-pub(super) fn token_delete_hash(tx: &Tx<'_>, hash: &[u8]) -> Result<()> {
-    tx.db
-        .prepare_cached("DELETE FROM tokens WHERE hash = ?1")?
-        .execute([hash])?;
-    Ok(())
+/// Deletes the token with this hash, if any; whose it was.
+pub(super) fn token_delete_hash(tx: &Tx<'_>, hash: &[u8]) -> Result<Option<UserId>> {
+    let user = tx
+        .db
+        .prepare_cached("DELETE FROM tokens WHERE hash = ?1 RETURNING user_id")?
+        .query_row([hash], |r| r.get(0))
+        .optional()?;
+    Ok(user.map(UserId))
 }

@@ -148,3 +148,34 @@ async fn an_unknown_type_or_queue_in_the_database_is_a_backend_error() {
     }
     assert!(store.job_get(None, id).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_changes_reach_every_node_at_once() {
+    let Some((db, node_a, ada)) = setup().await else {
+        return;
+    };
+    let node_b = db.store().await;
+    let mut on_b = node_b.subscribe();
+    let patch = kiln_store::UserPatch {
+        disabled: Some(true),
+        ..kiln_store::UserPatch::default()
+    };
+    node_a.user_update(ada, patch).await.unwrap();
+    wait_for(&mut on_b, Signal::UserChanged(ada)).await;
+    let token = kiln_store::NewToken {
+        user: ada,
+        hash: vec![7; 32],
+        kind: kiln_store::TokenKind::Session,
+        name: "login".into(),
+        expires_at: None,
+    };
+    node_a.token_insert(token, t0()).await.unwrap();
+    node_a.token_delete_hash(&[7; 32]).await.unwrap();
+    wait_for(&mut on_b, Signal::UserChanged(ada)).await;
+    let limits = kiln_store::UserLimits {
+        max_active: Some(1),
+        ..kiln_store::UserLimits::default()
+    };
+    node_a.user_limits_set(ada, limits).await.unwrap();
+    wait_for(&mut on_b, Signal::UserChanged(ada)).await;
+}
