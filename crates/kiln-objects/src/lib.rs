@@ -82,6 +82,32 @@ pub enum ObjectsError {
     Corrupt(serde_json::Error),
 }
 
+impl ObjectsError {
+    /// Whether the failure is a full disk (or a disk quota): somewhere in its causes is an
+    /// I/O error saying no room is left.
+    pub fn is_full(&self) -> bool {
+        // The variants report no `source()` (see above): start from the inner error.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = match self {
+            Self::Io(e) => Some(e),
+            Self::Store(e) => Some(e),
+            Self::Body(e) => Some(e.as_ref()),
+            _ => None,
+        };
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 impl From<object_store::Error> for ObjectsError {
     fn from(e: object_store::Error) -> Self {
         Self::Store(e)

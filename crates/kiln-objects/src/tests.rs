@@ -271,3 +271,18 @@ fn an_error_chain_says_its_cause_once() {
     assert_eq!(e.to_string(), "local I/O: disk full");
     assert!(std::error::Error::source(&e).is_none());
 }
+
+#[test]
+fn a_full_disk_is_recognised_through_the_object_store_error() {
+    use std::io::{Error, ErrorKind};
+    let full = || Error::from(ErrorKind::StorageFull);
+    assert!(ObjectsError::Io(full()).is_full());
+    let wrapped = object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(full()),
+    };
+    assert!(ObjectsError::Store(wrapped).is_full());
+    assert!(ObjectsError::Io(Error::from(ErrorKind::QuotaExceeded)).is_full());
+    assert!(!ObjectsError::Io(Error::from(ErrorKind::PermissionDenied)).is_full());
+    assert!(!ObjectsError::NotFound.is_full());
+}

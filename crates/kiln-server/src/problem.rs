@@ -181,6 +181,16 @@ impl From<StoreError> for ApiError {
                 e.retry_after = Some(RETRY_AFTER_SECS);
                 e
             }
+            StoreError::Full(source) => {
+                let mut e = Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage_full",
+                    "the server has no room to store this (its disk or database is full); nothing was kept",
+                );
+                e.retry_after = Some(RETRY_AFTER_SECS);
+                e.cause = Some(source.to_string());
+                e
+            }
             StoreError::Transient(source) => {
                 let mut e = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -218,8 +228,21 @@ impl ApiError {
                     format!("the upload failed: {other}"),
                 ),
             },
+            full if full.is_full() => Self::full(&full),
             other => Self::internal(error_chain(&other)),
         }
+    }
+
+    /// 507: the disk under the object store is full.
+    fn full(cause: &dyn std::fmt::Display) -> Self {
+        let mut e = Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage_full",
+            "the server has no room to store this (its disk is full); nothing was kept",
+        );
+        e.retry_after = Some(RETRY_AFTER_SECS);
+        e.cause = Some(cause.to_string());
+        e
     }
 
     /// 413: an upload over the limit of `limit` bytes.

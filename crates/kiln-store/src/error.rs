@@ -42,6 +42,10 @@ pub enum StoreError {
         /// The owner's quota.
         limit: u64,
     },
+    /// The database has no room: its disk is full, or it reached its configured size.
+    /// Nothing of the write was kept; worth retrying once room is made.
+    #[error("the database is full")]
+    Full(#[source] BoxError),
     /// Worth retrying: busy database, serialisation failure, lost connection.
     #[error("transient storage error")]
     Transient(#[source] BoxError),
@@ -65,9 +69,9 @@ impl StoreError {
         }
     }
 
-    /// Whether retrying the same call may succeed.
+    /// Whether retrying the same call may succeed (a full database may have room later).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
+        matches!(self, Self::Transient(_) | Self::Full(_))
     }
 }
 

@@ -19,11 +19,16 @@ pub struct TempSqlite {
 impl TempSqlite {
     /// Opens a fresh store.
     pub fn new() -> Self {
+        Self::with(SqliteOptions::default())
+    }
+
+    /// Opens a fresh store with `opts` (its path replaced by the temp file).
+    pub fn with(opts: SqliteOptions) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for the test database");
         let path = dir.path().join("kiln.db");
         let store = SqliteStore::open(SqliteOptions {
             path: SqlitePath::File(path.clone()),
-            ..SqliteOptions::default()
+            ..opts
         })
         .expect("open a fresh SQLite store");
         Self { store, path, dir }

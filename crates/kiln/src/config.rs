@@ -152,6 +152,11 @@ pub struct Config {
     /// SQLite durability mode.
     #[arg(long, env = "KILN_SQLITE_SYNC", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_sync: SqliteSync,
+    /// The largest the SQLite database may grow (bytes or `MiB`/`GiB`; `0`: as large as
+    /// the disk allows). A write past it answers 507 `storage_full`, as a full disk does,
+    /// and keeps nothing of the write.
+    #[arg(long, env = "KILN_SQLITE_MAX_SIZE", default_value = "0", value_parser = parse_size)]
+    pub sqlite_max_size: u64,
     /// PostgreSQL: most pooled connections of this node.
     #[arg(long, env = "KILN_PG_POOL", default_value_t = 16)]
     pub pg_pool: usize,

@@ -66,6 +66,8 @@ pub struct StoreOptions {
     pub pg_pool: usize,
     /// PostgreSQL without `LISTEN/NOTIFY`.
     pub pg_poll_only: bool,
+    /// The largest the SQLite database may grow, in bytes.
+    pub sqlite_max_size: Option<u64>,
 }
 
 impl StoreOptions {
@@ -75,6 +77,7 @@ impl StoreOptions {
             sqlite_sync: config.sqlite_sync,
             pg_pool: config.pg_pool,
             pg_poll_only: config.pg_poll_only,
+            sqlite_max_size: (config.sqlite_max_size > 0).then_some(config.sqlite_max_size),
         }
     }
 }
@@ -109,6 +112,7 @@ async fn open_store_with(
         path,
         synchronous: opts.sqlite_sync.into(),
         metrics,
+        max_size: opts.sqlite_max_size,
         ..SqliteOptions::default()
     })
     .with_context(|| format!("while opening the database {url}"))?;

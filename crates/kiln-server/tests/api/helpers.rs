@@ -33,7 +33,11 @@ impl TestApp {
     }
 
     pub async fn spawn_with_clock(config: ServerConfig, clock: Arc<dyn Clock>) -> Self {
-        let db = TempSqlite::new();
+        Self::spawn_on(TempSqlite::new(), config, clock).await
+    }
+
+    /// On a store opened by the test.
+    pub async fn spawn_on(db: TempSqlite, config: ServerConfig, clock: Arc<dyn Clock>) -> Self {
         let store: Arc<dyn Store> = db.store.clone();
         let created = kiln_server::ensure_admin(store.as_ref(), Some(ADMIN_PASSWORD), clock.now())
             .await

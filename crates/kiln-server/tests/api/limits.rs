@@ -159,3 +159,51 @@ async fn a_users_own_quota_and_storage_hold_for_them_alone_even_an_operator() {
     assert_eq!(kept.as_array().map(Vec::len), Some(0), "{kept}");
     assert_eq!(upload(b"0123456789").await.status, StatusCode::CREATED);
 }
+
+/// A database that cannot grow (its cap reached, as a full disk would): submissions get 507
+/// with nothing half-stored, and reads keep working.
+#[tokio::test]
+async fn a_full_database_answers_507_and_keeps_what_it_had() {
+    let db = kiln_testkit::TempSqlite::with(kiln_store::sqlite::SqliteOptions {
+        // A fresh database is ~300 KB; this leaves room for a few dozen big jobs.
+        max_size: Some(600 * 1024),
+        ..Default::default()
+    });
+    let app = TestApp::spawn_on(
+        db,
+        ServerConfig::default(),
+        std::sync::Arc::new(kiln_domain::SystemClock),
+    )
+    .await;
+    let big = "x".repeat(8 * 1024);
+    let mut accepted = Vec::new();
+    let full = loop {
+        let resp = app
+            .submit(&app.admin, json!({"type": "echo", "payload": {"pad": big}}))
+            .await;
+        if resp.status != StatusCode::ACCEPTED {
+            break resp;
+        }
+        accepted.push(resp.json()["id"].as_str().unwrap().to_owned());
+        assert!(accepted.len() < 100, "the database never filled up");
+    };
+    let body = problem(&full, 507, "storage_full");
+    assert!(full.header("retry-after").is_some(), "{body}");
+    assert!(!accepted.is_empty());
+    // Every accepted job is whole; the refused one left nothing behind.
+    let page = app.get(&app.admin, "/api/v1/jobs?limit=100").await.json();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), accepted.len());
+    let last = accepted.last().unwrap();
+    let job = app.get(&app.admin, &format!("/api/v1/jobs/{last}")).await;
+    assert_eq!(job.status, StatusCode::OK);
+    assert_eq!(
+        job.json()["payload"]["pad"].as_str().map(str::len),
+        Some(8 * 1024)
+    );
+}

@@ -286,6 +286,7 @@ pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
         Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
             StoreError::conflict("a record with the same key already exists")
         }
+        Some(code) if *code == SqlState::DISK_FULL => StoreError::Full(Box::new(e)),
         Some(code) if is_transient_code(code) => StoreError::Transient(Box::new(e)),
         Some(_) => StoreError::Backend(Box::new(e)),
         // No SQLSTATE: the connection failed or closed (an I/O error, a timeout).

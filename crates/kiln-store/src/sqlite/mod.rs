@@ -99,6 +99,9 @@ pub struct SqliteOptions {
     pub wal_restart_frames: u32,
     /// Where the writer records each commit's batch size and duration (none by default).
     pub metrics: Option<Arc<Metrics>>,
+    /// The largest the database may grow, in bytes (`None`: as large as the disk allows).
+    /// A write past it fails as [`StoreError::Full`], as on a full disk.
+    pub max_size: Option<u64>,
 }
 
 impl Default for SqliteOptions {
@@ -110,6 +113,7 @@ impl Default for SqliteOptions {
             readers: 4,
             wal_restart_frames: 8192,
             metrics: None,
+            max_size: None,
         }
     }
 }
@@ -162,6 +166,14 @@ impl SqliteStore {
     pub fn open(opts: SqliteOptions) -> Result<Arc<SqliteStore>> {
         let mut conn = schema::open_writer(&opts.path, opts.synchronous)?;
         schema::migrate(&conn)?;
+        if let Some(bytes) = opts.max_size {
+            let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = i64::try_from(bytes / page.max(1) as u64)
+                .unwrap_or(i64::MAX)
+                .max(1);
+            // SQLite keeps the current size if the cap is below it.
+            conn.pragma_update(None, "max_page_count", pages)?;
+        }
         let readers = match &opts.path {
             SqlitePath::File(path) if opts.readers > 0 => {
                 Some(Arc::new(ReaderPool::open(path, opts.readers)?))
@@ -251,6 +263,9 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
         )
     {
         return StoreError::conflict("a record with the same key already exists");
+    }
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return StoreError::Full(Box::new(e));
     }
     if is_transient(&e) {
         StoreError::Transient(Box::new(e))

@@ -110,6 +110,8 @@ trait Command: Send {
     fn finish(self: Box<Self>, failure: Option<StoreError>);
     /// Whether [`Command::run`] needs a savepoint of its own.
     fn guarded(&self) -> bool;
+    /// Whether the work failed because the database is full.
+    fn failed_full(&self) -> bool;
 }
 
 struct Call<F, R> {
@@ -150,6 +152,10 @@ where
 
     fn guarded(&self) -> bool {
         self.guarded
+    }
+
+    fn failed_full(&self) -> bool {
+        matches!(self.result, Some(Err(StoreError::Full(_))))
     }
 }
 
@@ -351,6 +357,11 @@ fn run_commands(
             evicted: Evicted::default(),
         };
         let ok = command.run(&mut tx);
+        if !ok && txn.is_autocommit() {
+            // SQLite rolled the whole transaction back itself (a full database or disk
+            // does that): the batch is lost, and every caller hears why.
+            return Err(half_written(command.failed_full()));
+        }
         if ok {
             published.signals.append(&mut tx.signals);
             published.evicted.ids.append(&mut tx.evicted.ids);
@@ -363,18 +374,26 @@ fn run_commands(
             }
             txn.prepare_cached("RELEASE command")?.execute([])?;
         } else if !ok && txn.total_changes() != changes {
-            return Err(half_written());
+            return Err(half_written(command.failed_full()));
         }
     }
     counts.apply(txn)
 }
 
-/// The batch error when an unguarded command failed after writing (see the module docs).
-fn half_written() -> rusqlite::Error {
+/// The batch error when an unguarded command failed after writing (see the module docs), or
+/// when SQLite rolled the batch back itself: `SQLITE_FULL` when that was the command's
+/// failure, so every caller hears the database is full.
+fn half_written(full: bool) -> rusqlite::Error {
+    let code = if full {
+        rusqlite::ffi::SQLITE_FULL
+    } else {
+        rusqlite::ffi::SQLITE_ABORT
+    };
     rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        rusqlite::ffi::Error::new(code),
         Some(
-            "a command failed after writing part of its change; the batch was rolled back"
+            "a command failed after writing part of its change, or SQLite rolled its \
+             transaction back; the batch was rolled back"
                 .to_owned(),
         ),
     )
@@ -414,7 +433,9 @@ fn publish(signals: &broadcast::Sender<Signal>, published: Vec<Signal>) {
 /// The same error for each caller of a failed batch (a driver error cannot be cloned).
 fn batch_error(e: &rusqlite::Error) -> StoreError {
     let source = BoxError::from(format!("the batch did not commit: {e}"));
-    if is_transient(e) {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        StoreError::Full(source)
+    } else if is_transient(e) {
         StoreError::Transient(source)
     } else {
         StoreError::Backend(source)

@@ -67,6 +67,7 @@ impl DbArgs {
             sqlite_sync: SqliteSync::Full,
             pg_pool: 2,
             pg_poll_only: true,
+            sqlite_max_size: None,
         };
         node::open_store(&self.database_url, opts).await
     }
