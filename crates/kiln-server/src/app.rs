@@ -83,7 +83,10 @@ fn api(upload_limit: u64) -> Router<AppState> {
     let upload_body = upload_limit.saturating_add(files::MULTIPART_OVERHEAD);
     let upload_body = usize::try_from(upload_body).unwrap_or(usize::MAX);
     Router::new()
-        .route("/auth/login", post(auth::login))
+        .route(
+            "/auth/login",
+            post(auth::login).layer(DefaultBodyLimit::max(auth::LOGIN_BODY_LIMIT)),
+        )
         .route("/auth/logout", post(auth::logout))
         .route("/me", get(auth::me))
         .route("/tokens", get(auth::list_tokens).post(auth::create_token))

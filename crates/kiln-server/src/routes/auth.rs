@@ -25,6 +25,11 @@ use crate::view;
 static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| password::hash("no user has this password").unwrap_or_default());
 
+/// The largest login body: a 64-character name and a 1,024-byte password, even with every
+/// character escaped, fit in it. A larger body answers 413 once this much is read, so a
+/// flood of huge logins costs the server a few KB each, not a parse of each megabyte.
+pub const LOGIN_BODY_LIMIT: usize = 16 * 1024;
+
 /// `POST /auth/login` → a session token.
 #[utoipa::path(
     post,
