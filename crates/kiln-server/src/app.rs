@@ -85,7 +85,9 @@ fn api(upload_limit: u64) -> Router<AppState> {
     Router::new()
         .route(
             "/auth/login",
-            post(auth::login).layer(DefaultBodyLimit::max(auth::LOGIN_BODY_LIMIT)),
+            post(auth::login)
+                .layer(DefaultBodyLimit::max(auth::LOGIN_BODY_LIMIT))
+                .layer(from_fn(auth::refuse_large_login)),
         )
         .route("/auth/logout", post(auth::logout))
         .route("/me", get(auth::me))
