@@ -404,7 +404,11 @@ async fn a_malformed_username_is_refused_without_being_remembered() {
         .send_json(Method::POST, None, "/api/v1/auth/login", &huge)
         .await;
     problem(&resp, 413, "payload_too_large");
-    assert_eq!(resp.header("connection"), Some("close"), "the rest is never read");
+    assert_eq!(
+        resp.header("connection"),
+        Some("close"),
+        "the rest is never read"
+    );
     for name in ["x".repeat(10 * 1024), "a b".to_owned(), String::new()] {
         let body = json!({"username": name, "password": "whatever-1"});
         let resp = app

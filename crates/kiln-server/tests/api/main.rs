@@ -19,3 +19,4 @@ mod openapi;
 mod ops;
 mod reads;
 mod security;
+mod security_inputs;
