@@ -290,6 +290,28 @@ impl NewJob {
 /// from the database to the response without being parsed into a tree and written again.
 pub type RawJson = Box<serde_json::value::RawValue>;
 
+/// Results larger than this (as JSON) are kept as the artifact [`RESULT_ARTIFACT`]; the job's
+/// `result` keeps [`spilled_result`]'s summary.
+pub const MAX_INLINE_RESULT: usize = 64 * 1024;
+/// The artifact holding a result over [`MAX_INLINE_RESULT`].
+pub const RESULT_ARTIFACT: &str = "result.json";
+
+/// What a job's `result` keeps of a result of `bytes` bytes stored as [`RESULT_ARTIFACT`]:
+/// its top-level scalar fields, `result_artifact` and `result_bytes`.
+pub fn spilled_result(value: &Value, bytes: usize) -> Value {
+    let mut summary = serde_json::Map::new();
+    if let Value::Object(fields) = value {
+        for (k, v) in fields {
+            if !v.is_array() && !v.is_object() {
+                summary.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    summary.insert("result_artifact".into(), Value::from(RESULT_ARTIFACT));
+    summary.insert("result_bytes".into(), Value::from(bytes));
+    Value::Object(summary)
+}
+
 /// A job as stored: its submission plus its current, denormalised state.
 ///
 /// `J` is how the payload and the result are held: a [`Value`] where code looks inside them

@@ -72,6 +72,21 @@ impl Objects {
         Ok((size, Placement::Copied))
     }
 
+    /// Stores `bytes` as artifact `name` of `job`'s `attempt` in one put (for small
+    /// artifacts made in memory, such as a reported result), replacing one of that name.
+    pub async fn artifact_put_bytes(
+        &self,
+        job: JobId,
+        attempt: u32,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<u64, ObjectsError> {
+        let location = artifact_path(job, attempt, name)?;
+        let size = bytes.len() as u64;
+        self.store.put(&location, PutPayload::from(bytes)).await?;
+        Ok(size)
+    }
+
     /// Streams the file at `path` into `location`: one put when it fits a part, else a
     /// multipart upload (aborted on error, so nothing partial is left).
     async fn copy_in(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use kiln_domain::job::{MAX_INLINE_RESULT, RESULT_ARTIFACT, spilled_result};
 use kiln_domain::{Failure, Job, JobState, Lease};
 use kiln_kernels::{Artifacts, Inputs, JobContext, KernelError, LogSink, Progress};
 use kiln_metrics::{Metrics, Outcome as MetricOutcome};
@@ -263,31 +264,17 @@ fn decide(
     }
 }
 
-/// Results above this size are stored as the artifact `result.json`, written to the scratch
-/// directory and published with the attempt's other artifacts; the job's `result` keeps a
-/// summary (`docs/design.md`, "Job types").
-pub(crate) const MAX_INLINE_RESULT: usize = 64 * 1024;
-
 /// Keeps a result of at most [`MAX_INLINE_RESULT`] bytes inline. A larger one is written to
-/// `result.json`, and the job's result becomes its top-level scalar fields plus a link.
+/// `result.json`, published with the attempt's other artifacts, and the job's result becomes
+/// [`spilled_result`]'s summary (`docs/design.md`, "Job types").
 fn spill_large_result(value: Value, artifacts: &Artifacts) -> std::io::Result<Value> {
     let text = serde_json::to_vec(&value).map_err(std::io::Error::other)?;
     if text.len() <= MAX_INLINE_RESULT {
         return Ok(value);
     }
-    let (_, mut file) = artifacts.create("result.json")?;
+    let (_, mut file) = artifacts.create(RESULT_ARTIFACT)?;
     std::io::Write::write_all(&mut file, &text)?;
-    let mut summary = serde_json::Map::new();
-    if let Value::Object(fields) = &value {
-        for (k, v) in fields {
-            if !v.is_array() && !v.is_object() {
-                summary.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    summary.insert("result_artifact".into(), Value::from("result.json"));
-    summary.insert("result_bytes".into(), Value::from(text.len()));
-    Ok(Value::Object(summary))
+    Ok(spilled_result(&value, text.len()))
 }
 
 /// Stores the outcome. A transient store error (a busy database, a dropped connection, an

@@ -6,6 +6,7 @@ use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_api::{EventView, JobView, Page, PatchJob, StatusView, SubmitJob};
+use kiln_domain::job::{MAX_INLINE_RESULT, RESULT_ARTIFACT, spilled_result};
 use kiln_domain::{Failure, JobId, JobState, RawJson};
 use kiln_store::{Inserted, Report};
 use serde_json::Value;
@@ -388,16 +389,63 @@ pub async fn report(
     Path(id): Path<JobId>,
     Json(body): Json<PatchJob>,
 ) -> Result<Json<JobView>, ApiError> {
+    let error = body.error.map(|e| failure(body.state, e)).transpose()?;
+    let (result, spilled) = match body.result {
+        Some(value) if body.state == JobState::Succeeded => {
+            spill_reported(&state, me.user.id, id, value).await?
+        }
+        other => (other, false),
+    };
     let report = Report {
         state: body.state,
-        error: body.error.map(|e| failure(body.state, e)).transpose()?,
-        result: body.result,
+        error,
+        result,
     };
-    let job = state
+    let reported = state
         .store()
         .job_report(Some(me.user.id), id, report, state.now())
+        .await;
+    if spilled
+        && reported.is_err()
+        && let Some(objects) = &state.config().objects
+    {
+        // The report was refused: its result's artifact goes too.
+        let _ = objects.artifact_delete(id).await;
+    }
+    Ok(Json(reported?.into()))
+}
+
+/// A reported result over [`MAX_INLINE_RESULT`] is stored as the artifact `result.json` of
+/// the job's current attempt, and the job keeps a summary, as for a worker's result;
+/// whether it was.
+async fn spill_reported(
+    state: &AppState,
+    owner: kiln_domain::UserId,
+    id: JobId,
+    value: Value,
+) -> Result<(Option<Value>, bool), ApiError> {
+    let text = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+    if text.len() <= MAX_INLINE_RESULT {
+        return Ok((Some(value), false));
+    }
+    let job = state.store().job_get(Some(owner), id).await?;
+    if job.job_type != kiln_domain::JobType::External {
+        // The store refuses the report itself (409); nothing to store.
+        return Ok((Some(value), false));
+    }
+    let objects = state.config().objects.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            "result",
+            format!(
+                "is over {MAX_INLINE_RESULT} bytes, and this server keeps no artifacts to hold it"
+            ),
+        )
+    })?;
+    let bytes = text.len();
+    objects
+        .artifact_put_bytes(id, job.attempts, RESULT_ARTIFACT, text)
         .await?;
-    Ok(Json(job.into()))
+    Ok((Some(spilled_result(&value, bytes)), true))
 }
 
 /// A reported error: a message string, or `{code?, message, retryable?}`.

@@ -116,3 +116,78 @@ async fn a_job_that_stays_queued_or_a_server_without_storage_lists_no_artifacts(
         .await;
     problem(&file, 404, "not_found");
 }
+
+/// An `external` job's reported result over 64 KiB becomes the artifact `result.json`, as a
+/// worker's does; a smaller one stays inline; without object storage it is a 400.
+#[tokio::test]
+async fn a_large_reported_result_is_kept_as_an_artifact() {
+    let (app, _objects) = spawn().await;
+    let ext = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "external", "payload": {"name": "etl"}}),
+        )
+        .await;
+    let path = format!("/api/v1/jobs/{ext}");
+    let running = json!({"state": "running"});
+    let running = app.send(Method::PATCH, &app.admin, &path, &running).await;
+    assert_eq!(running.status, StatusCode::OK);
+    let rows: Vec<u32> = (0..20_000).collect();
+    let result = json!({"count": 20_000, "rows": rows});
+    let body = json!({"state": "succeeded", "result": result});
+    let done = app.send(Method::PATCH, &app.admin, &path, &body).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    let kept = done.json()["result"].clone();
+    let bytes = serde_json::to_vec(&result).unwrap().len();
+    assert!(bytes > 64 * 1024);
+    assert_eq!(
+        kept,
+        json!({"count": 20_000, "result_artifact": "result.json", "result_bytes": bytes})
+    );
+    let file = app
+        .get(&app.admin, &format!("{path}/artifacts/result.json"))
+        .await;
+    assert_eq!(file.status, StatusCode::OK);
+    assert_eq!(file.json(), result);
+
+    // A small result stays inline.
+    let small = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "external", "payload": {"name": "s"}}),
+        )
+        .await;
+    let small_path = format!("/api/v1/jobs/{small}");
+    let running = json!({"state": "running"});
+    app.send(Method::PATCH, &app.admin, &small_path, &running)
+        .await;
+    let done = app
+        .send(
+            Method::PATCH,
+            &app.admin,
+            &small_path,
+            &json!({"state": "succeeded", "result": {"rows": 3}}),
+        )
+        .await;
+    assert_eq!(done.json()["result"], json!({"rows": 3}));
+
+    // No object storage: nowhere to keep it.
+    let bare = TestApp::spawn().await;
+    let ext = bare
+        .submit_ok(
+            &bare.admin,
+            json!({"type": "external", "payload": {"name": "x"}}),
+        )
+        .await;
+    let refused = bare
+        .send(
+            Method::PATCH,
+            &bare.admin,
+            &format!("/api/v1/jobs/{ext}"),
+            &json!({"state": "succeeded", "result": result}),
+        )
+        .await;
+    problem(&refused, 400, "invalid_request");
+    let job = bare.get(&bare.admin, &format!("/api/v1/jobs/{ext}")).await;
+    assert_eq!(job.json()["state"], "queued", "nothing half-done");
+}
