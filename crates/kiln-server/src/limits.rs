@@ -173,6 +173,17 @@ impl LimitsCache {
 }
 
 impl crate::state::AppState {
+    /// The bytes `user` keeps: their uploaded files and their jobs' artifacts.
+    pub async fn storage_used(
+        &self,
+        objects: &kiln_objects::Objects,
+        user: UserId,
+    ) -> Result<u64, ApiError> {
+        let files: u64 = objects.file_list(user).await?.iter().map(|f| f.size).sum();
+        let artifacts = self.store().owner_artifact_bytes(user).await?;
+        Ok(files.saturating_add(artifacts))
+    }
+
     /// The limits that hold for `user` now.
     pub async fn limits_of(&self, user: &User) -> Result<Effective, ApiError> {
         let own = match self.limits_cache().get(user.id) {

@@ -212,6 +212,11 @@ pub trait Store: Send + Sync + 'static {
     /// Hard-deletes a terminal job with its events, logs and idempotency keys; `Conflict` if
     /// it is not terminal.
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()>;
+    /// Records the bytes of job `id`'s stored artifacts (they count against its owner's
+    /// storage quota); `NotFound` if it is not `owner`'s (`None`: anyone's).
+    async fn job_artifacts_set(&self, owner: Option<UserId>, id: JobId, bytes: u64) -> Result<()>;
+    /// The bytes of artifacts `owner`'s jobs keep.
+    async fn owner_artifact_bytes(&self, owner: UserId) -> Result<u64>;
     /// The job's state history, oldest first.
     async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>>;
     /// The events of `owner`'s jobs (everyone's with `None`) strictly after `after` in

@@ -51,6 +51,11 @@ pub(crate) async fn publish(
         return outcome;
     }
     let outcome = match (outcome, &shared.config.objects) {
+        (Some(Outcome::Succeeded(_)), Some(objects))
+            if let Some(failure) = over_quota(shared, objects, job, artifacts).await =>
+        {
+            Some(shared.failed(job, failure, shared.clock.now()))
+        }
         (Some(Outcome::Succeeded(mut value)), Some(objects)) => {
             let stored = match deadline {
                 Some(at) => timeout_at(at, upload(objects, job, artifacts)).await,
@@ -58,10 +63,18 @@ pub(crate) async fn publish(
             };
             let failure = match stored {
                 Ok(Ok(links)) => {
+                    let bytes = links.iter().map(|l| l.bytes).sum();
                     if let Value::Object(fields) = &mut value {
                         fields.insert("artifacts".into(), links_value(&links));
                     }
-                    None
+                    // Counted against the owner's storage quota from now on.
+                    match shared.store.job_artifacts_set(None, job.id, bytes).await {
+                        Ok(()) => None,
+                        Err(e) => Some(Failure::retryable(
+                            "artifact_store",
+                            format!("cannot record the size of the job's artifacts: {e}"),
+                        )),
+                    }
                 }
                 Ok(Err(e)) => Some(Failure::retryable(
                     "artifact_store",
@@ -90,6 +103,59 @@ pub(crate) async fn publish(
     };
     discard(artifacts.dir()).await;
     outcome
+}
+
+/// A permanent `storage_quota` failure when the attempt's files would take the owner past
+/// their storage quota (uploaded files and their jobs' artifacts together); `None` when
+/// they fit, when the owner has no quota, or when the usage cannot be read (the upload then
+/// goes ahead: a quota is not worth failing finished work for a read error).
+async fn over_quota(
+    shared: &Shared,
+    objects: &Objects,
+    job: &Job,
+    artifacts: &Artifacts,
+) -> Option<Failure> {
+    let quota = shared.storage_quota_of(job.owner).await?;
+    let new = scratch_bytes(artifacts.dir()).await;
+    let files: u64 = match objects.file_list(job.owner).await {
+        Ok(files) => files.iter().map(|f| f.size).sum(),
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, error = %e, "cannot read the owner's stored files");
+            return None;
+        }
+    };
+    let artifacts = match shared.store.owner_artifact_bytes(job.owner).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, error = %e, "cannot read the owner's artifact bytes");
+            return None;
+        }
+    };
+    let used = files.saturating_add(artifacts);
+    (used.saturating_add(new) > quota).then(|| {
+        Failure::permanent(
+            "storage_quota",
+            format!(
+                "the job's artifacts ({new} bytes) do not fit its owner's storage quota \
+                 ({used} of {quota} bytes in use by files and artifacts)"
+            ),
+        )
+    })
+}
+
+/// The bytes of the files in an attempt's scratch directory.
+async fn scratch_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0u64;
+    if let Ok(mut entries) = tokio::fs::read_dir(dir).await {
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            if let Ok(meta) = entry.metadata().await
+                && meta.is_file()
+            {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    total
 }
 
 fn links_value(links: &[ArtifactLink]) -> Value {

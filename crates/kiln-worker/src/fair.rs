@@ -23,12 +23,14 @@ use crate::Shared;
 /// signalled and forgotten at once; this bounds what a missed signal keeps).
 const ROLE_TTL: Duration = Duration::from_secs(60);
 
-/// What the share needs to know of an owner.
+/// What the share and the storage quota need to know of an owner.
 #[derive(Debug, Clone, Copy)]
 struct Owner {
     role: Role,
     /// A share an admin set for them.
     share: Option<f64>,
+    /// A storage quota an admin set for them (`Some(0)`: none).
+    storage: Option<u64>,
 }
 
 /// Owners' roles and shares, read from the store on first sight.
@@ -100,22 +102,37 @@ impl Shared {
         Share { exclude, limit }
     }
 
+    /// The owner's role and own limits, cached (`None`: they cannot be read now).
+    async fn owner(&self, owner: UserId) -> Option<Owner> {
+        if let Some(known) = self.roles.get(owner) {
+            return Some(known);
+        }
+        match self.read_owner(owner).await {
+            Ok(known) => {
+                self.roles.put(owner, known);
+                Some(known)
+            }
+            Err(e) => {
+                tracing::debug!(owner = owner.0, error = %e, "cannot read a job owner's limits");
+                None
+            }
+        }
+    }
+
+    /// The bytes `owner` may keep in files and artifacts (`None`: no limit).
+    pub(crate) async fn storage_quota_of(&self, owner: UserId) -> Option<u64> {
+        match self.owner(owner).await.and_then(|o| o.storage) {
+            Some(0) => None,
+            Some(quota) => Some(quota),
+            None => self.config.storage_quota,
+        }
+    }
+
     /// The most slots `owner`'s jobs may hold here (`None`: any).
     async fn cap_of(&self, owner: UserId) -> Option<usize> {
-        let known = match self.roles.get(owner) {
-            Some(known) => known,
-            None => match self.read_owner(owner).await {
-                Ok(known) => {
-                    self.roles.put(owner, known);
-                    known
-                }
-                Err(e) => {
-                    // Unknown: the default share applies (the safe side), and the next claim
-                    // asks again.
-                    tracing::debug!(owner = owner.0, error = %e, "cannot read a job owner's limits");
-                    return self.config.owner_slots;
-                }
-            },
+        // Unknown: the default share applies (the safe side), and the next claim asks again.
+        let Some(known) = self.owner(owner).await else {
+            return self.config.owner_slots;
         };
         let max = self.config.max_concurrency;
         match known.share {
@@ -130,7 +147,11 @@ impl Shared {
 
     async fn read_owner(&self, owner: UserId) -> Result<Owner, kiln_store::StoreError> {
         let role = self.store.user_get(owner).await?.role;
-        let share = self.store.user_limits(owner).await?.slot_share;
-        Ok(Owner { role, share })
+        let limits = self.store.user_limits(owner).await?;
+        Ok(Owner {
+            role,
+            share: limits.slot_share,
+            storage: limits.storage,
+        })
     }
 }

@@ -82,6 +82,10 @@ pub struct WorkerConfig {
     /// The most slots of this node one client's jobs may hold (see [`fair`]); `None`: no
     /// share.
     pub owner_slots: Option<usize>,
+    /// The bytes each user may keep in uploaded files and artifacts (an admin may set
+    /// another for one user); a succeeded attempt whose artifacts would pass it fails with
+    /// `storage_quota`. `None`: no limit.
+    pub storage_quota: Option<u64>,
 }
 
 impl Default for WorkerConfig {
@@ -103,6 +107,7 @@ impl Default for WorkerConfig {
             artifact_scratch: std::env::temp_dir().join("kiln-artifact-scratch"),
             objects: None,
             owner_slots: None,
+            storage_quota: None,
         }
     }
 }

@@ -183,6 +183,12 @@ impl Store for Flaky {
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()> {
         self.inner.job_delete(owner, id).await
     }
+    async fn job_artifacts_set(&self, owner: Option<UserId>, id: JobId, bytes: u64) -> Result<()> {
+        self.inner.job_artifacts_set(owner, id, bytes).await
+    }
+    async fn owner_artifact_bytes(&self, owner: UserId) -> Result<u64> {
+        self.inner.owner_artifact_bytes(owner).await
+    }
     async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {
         self.inner.event_list(owner, id).await
     }

@@ -168,8 +168,9 @@ pub struct Config {
     /// `512KiB`, `1GiB`; `K`/`M`/`G` are binary too). Larger uploads get 413.
     #[arg(long, env = "KILN_UPLOAD_LIMIT", default_value = "50MiB", value_parser = parse_size)]
     pub upload_limit: u64,
-    /// Bytes of uploaded files each user may keep (same units; `0`: no limit). An upload past
-    /// it answers 507 `storage_quota`.
+    /// Bytes each user may keep in uploaded files and their jobs' artifacts together (same
+    /// units; `0`: no limit). An upload past it answers 507 `storage_quota`; a job whose
+    /// artifacts would pass it fails with `storage_quota`.
     #[arg(long, env = "KILN_USER_STORAGE", default_value = "10GiB", value_parser = parse_size)]
     pub user_storage: u64,
     /// How long a client may take to send a request's headers (from the connection's start

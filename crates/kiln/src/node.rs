@@ -265,6 +265,7 @@ fn worker_config(v: &Validated) -> WorkerConfig {
         max_jobs: v.config.max_jobs,
         artifact_scratch: data_dir(&v.config.database_url, "scratch", &v.node_id),
         owner_slots: v.config.owner_slots(),
+        storage_quota: (v.config.user_storage > 0).then_some(v.config.user_storage),
         ..WorkerConfig::default()
     }
 }

@@ -90,12 +90,7 @@ pub async fn upload(
     // The user's storage quota: what is left of it bounds this upload too.
     let room = match state.limits_of(&me.user).await?.storage {
         Some(quota) => {
-            let used: u64 = objects
-                .file_list(me.user.id)
-                .await?
-                .iter()
-                .map(|f| f.size)
-                .sum();
+            let used = state.storage_used(objects, me.user.id).await?;
             Some((quota, used, quota.saturating_sub(used)))
         }
         None => None,
@@ -114,7 +109,7 @@ pub async fn upload(
                         StatusCode::INSUFFICIENT_STORAGE,
                         "storage_quota",
                         format!(
-                            "your files take {used} of the {quota} bytes each user may keep; delete some to upload this one"
+                            "your files and your jobs' artifacts take {used} of the {quota} bytes you may keep; delete some to upload this one"
                         ),
                     )
                 }

@@ -381,6 +381,7 @@ pub(crate) async fn retry_as(
         (status = 400, description = "A bad report (`field` names what)"),
         (status = 404, description = "No such job (or not the caller's)"),
         (status = 409, description = "Not an `external` job, or the state change is not allowed"),
+        (status = 507, description = "A result over 64 KiB that does not fit the caller's storage quota (`storage_quota`), or no room on the server (`storage_full`)"),
     )
 )]
 pub async fn report(
@@ -392,9 +393,9 @@ pub async fn report(
     let error = body.error.map(|e| failure(body.state, e)).transpose()?;
     let (result, spilled) = match body.result {
         Some(value) if body.state == JobState::Succeeded => {
-            spill_reported(&state, me.user.id, id, value).await?
+            spill_reported(&state, &me.user, id, value).await?
         }
-        other => (other, false),
+        other => (other, None),
     };
     let report = Report {
         state: body.state,
@@ -405,33 +406,41 @@ pub async fn report(
         .store()
         .job_report(Some(me.user.id), id, report, state.now())
         .await;
-    if spilled
-        && reported.is_err()
-        && let Some(objects) = &state.config().objects
-    {
-        // The report was refused: its result's artifact goes too.
-        let _ = objects.artifact_delete(id).await;
+    if let (Some(bytes), Some(objects)) = (spilled, &state.config().objects) {
+        match &reported {
+            // The report was refused: its result's artifact goes too.
+            Err(_) => {
+                let _ = objects.artifact_delete(id).await;
+            }
+            // Counted against the owner's storage quota from now on.
+            Ok(_) => {
+                state
+                    .store()
+                    .job_artifacts_set(Some(me.user.id), id, bytes)
+                    .await?;
+            }
+        }
     }
     Ok(Json(reported?.into()))
 }
 
 /// A reported result over [`MAX_INLINE_RESULT`] is stored as the artifact `result.json` of
-/// the job's current attempt, and the job keeps a summary, as for a worker's result;
-/// whether it was.
+/// the job's current attempt, and the job keeps a summary, as for a worker's result; the
+/// artifact's size when it was (507 `storage_quota` if it would pass the owner's quota).
 async fn spill_reported(
     state: &AppState,
-    owner: kiln_domain::UserId,
+    owner: &kiln_domain::User,
     id: JobId,
     value: Value,
-) -> Result<(Option<Value>, bool), ApiError> {
+) -> Result<(Option<Value>, Option<u64>), ApiError> {
     let text = serde_json::to_vec(&value).map_err(ApiError::internal)?;
     if text.len() <= MAX_INLINE_RESULT {
-        return Ok((Some(value), false));
+        return Ok((Some(value), None));
     }
-    let job = state.store().job_get(Some(owner), id).await?;
+    let job = state.store().job_get(Some(owner.id), id).await?;
     if job.job_type != kiln_domain::JobType::External {
         // The store refuses the report itself (409); nothing to store.
-        return Ok((Some(value), false));
+        return Ok((Some(value), None));
     }
     let objects = state.config().objects.as_ref().ok_or_else(|| {
         ApiError::invalid(
@@ -442,10 +451,22 @@ async fn spill_reported(
         )
     })?;
     let bytes = text.len();
+    if let Some(quota) = state.limits_of(owner).await?.storage {
+        let used = state.storage_used(objects, owner.id).await?;
+        if used.saturating_add(bytes as u64) > quota {
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_quota",
+                format!(
+                    "the result ({bytes} bytes) does not fit: your files and your jobs' artifacts take {used} of the {quota} bytes you may keep"
+                ),
+            ));
+        }
+    }
     objects
         .artifact_put_bytes(id, job.attempts, RESULT_ARTIFACT, text)
         .await?;
-    Ok((Some(spilled_result(&value, bytes)), true))
+    Ok((Some(spilled_result(&value, bytes)), Some(bytes as u64)))
 }
 
 /// A reported error: a message string, or `{code?, message, retryable?}`.

@@ -207,3 +207,62 @@ async fn a_full_database_answers_507_and_keeps_what_it_had() {
         Some(8 * 1024)
     );
 }
+
+/// The storage quota counts a user's jobs' artifacts with their files: for uploads, and for
+/// an `external` job's large reported result.
+#[tokio::test]
+async fn artifacts_count_against_the_storage_quota() {
+    let (app, _dir) = spawn_with_defaults().await;
+    let ada = app.user("ada", "client").await;
+    let me = app.get(&ada, "/api/v1/me").await.json();
+    let id = me["id"].as_i64().unwrap();
+    put_limits(&app, id, &json!({"storage": 100_000})).await;
+    let job = app
+        .submit_ok(&ada, json!({"type": "external", "payload": {"name": "x"}}))
+        .await;
+    let job_id: kiln_domain::JobId = job.parse().unwrap();
+    // A worker stored 99,990 bytes of artifacts for one of ada's jobs.
+    app.store()
+        .job_artifacts_set(None, job_id, 99_990)
+        .await
+        .unwrap();
+    let upload = |data: Vec<u8>| {
+        let app = &app;
+        let ada = ada.clone();
+        async move {
+            app.client
+                .request(Method::POST, "/api/v1/files")
+                .bearer(Some(&ada))
+                .multipart(&[Part::file(
+                    "file",
+                    "a.bin",
+                    "application/octet-stream",
+                    &data,
+                )])
+                .send()
+                .await
+        }
+    };
+    problem(&upload(vec![1; 11]).await, 507, "storage_quota");
+    assert_eq!(upload(vec![1; 10]).await.status, StatusCode::CREATED);
+
+    // A reported result over 64 KiB that does not fit either: 507, and the job unchanged.
+    let path = format!("/api/v1/jobs/{job}");
+    let running = json!({"state": "running"});
+    app.send(Method::PATCH, &ada, &path, &running).await;
+    let rows: Vec<u32> = (0..20_000).collect();
+    let body = json!({"state": "succeeded", "result": {"rows": rows}});
+    let refused = app.send(Method::PATCH, &ada, &path, &body).await;
+    problem(&refused, 507, "storage_quota");
+    assert_eq!(app.get(&ada, &path).await.json()["state"], "running");
+    // With room, it is kept, and counts from then on.
+    put_limits(&app, id, &json!({"storage": 1_000_000})).await;
+    let done = app.send(Method::PATCH, &ada, &path, &body).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    let bytes = done.json()["result"]["result_bytes"].as_u64().unwrap();
+    let used = app
+        .store()
+        .owner_artifact_bytes(kiln_domain::UserId(id))
+        .await;
+    assert_eq!(used.unwrap(), bytes);
+}

@@ -387,6 +387,42 @@ pub(super) async fn change(
 }
 
 /// Hard-deletes a terminal job; its events, log and idempotency keys go with it (cascade).
+/// Records the bytes of the job's stored artifacts; `NotFound` unless it is `owner`'s.
+pub(super) async fn artifacts_set(
+    db: &impl GenericClient,
+    owner: Option<UserId>,
+    id: JobId,
+    bytes: u64,
+) -> Result<()> {
+    let n = row::execute(
+        db,
+        "UPDATE jobs SET artifact_bytes = $3
+         WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)",
+        &[
+            &id.0,
+            &owner.map(|o| o.0),
+            &i64::try_from(bytes).unwrap_or(i64::MAX),
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// The bytes of artifacts `owner`'s jobs keep (index `jobs_owner_artifacts`).
+pub(super) async fn owner_artifact_bytes(db: &impl GenericClient, owner: UserId) -> Result<u64> {
+    let r = query_one(
+        db,
+        "SELECT coalesce(sum(artifact_bytes), 0)::bigint FROM jobs
+         WHERE owner_id = $1 AND artifact_bytes > 0",
+        &[&owner.0],
+    )
+    .await?;
+    Ok(u64::try_from(row::get::<i64>(&r, 0)?).unwrap_or(0))
+}
+
 pub(super) async fn delete(tx: &Transaction<'_>, owner: Option<UserId>, id: JobId) -> Result<()> {
     let job = lock(tx, owner, id).await?;
     if !job.state.is_terminal() {

@@ -50,6 +50,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         11,
         include_str!("../../migrations/postgres/0011_user_limits.sql"),
     ),
+    (
+        12,
+        include_str!("../../migrations/postgres/0012_artifact_bytes.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

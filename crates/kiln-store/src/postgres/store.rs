@@ -221,6 +221,14 @@ impl Store for PgStore {
         in_tx!(self, |tx, _sig| jobs::delete(&tx, owner, id))
     }
 
+    async fn job_artifacts_set(&self, owner: Option<UserId>, id: JobId, bytes: u64) -> Result<()> {
+        jobs::artifacts_set(&self.client().await?, owner, id, bytes).await
+    }
+
+    async fn owner_artifact_bytes(&self, owner: UserId) -> Result<u64> {
+        jobs::owner_artifact_bytes(&self.client().await?, owner).await
+    }
+
     async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {
         self.events
             .get(owner, id)

@@ -209,6 +209,41 @@ pub(super) fn change(
 }
 
 /// Hard-deletes a terminal job; its events, log and idempotency keys go with it (cascade).
+/// Records the bytes of the job's stored artifacts; `NotFound` unless it is `owner`'s.
+pub(super) fn artifacts_set(
+    tx: &Tx<'_>,
+    owner: Option<UserId>,
+    id: JobId,
+    bytes: u64,
+) -> Result<()> {
+    let n = tx
+        .db
+        .prepare_cached(
+            "UPDATE jobs SET artifact_bytes = ?3
+             WHERE id = ?1 AND (?2 IS NULL OR owner_id = ?2)",
+        )?
+        .execute((
+            id_bytes(id),
+            owner.map(|o| o.0),
+            i64::try_from(bytes).unwrap_or(i64::MAX),
+        ))?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// The bytes of artifacts `owner`'s jobs keep (index `jobs_owner_artifacts`).
+pub(super) fn owner_artifact_bytes(db: &Connection, owner: UserId) -> Result<u64> {
+    let sum: i64 = db
+        .prepare_cached(
+            "SELECT coalesce(sum(artifact_bytes), 0) FROM jobs INDEXED BY jobs_owner_artifacts
+             WHERE owner_id = ?1 AND artifact_bytes > 0",
+        )?
+        .query_row([owner.0], |r| r.get(0))?;
+    Ok(u64::try_from(sum).unwrap_or(0))
+}
+
 pub(super) fn delete(tx: &mut Tx<'_>, owner: Option<UserId>, id: JobId) -> Result<()> {
     let state = tx
         .db

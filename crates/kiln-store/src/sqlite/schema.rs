@@ -60,6 +60,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         12,
         include_str!("../../migrations/sqlite/0012_user_limits.sql"),
     ),
+    (
+        13,
+        include_str!("../../migrations/sqlite/0013_artifact_bytes.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
@@ -208,7 +212,7 @@ mod tests {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
         assert_eq!(
             migrate(&conn).unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
         );
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn
@@ -321,8 +325,9 @@ mod tests {
         assert_eq!(one("PRAGMA foreign_keys"), 1, "foreign keys are on again");
         assert_eq!(one("SELECT count(*) FROM jobs"), 2);
         // The rebuild's nine indexes (eight of its own and the primary key's), less the
-        // one version 5 drops, plus version 11's `jobs_owner_active`.
-        assert_eq!(one("SELECT count(*) FROM pragma_index_list('jobs')"), 9);
+        // one version 5 drops, plus version 11's `jobs_owner_active` and version 13's
+        // `jobs_owner_artifacts`.
+        assert_eq!(one("SELECT count(*) FROM pragma_index_list('jobs')"), 10);
         assert!(
             conn.execute("UPDATE jobs SET state = 'bogus'", []).is_err(),
             "the state check still holds"

@@ -224,6 +224,16 @@ impl Store for SqliteStore {
         self.write(move |tx| jobs::delete(tx, owner, id)).await
     }
 
+    async fn job_artifacts_set(&self, owner: Option<UserId>, id: JobId, bytes: u64) -> Result<()> {
+        self.write(move |tx| jobs::artifacts_set(tx, owner, id, bytes))
+            .await
+    }
+
+    async fn owner_artifact_bytes(&self, owner: UserId) -> Result<u64> {
+        self.read(move |db| jobs::owner_artifact_bytes(db, owner))
+            .await
+    }
+
     async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {
         self.read(move |db| event::list(db, owner, id)).await
     }

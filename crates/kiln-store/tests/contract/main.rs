@@ -24,6 +24,7 @@ mod list;
 mod logs;
 mod maintenance;
 mod races;
+mod storage;
 mod submit;
 mod users;
 
@@ -79,6 +80,7 @@ macro_rules! contract {
             lease::lease_find_expired_and_by_node,
             lease::retryable_failure_after_a_cancel_request_cancels_the_job,
             lease::rescue_of_an_expired_lease_fences_out_the_old_worker,
+            storage::artifact_bytes_add_up_per_owner_and_go_with_the_job,
             client::cancel_of_waiting_jobs_is_immediate,
             client::cancel_of_running_job_requests_and_signals,
             client::cancel_of_terminal_jobs_changes_nothing,

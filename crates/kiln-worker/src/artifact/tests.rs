@@ -25,6 +25,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
+        Self::with_quota(None).await
+    }
+
+    /// Each user may keep `quota` bytes of files and artifacts.
+    async fn with_quota(quota: Option<u64>) -> Self {
         let db = TempSqlite::new();
         let store: Arc<dyn Store> = db.store.clone();
         let scratch = tempfile::tempdir().unwrap();
@@ -32,6 +37,7 @@ impl Fixture {
         let config = WorkerConfig {
             artifact_scratch: scratch.path().to_path_buf(),
             objects: Some(objects.clone()),
+            storage_quota: quota,
             ..WorkerConfig::default()
         };
         let worker = Worker::new(
@@ -54,15 +60,20 @@ impl Fixture {
         &self.worker.shared
     }
 
-    /// A new job, claimed: `running`, attempt 1.
+    /// A new job of a new user, claimed: `running`, attempt 1.
     async fn running_job(&self) -> Job {
-        let now = SystemClock.now();
         let user = NewUser {
             username: format!("u{}", uuid::Uuid::now_v7().simple()),
             password_hash: "x".into(),
             role: Role::Admin,
         };
-        let owner = self.store.user_insert(user, now).await.unwrap().id;
+        let owner = self.store.user_insert(user, SystemClock.now()).await;
+        self.running_job_of(owner.unwrap().id).await
+    }
+
+    /// A new job of `owner`, claimed.
+    async fn running_job_of(&self, owner: kiln_domain::UserId) -> Job {
+        let now = SystemClock.now();
         let new = kiln_testkit::factory::new_job(owner, "echo", json!(1), now);
         let id = new.id;
         self.store
@@ -261,4 +272,52 @@ fn scratch_names_parse_back_to_the_attempt() {
     assert_eq!(parse_scratch_name(name), Some((id, 7)));
     assert_eq!(parse_scratch_name("not-a-job.1"), None);
     assert_eq!(parse_scratch_name(&id.0.simple().to_string()), None);
+}
+
+#[tokio::test]
+async fn artifacts_past_the_owner_s_storage_quota_fail_the_job_and_are_not_kept() {
+    let f = Fixture::with_quota(Some(1_500)).await;
+    let first = f.running_job().await;
+    let owner = first.owner;
+    let artifacts = prepare(f.shared(), &first).await.unwrap();
+    write(&artifacts, "out.bin", &[1; 1000]);
+    let done = publish(
+        f.shared(),
+        &first,
+        &artifacts,
+        Some(Outcome::Succeeded(json!({}))),
+        None,
+    )
+    .await;
+    assert!(matches!(done, Some(Outcome::Succeeded(_))), "{done:?}");
+    assert_eq!(f.store.owner_artifact_bytes(owner).await.unwrap(), 1000);
+
+    // Another 1,000 bytes would make 2,000 of 1,500.
+    let second = f.running_job_of(owner).await;
+    let artifacts = prepare(f.shared(), &second).await.unwrap();
+    write(&artifacts, "out.bin", &[2; 1000]);
+    let refused = publish(
+        f.shared(),
+        &second,
+        &artifacts,
+        Some(Outcome::Succeeded(json!({}))),
+        None,
+    )
+    .await;
+    let Some(Outcome::Failed { failure, .. }) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(
+        (failure.code.as_str(), failure.retryable),
+        ("storage_quota", false)
+    );
+    assert!(
+        f.objects
+            .artifact_list(second.id, 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(f.store.owner_artifact_bytes(owner).await.unwrap(), 1000);
+    assert_eq!(f.scratch_entries(), 0);
 }

@@ -1,0 +1,4 @@
+-- Bytes of a job's artifacts (set when they are stored), so an owner's storage quota counts
+-- them; the partial index holds only jobs that have some.
+ALTER TABLE jobs ADD COLUMN artifact_bytes bigint NOT NULL DEFAULT 0;
+CREATE INDEX jobs_owner_artifacts ON jobs (owner_id, artifact_bytes) WHERE artifact_bytes > 0;
