@@ -25,6 +25,8 @@ const TINY: &[&str] = &[
     "50",
     "--read-seconds",
     "0.2",
+    "--stream-lines",
+    "5000",
     "--max-seconds",
     "30",
     "--json",
