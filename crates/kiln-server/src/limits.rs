@@ -52,12 +52,14 @@ impl Effective {
                     .unwrap_or(1);
                 SubmitRate::parse(text, burst).ok().or(default_rate)
             }
-            None => match (default_rate, own.submit_burst) {
-                (Some(rate), Some(burst)) => SubmitRate::parse(&rate.to_string(), burst)
-                    .ok()
-                    .or(Some(rate)),
-                (rate, _) => rate,
-            },
+            // A burst alone: the default rate with that burst.
+            None => default_rate.map(|rate| SubmitRate {
+                burst: own
+                    .submit_burst
+                    .and_then(std::num::NonZeroU32::new)
+                    .unwrap_or(rate.burst),
+                ..rate
+            }),
         };
         let limit = |own: Option<u64>, default: Option<u64>| match own {
             Some(0) => None,

@@ -54,6 +54,21 @@ async fn spawn_with_defaults() -> (TestApp, tempfile::TempDir) {
     (TestApp::spawn_with(config).await, dir)
 }
 
+/// Uploads `data` as `token`'s file.
+async fn upload(app: &TestApp, token: &str, data: &[u8]) -> kiln_testkit::TestResponse {
+    app.client
+        .request(Method::POST, "/api/v1/files")
+        .bearer(Some(token))
+        .multipart(&[Part::file(
+            "file",
+            "a.bin",
+            "application/octet-stream",
+            data,
+        )])
+        .send()
+        .await
+}
+
 async fn put_limits(app: &TestApp, id: i64, body: &Value) -> kiln_testkit::TestResponse {
     let path = format!("/api/v1/admin/users/{id}/limits");
     app.send(Method::PUT, &app.admin, &path, body).await
@@ -142,22 +157,17 @@ async fn a_users_own_quota_and_storage_hold_for_them_alone_even_an_operator() {
 
     // A storage quota of 10 bytes: an 11-byte upload is refused, and nothing is kept.
     put_limits(&app, ada_id, &json!({"storage": 10})).await;
-    let upload = |data: &'static [u8]| {
-        let app = &app;
-        let ada = ada.clone();
-        async move {
-            app.client
-                .request(Method::POST, "/api/v1/files")
-                .bearer(Some(&ada))
-                .multipart(&[Part::file("file", "a.txt", "text/plain", data)])
-                .send()
-                .await
-        }
-    };
-    problem(&upload(b"01234567890").await, 507, "storage_quota");
+    problem(
+        &upload(&app, &ada, b"01234567890").await,
+        507,
+        "storage_quota",
+    );
     let kept = app.get(&ada, "/api/v1/files").await.json();
     assert_eq!(kept.as_array().map(Vec::len), Some(0), "{kept}");
-    assert_eq!(upload(b"0123456789").await.status, StatusCode::CREATED);
+    assert_eq!(
+        upload(&app, &ada, b"0123456789").await.status,
+        StatusCode::CREATED
+    );
 }
 
 /// A database that cannot grow (its cap reached, as a full disk would): submissions get 507
@@ -226,25 +236,11 @@ async fn artifacts_count_against_the_storage_quota() {
         .job_artifacts_set(None, job_id, 99_990)
         .await
         .unwrap();
-    let upload = |data: Vec<u8>| {
-        let app = &app;
-        let ada = ada.clone();
-        async move {
-            app.client
-                .request(Method::POST, "/api/v1/files")
-                .bearer(Some(&ada))
-                .multipart(&[Part::file(
-                    "file",
-                    "a.bin",
-                    "application/octet-stream",
-                    &data,
-                )])
-                .send()
-                .await
-        }
-    };
-    problem(&upload(vec![1; 11]).await, 507, "storage_quota");
-    assert_eq!(upload(vec![1; 10]).await.status, StatusCode::CREATED);
+    problem(&upload(&app, &ada, &[1; 11]).await, 507, "storage_quota");
+    assert_eq!(
+        upload(&app, &ada, &[1; 10]).await.status,
+        StatusCode::CREATED
+    );
 
     // A reported result over 64 KiB that does not fit either: 507, and the job unchanged.
     let path = format!("/api/v1/jobs/{job}");
