@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod limits;
+pub mod nodes;
 pub mod schema;
 pub mod ts;
 

@@ -30,12 +30,14 @@ use futures_util::stream::{BoxStream, Stream, StreamExt, TryStreamExt};
 use kiln_domain::UserId;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetResult, GetResultPayload, ObjectStore, PutPayload, WriteMultipart};
+use object_store::{GetResult, GetResultPayload, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use artifact::{ArtifactMeta, Placement};
 pub use local::LocalFile;
+/// The backend interface an [`Objects`] wraps (for a caller that brings its own backend).
+pub use object_store::ObjectStore;
 
 /// A boxed source error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

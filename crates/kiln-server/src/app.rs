@@ -140,6 +140,7 @@ fn api(upload_limit: u64) -> Router<AppState> {
             post(admin::retry_job).put(admin::retry_job),
         )
         .route("/admin/queues", get(admin::list_queues))
+        .route("/admin/nodes", get(admin::list_nodes))
         .route("/admin/queues/{queue}/pause", post(admin::pause_queue))
         .route("/admin/queues/{queue}/resume", post(admin::resume_queue))
 }

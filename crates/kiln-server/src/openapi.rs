@@ -93,6 +93,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         admin::list_queues,
         admin::pause_queue,
         admin::resume_queue,
+        admin::list_nodes,
     ),
     components(schemas(Problem)),
     modifiers(&Contract),
@@ -100,7 +101,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "auth", description = "Sessions, the caller and their API tokens"),
         (name = "jobs", description = "The caller's jobs: submit, read, follow, cancel, retry"),
         (name = "files", description = "Uploaded input files"),
-        (name = "admin", description = "Users (admin); everyone's jobs and the queues (operator)"),
+        (name = "admin", description = "Users (admin); everyone's jobs, the queues and the nodes (operator)"),
         (name = "ops", description = "Health, readiness, metrics, job types and this description"),
     )
 )]

@@ -246,7 +246,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims up to `req.limit` ready jobs (`queued`, or `scheduled`/`failed` already due),
     /// highest priority first, then earliest `run_at`, then id. Each becomes `running` with
-    /// `attempts + 1`, `started_at = now` and a lease for `req.node` until `req.lease_until`.
+    /// `attempts + 1`, `started_at = now` and a lease for `req.node` lasting `req.lease` (see
+    /// [`ClaimRequest::lease`] for whose clock).
     async fn job_claim(&self, req: &ClaimRequest) -> Result<Vec<Job>>;
     /// Fenced completion of an attempt: `LeaseLost` unless the job is still running under
     /// `lease`. A retryable failure (`retry_at: Some`) of a job with a cancel request
@@ -285,11 +286,34 @@ pub trait Store: Send + Sync + 'static {
     /// limit) and its newest lines, and counts the bytes skipped between them. `NotFound`
     /// if the job does not exist.
     async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<u64>;
-    /// Extends the given leases to `until`; reports which are lost and which have a cancel
-    /// request pending (the polling fallback for cancel signals).
-    async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal>;
+    /// Extends the given leases by `lease` from `now` (from the database's clock on
+    /// PostgreSQL, as [`ClaimRequest::lease`]); reports which are lost and which have a
+    /// cancel request pending (the polling fallback for cancel signals).
+    async fn lease_renew(
+        &self,
+        leases: &[Lease],
+        now: Timestamp,
+        lease: std::time::Duration,
+    ) -> Result<Renewal>;
     /// Leases of running jobs that match `filter` (expired ones, or one node's).
     async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>>;
+
+    // ---- the node registry -------------------------------------------------------------
+
+    /// Registers a starting node: `Ok(None)` when registered, `Ok(Some(holder))` (a
+    /// description of the holder) if a live node (heartbeat within its ttl) holds the same
+    /// id and `node.take_over` is not set. `Conflict` if a live node keeps its objects in
+    /// another store than `node.objects`. A dead node's registration is taken over.
+    /// Forgets nodes dead for [`NODE_KEPT`].
+    async fn node_register(&self, node: &NodeStart, now: Timestamp) -> Result<Option<String>>;
+    /// Records a heartbeat of the node registered as (`id`, `instance`); `false` if the
+    /// registration is no longer this instance's (another took the id over after this one
+    /// missed its heartbeats).
+    async fn node_heartbeat(&self, id: &str, instance: uuid::Uuid, now: Timestamp) -> Result<bool>;
+    /// Removes the registration of a node that stops cleanly.
+    async fn node_deregister(&self, id: &str, instance: uuid::Uuid) -> Result<()>;
+    /// Every registered node, by id, with the attempts each runs now.
+    async fn node_list(&self, now: Timestamp) -> Result<Vec<NodeInfo>>;
 
     // ---- maintenance -------------------------------------------------------------------
 

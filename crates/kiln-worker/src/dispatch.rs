@@ -117,7 +117,7 @@ async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
         exclude_owners: share.exclude,
         limit: u32::try_from(limit).unwrap_or(u32::MAX),
         now,
-        lease_until: shared.lease_until(now),
+        lease: shared.config.lease_duration,
     };
     let claimed = match shared.store.job_claim(&request).await {
         Ok(claimed) => claimed,

@@ -310,7 +310,7 @@ async fn complete(
             exclude_owners: share.exclude,
             limit: 1,
             now,
-            lease_until: shared.lease_until(now),
+            lease: shared.config.lease_duration,
         });
         let stored = shared
             .store

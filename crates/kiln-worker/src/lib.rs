@@ -86,6 +86,10 @@ pub struct WorkerConfig {
     /// another for one user); a succeeded attempt whose artifacts would pass it fails with
     /// `storage_quota`. `None`: no limit.
     pub storage_quota: Option<u64>,
+    /// This process's instance id in the node registry, when the node registered itself
+    /// ([`kiln_store::Store::node_register`]): the heartbeat then renews the registration
+    /// too, and a clean shutdown removes it.
+    pub registered: Option<uuid::Uuid>,
 }
 
 impl Default for WorkerConfig {
@@ -108,6 +112,7 @@ impl Default for WorkerConfig {
             objects: None,
             owner_slots: None,
             storage_quota: None,
+            registered: None,
         }
     }
 }
@@ -213,10 +218,6 @@ impl Shared {
         }
         map.insert(job.id, running);
         stop
-    }
-
-    fn lease_until(&self, now: Timestamp) -> Timestamp {
-        kiln_domain::clock::later(now, self.config.lease_duration)
     }
 
     /// The outcome of a failed attempt: `failed` with a backoff delay drawn from the type's
@@ -441,6 +442,12 @@ impl WorkerHandle {
         self.stop_all.cancel();
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(instance) = self.shared.config.registered {
+            let id = &self.shared.config.node_id;
+            if let Err(e) = self.shared.store.node_deregister(id, instance).await {
+                tracing::warn!(error = %e, "could not leave the node registry");
+            }
         }
         tracing::info!("worker stopped");
     }

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Shared, StopReason, artifact, rescue};
 
-/// Renews the leases of running attempts every `heartbeat_interval`. A lost lease stops its
-/// attempt without writing; a pending cancel request stops it as cancelled (the fallback
-/// for a missed cancel signal).
+/// Renews the leases of running attempts, and the node's registration, every
+/// `heartbeat_interval`. A lost lease stops its attempt without writing; a pending cancel
+/// request stops it as cancelled (the fallback for a missed cancel signal).
 pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = interval(shared.config.heartbeat_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -25,12 +25,16 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
             () = shared.heartbeat_now.notified() => {}
         }
+        if let Some(instance) = shared.config.registered {
+            registered(&shared, instance).await;
+        }
         let leases: Vec<Lease> = shared.running().values().map(|r| r.lease.clone()).collect();
         if leases.is_empty() {
             continue;
         }
-        let until = shared.lease_until(shared.clock.now());
-        let renewal = match shared.store.lease_renew(&leases, until).await {
+        let now = shared.clock.now();
+        let lease = shared.config.lease_duration;
+        let renewal = match shared.store.lease_renew(&leases, now, lease).await {
             Ok(renewal) => renewal,
             Err(e) => {
                 tracing::warn!(error = %e, "lease renewal failed");
@@ -49,6 +53,26 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                 r.stop.stop(StopReason::Cancel);
             }
         }
+    }
+}
+
+/// Renews the node's registration. One that another process took over (this one missed
+/// its heartbeats for a whole lease, so its jobs were rescued meanwhile) is an operator's
+/// error worth a loud log line on every beat: two live processes share one node id.
+async fn registered(shared: &Shared, instance: uuid::Uuid) {
+    let id = &shared.config.node_id;
+    match shared
+        .store
+        .node_heartbeat(id, instance, shared.clock.now())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => tracing::error!(
+            node = %id,
+            "another process registered this node id after this one missed its heartbeats: \
+             stop one of them"
+        ),
+        Err(e) => tracing::warn!(error = %e, "node heartbeat failed"),
     }
 }
 
@@ -90,7 +114,7 @@ pub(crate) async fn maintenance(shared: Arc<Shared>, stop: CancellationToken) {
 
 async fn rescue_expired(shared: &Shared) {
     let now = shared.clock.now();
-    let leases = match shared.store.lease_find(LeaseFilter::ExpiredAt(now)).await {
+    let leases = match shared.store.lease_find(LeaseFilter::Expired(now)).await {
         Ok(leases) => leases,
         Err(e) => {
             tracing::warn!(error = %e, "cannot look for expired leases");

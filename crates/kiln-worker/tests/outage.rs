@@ -244,11 +244,32 @@ impl Store for Flaky {
     async fn log_append(&self, id: JobId, text: &str, now: Timestamp) -> Result<u64> {
         self.inner.log_append(id, text, now).await
     }
-    async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal> {
-        self.inner.lease_renew(leases, until).await
+    async fn lease_renew(
+        &self,
+        leases: &[Lease],
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<Renewal> {
+        self.inner.lease_renew(leases, now, lease).await
     }
     async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>> {
         self.inner.lease_find(filter).await
+    }
+    async fn node_register(
+        &self,
+        node: &kiln_store::NodeStart,
+        now: Timestamp,
+    ) -> Result<Option<String>> {
+        self.inner.node_register(node, now).await
+    }
+    async fn node_heartbeat(&self, id: &str, instance: uuid::Uuid, now: Timestamp) -> Result<bool> {
+        self.inner.node_heartbeat(id, instance, now).await
+    }
+    async fn node_deregister(&self, id: &str, instance: uuid::Uuid) -> Result<()> {
+        self.inner.node_deregister(id, instance).await
+    }
+    async fn node_list(&self, now: Timestamp) -> Result<Vec<kiln_store::NodeInfo>> {
+        self.inner.node_list(now).await
     }
 
     async fn job_promote_due(&self, now: Timestamp) -> Result<u64> {

@@ -406,7 +406,7 @@ async fn a_queue_limit_caps_concurrent_attempts_of_that_queue() {
 }
 
 /// Claims a job as another node would, with a lease of `lease` from the fixture's now.
-async fn claim_as(f: &Fixture, node: &str, lease: chrono::TimeDelta) -> Job {
+async fn claim_as(f: &Fixture, node: &str, lease: Duration) -> Job {
     let now = f.clock.now();
     let mut claimed = f
         .store
@@ -417,7 +417,7 @@ async fn claim_as(f: &Fixture, node: &str, lease: chrono::TimeDelta) -> Job {
             exclude_owners: Vec::new(),
             limit: 1,
             now,
-            lease_until: now + lease,
+            lease,
         })
         .await
         .unwrap();
@@ -429,7 +429,7 @@ async fn an_expired_lease_is_rescued_and_the_late_completion_refused() {
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
     let f = Fixture::manual(&clock).await;
     let id = f.submit_type("echo", json!("again")).await;
-    let ghost = claim_as(&f, "ghost", chrono::TimeDelta::seconds(30)).await;
+    let ghost = claim_as(&f, "ghost", Duration::from_secs(30)).await;
     assert_eq!(ghost.attempts, 1);
     let worker = f.start(f.config(), Registry::default()).await;
     // The ghost's lease is still valid: a job submitted after it runs, and it is untouched.
@@ -486,7 +486,7 @@ async fn at_start_up_the_jobs_of_this_node_s_previous_run_are_rescued() {
             exclude_owners: Vec::new(),
             limit: 1,
             now,
-            lease_until: now + chrono::TimeDelta::hours(1),
+            lease: Duration::from_secs(3600),
         })
         .await
         .unwrap();

@@ -553,6 +553,11 @@ fn catalogue(file: &FileConfig, problems: &mut Vec<String>) -> Catalogue {
 
 /// The host name, or `kiln` when it cannot be read.
 fn default_node_id() -> String {
+    host_name()
+}
+
+/// This machine's host name, or `kiln` when it cannot be read.
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())

@@ -75,19 +75,21 @@ pub async fn start_with_clock(
         v.catalogue.iter().map(|spec| spec.name),
         std::iter::once(kiln_domain::job::QueueName::DEFAULT).chain(queues),
     );
-    let store = open_store_with(
+    let opened = open_store_with(
         &v.config.database_url,
         StoreOptions::from_config(&v.config),
         Some(Arc::clone(&metrics)),
     )
     .await?;
+    let store = opened.store;
     let catalogue = Arc::new(v.catalogue.clone());
     let beside_sqlite = matches!(
         kiln_store::sqlite::parse_database_url(&v.config.database_url),
         Some(kiln_store::sqlite::SqlitePath::File(_))
     );
     if !beside_sqlite {
-        let local_objects = v.config.object_store.is_none().then_some("objects");
+        let local_objects =
+            (v.config.object_store.is_none() && opened.pg_objects.is_none()).then_some("objects");
         for name in ["scratch", "command-scratch"]
             .into_iter()
             .chain(local_objects)
@@ -95,7 +97,7 @@ pub async fn start_with_clock(
             private_dir(&data_dir(&v.config.database_url, name, &v.node_id))?;
         }
     }
-    let objects = open_objects(v)?;
+    let (objects, objects_name) = open_objects(v, opened.pg_objects)?;
     // Every listener is bound before the worker starts: a node that cannot serve (a port
     // in use, say) exits having claimed nothing, and without failing as "left running by
     // its previous incarnation" the jobs of a live node it was started beside by mistake.
@@ -118,9 +120,19 @@ pub async fn start_with_clock(
     if role == Role::Serve {
         first_admin(v, store.as_ref(), clock.now()).await?;
     }
+    let instance = register(
+        v,
+        role,
+        store.as_ref(),
+        objects_name,
+        clock.as_ref(),
+        sqlite_lock.is_some(),
+    )
+    .await?;
     let worker = Worker::new(
         WorkerConfig {
             objects: Some(objects.clone()),
+            registered: Some(instance),
             ..worker_config(v)
         },
         Arc::clone(&store),
@@ -130,8 +142,14 @@ pub async fn start_with_clock(
     )
     .with_metrics(Arc::clone(&metrics))
     .start()
-    .await
-    .context("while starting the worker")?;
+    .await;
+    let worker = match worker {
+        Ok(worker) => worker,
+        Err(e) => {
+            let _ = store.node_deregister(&v.node_id, instance).await;
+            return Err(anyhow::Error::new(e).context("while starting the worker"));
+        }
+    };
     let mut node = Node {
         addr: None,
         state: None,
@@ -202,21 +220,107 @@ fn spawn_http(
     tokio::spawn(crate::tls::server::serve(listener, app, tls, limits, stop))
 }
 
-/// The object store of uploaded files and job artifacts: `KILN_OBJECT_STORE`, else
-/// `objects/` beside the SQLite file.
-fn open_objects(v: &Validated) -> anyhow::Result<kiln_objects::Objects> {
+/// The object store of uploaded files and job artifacts, and the name it is registered
+/// under (every live node must name the same one): `KILN_OBJECT_STORE`, else the
+/// PostgreSQL database itself, else `objects/` beside the SQLite file.
+fn open_objects(
+    v: &Validated,
+    pg_objects: Option<Arc<dyn kiln_objects::ObjectStore>>,
+) -> anyhow::Result<(kiln_objects::Objects, String)> {
     if let Some(url) = &v.config.object_store {
         // The backends' own settings (region, credentials) come from the usual variables,
         // lowercased into object_store's config keys (`AWS_REGION` → `aws_region`).
         let options = std::env::vars()
             .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_"))
             .map(|(k, v)| (k.to_ascii_lowercase(), v));
-        return kiln_objects::Objects::from_url(url, options)
-            .with_context(|| format!("while opening the object store {url}"));
+        let objects = kiln_objects::Objects::from_url(url, options)
+            .with_context(|| format!("while opening the object store {url}"))?;
+        return Ok((objects, store_name(url)));
+    }
+    if let Some(store) = pg_objects {
+        return Ok((kiln_objects::Objects::new(store), "database".to_owned()));
     }
     let root = data_dir(&v.config.database_url, "objects", &v.node_id);
-    kiln_objects::Objects::local(&root)
-        .with_context(|| format!("while opening the object store in {}", root.display()))
+    let objects = kiln_objects::Objects::local(&root)
+        .with_context(|| format!("while opening the object store in {}", root.display()))?;
+    let name = format!("local:{}:{}", crate::config::host_name(), root.display());
+    Ok((objects, name))
+}
+
+/// An object store URL as the registry shows it: no user, password or query (where
+/// credentials could hide).
+fn store_name(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => "configured".to_owned(),
+    }
+}
+
+/// Enters this node in the registry of nodes. A live node holding the same id is waited
+/// for, up to one lease (a node restarted at once after a crash finds its own previous
+/// registration still fresh), then refused; so is a node whose objects live in another
+/// store than the live nodes'. On SQLite the file lock already proves no other process
+/// uses the database, so a previous registration is taken over at once.
+async fn register(
+    v: &Validated,
+    role: Role,
+    store: &dyn Store,
+    objects: String,
+    clock: &dyn Clock,
+    sqlite: bool,
+) -> anyhow::Result<uuid::Uuid> {
+    let instance = uuid::Uuid::now_v7();
+    let start = kiln_store::NodeStart {
+        id: v.node_id.clone(),
+        instance,
+        host: crate::config::host_name(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        role: match role {
+            Role::Serve => "serve",
+            Role::Worker => "worker",
+        }
+        .to_owned(),
+        slots: u32::try_from(v.config.max_concurrency).unwrap_or(u32::MAX),
+        objects,
+        ttl: v.config.lease,
+        take_over: sqlite,
+    };
+    let waited = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let holder = match store.node_register(&start, clock.now()).await {
+            Ok(None) => return Ok(instance),
+            Ok(Some(holder)) => holder,
+            Err(kiln_store::StoreError::Conflict { what }) => {
+                anyhow::bail!("this node cannot start: {what}")
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("while registering the node")),
+        };
+        if waited.elapsed() >= v.config.lease {
+            anyhow::bail!(
+                "this node cannot start: node id `{}` is held by a live node ({holder}); \
+                 give this node another KILN_NODE_ID",
+                v.node_id
+            );
+        }
+        if !warned {
+            warned = true;
+            tracing::warn!(
+                node = %v.node_id,
+                holder = %holder,
+                "this node id is registered by a live node: waiting up to one lease for \
+                 that registration to lapse (a previous run of this node that died)"
+            );
+        }
+        tokio::time::sleep((v.config.lease / 10).min(std::time::Duration::from_secs(1))).await;
+    }
 }
 
 /// Every built-in kernel, and `command` with the node's allow-list. `command` is registered

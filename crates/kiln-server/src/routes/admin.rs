@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use kiln_api::limits::{LimitOverrides, UserLimitsView};
+use kiln_api::nodes::NodeView;
 use kiln_api::{CreateUser, JobView, Page, PatchUser, QueueJobs, QueueView, UserView};
 use kiln_domain::job::QueueName;
 use kiln_domain::user::{check_password, parse_username};
@@ -445,6 +446,45 @@ pub async fn list_queues(
         }
     }
     Ok(Json(queues.into_values().collect()))
+}
+
+/// `GET /admin/nodes`: every registered node, by id: live ones, and those that died in
+/// the last day.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/nodes",
+    tag = "admin",
+    operation_id = "list_nodes",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The nodes, by id", body = Vec<NodeView>),
+        (status = 403, description = "The caller is not an operator"),
+    )
+)]
+pub async fn list_nodes(
+    State(state): State<AppState>,
+    me: CurrentUser,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    me.require(Role::Operator)?;
+    let nodes = state.store().node_list(state.now()).await?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|n| NodeView {
+                id: n.id,
+                host: n.host,
+                pid: n.pid,
+                version: n.version,
+                role: n.role,
+                slots: n.slots,
+                running: n.running,
+                objects: n.objects,
+                started_at: n.started_at,
+                heartbeat_at: n.heartbeat_at,
+                live: n.live,
+            })
+            .collect(),
+    ))
 }
 
 /// `POST /admin/queues/{queue}/pause`: nothing of the queue is claimed until it is resumed

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use chrono::TimeDelta;
 use hyper::{Method, StatusCode};
 use kiln_domain::job_type::Catalogue;
 use kiln_domain::{Clock, Failure, JobId, Lease, SystemClock};
@@ -120,7 +119,7 @@ impl TestApp {
             exclude_owners: Vec::new(),
             limit: 100,
             now,
-            lease_until: now + TimeDelta::seconds(60),
+            lease: std::time::Duration::from_secs(60),
         };
         let jobs = self.store().job_claim(&req).await.expect("claim");
         jobs.into_iter()

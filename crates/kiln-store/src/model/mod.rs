@@ -7,8 +7,10 @@ use kiln_domain::{
 };
 
 pub use kiln_domain::change::{Outcome, Report};
+pub use nodes::*;
 pub use users::*;
 
+mod nodes;
 mod users;
 
 /// An `Idempotency-Key` and the hash of the request it came with.
@@ -210,8 +212,10 @@ pub struct ClaimRequest {
     /// Claim time: jobs due by then may be claimed, and it becomes the claimed jobs'
     /// `started_at`.
     pub now: Timestamp,
-    /// Lease expiry of the claimed jobs.
-    pub lease_until: Timestamp,
+    /// How long the claimed jobs' leases last: from `now` on SQLite (one process owns the
+    /// file, so its clock is the only one), from the database server's clock on PostgreSQL
+    /// (nodes' clocks may differ; a lease is never judged by one of them).
+    pub lease: std::time::Duration,
 }
 
 /// What [`crate::Store::lease_renew`] found.
@@ -226,8 +230,10 @@ pub struct Renewal {
 /// Which leases [`crate::Store::lease_find`] returns.
 #[derive(Debug, Clone)]
 pub enum LeaseFilter {
-    /// Running jobs whose lease expired before this instant.
-    ExpiredAt(Timestamp),
+    /// Running jobs whose lease has expired: before `now` on SQLite, before the database
+    /// server's own `now()` on PostgreSQL (`now` is not used there: see
+    /// [`ClaimRequest::lease`]).
+    Expired(Timestamp),
     /// Running jobs leased by this node (its previous incarnation, at start-up).
     Node(String),
 }

@@ -118,7 +118,7 @@ pub(super) async fn claim(
                  FOR UPDATE SKIP LOCKED
              ), taken AS (
                  UPDATE jobs j SET state = $7, attempts = j.attempts + 1, started_at = $4,
-                     node = $5, lease_expires_at = $6, cancel_requested = false, progress = 0,
+                     node = $5, lease_expires_at = now() + $6::float8 * interval '1 millisecond', cancel_requested = false, progress = 0,
                      updated_at = $4, event_seq = j.event_seq + 1
                  FROM picked WHERE j.id = picked.id
                  RETURNING j.*
@@ -136,7 +136,7 @@ pub(super) async fn claim(
             &i64::from(req.limit),
             &ts(req.now),
             &req.node,
-            &ts(req.lease_until),
+            &super::lease::millis(req.lease),
             &running.as_str(),
             &message,
             &req.exclude_owners.iter().map(|o| o.0).collect::<Vec<i64>>(),

@@ -315,7 +315,7 @@ async fn claim_for(
         for &(_, r) in &group[1..] {
             req.limit = req.limit.saturating_add(r.limit);
             req.now = req.now.max(r.now);
-            req.lease_until = req.lease_until.max(r.lease_until);
+            req.lease = req.lease.max(r.lease);
         }
         let mut claimed = claim::claim(tx, signals, &req).await?.into_iter();
         for &(j, r) in &group {

@@ -49,12 +49,12 @@ pub(super) async fn progress(
     Ok(())
 }
 
-/// Extends each held lease to `until` in one statement; reports the lost ones and the
-/// pending cancels.
+/// Extends each held lease by `lease` from the database's clock, in one statement; reports
+/// the lost ones and the pending cancels.
 pub(super) async fn renew(
     db: &impl GenericClient,
     leases: &[Lease],
-    until: Timestamp,
+    lease: std::time::Duration,
 ) -> Result<Renewal> {
     // Only the node holding a lease renews it, so renewals of one job do not race; were two
     // to deadlock anyway, PostgreSQL aborts one and the caller sees `Transient`.
@@ -63,12 +63,12 @@ pub(super) async fn renew(
     let nodes: Vec<&str> = leases.iter().map(|l| l.node.as_str()).collect();
     let rows = query(
         db,
-        "UPDATE jobs j SET lease_expires_at = $4
+        "UPDATE jobs j SET lease_expires_at = now() + $4::float8 * interval '1 millisecond'
          FROM unnest($1::uuid[], $2::integer[], $3::text[]) AS l(id, attempt, node)
          WHERE j.id = l.id AND j.state = 'running' AND j.attempts = l.attempt
            AND j.node = l.node
          RETURNING j.id, j.attempts, j.node, j.cancel_requested",
-        &[&ids, &attempts, &nodes, &ts(until)],
+        &[&ids, &attempts, &nodes, &millis(lease)],
     )
     .await?;
     // Keyed by the whole lease: a stale lease of a job whose current lease is also renewed
@@ -96,13 +96,15 @@ pub(super) async fn renew(
 /// Leases of running jobs matching `filter`.
 pub(super) async fn find(db: &impl GenericClient, filter: &LeaseFilter) -> Result<Vec<Lease>> {
     let rows = match filter {
-        LeaseFilter::ExpiredAt(at) => {
+        // The database's clock, never the asking node's: a node whose clock runs ahead
+        // must not rescue live attempts early.
+        LeaseFilter::Expired(_) => {
             query(
                 db,
                 "SELECT id, attempts, node FROM jobs
-                 WHERE state = 'running' AND lease_expires_at < $1 AND node IS NOT NULL
+                 WHERE state = 'running' AND lease_expires_at < now() AND node IS NOT NULL
                  ORDER BY lease_expires_at",
-                &[&ts(*at)],
+                &[],
             )
             .await?
         }
@@ -124,4 +126,10 @@ pub(super) async fn find(db: &impl GenericClient, filter: &LeaseFilter) -> Resul
             })
         })
         .collect()
+}
+
+/// A lease's length as the `double precision` milliseconds its statements multiply
+/// `interval '1 millisecond'` by.
+pub(super) fn millis(lease: std::time::Duration) -> f64 {
+    lease.as_secs_f64() * 1000.0
 }

@@ -54,6 +54,11 @@ const MIGRATIONS: &[(u32, &str)] = &[
         12,
         include_str!("../../migrations/postgres/0012_artifact_bytes.sql"),
     ),
+    (13, include_str!("../../migrations/postgres/0013_nodes.sql")),
+    (
+        14,
+        include_str!("../../migrations/postgres/0014_objects.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

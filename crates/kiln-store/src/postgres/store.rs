@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use super::jobs::Insert;
 use super::notify::Signals;
-use super::{PgStore, claim, feed, jobs, lease, list, log, queues, retention, users};
+use super::{PgStore, claim, feed, jobs, lease, list, log, nodes, queues, retention, users};
 use crate::Store;
 use crate::cache::Cached;
 use crate::error::{BoxError, Result, StoreError};
@@ -298,15 +298,41 @@ impl Store for PgStore {
         Ok(end)
     }
 
-    async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal> {
+    async fn lease_renew(
+        &self,
+        leases: &[Lease],
+        _now: Timestamp,
+        lease: std::time::Duration,
+    ) -> Result<Renewal> {
         if leases.is_empty() {
             return Ok(Renewal::default());
         }
-        lease::renew(&self.client().await?, leases, until).await
+        lease::renew(&self.client().await?, leases, lease).await
     }
 
     async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>> {
         lease::find(&self.client().await?, &filter).await
+    }
+
+    async fn node_register(&self, node: &NodeStart, _now: Timestamp) -> Result<Option<String>> {
+        nodes::register(&mut self.client().await?, node).await
+    }
+
+    async fn node_heartbeat(
+        &self,
+        id: &str,
+        instance: uuid::Uuid,
+        _now: Timestamp,
+    ) -> Result<bool> {
+        nodes::heartbeat(&self.client().await?, id, instance).await
+    }
+
+    async fn node_deregister(&self, id: &str, instance: uuid::Uuid) -> Result<()> {
+        nodes::deregister(&self.client().await?, id, instance).await
+    }
+
+    async fn node_list(&self, _now: Timestamp) -> Result<Vec<NodeInfo>> {
+        nodes::list(&self.client().await?).await
     }
 
     async fn job_promote_due(&self, now: Timestamp) -> Result<u64> {

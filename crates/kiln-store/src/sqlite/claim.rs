@@ -103,7 +103,7 @@ pub(super) fn claim(tx: &mut Tx<'_>, req: &ClaimRequest) -> Result<Vec<Job>> {
             id_bytes(id),
             ms(req.now),
             &req.node,
-            ms(req.lease_until),
+            ms(kiln_domain::clock::later(req.now, req.lease)),
             running.as_str(),
         ))?;
         if taken == 1 {

@@ -154,7 +154,7 @@ pub(super) fn find(db: &Connection, filter: &LeaseFilter) -> Result<Vec<Lease>> 
         })
     };
     let leases = match filter {
-        LeaseFilter::ExpiredAt(at) => db
+        LeaseFilter::Expired(at) => db
             .prepare_cached(
                 "SELECT id, attempts, node FROM jobs
                  WHERE state = 'running' AND lease_expires_at < ?1 AND node IS NOT NULL

@@ -36,6 +36,7 @@ mod jobs;
 mod lease;
 mod list;
 mod log;
+mod nodes;
 mod queues;
 mod reader;
 mod retention;

@@ -64,6 +64,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
         13,
         include_str!("../../migrations/sqlite/0013_artifact_bytes.sql"),
     ),
+    (14, include_str!("../../migrations/sqlite/0014_nodes.sql")),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a
@@ -212,7 +213,7 @@ mod tests {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
         assert_eq!(
             migrate(&conn).unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
         );
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Step, Timestamp, User, UserId, change};
 use tokio::sync::broadcast;
 
-use super::{SqliteStore, claim, event, jobs, lease, list, log, queues, retention, users};
+use super::{SqliteStore, claim, event, jobs, lease, list, log, nodes, queues, retention, users};
 use crate::Store;
 use crate::cache::Cached;
 use crate::error::{Result, StoreError};
@@ -303,17 +303,44 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn lease_renew(&self, leases: &[Lease], until: Timestamp) -> Result<Renewal> {
+    async fn lease_renew(
+        &self,
+        leases: &[Lease],
+        now: Timestamp,
+        lease: std::time::Duration,
+    ) -> Result<Renewal> {
         if leases.is_empty() {
             return Ok(Renewal::default());
         }
         let leases = leases.to_vec();
+        let until = kiln_domain::clock::later(now, lease);
         self.write_unguarded(move |tx| lease::renew(tx, &leases, until))
             .await
     }
 
     async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>> {
         self.read(move |db| lease::find(db, &filter)).await
+    }
+
+    async fn node_register(&self, node: &NodeStart, now: Timestamp) -> Result<Option<String>> {
+        let node = node.clone();
+        self.write(move |tx| nodes::register(tx, &node, now)).await
+    }
+
+    async fn node_heartbeat(&self, id: &str, instance: uuid::Uuid, now: Timestamp) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |tx| nodes::heartbeat(tx, &id, instance, now))
+            .await
+    }
+
+    async fn node_deregister(&self, id: &str, instance: uuid::Uuid) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |tx| nodes::deregister(tx, &id, instance))
+            .await
+    }
+
+    async fn node_list(&self, now: Timestamp) -> Result<Vec<NodeInfo>> {
+        self.read(move |db| nodes::list(db, now)).await
     }
 
     async fn job_promote_due(&self, now: Timestamp) -> Result<u64> {

@@ -496,7 +496,11 @@ pub async fn every_transition_appends_exactly_one_event(store: Arc<dyn Store>) {
         .await
         .unwrap();
     store
-        .lease_renew(&[lease_of(&running)], at(90_000))
+        .lease_renew(
+            &[lease_of(&running)],
+            at(250),
+            std::time::Duration::from_secs(90),
+        )
         .await
         .unwrap();
     store.log_append(job.id, "x\n", at(260)).await.unwrap();

@@ -1,6 +1,7 @@
 //! Fenced writes of an attempt (completion, progress, renewal) and the lease lookup.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_domain::{Failure, JobState, Lease};
 use kiln_store::{ClaimRequest, LeaseFilter, Outcome, Renewal, Store};
@@ -229,7 +230,7 @@ pub async fn lease_renew_extends_and_reports_lost_and_cancel_requested(store: Ar
     }
     let claimed = store
         .job_claim(&ClaimRequest {
-            lease_until: at(1_000),
+            lease: Duration::from_secs(1),
             ..claim_req("n1", 3, at(10))
         })
         .await
@@ -247,7 +248,8 @@ pub async fn lease_renew_extends_and_reports_lost_and_cancel_requested(store: Ar
     let mut all = leases.clone();
     all.push(stale);
 
-    let mut renewal = store.lease_renew(&all, at(5_000)).await.unwrap();
+    let day = Duration::from_secs(86_400);
+    let mut renewal = store.lease_renew(&all, at(40), day).await.unwrap();
     renewal.lost.sort_by_key(|id| id.0);
     let mut lost = vec![lose.id, keep.id];
     lost.sort_by_key(|id| id.0);
@@ -258,16 +260,29 @@ pub async fn lease_renew_extends_and_reports_lost_and_cancel_requested(store: Ar
             cancel_requested: vec![cancel.id],
         }
     );
-    assert_eq!(get(&store, keep.id).await.lease_expires_at, Some(at(5_000)));
-    assert_eq!(
-        get(&store, cancel.id).await.lease_expires_at,
-        Some(at(5_000))
-    );
+    // A day from now by the store's clock: later than the claim's one-second lease,
+    // whichever clock that is (the caller's on SQLite, the database's on PostgreSQL).
+    for held in [keep, cancel] {
+        let renewed = get(&store, held.id).await.lease_expires_at.unwrap();
+        let claimed_until = held.lease_expires_at.unwrap();
+        assert!(
+            renewed >= claimed_until + chrono::TimeDelta::hours(23),
+            "{renewed} after {claimed_until}"
+        );
+    }
     assert_eq!(get(&store, lose.id).await.lease_expires_at, None);
     assert_eq!(
-        store.lease_renew(&[], at(6_000)).await.unwrap(),
+        store.lease_renew(&[], at(50), day).await.unwrap(),
         Renewal::default()
     );
+}
+
+/// The leases that have expired by `now` (by the store's clock: see
+/// [`ClaimRequest::lease`]).
+async fn expired(store: &Arc<dyn Store>, now: kiln_domain::Timestamp) -> Vec<Lease> {
+    let mut leases = store.lease_find(LeaseFilter::Expired(now)).await.unwrap();
+    leases.sort_by_key(|l| l.job_id.0);
+    leases
 }
 
 pub async fn lease_find_expired_and_by_node(store: Arc<dyn Store>) {
@@ -275,53 +290,27 @@ pub async fn lease_find_expired_and_by_node(store: Arc<dyn Store>) {
     for _ in 0..3 {
         echo(&store, alice, at(0)).await;
     }
-    let a = store
-        .job_claim(&ClaimRequest {
-            lease_until: at(1_000),
-            ..claim_req("n1", 1, at(10))
-        })
-        .await
-        .unwrap()
-        .remove(0);
-    let b = store
-        .job_claim(&ClaimRequest {
-            lease_until: at(2_000),
-            ..claim_req("n2", 1, at(10))
-        })
-        .await
-        .unwrap()
-        .remove(0);
-    let c = store
-        .job_claim(&ClaimRequest {
-            lease_until: at(3_000),
-            ..claim_req("n1", 1, at(10))
-        })
-        .await
-        .unwrap()
-        .remove(0);
+    // A lease that has ended by the next instant of any clock, and two that last a day.
+    let claim = |node: &'static str, lease: Duration| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .job_claim(&ClaimRequest {
+                    lease,
+                    ..claim_req(node, 1, at(10))
+                })
+                .await
+                .unwrap()
+                .remove(0)
+        }
+    };
+    let day = Duration::from_secs(86_400);
+    let a = claim("n1", Duration::ZERO).await;
+    let b = claim("n2", day).await;
+    let c = claim("n1", day).await;
 
-    assert!(
-        store
-            .lease_find(LeaseFilter::ExpiredAt(at(1_000)))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(
-        store
-            .lease_find(LeaseFilter::ExpiredAt(at(1_001)))
-            .await
-            .unwrap(),
-        vec![lease_of(&a)]
-    );
-    let mut expired = store
-        .lease_find(LeaseFilter::ExpiredAt(at(10_000)))
-        .await
-        .unwrap();
-    expired.sort_by_key(|l| l.job_id.0);
-    let mut want = vec![lease_of(&a), lease_of(&b), lease_of(&c)];
-    want.sort_by_key(|l| l.job_id.0);
-    assert_eq!(expired, want);
+    assert_eq!(expired(&store, at(11)).await, vec![lease_of(&a)]);
+    assert_eq!(expired(&store, at(3_600_000)).await, vec![lease_of(&a)]);
 
     let mut by_n1 = store
         .lease_find(LeaseFilter::Node("n1".to_owned()))
@@ -361,25 +350,14 @@ pub async fn lease_find_expired_and_by_node(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
-    let expired = store
-        .lease_find(LeaseFilter::ExpiredAt(at(10_000_000)))
-        .await
-        .unwrap();
-    assert!(expired.iter().all(|l| l.job_id != ext.id), "{expired:?}");
-    assert_eq!(expired.len(), 3);
+    assert_eq!(expired(&store, at(3_600_000)).await, vec![lease_of(&a)]);
 
     // Finished jobs hold no lease.
     store
         .job_complete(&lease_of(&a), Outcome::Succeeded(json!(null)), at(20))
         .await
         .unwrap();
-    assert!(
-        store
-            .lease_find(LeaseFilter::ExpiredAt(at(1_001)))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(expired(&store, at(3_600_000)).await.is_empty());
     assert_eq!(
         store
             .lease_find(LeaseFilter::Node("n1".to_owned()))
@@ -448,17 +426,14 @@ pub async fn rescue_of_an_expired_lease_fences_out_the_old_worker(store: Arc<dyn
     let job = echo(&store, alice, at(0)).await;
     let running = store
         .job_claim(&ClaimRequest {
-            lease_until: at(1_000),
+            lease: Duration::ZERO,
             ..claim_req("dead-node", 1, at(10))
         })
         .await
         .unwrap()
         .remove(0);
     // Another node sees the lease expire and fails the attempt (retry due at 2000).
-    let expired = store
-        .lease_find(LeaseFilter::ExpiredAt(at(1_500)))
-        .await
-        .unwrap();
+    let expired = expired(&store, at(1_500)).await;
     assert_eq!(expired, vec![lease_of(&running)]);
     let rescued = store
         .job_complete(
@@ -473,18 +448,12 @@ pub async fn rescue_of_an_expired_lease_fences_out_the_old_worker(store: Arc<dyn
         .unwrap();
     assert_eq!(rescued.state, JobState::Failed);
     assert_eq!(rescued.error, Some(Failure::lease_lost()));
-    assert!(
-        store
-            .lease_find(LeaseFilter::ExpiredAt(at(1_500)))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(self::expired(&store, at(1_500)).await.is_empty());
     // The next attempt runs elsewhere; the old worker comes back and is fenced out.
     let second = claim_one(&store, "n2", at(2_000)).await;
     assert_eq!((second.id, second.attempts), (job.id, 2));
     let renewal = store
-        .lease_renew(&[lease_of(&running)], at(9_000))
+        .lease_renew(&[lease_of(&running)], at(2_050), Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(renewal.lost, vec![job.id]);

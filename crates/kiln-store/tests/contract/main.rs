@@ -11,7 +11,10 @@
 //!   module and to the list in `contract!`; a change to the `Store` trait comes with a
 //!   check here in the same commit, so every backend is held to it.
 //!
-//! The store never reads a clock: every check passes explicit timestamps, so nothing sleeps.
+//! The store never reads a clock, with one exception: on PostgreSQL a lease is measured by
+//! the database server's clock, so that nodes whose clocks differ agree on it. Every check
+//! passes explicit timestamps, and the lease checks use leases of zero or of a day, which
+//! every clock agrees on; nothing sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod backends;
@@ -23,6 +26,7 @@ mod lease;
 mod list;
 mod logs;
 mod maintenance;
+mod nodes;
 mod races;
 mod storage;
 mod submit;
@@ -81,6 +85,9 @@ macro_rules! contract {
             lease::retryable_failure_after_a_cancel_request_cancels_the_job,
             lease::rescue_of_an_expired_lease_fences_out_the_old_worker,
             storage::artifact_bytes_add_up_per_owner_and_go_with_the_job,
+            nodes::a_live_node_id_is_refused_and_a_dead_one_taken_over,
+            nodes::every_live_node_shares_one_object_store,
+            nodes::nodes_are_listed_with_their_running_jobs_and_leave_cleanly,
             client::cancel_of_waiting_jobs_is_immediate,
             client::cancel_of_running_job_requests_and_signals,
             client::cancel_of_terminal_jobs_changes_nothing,

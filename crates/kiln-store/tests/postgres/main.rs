@@ -77,7 +77,7 @@ fn claim_req(node: &str, limit: u32, now: Timestamp) -> ClaimRequest {
         exclude_owners: Vec::new(),
         limit,
         now,
-        lease_until: now + TimeDelta::seconds(30),
+        lease: std::time::Duration::from_secs(30),
     }
 }
 

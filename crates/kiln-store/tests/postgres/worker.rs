@@ -71,7 +71,11 @@ async fn a_cancel_on_one_node_reaches_the_worker_on_another() {
     // The writing node hears it locally, and only once (its own NOTIFY echo is skipped).
     wait_for(&mut on_a, Signal::CancelRequested(running.id)).await;
     let renewal = node_b
-        .lease_renew(&[lease_of(&running)], at(3))
+        .lease_renew(
+            &[lease_of(&running)],
+            at(3),
+            std::time::Duration::from_secs(30),
+        )
         .await
         .unwrap();
     assert_eq!(renewal.cancel_requested, vec![running.id]);

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use chrono::TimeDelta;
 use kiln_domain::job_type::Catalogue;
 use kiln_domain::{Clock, Role, SystemClock};
 use kiln_kernels::Registry;
@@ -89,7 +88,7 @@ impl Fixture {
                 exclude_owners: Vec::new(),
                 limit: 10,
                 now,
-                lease_until: now + TimeDelta::minutes(5),
+                lease: std::time::Duration::from_secs(300),
             })
             .await
             .unwrap();

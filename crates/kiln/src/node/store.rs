@@ -38,7 +38,13 @@ impl StoreOptions {
 
 /// Opens the database at `url` (`sqlite:…` or `postgres://…`) and applies its migrations.
 pub async fn open_store(url: &str, opts: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
-    open_store_with(url, opts, None).await
+    Ok(open_store_with(url, opts, None).await?.store)
+}
+
+/// An open store, and on PostgreSQL the object store in the same database.
+pub(super) struct Opened {
+    pub store: Arc<dyn Store>,
+    pub pg_objects: Option<Arc<dyn kiln_objects::ObjectStore>>,
 }
 
 /// [`open_store`], the SQLite writer recording its commits into `metrics`.
@@ -46,7 +52,7 @@ pub(super) async fn open_store_with(
     url: &str,
     opts: StoreOptions,
     metrics: Option<Arc<Metrics>>,
-) -> anyhow::Result<Arc<dyn Store>> {
+) -> anyhow::Result<Opened> {
     if is_postgres(url) {
         let store = PgStore::connect(
             url,
@@ -59,7 +65,10 @@ pub(super) async fn open_store_with(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("while connecting to PostgreSQL (DATABASE_URL)")?;
-        return Ok(store);
+        return Ok(Opened {
+            pg_objects: Some(store.objects()),
+            store,
+        });
     }
     let path = sqlite_path(url)?;
     let store = SqliteStore::open(SqliteOptions {
@@ -70,7 +79,10 @@ pub(super) async fn open_store_with(
         ..SqliteOptions::default()
     })
     .with_context(|| format!("while opening the database {url}"))?;
-    Ok(store)
+    Ok(Opened {
+        store,
+        pg_objects: None,
+    })
 }
 
 /// Applies the migrations the database at `url` lacks, without opening a store (no writer

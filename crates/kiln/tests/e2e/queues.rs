@@ -44,3 +44,39 @@ async fn a_paused_queue_waits_while_others_run_and_runs_once_resumed() {
     app.wait_state(&app.admin, &held, "succeeded", LONG).await;
     app.stop().await;
 }
+
+/// `GET /admin/nodes` shows the node itself (operators only); a clean stop leaves the
+/// registry, so a restart on the same database finds its id free.
+#[tokio::test]
+async fn the_node_lists_itself_for_operators_and_leaves_the_registry_when_it_stops() {
+    let app = TestApp::spawn().await;
+    let client = app.user("carol", "client").await;
+    let denied = app.client.get(Some(&client), "/api/v1/admin/nodes").await;
+    assert_eq!(denied.status.as_u16(), 403, "{}", denied.text());
+    let nodes = app
+        .client
+        .get(Some(&app.admin), "/api/v1/admin/nodes")
+        .await;
+    assert_eq!(nodes.status.as_u16(), 200, "{}", nodes.text());
+    let nodes = nodes.json();
+    let node = &nodes.as_array().unwrap()[..];
+    assert_eq!(node.len(), 1, "{nodes}");
+    let node = &node[0];
+    assert_eq!(node["role"], "serve", "{node}");
+    assert_eq!(node["live"], true, "{node}");
+    assert_eq!(node["pid"], std::process::id(), "{node}");
+    assert_eq!(node["running"], 0, "{node}");
+    assert!(
+        node["objects"].as_str().unwrap().starts_with("local:"),
+        "{node}"
+    );
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, crate::helpers::Opts::default()).await;
+    let nodes = app
+        .client
+        .get(Some(&app.admin), "/api/v1/admin/nodes")
+        .await
+        .json();
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
+    assert_eq!(nodes[0]["live"], true, "{nodes}");
+}

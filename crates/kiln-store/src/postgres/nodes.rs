@@ -1,0 +1,153 @@
+//! The node registry on PostgreSQL. Every liveness judgement uses the database server's
+//! clock (`now()`), as leases do: nodes whose clocks disagree still agree on who is alive.
+
+use deadpool_postgres::GenericClient;
+
+use super::row::{self, big, int, query, query_one, query_opt};
+use crate::error::{Result, StoreError};
+use crate::model::{NODE_KEPT, NodeInfo, NodeStart};
+
+/// `true` where a row's last heartbeat is within its ttl.
+const LIVE: &str = "heartbeat_at + ttl_ms::float8 * interval '1 millisecond' > now()";
+
+/// See [`crate::Store::node_register`]; one transaction, the row lock serialising two
+/// nodes that start with one id at once.
+pub(super) async fn register(
+    db: &mut deadpool_postgres::Object,
+    node: &NodeStart,
+) -> Result<Option<String>> {
+    let tx = db.transaction().await?;
+    tx.execute(
+        "DELETE FROM nodes WHERE heartbeat_at < now() - $1::float8 * interval '1 millisecond'",
+        &[&super::lease::millis(NODE_KEPT)],
+    )
+    .await?;
+    let elsewhere = query_opt(
+        &tx,
+        &format!(
+            "SELECT id, objects FROM nodes WHERE id <> $1 AND objects <> $2 AND {LIVE}
+             ORDER BY id LIMIT 1"
+        ),
+        &[&node.id, &node.objects],
+    )
+    .await?;
+    if let Some(r) = elsewhere {
+        let (other, objects): (String, String) = (row::get(&r, 0)?, row::get(&r, 1)?);
+        return Err(StoreError::conflict(format!(
+            "live node `{other}` keeps uploads and artifacts in `{objects}`, this node in \
+             `{}`: every node must share one object store (KILN_OBJECT_STORE), or a file \
+             uploaded through one node is missing on another",
+            node.objects
+        )));
+    }
+    let taken = query_opt(
+        &tx,
+        "INSERT INTO nodes (id, instance, host, pid, version, role, slots, objects, ttl_ms,
+                                started_at, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now())
+             ON CONFLICT (id) DO UPDATE SET
+                 instance = excluded.instance, host = excluded.host, pid = excluded.pid,
+                 version = excluded.version, role = excluded.role, slots = excluded.slots,
+                 objects = excluded.objects, ttl_ms = excluded.ttl_ms,
+                 started_at = now(), heartbeat_at = now()
+             WHERE nodes.heartbeat_at + nodes.ttl_ms::float8 * interval '1 millisecond' <= now()
+                OR nodes.instance = excluded.instance OR $10
+             RETURNING id",
+        &[
+            &node.id,
+            &node.instance,
+            &node.host,
+            &i64::from(node.pid),
+            &node.version,
+            &node.role,
+            &int(node.slots),
+            &node.objects,
+            &big(u64::try_from(node.ttl.as_millis()).unwrap_or(u64::MAX)),
+            &node.take_over,
+        ],
+    )
+    .await?;
+    if taken.is_none() {
+        let r = query_one(
+            &tx,
+            "SELECT host, pid, extract(epoch FROM now() - heartbeat_at)::float8 FROM nodes
+             WHERE id = $1",
+            &[&node.id],
+        )
+        .await?;
+        let (host, pid, ago): (String, i64, f64) =
+            (row::get(&r, 0)?, row::get(&r, 1)?, row::get(&r, 2)?);
+        return Ok(Some(format!(
+            "process {pid} on `{host}`, last heartbeat {ago:.1} s ago"
+        )));
+    }
+    tx.commit().await?;
+    Ok(None)
+}
+
+/// See [`crate::Store::node_heartbeat`].
+pub(super) async fn heartbeat(
+    db: &impl GenericClient,
+    id: &str,
+    instance: uuid::Uuid,
+) -> Result<bool> {
+    let changed = row::execute(
+        db,
+        "UPDATE nodes SET heartbeat_at = now() WHERE id = $1 AND instance = $2",
+        &[&id, &instance],
+    )
+    .await?;
+    Ok(changed == 1)
+}
+
+/// See [`crate::Store::node_deregister`].
+pub(super) async fn deregister(
+    db: &impl GenericClient,
+    id: &str,
+    instance: uuid::Uuid,
+) -> Result<()> {
+    row::execute(
+        db,
+        "DELETE FROM nodes WHERE id = $1 AND instance = $2",
+        &[&id, &instance],
+    )
+    .await?;
+    Ok(())
+}
+
+/// See [`crate::Store::node_list`]: the running counts read the running jobs through the
+/// `jobs_lease` partial index, never the whole table.
+pub(super) async fn list(db: &impl GenericClient) -> Result<Vec<NodeInfo>> {
+    let rows = query(
+        db,
+        &format!(
+            "WITH running AS (
+                 SELECT node, count(*) AS n FROM jobs
+                 WHERE state = 'running' AND node IS NOT NULL GROUP BY node
+             )
+             SELECT id, host, pid, version, role, slots, coalesce(running.n, 0), objects,
+                    started_at, heartbeat_at, {LIVE}
+             FROM nodes LEFT JOIN running ON running.node = nodes.id
+             ORDER BY id"
+        ),
+        &[],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(NodeInfo {
+                id: row::get(r, 0)?,
+                host: row::get(r, 1)?,
+                pid: u32::try_from(row::get::<i64>(r, 2)?).unwrap_or(0),
+                version: row::get(r, 3)?,
+                role: row::get(r, 4)?,
+                slots: row::count(r, 5)?,
+                running: u32::try_from(row::get::<i64>(r, 6)?).unwrap_or(u32::MAX),
+                objects: row::get(r, 7)?,
+                started_at: row::get(r, 8)?,
+                heartbeat_at: row::get(r, 9)?,
+                live: row::get(r, 10)?,
+            })
+        })
+        .collect()
+}
