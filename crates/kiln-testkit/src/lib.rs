@@ -8,6 +8,7 @@
 //! - [`factory`]: valid jobs and users in one line.
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod db;
 pub mod factory;
 pub mod http;
