@@ -225,6 +225,48 @@ async fn bench_runs_its_local_server_on_an_empty_postgres_database_and_refuses_a
     assert_eq!(store.user_count().await.unwrap(), 4);
 }
 
+/// `--nodes 3`: three `kiln serve` processes on one PostgreSQL database, every request
+/// sent to the next; all the jobs run, and the registry lists the three nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_spreads_its_load_over_several_nodes_on_one_postgres_database() {
+    let Some(db) = TempPostgres::create().await else {
+        return;
+    };
+    let args = [
+        "--database",
+        db.url.as_str(),
+        "--nodes",
+        "3",
+        "--scenario",
+        "submit,e2e",
+        "--jobs",
+        "300",
+        "--connections",
+        "6",
+        "--json",
+    ]
+    .map(str::to_owned);
+    let out = tokio::task::spawn_blocking(move || bench(&args))
+        .await
+        .unwrap();
+    let r = report(&out);
+    assert!(
+        r["server"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 `kiln serve` child processes"),
+        "{r}"
+    );
+    assert_eq!(figure(&r, "submit", "accepted (202)"), 300.0);
+    assert_eq!(figure(&r, "e2e", "jobs succeeded"), 300.0);
+    // Three nodes registered (and were killed by the bench at the end).
+    let store = db.store().await;
+    let nodes = store.node_list(chrono::Utc::now()).await.unwrap();
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["kiln-bench-1", "kiln-bench-2", "kiln-bench-3"]);
+    assert_eq!(store.job_stats().await.unwrap().total_submitted, 600);
+}
+
 #[test]
 fn bench_prints_a_markdown_table_by_default_with_full_durability() {
     let out = bench(&[
@@ -338,7 +380,12 @@ fn bench_rejects_bad_flags_with_exit_2_and_says_why() {
                 "--seed-users",
                 "2",
             ][..],
-            "--seed-users apply to the local server only",
+            "--nodes apply to the local server only",
+        ),
+        (&["--nodes", "0"][..], "--nodes must be between 1 and 16"),
+        (
+            &["--nodes", "3"][..],
+            "--nodes above 1 needs a PostgreSQL --database",
         ),
     ] {
         let out = bench(args);

@@ -6,6 +6,8 @@
 //! benchmark reports, not panics.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -19,10 +21,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// A client for one server, cheap to clone (the pool is shared).
+/// A client for one server, or for several nodes of one cluster taken in turn (see
+/// [`Client::spread_over`]); cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    /// With several nodes: every node's base URL, and the turn counter shared by clones.
+    spread: Option<(Arc<[String]>, Arc<AtomicUsize>)>,
     auth: Option<HeaderValue>,
     inner: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
@@ -71,9 +76,31 @@ impl Client {
             .build(connector);
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
+            spread: None,
             auth: None,
             inner,
         })
+    }
+
+    /// The same client sending each request to the next of `bases` in turn (the nodes of
+    /// one cluster, which share a database: any of them answers for all).
+    pub fn spread_over(mut self, bases: &[String]) -> Self {
+        if bases.len() > 1 {
+            let bases: Arc<[String]> = bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_owned())
+                .collect();
+            self.spread = Some((bases, Arc::new(AtomicUsize::new(0))));
+        }
+        self
+    }
+
+    /// The base URL of the next request.
+    fn base(&self) -> &str {
+        match &self.spread {
+            Some((bases, turn)) => &bases[turn.fetch_add(1, Ordering::Relaxed) % bases.len()],
+            None => &self.base,
+        }
     }
 
     /// Sends every later request with `Authorization: Bearer token`.
@@ -134,9 +161,10 @@ impl Client {
         accept: &str,
         body: Option<Bytes>,
     ) -> anyhow::Result<(StatusCode, hyper::body::Incoming)> {
+        let base = self.base();
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{}{}", self.base, path))
+            .uri(format!("{base}{path}"))
             .header(ACCEPT, accept);
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
@@ -151,7 +179,7 @@ impl Client {
             .inner
             .request(req)
             .await
-            .with_context(|| format!("while calling {}{path}", self.base))?;
+            .with_context(|| format!("while calling {base}{path}"))?;
         let (parts, body) = resp.into_parts();
         Ok((parts.status, body))
     }

@@ -125,6 +125,10 @@ pub struct BenchArgs {
     /// Local server only: `MAX_CONCURRENCY` (default 4).
     #[arg(long)]
     pub max_concurrency: Option<usize>,
+    /// Local server only, with a PostgreSQL `--database`: `kiln serve` processes on it
+    /// (node ids `kiln-bench-1`…), each request sent to the next in turn.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
     /// Local server only: serve HTTPS with a fresh development certificate (made in the
     /// temp dir), to compare with a plain-HTTP run.
     #[arg(long)]
@@ -202,6 +206,14 @@ impl BenchArgs {
             "--max-concurrency must be between 1 and 1024",
         );
         check(
+            (1..=16).contains(&self.nodes),
+            "--nodes must be between 1 and 16",
+        );
+        check(
+            self.nodes == 1 || self.database.is_some(),
+            "--nodes above 1 needs a PostgreSQL --database (one SQLite file has one process)",
+        );
+        check(
             (0.1..=3600.0).contains(&self.read_seconds),
             "--read-seconds must be between 0.1 and 3600",
         );
@@ -229,8 +241,8 @@ impl BenchArgs {
                 "--sqlite-sync, --max-concurrency and --tls apply to the local server only, not with --url",
             );
             check(
-                self.database.is_none() && self.seed_users == 1,
-                "--database and --seed-users apply to the local server only, not with --url",
+                self.database.is_none() && self.seed_users == 1 && self.nodes == 1,
+                "--database, --seed-users and --nodes apply to the local server only, not with --url",
             );
             check(
                 self.token.is_some() || self.password.is_some(),
@@ -310,12 +322,19 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
         seed_users: args.seed_users,
         database: args.database.clone(),
         tls: args.tls,
+        nodes: args.nodes,
     };
     let (server, seeded) = LocalServer::start(&opts).await?;
     let mut report = new_report(
         seeded.durability,
         format!(
-            "`kiln serve` child process on 127.0.0.1 over {}, MAX_CONCURRENCY={}{}; RSS is its VmHWM; jobs: {}",
+            "{} on 127.0.0.1 over {}, MAX_CONCURRENCY={}{}; RSS is its VmHWM; jobs: {}",
+            match opts.nodes {
+                1 => "`kiln serve` child process".to_owned(),
+                n => format!(
+                    "{n} `kiln serve` child processes (requests spread in turn; CPU is their sum, RSS the largest)"
+                ),
+            },
             if opts.tls {
                 "HTTPS (rustls, ring)"
             } else {
@@ -342,9 +361,14 @@ async fn local(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let client = Client::new(&server.base, args.connections, server.ca_cert.as_deref())?;
     let token = server.login(&client).await?;
-    let client = client.with_token(&token)?;
-    scenarios(args, &client, server.pid(), &mut report).await;
-    if let Some(rss) = procfs::peak_rss(server.pid()) {
+    let client = client.with_token(&token)?.spread_over(&server.bases);
+    scenarios(args, &client, server.pids(), &mut report).await;
+    let rss = server
+        .pids()
+        .iter()
+        .filter_map(|&pid| procfs::peak_rss(Some(pid)))
+        .max();
+    if let Some(rss) = rss {
         report.push(
             "server",
             "peak RSS (VmHWM)",
@@ -381,14 +405,27 @@ async fn remote(args: &BenchArgs, url: &str) -> anyhow::Result<Report> {
         report.push("seed", "jobs written (HTTP)", args.seed_jobs as f64, "jobs");
         report.push("seed", "time", started.elapsed().as_secs_f64(), "s");
     }
-    scenarios(args, &client, None, &mut report).await;
+    scenarios(args, &client, &[], &mut report).await;
     Ok(report)
 }
 
 /// Runs the selected scenarios in order, letting the queue drain between them. A failing
 /// scenario is recorded in the report and the next one still runs. Each scenario also
-/// reports the CPU time the bench itself and (when local, `server`'s pid) the server used.
-async fn scenarios(args: &BenchArgs, client: &Client, server: Option<u32>, report: &mut Report) {
+/// reports the CPU time the bench itself and (when local, the `servers`' pids) the server
+/// processes used.
+async fn scenarios(args: &BenchArgs, client: &Client, servers: &[u32], report: &mut Report) {
+    // The scenarios that measure one server's CPU per request (read, stream) get its pid
+    // only when there is one server.
+    let server = match servers {
+        [one] => Some(*one),
+        _ => None,
+    };
+    let servers_cpu = || -> f64 {
+        servers
+            .iter()
+            .map(|&pid| procfs::cpu_seconds(Some(pid)).unwrap_or(0.0))
+            .sum()
+    };
     let mut order: Vec<Scenario> = Scenario::value_variants().to_vec();
     order.retain(|s| args.selected(*s));
     for scenario in order {
@@ -398,12 +435,12 @@ async fn scenarios(args: &BenchArgs, client: &Client, server: Option<u32>, repor
             continue;
         }
         let cpu = |pid| procfs::cpu_seconds(pid).unwrap_or(0.0);
-        let (client_cpu, server_cpu) = (cpu(None), server.map(|pid| cpu(Some(pid))));
+        let (client_cpu, server_cpu) = (cpu(None), servers_cpu());
         let result = one(args, client, scenario, server, report).await;
         let name = scenario.name();
         report.push(name, "bench (client) CPU", cpu(None) - client_cpu, "s");
-        if let (Some(pid), Some(before)) = (server, server_cpu) {
-            report.push(name, "server CPU", cpu(Some(pid)) - before, "s");
+        if !servers.is_empty() {
+            report.push(name, "server CPU", servers_cpu() - server_cpu, "s");
         }
         if let Err(e) = result {
             report.errors.push(format!("{name} scenario: {e:#}"));

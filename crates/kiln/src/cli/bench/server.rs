@@ -36,12 +36,15 @@ pub const PG_POOL: usize = 16;
 /// nobody can log in as them.
 const NO_LOGIN: &str = "!seeded by kiln bench: no login";
 
-/// A `kiln serve` child on a temp database (or `--database`); killed when dropped.
+/// A `kiln serve` child on a temp database (or `--database`), or several on one
+/// PostgreSQL database (`--nodes`); killed when dropped.
 pub struct LocalServer {
-    child: Child,
-    pid: Option<u32>,
-    /// Its address, `http://127.0.0.1:PORT` (`https://` with TLS).
+    children: Vec<Child>,
+    pids: Vec<u32>,
+    /// The first node's address, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub base: String,
+    /// Every node's address.
+    pub bases: Vec<String>,
     /// With TLS: the CA of its certificate, for the client to trust.
     pub ca_cert: Option<PathBuf>,
     /// The database had users before the bench came, so its `admin` may not have the
@@ -65,6 +68,8 @@ pub struct LocalOptions {
     pub database: Option<String>,
     /// Serve HTTPS with a fresh development certificate.
     pub tls: bool,
+    /// `kiln serve` processes on the one database (more than one: PostgreSQL only).
+    pub nodes: usize,
 }
 
 /// What seeding left for the report.
@@ -91,51 +96,69 @@ impl LocalServer {
                 (format!("sqlite://{}", db.display()), seeded, false)
             }
         };
-        let port = free_port()?;
         let exe = std::env::current_exe().context("while locating the kiln binary")?;
-        let mut command = Command::new(exe);
-        command
-            .current_dir(dir.path())
-            .args(["serve", "--bind", "127.0.0.1", "--log", "warn"]);
-        let ca_cert = match opts.tls {
-            true => Some(dev_certificate(dir.path(), &mut command)?),
-            false => None,
-        };
-        if opts.database.is_some() {
-            // Not beside the SQLite file (there is none): in the temp dir.
-            let objects = dir.path().join("objects");
+        let mut ca_cert = None;
+        let (mut children, mut pids, mut bases) = (Vec::new(), Vec::new(), Vec::new());
+        for n in 1..=opts.nodes.max(1) {
+            let port = free_port()?;
+            let mut command = Command::new(&exe);
             command
-                .arg("--object-store")
-                .arg(format!("file://{}", objects.display()))
-                .args(["--pg-pool", &PG_POOL.to_string()]);
-        } else {
-            command.args(["--sqlite-sync", sync_name(opts.sync)]);
+                .current_dir(dir.path())
+                .args(["serve", "--bind", "127.0.0.1", "--log", "warn"]);
+            if opts.tls {
+                // One certificate for every node (made once, in the temp dir).
+                let paths = dev_certificate(dir.path(), ca_cert.is_none())?;
+                command
+                    .arg("--tls-cert")
+                    .arg(&paths.server)
+                    .arg("--tls-key")
+                    .arg(&paths.server_key);
+                ca_cert = Some(paths.ca);
+            }
+            if opts.database.is_some() {
+                // Not beside the SQLite file (there is none): in the temp dir, shared.
+                let objects = dir.path().join("objects");
+                command
+                    .arg("--object-store")
+                    .arg(format!("file://{}", objects.display()))
+                    .args(["--pg-pool", &PG_POOL.to_string()]);
+            } else {
+                command.args(["--sqlite-sync", sync_name(opts.sync)]);
+            }
+            let node_id = match opts.nodes {
+                0 | 1 => "kiln-bench".to_owned(),
+                _ => format!("kiln-bench-{n}"),
+            };
+            let child = command
+                .args(["--port", &port.to_string()])
+                .args(["--database", &database])
+                .args(["--max-concurrency", &opts.max_concurrency.to_string()])
+                .args(["--node-id", &node_id])
+                // For `--job command` and the `stream` scenario.
+                .args(["--command-allow", "/bin/true,/bin/sleep,/bin/sh"])
+                .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
+                .env_remove("KILN_CONFIG")
+                .env_remove("KILN_OBJECT_STORE")
+                .env_remove("KILN_PG_POLL_ONLY")
+                // TLS only as `--tls` asks: not from the caller's environment.
+                .env_remove("KILN_TLS_CERT")
+                .env_remove("KILN_TLS_KEY")
+                .env_remove("KILN_TLS_CLIENT_CA")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("while starting `kiln serve`")?;
+            let scheme = if opts.tls { "https" } else { "http" };
+            pids.extend(child.id());
+            children.push(child);
+            bases.push(format!("{scheme}://127.0.0.1:{port}"));
         }
-        let child = command
-            .args(["--port", &port.to_string()])
-            .args(["--database", &database])
-            .args(["--max-concurrency", &opts.max_concurrency.to_string()])
-            .args(["--node-id", "kiln-bench"])
-            // For `--job command` and the `stream` scenario.
-            .args(["--command-allow", "/bin/true,/bin/sleep,/bin/sh"])
-            .env("KILN_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env_remove("KILN_CONFIG")
-            .env_remove("KILN_OBJECT_STORE")
-            .env_remove("KILN_PG_POLL_ONLY")
-            // TLS only as `--tls` asks: not from the caller's environment.
-            .env_remove("KILN_TLS_CERT")
-            .env_remove("KILN_TLS_KEY")
-            .env_remove("KILN_TLS_CLIENT_CA")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("while starting `kiln serve`")?;
-        let scheme = if opts.tls { "https" } else { "http" };
         let mut server = Self {
-            pid: child.id(),
-            child,
-            base: format!("{scheme}://127.0.0.1:{port}"),
+            pids,
+            children,
+            base: bases[0].clone(),
+            bases,
             ca_cert,
             had_users,
             _dir: dir,
@@ -157,49 +180,49 @@ impl LocalServer {
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let probe = Client::new(&self.base, 1, self.ca_cert.as_deref())?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("`kiln serve` exited at start-up ({status})");
+        for (child, base) in self.children.iter_mut().zip(&self.bases) {
+            let probe = Client::new(base, 1, self.ca_cert.as_deref())?;
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    bail!("`kiln serve` exited at start-up ({status})");
+                }
+                if let Ok(resp) = probe.get("/healthz").await
+                    && resp.status.is_success()
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("`kiln serve` did not answer /healthz within {START_TIMEOUT:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if let Ok(resp) = probe.get("/healthz").await
-                && resp.status.is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("`kiln serve` did not answer /healthz within {START_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
-    /// The server process's id.
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
+    /// The server processes' ids.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
     }
 
-    /// Stops the server (SIGKILL: the temp database is thrown away anyway).
+    /// Stops the servers (SIGKILL: the temp database is thrown away anyway).
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.child
-            .kill()
-            .await
-            .context("while stopping `kiln serve`")
+        for child in &mut self.children {
+            child.kill().await.context("while stopping `kiln serve`")?;
+        }
+        Ok(())
     }
 }
 
-/// Writes a development CA and server certificate into `dir` and adds the flags that
-/// serve them to `command`; returns the CA's path.
-fn dev_certificate(dir: &std::path::Path, command: &mut Command) -> anyhow::Result<PathBuf> {
-    let certs = crate::tls::dev::DevCerts::generate(&[])?;
-    let paths = certs.write(&dir.join("certs"), false)?;
-    command
-        .arg("--tls-cert")
-        .arg(&paths.server)
-        .arg("--tls-key")
-        .arg(&paths.server_key);
-    Ok(paths.ca)
+/// The development CA and server certificate in `dir`, written first when `make`.
+fn dev_certificate(dir: &std::path::Path, make: bool) -> anyhow::Result<crate::tls::dev::DevPaths> {
+    let certs_dir = dir.join("certs");
+    if make {
+        let certs = crate::tls::dev::DevCerts::generate(&[])?;
+        return certs.write(&certs_dir, false);
+    }
+    Ok(crate::tls::dev::DevPaths::new(&certs_dir))
 }
 
 /// Opens the SQLite file, creates the admin and the seed users and writes `seed_jobs`
