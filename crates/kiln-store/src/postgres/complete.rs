@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use deadpool_postgres::{GenericClient, Pool};
 use kiln_domain::change::Completion;
-use kiln_domain::{Job, Lease, Timestamp};
+use kiln_domain::{Job, JobState, Lease, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 
 use super::notify::Signals;
@@ -39,7 +39,11 @@ pub(super) type Answer = Result<(Result<Job>, Vec<Job>)>;
 /// The completions of one batch, in one statement: `$1`… are arrays with one element per
 /// outcome (id, attempt, node; the state, next `run_at`, `finished_at` and event message
 /// when no cancel is pending and when one is; the result as JSON text, the error as JSON
-/// text, the progress, the time; `$16` the `job_counts` shard). Jobs it ends terminal are
+/// text, the progress, the time; `$16` the `job_counts` shard; `$17` `running` for each).
+/// The fence compares `state` with that column, not with a literal: a literal lets the
+/// planner answer the join from a partial index of running jobs, and walk that index's
+/// entries of every job finished since the last vacuum (thousands per batch) instead of
+/// looking each job up by its primary key. Jobs it ends terminal are
 /// counted in the same statement (a running job was not counted). The fence (`state = 'running'`, the attempt, the node)
 /// is checked on the newest row version under its lock, so an outcome whose lease was lost
 /// updates nothing and is absent from the rows returned.
@@ -59,10 +63,10 @@ const COMPLETE_MANY: &str = concat!(
          FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[],
                      $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
                      $9::timestamptz[], $10::text[], $11::text[], $12::float4[],
-                     $13::timestamptz[], $14::text[], $15::text[])
+                     $13::timestamptz[], $14::text[], $15::text[], $17::text[])
               AS i(id, attempt, node, s_state, p_state, s_run_at, p_run_at, s_finished,
-                   p_finished, result, error, progress, at, s_message, p_message)
-         WHERE j.id = i.id AND j.state = 'running' AND j.attempts = i.attempt
+                   p_finished, result, error, progress, at, s_message, p_message, running)
+         WHERE j.id = i.id AND j.state = i.running AND j.attempts = i.attempt
            AND j.node = i.node
          RETURNING j.*, i.node AS lease_node,
                    CASE WHEN j.cancel_requested THEN i.p_message ELSE i.s_message END
@@ -176,15 +180,23 @@ type Written = (Vec<(Result<Job>, Vec<Job>)>, Signals);
 async fn write(pool: &Pool, asks: &[(Lease, Completion, Option<ClaimRequest>)]) -> Result<Written> {
     let mut client = pool.get().await.map_err(map_pool_err)?;
     let mut signals = Signals::default();
+    let tx = client.transaction().await?;
+    // One plan for every batch: each outcome's job looked up by its primary key (see
+    // COMPLETE_MANY). PostgreSQL's custom plans chose it, but planning each batch afresh
+    // cost more than running it; its generic plan alone would hash-join the whole table.
+    tx.batch_execute(
+        "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_hashjoin = off; \
+         SET LOCAL enable_mergejoin = off; SET LOCAL jit = off",
+    )
+    .await?;
+    let completed = complete_many(&tx, &mut signals, asks).await?;
     if asks.iter().all(|(_, _, next)| next.is_none()) {
-        let completed = complete_many(&client, &mut signals, asks).await?;
+        tx.commit().await?;
         return Ok((
             completed.into_iter().map(|c| (c, Vec::new())).collect(),
             signals,
         ));
     }
-    let tx = client.transaction().await?;
-    let completed = complete_many(&tx, &mut signals, asks).await?;
     let mut claimed = claim_for(&tx, &mut signals, asks).await?;
     tx.commit().await?;
     Ok((
@@ -222,6 +234,7 @@ async fn complete_many(
     let mut errors = Vec::with_capacity(n);
     let mut progress = Vec::with_capacity(n);
     let mut at = Vec::with_capacity(n);
+    let mut running = Vec::with_capacity(n);
     for ((lease, done, _), _) in asks.iter().zip(&first).filter(|(_, first)| **first) {
         ids.push(lease.job_id.0);
         attempts.push(int(lease.attempt));
@@ -245,6 +258,7 @@ async fn complete_many(
         );
         progress.push(done.progress);
         at.push(done.at);
+        running.push(JobState::Running.as_str());
     }
     let rows = query(
         db,
@@ -266,6 +280,7 @@ async fn complete_many(
             &messages[0],
             &messages[1],
             &super::counts::shard(),
+            &running,
         ],
     )
     .await?;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use deadpool_postgres::GenericClient;
 use kiln_domain::change::clamp_progress;
-use kiln_domain::{JobId, Lease, Timestamp};
+use kiln_domain::{JobId, JobState, Lease, Timestamp};
 
 use super::row::{self, int, query, ts};
 use crate::error::{Result, StoreError};
@@ -61,14 +61,18 @@ pub(super) async fn renew(
     let ids: Vec<uuid::Uuid> = leases.iter().map(|l| l.job_id.0).collect();
     let attempts: Vec<i32> = leases.iter().map(|l| int(l.attempt)).collect();
     let nodes: Vec<&str> = leases.iter().map(|l| l.node.as_str()).collect();
+    // `state` is compared with a column, not a literal, as in the batched completion
+    // (`super::complete`): each job is looked up by its primary key.
+    let running: Vec<&str> = vec![JobState::Running.as_str(); leases.len()];
     let rows = query(
         db,
         "UPDATE jobs j SET lease_expires_at = now() + $4::float8 * interval '1 millisecond'
-         FROM unnest($1::uuid[], $2::integer[], $3::text[]) AS l(id, attempt, node)
-         WHERE j.id = l.id AND j.state = 'running' AND j.attempts = l.attempt
+         FROM unnest($1::uuid[], $2::integer[], $3::text[], $5::text[])
+              AS l(id, attempt, node, running)
+         WHERE j.id = l.id AND j.state = l.running AND j.attempts = l.attempt
            AND j.node = l.node
          RETURNING j.id, j.attempts, j.node, j.cancel_requested",
-        &[&ids, &attempts, &nodes, &millis(lease)],
+        &[&ids, &attempts, &nodes, &millis(lease), &running],
     )
     .await?;
     // Keyed by the whole lease: a stale lease of a job whose current lease is also renewed

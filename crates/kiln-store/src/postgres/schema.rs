@@ -59,6 +59,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         14,
         include_str!("../../migrations/postgres/0014_objects.sql"),
     ),
+    (
+        15,
+        include_str!("../../migrations/postgres/0015_drop_jobs_node.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

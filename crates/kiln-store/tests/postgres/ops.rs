@@ -30,7 +30,10 @@ async fn nodes_starting_together_migrate_once() {
     for run in runs {
         applied.extend(run.await.unwrap());
     }
-    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+    assert_eq!(
+        applied,
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    );
 }
 
 /// A plain connection to the test database, for writing rows the store never would.
