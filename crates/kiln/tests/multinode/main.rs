@@ -174,9 +174,9 @@ async fn runners(client: &Client, token: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Starts `serve` node A with one slot and fills it with a long `sleep`, so every job
-/// submitted afterwards runs on worker node B. Returns (A, B, client, token, blocker id).
-async fn a_busy_b_free(db: &TempPostgres) -> (Node, Node, Client, String, String) {
+/// Starts `serve` node A with one slot and fills it with a long `sleep`. Returns (A,
+/// client, token, blocker id).
+async fn a_busy(db: &TempPostgres) -> (Node, Client, String, String) {
     let a = Node::start(db, "serve", "node-a", 1);
     let client = a.client();
     let token = client.login("admin", PASSWORD).await;
@@ -187,6 +187,13 @@ async fn a_busy_b_free(db: &TempPostgres) -> (Node, Node, Client, String, String
     )
     .await;
     wait_state(&client, &token, &blocker, "running").await;
+    (a, client, token, blocker)
+}
+
+/// [`a_busy`], then worker node B, on which every job submitted afterwards runs. Returns
+/// (A, B, client, token, blocker id).
+async fn a_busy_b_free(db: &TempPostgres) -> (Node, Node, Client, String, String) {
+    let (a, client, token, blocker) = a_busy(db).await;
     let b = Node::start(db, "worker", "node-b", 4);
     (a, b, client, token, blocker)
 }

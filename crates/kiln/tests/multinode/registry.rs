@@ -117,12 +117,7 @@ async fn a_node_that_would_clash_with_a_live_one_refuses_to_start() {
     let Some(db) = TempPostgres::create().await else {
         return;
     };
-    let a = Node::start(&db, "serve", "node-a", 1);
-    let client = a.client();
-    let token = client.login("admin", PASSWORD).await;
-    let blocker = json!({"type": "sleep", "payload": {"ms": 600_000}});
-    let blocker = submit(&client, &token, blocker).await;
-    wait_state(&client, &token, &blocker, "running").await;
+    let (a, client, token, blocker) = a_busy(&db).await;
 
     let (ok, log) = refused(&db, "node-a", None);
     assert!(!ok, "a second node-a started: {log}");
