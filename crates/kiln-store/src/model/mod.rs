@@ -10,7 +10,7 @@ pub use kiln_domain::change::{Outcome, Report};
 pub use nodes::*;
 pub use users::*;
 
-mod nodes;
+pub(crate) mod nodes;
 mod users;
 
 /// An `Idempotency-Key` and the hash of the request it came with.

@@ -65,5 +65,20 @@ pub struct NodeInfo {
     pub live: bool,
 }
 
+/// The refusal of a node whose object store differs from live node `other`'s.
+pub(crate) fn other_store(other: &str, theirs: &str, node: &NodeStart) -> crate::StoreError {
+    crate::StoreError::conflict(format!(
+        "live node `{other}` keeps uploads and artifacts in `{theirs}`, this node in `{}`: \
+         every node must share one object store (KILN_OBJECT_STORE), or a file uploaded \
+         through one node is missing on another",
+        node.objects
+    ))
+}
+
+/// The holder of a node id, as [`crate::Store::node_register`] describes it.
+pub(crate) fn holder(pid: i64, host: &str, seconds_ago: f64) -> String {
+    format!("process {pid} on `{host}`, last heartbeat {seconds_ago:.1} s ago")
+}
+
 /// How long a dead node stays listed.
 pub const NODE_KEPT: Duration = Duration::from_secs(24 * 3600);

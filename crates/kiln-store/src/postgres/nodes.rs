@@ -4,7 +4,8 @@
 use deadpool_postgres::GenericClient;
 
 use super::row::{self, big, int, query, query_one, query_opt};
-use crate::error::{Result, StoreError};
+use crate::error::Result;
+use crate::model::nodes::{holder, other_store};
 use crate::model::{NODE_KEPT, NodeInfo, NodeStart};
 
 /// `true` where a row's last heartbeat is within its ttl.
@@ -33,12 +34,7 @@ pub(super) async fn register(
     .await?;
     if let Some(r) = elsewhere {
         let (other, objects): (String, String) = (row::get(&r, 0)?, row::get(&r, 1)?);
-        return Err(StoreError::conflict(format!(
-            "live node `{other}` keeps uploads and artifacts in `{objects}`, this node in \
-             `{}`: every node must share one object store (KILN_OBJECT_STORE), or a file \
-             uploaded through one node is missing on another",
-            node.objects
-        )));
+        return Err(other_store(&other, &objects, node));
     }
     let taken = query_opt(
         &tx,
@@ -77,9 +73,7 @@ pub(super) async fn register(
         .await?;
         let (host, pid, ago): (String, i64, f64) =
             (row::get(&r, 0)?, row::get(&r, 1)?, row::get(&r, 2)?);
-        return Ok(Some(format!(
-            "process {pid} on `{host}`, last heartbeat {ago:.1} s ago"
-        )));
+        return Ok(Some(holder(pid, &host, ago)));
     }
     tx.commit().await?;
     Ok(None)

@@ -189,10 +189,7 @@ impl PgObjects {
                     source: "the object exists".into(),
                 });
             }
-            let old: uuid::Uuid = old.get(0);
-            tx.execute("DELETE FROM object_chunks WHERE blob = $1", &[&old])
-                .await
-                .map_err(pg)?;
+            drop_blob(&tx, old.get(0)).await?;
         }
         tx.execute(
             "INSERT INTO objects (path, blob, size, last_modified) VALUES ($1, $2, $3, now())
@@ -216,9 +213,7 @@ impl PgObjects {
     async fn discard(&self, blob: uuid::Uuid) -> object_store::Result<()> {
         let mut db = self.client().await?;
         let tx = db.transaction().await.map_err(pg)?;
-        tx.execute("DELETE FROM object_chunks WHERE blob = $1", &[&blob])
-            .await
-            .map_err(pg)?;
+        drop_blob(&tx, blob).await?;
         tx.execute("DELETE FROM object_uploads WHERE blob = $1", &[&blob])
             .await
             .map_err(pg)?;
@@ -277,6 +272,14 @@ impl PgObjects {
             })
             .collect()
     }
+}
+
+/// Deletes the chunks of `blob` (in the caller's transaction).
+async fn drop_blob(db: &impl GenericClient, blob: uuid::Uuid) -> object_store::Result<()> {
+    db.execute("DELETE FROM object_chunks WHERE blob = $1", &[&blob])
+        .await
+        .map(|_| ())
+        .map_err(pg)
 }
 
 /// The chunks of `blob` overlapping `range`, streamed one query per chunk, cut to `range`.
@@ -401,10 +404,7 @@ impl ObjectStore for PgObjects {
         let Some(gone) = gone else {
             return Err(not_found(location));
         };
-        let blob: uuid::Uuid = gone.get(0);
-        tx.execute("DELETE FROM object_chunks WHERE blob = $1", &[&blob])
-            .await
-            .map_err(pg)?;
+        drop_blob(&tx, gone.get(0)).await?;
         tx.commit().await.map_err(pg)
     }
 

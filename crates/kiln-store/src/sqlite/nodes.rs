@@ -6,7 +6,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::row::{self, ms};
 use super::writer::Tx;
-use crate::error::{Result, StoreError};
+use crate::error::Result;
+use crate::model::nodes::{holder, other_store};
 use crate::model::{NODE_KEPT, NodeInfo, NodeStart};
 
 fn millis(d: std::time::Duration) -> i64 {
@@ -35,11 +36,7 @@ pub(super) fn register(
         })
         .optional()?;
     if let Some((other, objects)) = elsewhere {
-        return Err(StoreError::conflict(format!(
-            "live node `{other}` keeps uploads and artifacts in `{objects}`, this node in \
-             `{}`: every node must share one object store",
-            node.objects
-        )));
+        return Err(other_store(&other, &objects, node));
     }
     let taken = tx
         .db
@@ -75,9 +72,7 @@ pub(super) fn register(
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let ago = now.saturating_sub(at) as f64 / 1000.0;
-        return Ok(Some(format!(
-            "process {pid} on `{host}`, last heartbeat {ago:.1} s ago"
-        )));
+        return Ok(Some(holder(i64::from(pid), &host, ago)));
     }
     Ok(None)
 }
