@@ -52,7 +52,8 @@ fn target(from: &[JobState], event: Event) -> Result<JobState> {
 }
 
 /// Moves up to `max` due `scheduled`/`failed` jobs (not locked by another transaction) to
-/// `queued`, earliest `run_at` first, each with a `due` event; returns how many.
+/// `queued`, earliest `run_at` first, each with a `due` event and counted; returns how
+/// many.
 pub(super) async fn promote_due(
     tx: &Transaction<'_>,
     signals: &mut Signals,
@@ -62,20 +63,32 @@ pub(super) async fn promote_due(
     let queued = target(&[JobState::Scheduled, JobState::Failed], Event::Due)?;
     let rows = query(
         tx,
-        "WITH due AS (
-             SELECT id FROM jobs
-             WHERE state IN ('scheduled', 'failed') AND run_at <= $1
-             ORDER BY run_at LIMIT $2
-             FOR UPDATE SKIP LOCKED
-         ), moved AS (
-             UPDATE jobs j SET state = $3, updated_at = $1, event_seq = j.event_seq + 1
-             FROM due WHERE j.id = due.id
-             RETURNING j.id, j.owner_id, j.attempts, j.event_seq, j.type, j.queue
-         ), events AS (
-             INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
-             SELECT id, event_seq, $3, $1, attempts, NULL, 'due' FROM moved
-         )
-         SELECT id, owner_id, type, queue, event_seq, attempts FROM moved",
+        concat!(
+            "WITH due AS (
+                 SELECT id, state FROM jobs
+                 WHERE state IN ('scheduled', 'failed') AND run_at <= $1
+                 ORDER BY run_at LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             ), moved AS (
+                 UPDATE jobs j SET state = $3, updated_at = $1, event_seq = j.event_seq + 1
+                 FROM due WHERE j.id = due.id
+                 RETURNING j.id, j.owner_id, j.attempts, j.event_seq, j.type, j.queue,
+                           due.state AS was
+             ), events AS (
+                 INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+                 SELECT id, event_seq, $3, $1, attempts, NULL, 'due' FROM moved
+             ), counted AS (
+                 INSERT INTO job_counts (state, shard, n)
+                 SELECT state, ",
+            super::counts::shard!(),
+            ", sum(n) FROM (
+                     SELECT was AS state, -1 AS n FROM moved
+                     UNION ALL SELECT $3, 1 FROM moved
+                 ) c GROUP BY state ORDER BY state
+                 ON CONFLICT (state, shard) DO UPDATE SET n = job_counts.n + EXCLUDED.n
+             )
+             SELECT id, owner_id, type, queue, event_seq, attempts FROM moved"
+        ),
         &[&ts(now), &max, &queued.as_str()],
     )
     .await?;
@@ -125,6 +138,15 @@ pub(super) async fn claim(
              ), events AS (
                  INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
                  SELECT id, event_seq, state, updated_at, attempts, node, $8 FROM taken
+             ), counted AS (
+                 INSERT INTO job_counts (state, shard, n)
+                 SELECT v.state, ",
+            super::counts::shard!(),
+            ", v.n
+                 FROM (SELECT count(*) AS c FROM taken) t,
+                      LATERAL (VALUES ('queued', -t.c), ($7, t.c)) AS v(state, n)
+                 WHERE t.c > 0 ORDER BY v.state
+                 ON CONFLICT (state, shard) DO UPDATE SET n = job_counts.n + EXCLUDED.n
              )
              SELECT ",
             job_columns!(),

@@ -39,13 +39,13 @@ pub(super) type Answer = Result<(Result<Job>, Vec<Job>)>;
 /// The completions of one batch, in one statement: `$1`… are arrays with one element per
 /// outcome (id, attempt, node; the state, next `run_at`, `finished_at` and event message
 /// when no cancel is pending and when one is; the result as JSON text, the error as JSON
-/// text, the progress, the time; `$16` the `job_counts` shard; `$17` `running` for each).
+/// text, the progress, the time; `$16` `running` for each).
 /// The fence compares `state` with that column, not with a literal: a literal lets the
 /// planner answer the join from a partial index of running jobs, and walk that index's
 /// entries of every job finished since the last vacuum (thousands per batch) instead of
-/// looking each job up by its primary key. Jobs it ends terminal are
-/// counted in the same statement (a running job was not counted). The fence (`state = 'running'`, the attempt, the node)
-/// is checked on the newest row version under its lock, so an outcome whose lease was lost
+/// looking each job up by its primary key. The jobs it moves are
+/// counted in the same statement (out of `running`, into their new state). The fence
+/// (`state = 'running'`, the attempt, the node) is checked on the newest row version under its lock, so an outcome whose lease was lost
 /// updates nothing and is absent from the rows returned.
 const COMPLETE_MANY: &str = concat!(
     "WITH done AS (
@@ -63,7 +63,7 @@ const COMPLETE_MANY: &str = concat!(
          FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::text[],
                      $6::timestamptz[], $7::timestamptz[], $8::timestamptz[],
                      $9::timestamptz[], $10::text[], $11::text[], $12::float4[],
-                     $13::timestamptz[], $14::text[], $15::text[], $17::text[])
+                     $13::timestamptz[], $14::text[], $15::text[], $16::text[])
               AS i(id, attempt, node, s_state, p_state, s_run_at, p_run_at, s_finished,
                    p_finished, result, error, progress, at, s_message, p_message, running)
          WHERE j.id = i.id AND j.state = i.running AND j.attempts = i.attempt
@@ -76,9 +76,11 @@ const COMPLETE_MANY: &str = concat!(
          SELECT id, event_seq, state, updated_at, attempts, lease_node, message FROM done
      ), counted AS (
          INSERT INTO job_counts (state, shard, n)
-         SELECT state, $16, count(*) FROM done
-         WHERE state IN ('succeeded', 'dead', 'cancelled')
-         GROUP BY state
+         SELECT state, ",
+    super::counts::shard!(),
+    ", sum(n) FROM (
+             SELECT state, 1 AS n FROM done UNION ALL SELECT 'running', -1 FROM done
+         ) c GROUP BY state ORDER BY state
          ON CONFLICT (state, shard) DO UPDATE SET n = job_counts.n + EXCLUDED.n
      )
      SELECT ",
@@ -279,7 +281,6 @@ async fn complete_many(
             &at,
             &messages[0],
             &messages[1],
-            &super::counts::shard(),
             &running,
         ],
     )

@@ -56,18 +56,22 @@ pub(super) async fn insert(
         ensure_owner_room(db, new.owner, limit).await?;
     }
     let job = stored_job(new)?;
-    // The job and its first event in one statement.
+    // The job, its first event and its count in one statement.
     row::execute(
         db,
-        "WITH job AS (
-             INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
-                               max_attempts, created_at, run_at, updated_at, event_seq,
-                               trace_id, parent_span_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, 1, $12, $13)
-             RETURNING id, state, created_at
-         )
-         INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
-         SELECT id, 1, state, created_at, 0, NULL, 'submitted' FROM job",
+        concat!(
+            "WITH job AS (
+                 INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
+                                   max_attempts, created_at, run_at, updated_at, event_seq,
+                                   trace_id, parent_span_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10, 1, $12, $13)
+                 RETURNING id, state, created_at
+             ), events AS (
+                 INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+                 SELECT id, 1, state, created_at, 0, NULL, 'submitted' FROM job
+             )",
+            super::counts::counted_inserts!()
+        ),
         &[
             &job.id.0,
             &job.owner.0,
@@ -103,7 +107,8 @@ pub(super) async fn insert(
     Ok(Insert::Done(Inserted::Created(job)))
 }
 
-/// `QueueFull` when `limit` non-terminal jobs exist. Capped inserts take turns (until their
+/// `QueueFull` when `limit` non-terminal jobs exist (read from the per-state counts,
+/// [`super::counts`]). Capped inserts take turns (until their
 /// commit) on an advisory lock, so two of them on different nodes cannot both see room for
 /// one more job; uncapped inserts, claims and completions never take this lock.
 async fn ensure_room(tx: &impl GenericClient, limit: u64) -> Result<()> {
@@ -111,7 +116,7 @@ async fn ensure_room(tx: &impl GenericClient, limit: u64) -> Result<()> {
     let active: i64 = row::get(
         &query_one(
             tx,
-            "SELECT count(*) FROM jobs
+            "SELECT coalesce(sum(n), 0)::int8 FROM job_counts
              WHERE state IN ('scheduled', 'queued', 'running', 'failed')",
             &[],
         )

@@ -86,22 +86,12 @@ pub(super) async fn queue_depths(db: &impl GenericClient) -> Result<Vec<QueueDep
 }
 
 /// Jobs ever submitted, current counts per state, mean run time, p95 start latency; one
-/// statement, so every number comes from the same snapshot. The waiting and running states
-/// are counted from their partial indexes, the terminal ones read from `job_counts`
-/// (`super::counts`): nothing scans the table.
+/// statement, so every number comes from the same snapshot. The counts are read from
+/// `job_counts` (`super::counts`): nothing counts the table.
 pub(super) async fn stats(db: &impl GenericClient) -> Result<Stats> {
     let r = row::query_one(
         db,
-        "WITH counts AS (
-             SELECT 'queued' AS state, count(*) AS n FROM jobs WHERE state = 'queued'
-             UNION ALL
-             SELECT state, count(*) FROM jobs WHERE state IN ('scheduled', 'failed')
-             GROUP BY state
-             UNION ALL
-             SELECT 'running', count(*) FROM jobs WHERE state = 'running'
-             UNION ALL
-             SELECT state, sum(n)::int8 FROM job_counts GROUP BY state
-         )
+        "WITH counts AS (SELECT state, sum(n)::int8 AS n FROM job_counts GROUP BY state)
          SELECT
              (SELECT value FROM counters WHERE name = 'jobs_deleted'),
              coalesce((SELECT array_agg(state) FROM counts), '{}'),

@@ -63,6 +63,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         15,
         include_str!("../../migrations/postgres/0015_drop_jobs_node.sql"),
     ),
+    (
+        16,
+        include_str!("../../migrations/postgres/0016_count_every_state.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -12,7 +12,9 @@ use tokio::sync::broadcast;
 
 use super::jobs::Insert;
 use super::notify::Signals;
-use super::{PgStore, claim, feed, jobs, lease, list, log, nodes, queues, retention, users};
+use super::{
+    PgStore, claim, counts, feed, jobs, lease, list, log, nodes, queues, retention, users,
+};
 use crate::Store;
 use crate::cache::Cached;
 use crate::error::{BoxError, Result, StoreError};
@@ -357,6 +359,8 @@ impl Store for PgStore {
 
     async fn job_prune(&self, finished_before: Timestamp, keep_max: Option<u64>) -> Result<Pruned> {
         let client = self.client().await?;
+        // Pruning runs every minute or so on each node: the time to tidy the counts too.
+        counts::fold(&client).await?;
         let mut total = Pruned::default();
         loop {
             let chunk = retention::prune_chunk(&client, finished_before, keep_max).await?;

@@ -13,6 +13,7 @@ use deadpool_postgres::Pool;
 use kiln_domain::{Job, NewJob};
 use tokio::sync::{mpsc, oneshot};
 
+use super::counts::counted_inserts;
 use super::notify::Signals;
 use super::row::{self, int};
 use super::{Publisher, map_pool_err};
@@ -26,9 +27,10 @@ const IN_FLIGHT: usize = 4;
 /// Submissions per statement at most.
 const MAX_BATCH: usize = 512;
 
-/// The jobs of one batch and their first events, in one statement: `$1`… are arrays with
-/// one element per job.
-const INSERT_MANY: &str = "WITH job AS (
+/// The jobs of one batch, their first events and their counts, in one statement: `$1`…
+/// are arrays with one element per job.
+const INSERT_MANY: &str = concat!(
+    "WITH job AS (
          INSERT INTO jobs (id, owner_id, type, queue, name, state, priority, payload,
                            max_attempts, created_at, run_at, updated_at, event_seq,
                            trace_id, parent_span_id)
@@ -40,9 +42,12 @@ const INSERT_MANY: &str = "WITH job AS (
               AS i(id, owner_id, type, queue, name, state, priority, payload, max_attempts,
                    created_at, run_at, trace_id, parent_span_id)
          RETURNING id, state, created_at
-     )
-     INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
-     SELECT id, 1, state, created_at, 0, NULL, 'submitted' FROM job";
+     ), events AS (
+         INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
+         SELECT id, 1, state, created_at, 0, NULL, 'submitted' FROM job
+     )",
+    counted_inserts!()
+);
 
 /// One job to store, and where its answer goes.
 struct Ask {

@@ -1,17 +1,36 @@
 //! The per-state counts behind the stats (`job_counts`): after every kind of change, from
-//! two nodes, they equal a count of the table; a node that connects recounts.
+//! two nodes, they equal a count of the table; rows of closed connections fold; a node that
+//! connects recounts.
 
 use kiln_domain::Failure;
 
 use super::*;
 
-/// Jobs per state as the table holds them.
-async fn counted(db: &TempPostgres) -> Vec<(JobState, u64)> {
+async fn connect(db: &TempPostgres) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
-    let rows = client
+    client
+}
+
+/// Rows of `job_counts` whose connection is gone (shard 0 aside).
+async fn rows_of_gone_connections(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM job_counts WHERE shard <> 0
+             AND shard NOT IN (SELECT pid % 32000 FROM pg_stat_activity)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Jobs per state as the table holds them.
+async fn counted(db: &TempPostgres) -> Vec<(JobState, u64)> {
+    let rows = connect(db)
+        .await
         .query("SELECT state, count(*) FROM jobs GROUP BY state", &[])
         .await
         .unwrap();
@@ -40,6 +59,25 @@ async fn counts_match_the_table_after_every_kind_of_change() {
         ids.push(insert(&*a, job(ada, at(i))).await.id);
     }
     assert_counts_match(&db, &*a, "after inserts").await;
+
+    // Scheduled jobs, one through the single-insert path (a key, a queue cap), due at 50.
+    for key in [None, Some("once")] {
+        let mut later = job(ada, at(0));
+        later.run_at = at(50);
+        later.state = JobState::Scheduled;
+        let opts = InsertOptions {
+            idempotency: key.map(|key| kiln_store::Idempotency {
+                key: key.to_owned(),
+                request_hash: vec![1],
+            }),
+            max_queued: key.map(|_| 1000),
+            ..InsertOptions::default()
+        };
+        a.job_insert(later, opts).await.unwrap();
+    }
+    assert_counts_match(&db, &*a, "after scheduled inserts").await;
+    assert_eq!(a.job_promote_due(at(60)).await.unwrap(), 2);
+    assert_counts_match(&db, &*b, "after a promotion").await;
 
     let on_a = a.job_claim(&claim_req("a", 10, at(100))).await.unwrap();
     let on_b = b.job_claim(&claim_req("b", 10, at(100))).await.unwrap();
@@ -101,12 +139,36 @@ async fn counts_match_the_table_after_every_kind_of_change() {
         .sum();
     assert_eq!(terminal, 2);
 
-    // Counts written wrong (say by a node of an older version) are set right by the
-    // next node that connects.
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+    // A rescue of an attempt whose node died (its lease expired), from the other node.
+    let held = a.job_claim(&claim_req("gone", 1, at(150))).await.unwrap();
+    assert_counts_match(&db, &*b, "after a claim of the node that dies").await;
+    let lease = lease_of(&held[0]);
+    let outcome = Outcome::Failed {
+        failure: Failure::retryable("interrupted", "the node died"),
+        retry_at: Some(at(160)),
+    };
+    b.job_complete(&lease, outcome, at(160)).await.unwrap();
+    assert_counts_match(&db, &*a, "after a rescue").await;
+
+    // The rows of connections that are gone fold into shard 0, and the sums stay.
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "INSERT INTO job_counts (state, shard, n)
+             SELECT 'succeeded', s, 3 FROM generate_series(1, 31999) s
+             WHERE s NOT IN (SELECT pid % 32000 FROM pg_stat_activity) LIMIT 1;
+             INSERT INTO job_counts (state, shard, n) VALUES ('succeeded', 0, -3)
+             ON CONFLICT (state, shard) DO UPDATE SET n = job_counts.n - 3",
+        )
         .await
         .unwrap();
-    tokio::spawn(conn);
+    assert_eq!(rows_of_gone_connections(&client).await, 1);
+    a.job_prune(at(0), None).await.unwrap();
+    assert_counts_match(&db, &*a, "after folding").await;
+    assert_eq!(rows_of_gone_connections(&client).await, 0);
+
+    // Counts written wrong (say by a node of an older version) are set right by the
+    // next node that connects.
     client
         .batch_execute("UPDATE job_counts SET n = n + 1000")
         .await
