@@ -1,5 +1,6 @@
 //! What each event does to a stored job, decided once for every backend: cancel, manual
-//! retry, an `external` job's state report, and the end of an attempt.
+//! retry, the release of an attempt claimed ahead, an `external` job's state report, and
+//! the end of an attempt.
 //!
 //! Each function takes the job as the store read it, asks [`transition()`] whether the
 //! event is legal, and changes the record in place; what it returns tells the store which
@@ -168,6 +169,36 @@ pub fn retry(job: &mut Job, budget: u32, now: Timestamp) -> Result<Change, Illeg
         from,
         step,
         note: Some(Note::new(None, "retry requested")),
+    })
+}
+
+/// [`Event::Release`]: a node gives back an attempt it claimed ahead of a free slot and
+/// never started. The job is `queued` again with its `run_at`, so it keeps its place; the
+/// attempt is not spent: `attempts` never goes back (it is the fencing token), so
+/// `max_attempts` grows by one instead. A job whose owner asked to cancel it meanwhile is
+/// `cancelled` at once (nothing runs to interrupt).
+pub fn release(job: &mut Job, now: Timestamp) -> Result<Change, IllegalTransition> {
+    let from = job.state;
+    let node = job.node.clone();
+    let (event, message) = if job.cancel_requested {
+        (Event::Abort, "cancelled before it started")
+    } else {
+        (Event::Release, "released before it started")
+    };
+    let step = transition(from, event)?;
+    let Step::To(state) = step else {
+        return Err(IllegalTransition { from, event });
+    };
+    enter(job, state, now);
+    if state == JobState::Queued {
+        job.max_attempts = job.max_attempts.saturating_add(1);
+        job.started_at = None;
+        job.progress = 0.0;
+    }
+    Ok(Change {
+        from,
+        step,
+        note: Some(Note::new(node, message)),
     })
 }
 

@@ -110,11 +110,15 @@ pub enum Event {
     /// Manual retry of a failed or dead job: queued again with a fresh attempt budget
     /// (`max_attempts` grows; `attempts`, the fencing token, never goes back).
     Retry,
+    /// A node gives back a job it claimed ahead of a free slot and never started (it is
+    /// stopping, or the job waited too long behind others): queued again, the attempt not
+    /// spent (`max_attempts` grows with `attempts`).
+    Release,
 }
 
 impl Event {
     /// One of each kind of event (both values of `Fail::retry`), for exhaustive tests.
-    pub const ALL: [Event; 8] = [
+    pub const ALL: [Event; 9] = [
         Event::Due,
         Event::Claim,
         Event::Succeed,
@@ -123,6 +127,7 @@ impl Event {
         Event::Cancel,
         Event::Abort,
         Event::Retry,
+        Event::Release,
     ];
 
     /// A short snake_case name for messages and problem details.
@@ -135,6 +140,7 @@ impl Event {
             Event::Cancel => "cancel",
             Event::Abort => "abort",
             Event::Retry => "retry",
+            Event::Release => "release",
         }
     }
 }
@@ -176,6 +182,7 @@ pub fn transition(from: JobState, event: Event) -> Result<Step, IllegalTransitio
         (Succeeded | Dead | Cancelled, Event::Cancel) => Step::Unchanged,
         (Running, Event::Abort) => Step::To(Cancelled),
         (Failed | Dead, Event::Retry) => Step::To(Queued),
+        (Running, Event::Release) => Step::To(Queued),
         _ => return Err(IllegalTransition { from, event }),
     };
     Ok(step)

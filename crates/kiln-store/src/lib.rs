@@ -209,6 +209,11 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::job_retry`] of anyone's job by the operator `by`, whose name the event
     /// records (`retry requested by oscar`).
     async fn job_retry_by(&self, by: &str, id: JobId, budget: u32, now: Timestamp) -> Result<Job>;
+    /// Gives back the attempt `lease` holds, which its node claimed ahead of a free slot and
+    /// never started: `queued` again without spending the attempt, or `cancelled` if a
+    /// cancel is pending ([`kiln_domain::change::release`]). `LeaseLost` unless the job
+    /// still runs under `lease`.
+    async fn job_release(&self, lease: &Lease, now: Timestamp) -> Result<Job>;
     /// Hard-deletes a terminal job with its events, logs and idempotency keys; `Conflict` if
     /// it is not terminal.
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()>;

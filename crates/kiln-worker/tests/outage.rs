@@ -315,6 +315,11 @@ impl Store for Flaky {
         self.inner.job_retry_by(by, id, budget, now).await
     }
 
+    async fn job_release(&self, lease: &Lease, now: Timestamp) -> Result<Job> {
+        self.outage()?;
+        self.inner.job_release(lease, now).await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
         self.inner.subscribe()
     }

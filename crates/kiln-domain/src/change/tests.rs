@@ -112,6 +112,26 @@ fn retry_gives_exactly_a_fresh_budget_counted_from_the_attempts_made() {
 }
 
 #[test]
+fn release_queues_the_job_again_without_spending_its_attempt() {
+    let mut running = job(JobType::Echo, JobState::Running);
+    let change = release(&mut running, at(10)).unwrap();
+    assert_eq!(change.step, Step::To(JobState::Queued));
+    assert_eq!(change.note, note(Some("n1"), "released before it started"));
+    assert_eq!((running.attempts, running.max_attempts), (1, 4));
+    assert_eq!((running.run_at, running.started_at), (at(0), None));
+    assert_eq!((running.node, running.lease_expires_at), (None, None));
+    // A cancel requested meanwhile ends it: nothing ran.
+    let mut asked = job(JobType::Echo, JobState::Running);
+    asked.cancel_requested = true;
+    let change = release(&mut asked, at(10)).unwrap();
+    assert_eq!(change.step, Step::To(JobState::Cancelled));
+    assert_eq!(change.note, note(Some("n1"), "cancelled before it started"));
+    assert_eq!((asked.finished_at, asked.max_attempts), (Some(at(10)), 3));
+    let mut queued = job(JobType::Echo, JobState::Queued);
+    assert!(release(&mut queued, at(10)).is_err());
+}
+
+#[test]
 fn reports_move_only_external_jobs() {
     let report_of = |state| Report {
         state,

@@ -13,6 +13,22 @@ pub use users::*;
 pub(crate) mod nodes;
 mod users;
 
+/// [`kiln_domain::change::release`] of the attempt `lease` holds, for every backend:
+/// `LeaseLost` unless the job still runs under that lease.
+pub(crate) fn release(
+    job: &mut Job,
+    lease: &kiln_domain::Lease,
+    now: Timestamp,
+) -> crate::Result<kiln_domain::change::Change> {
+    let held = job.state == JobState::Running
+        && job.attempts == lease.attempt
+        && job.node.as_deref() == Some(lease.node.as_str());
+    if !held {
+        return Err(crate::StoreError::LeaseLost);
+    }
+    Ok(kiln_domain::change::release(job, now)?)
+}
+
 /// An `Idempotency-Key` and the hash of the request it came with.
 #[derive(Debug, Clone)]
 pub struct Idempotency {

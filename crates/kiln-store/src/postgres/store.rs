@@ -219,6 +219,13 @@ impl Store for PgStore {
         Ok(job)
     }
 
+    async fn job_release(&self, lease: &Lease, now: Timestamp) -> Result<Job> {
+        let release = |job: &mut Job| crate::model::release(job, lease, now);
+        let id = lease.job_id;
+        let (job, _) = in_tx!(self, |tx, sig| jobs::change(&tx, sig, None, id, release))?;
+        Ok(job)
+    }
+
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()> {
         in_tx!(self, |tx, _sig| jobs::delete(&tx, owner, id))
     }

@@ -206,6 +206,16 @@ impl Store for SqliteStore {
         Ok(job)
     }
 
+    async fn job_release(&self, lease: &Lease, now: Timestamp) -> Result<Job> {
+        let lease = lease.clone();
+        let id = lease.job_id;
+        let release = move |job: &mut Job| crate::model::release(job, &lease, now);
+        let (job, _) = self
+            .write(move |tx| jobs::change(tx, None, id, release))
+            .await?;
+        Ok(job)
+    }
+
     async fn job_report(
         &self,
         owner: Option<UserId>,

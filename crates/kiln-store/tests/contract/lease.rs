@@ -470,3 +470,54 @@ pub async fn rescue_of_an_expired_lease_fences_out_the_old_worker(store: Arc<dyn
     assert_eq!(stored, second);
     assert_eq!(stored.lease_expires_at, second.lease_expires_at);
 }
+
+pub async fn release_queues_an_unstarted_attempt_again_in_its_place(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let first = echo(&store, alice, at(0)).await;
+    let second = echo(&store, alice, at(1)).await;
+    let mut claimed = store.job_claim(&claim_req("n1", 2, at(10))).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let (a, b) = (claimed.remove(0), claimed.remove(0));
+    assert_eq!((a.id, b.id), (first.id, second.id));
+
+    // Another node's lease, or a stale attempt, releases nothing.
+    let wrong = Lease {
+        node: "n2".to_owned(),
+        ..lease_of(&a)
+    };
+    assert_lease_lost(store.job_release(&wrong, at(20)).await);
+    assert_eq!(get(&store, a.id).await.state, JobState::Running);
+
+    // Released: queued again, the attempt not spent, first in line again.
+    let released = store.job_release(&lease_of(&a), at(20)).await.unwrap();
+    assert_eq!(released.state, JobState::Queued);
+    assert_eq!(
+        (released.attempts, released.max_attempts),
+        (1, a.max_attempts + 1)
+    );
+    assert_eq!((released.node, released.started_at), (None, None));
+    let events = store.event_list(None, a.id).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.state, last.message.as_deref()),
+        (JobState::Queued, Some("released before it started"))
+    );
+    assert_eq!(last.node.as_deref(), Some("n1"));
+    assert_lease_lost(store.job_release(&lease_of(&a), at(21)).await);
+    let again = echo(&store, alice, at(2)).await;
+    let next = claim_one(&store, "n2", at(30)).await;
+    assert_eq!(next.id, a.id, "it keeps its place ahead of later jobs");
+    assert_eq!(next.attempts, 2);
+    assert_lease_lost(
+        store
+            .job_complete(&lease_of(&a), Outcome::Succeeded(json!(1)), at(31))
+            .await,
+    );
+
+    // A cancel requested while it waited ends it instead.
+    store.job_cancel(None, b.id, at(40)).await.unwrap();
+    let cancelled = store.job_release(&lease_of(&b), at(41)).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(cancelled.finished_at, Some(at(41)));
+    assert_eq!(get(&store, again.id).await.state, JobState::Queued);
+}

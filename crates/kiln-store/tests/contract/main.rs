@@ -84,6 +84,7 @@ macro_rules! contract {
             lease::lease_find_expired_and_by_node,
             lease::retryable_failure_after_a_cancel_request_cancels_the_job,
             lease::rescue_of_an_expired_lease_fences_out_the_old_worker,
+            lease::release_queues_an_unstarted_attempt_again_in_its_place,
             storage::artifact_bytes_add_up_per_owner_and_go_with_the_job,
             nodes::a_live_node_id_is_refused_and_a_dead_one_taken_over,
             nodes::every_live_node_shares_one_object_store,

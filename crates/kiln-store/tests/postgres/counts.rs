@@ -139,9 +139,11 @@ async fn counts_match_the_table_after_every_kind_of_change() {
         .sum();
     assert_eq!(terminal, 2);
 
-    // A rescue of an attempt whose node died (its lease expired), from the other node.
-    let held = a.job_claim(&claim_req("gone", 1, at(150))).await.unwrap();
+    // A job given back, and a rescue of an attempt whose node died (its lease expired), from the other node.
+    let held = a.job_claim(&claim_req("gone", 2, at(150))).await.unwrap();
     assert_counts_match(&db, &*b, "after a claim of the node that dies").await;
+    b.job_release(&lease_of(&held[1]), at(155)).await.unwrap();
+    assert_counts_match(&db, &*a, "after a release").await;
     let lease = lease_of(&held[0]);
     let outcome = Outcome::Failed {
         failure: Failure::retryable("interrupted", "the node died"),
