@@ -1,11 +1,13 @@
-//! The dispatcher: claims work while slots are free and sleeps on the store's signals.
+//! The dispatcher: claims work while slots are free (and a few jobs ahead of them, see
+//! [`crate::pace`]), starts slots for it, and sleeps on the store's signals.
 //!
-//! After a claim round that filled every free slot it claims again at once; otherwise it
+//! After a claim round that took all it asked for it claims again at once; otherwise it
 //! waits for the first of: a `JobAvailable` signal (a submission, a retry), a finished
 //! attempt (a slot is free), the next scheduled or retry time, or the poll interval (work
 //! written by another process). Cancel signals are routed to the running attempt here too.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kiln_domain::JobId;
@@ -56,7 +58,7 @@ pub(crate) async fn run(
                 () = sleep_until(deadline) => continue 'claim,
                 signal = signals.recv() => match signal {
                     Ok(Signal::JobAvailable) => continue 'claim,
-                    Ok(Signal::CancelRequested(id)) => cancel(&shared, id),
+                    Ok(Signal::CancelRequested(id)) => cancel(&shared, id).await,
                     // Their role or slot share may have changed.
                     Ok(Signal::UserChanged(user)) => shared.roles.forget(Some(user)),
                     Ok(Signal::Changed(_) | Signal::LogAppended { .. }) => {}
@@ -75,22 +77,96 @@ pub(crate) async fn run(
     }
 }
 
-/// Stops the attempt of job `id` if this node runs it.
-fn cancel(shared: &Shared, id: JobId) {
+/// Stops the attempt of job `id` if this node runs it; one claimed ahead and waiting for a
+/// slot is taken out of line and given back, which ends it `cancelled` without running it.
+async fn cancel(shared: &Shared, id: JobId) {
+    let waiting = {
+        let mut ready = shared.ready();
+        let at = ready.iter().position(|(job, ..)| job.id == id);
+        at.and_then(|at| ready.remove(at))
+    };
+    if let Some((job, ..)) = waiting {
+        tracing::info!(job_id = %id, "cancel requested: the job had not started");
+        crate::release(shared, vec![job]).await;
+        return;
+    }
     if let Some(running) = shared.running().get(&id) {
         tracing::info!(job_id = %id, "cancel requested: stopping the running attempt");
         running.stop.stop(StopReason::Cancel);
     }
 }
 
-/// Claims as many jobs as there are free slots (within per-queue limits) and starts them.
+/// Starts a slot for each claimed job waiting while slots are free.
+fn fill_slots(shared: &Arc<Shared>, executors: &TaskTracker) {
+    let mut waiting = shared.ready().len();
+    while waiting > 0 && shared.busy() < shared.config.max_concurrency {
+        shared.busy.fetch_add(1, Ordering::AcqRel);
+        executors.spawn(execute::run(Arc::clone(shared), executors.clone()));
+        waiting -= 1;
+    }
+}
+
+/// Gives back the jobs claimed ahead that waited too long for a slot; returns when the
+/// oldest of the rest will have.
+async fn release_stale(shared: &Shared) -> Option<Instant> {
+    let wait = shared.config.claim_ahead_wait;
+    let (stale, next) = {
+        let mut ready = shared.ready();
+        let mut stale = Vec::new();
+        while let Some((_, _, at)) = ready.front() {
+            if at.elapsed() < wait {
+                break;
+            }
+            stale.extend(ready.pop_front().map(|(job, ..)| job));
+        }
+        (
+            stale,
+            ready
+                .front()
+                .map(|(_, _, at)| Instant::from_std(*at + wait)),
+        )
+    };
+    if !stale.is_empty() {
+        tracing::info!(
+            jobs = stale.len(),
+            "giving back jobs that waited too long for a slot"
+        );
+        // The slots are busy with longer jobs than the pace knew of: the next claims take
+        // none ahead instead of taking these again.
+        shared.pace().stalled(wait);
+        crate::release(shared, stale).await;
+    }
+    next
+}
+
+/// Claims as many jobs as there are free slots, plus what [`crate::pace`] says to hold
+/// ahead (within per-queue limits and the fair share), and starts them.
 async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
     let config = &shared.config;
-    let poll = Instant::now() + config.poll_interval;
+    fill_slots(shared, executors);
+    let mut poll = Instant::now() + config.poll_interval;
+    if config.claim_ahead > 0
+        && let Some(at) = release_stale(shared).await
+    {
+        poll = poll.min(at);
+    }
     let (limit, exclude_queues) = {
         let running = shared.running();
-        let free = config.max_concurrency.saturating_sub(running.len());
-        let mut limit = free;
+        let free = config.max_concurrency.saturating_sub(shared.busy());
+        let ahead = shared
+            .pace()
+            .ahead(config.max_concurrency, config.claim_ahead);
+        let ready = shared.ready().len();
+        // Claimed ahead: top up only once half are gone, so each claim takes many.
+        let mut limit = if ready > 0 && ready > ahead / 2 {
+            0
+        } else {
+            (free + ahead).saturating_sub(ready)
+        };
+        // Outcomes still being stored count as held: when the store falls behind, claims
+        // wait for it instead of piling up finished jobs.
+        let held = running.len();
+        limit = limit.min((config.max_concurrency + ahead).saturating_sub(held));
         let mut exclude = Vec::new();
         for (queue, &max) in &config.queue_limits {
             let busy = running.values().filter(|r| &r.queue == queue).count();
@@ -104,8 +180,14 @@ async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
         (limit, exclude)
     };
     let share = shared.share(None).await;
-    let limit = limit.min(share.limit);
-    if limit == 0 {
+    // Claiming ahead, one claim takes many jobs: the share bounds each owner's part of it
+    // (not the whole), so the jobs of owners it does not count come in bulk.
+    let (limit, per_owner) = if config.claim_ahead > 0 && share.limit < limit {
+        (limit, Some(u32::try_from(share.limit).unwrap_or(u32::MAX)))
+    } else {
+        (limit.min(share.limit), None)
+    };
+    if limit == 0 || per_owner == Some(0) {
         // A finished attempt wakes us; the poll is only a safety net.
         return Next::WaitUntil(poll);
     }
@@ -118,7 +200,10 @@ async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
         limit: u32::try_from(limit).unwrap_or(u32::MAX),
         now,
         lease: shared.config.lease_duration,
+        per_owner,
+        per_owner_exempt: share.uncapped,
     };
+    let asked = std::time::Instant::now();
     let claimed = match shared.store.job_claim(&request).await {
         Ok(claimed) => claimed,
         Err(e) => {
@@ -126,11 +211,12 @@ async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
             return Next::WaitUntil(Instant::now() + ERROR_PAUSE);
         }
     };
+    shared.pace().claimed(asked.elapsed());
     let filled = claimed.len() >= limit;
     for job in claimed {
-        let stop = shared.start_running(&job);
-        executors.spawn(execute::run(Arc::clone(shared), job, stop));
+        shared.claimed(job);
     }
+    fill_slots(shared, executors);
     if filled {
         return Next::Claim;
     }

@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinError;
 use tokio::time::{Instant, interval_at, sleep_until};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::{Shared, Stop, StopReason, artifact};
@@ -30,42 +32,105 @@ fn never() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-/// Runs `job`, then whatever job its completion claimed for the same slot, until a
-/// completion claims nothing; then frees the slot.
-pub(crate) async fn run(shared: Arc<Shared>, mut job: Job, mut stop: Stop) {
+/// A slot: runs claimed jobs, one at a time, until none is waiting; then frees the slot.
+/// Each job's outcome is stored before its next (and the same write claims that next job)
+/// or, when the node claims ahead, by a task of its own while the slot goes on.
+pub(crate) async fn run(shared: Arc<Shared>, executors: TaskTracker) {
     shared.metrics.slot_busy(1);
-    loop {
-        // Every line logged for the attempt (the kernel's, the store's warnings) carries
-        // the job's fields.
-        let span = tracing::info_span!(
-            "job",
-            job_id = %job.id,
-            job_type = %job.job_type,
-            attempt = job.attempts,
-            node = %shared.config.node_id,
-            trace_id = job.trace_id.as_deref(),
-            otel.name = tracing::field::Empty,
-        );
-        // With an exporter, the attempt is a span of the submitting request's trace.
-        if let Some(tracer) = kiln_metrics::trace::tracer() {
-            if let (Some(trace_id), Some(parent)) = (&job.trace_id, &job.parent_span_id) {
-                tracer.adopt(&span, trace_id, parent);
-            }
-            span.record("otel.name", format!("{} attempt", job.job_type));
-        }
-        let attempt = AssertUnwindSafe(one_attempt(&shared, &job, &stop).instrument(span));
-        match attempt.catch_unwind().await {
-            Ok(Some((next, next_stop))) => (job, stop) = (next, next_stop),
-            Ok(None) => break,
-            Err(panic) => {
-                after_panic(&shared, &job, panic).await;
-                break;
-            }
+    let mut next = shared.take_ready();
+    while let Some((job, stop)) = next {
+        next = match turn(&shared, &job, &stop, &executors).await {
+            Some(next) => Some(next),
+            None => shared.take_ready(),
+        };
+        if shared.config.claim_ahead > 0 {
+            // The jobs claimed ahead ran lower: the dispatcher tops them up.
+            shared.slot_freed.notify_one();
         }
     }
-    shared.running().remove(&job.id);
+    shared.busy.fetch_sub(1, Ordering::AcqRel);
     shared.metrics.slot_busy(-1);
     shared.slot_freed.notify_one();
+}
+
+/// The span every line logged for an attempt carries (the kernel's, the store's warnings):
+/// the job's fields, and with an exporter, a span of the submitting request's trace.
+fn job_span(shared: &Shared, job: &Job) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.id,
+        job_type = %job.job_type,
+        attempt = job.attempts,
+        node = %shared.config.node_id,
+        trace_id = job.trace_id.as_deref(),
+        otel.name = tracing::field::Empty,
+    );
+    if let Some(tracer) = kiln_metrics::trace::tracer() {
+        if let (Some(trace_id), Some(parent)) = (&job.trace_id, &job.parent_span_id) {
+            tracer.adopt(&span, trace_id, parent);
+        }
+        span.record("otel.name", format!("{} attempt", job.job_type));
+    }
+    span
+}
+
+/// One job on a slot: its attempt, then its outcome stored, here or (claiming ahead) by a
+/// task of `executors`; returns the next job when the completion claimed one. Afterwards
+/// the job is no longer held here (unless its outcome is still being stored).
+async fn turn(
+    shared: &Arc<Shared>,
+    job: &Job,
+    stop: &Stop,
+    executors: &TaskTracker,
+) -> Option<(Job, Stop)> {
+    let span = job_span(shared, job);
+    let attempt = AssertUnwindSafe(one_attempt(shared, job, stop).instrument(span.clone()));
+    let ended = match attempt.catch_unwind().await {
+        Ok(ended) => ended,
+        Err(panic) => {
+            after_panic(shared, job, panic).await;
+            None
+        }
+    };
+    let Some((lease, outcome, took)) = ended else {
+        shared.running().remove(&job.id);
+        return None;
+    };
+    if shared.config.claim_ahead == 0 {
+        let next = store_outcome(shared, job, lease, outcome, took, true, span).await;
+        if next.is_none() {
+            shared.running().remove(&job.id);
+        }
+        return next;
+    }
+    let (shared, job) = (Arc::clone(shared), job.clone());
+    executors.spawn(async move {
+        store_outcome(&shared, &job, lease, outcome, took, false, span).await;
+        shared.running().remove(&job.id);
+        shared.slot_freed.notify_one();
+    });
+    None
+}
+
+/// [`complete`] in the attempt's span; a panic on that path (a bug in Kiln) is stored as
+/// the attempt's failure, as one in the attempt is.
+async fn store_outcome(
+    shared: &Shared,
+    job: &Job,
+    lease: Lease,
+    outcome: Outcome,
+    took: Duration,
+    claim_next: bool,
+    span: tracing::Span,
+) -> Option<(Job, Stop)> {
+    let complete = complete(shared, job, &lease, outcome, took, claim_next).instrument(span);
+    match AssertUnwindSafe(complete).catch_unwind().await {
+        Ok(next) => next,
+        Err(panic) => {
+            after_panic(shared, job, panic).await;
+            None
+        }
+    }
 }
 
 /// An attempt whose executor panicked (a bug in Kiln, not in the job): its outcome is
@@ -97,14 +162,23 @@ async fn after_panic(shared: &Shared, job: &Job, panic: Box<dyn std::any::Any + 
     }
 }
 
-/// Runs one attempt of `job` and stores its outcome; returns the slot's next job, if the
-/// completion claimed one.
-async fn one_attempt(shared: &Shared, job: &Job, stop: &Stop) -> Option<(Job, Stop)> {
+/// Runs one attempt of `job`; its lease, outcome and run time, or `None` when the attempt
+/// must not write its outcome (lease lost).
+async fn one_attempt(
+    shared: &Shared,
+    job: &Job,
+    stop: &Stop,
+) -> Option<(Lease, Outcome, Duration)> {
     let lease = Lease {
         job_id: job.id,
         attempt: job.attempts,
         node: shared.config.node_id.clone(),
     };
+    if stop.reason() == Some(StopReason::Cancel) {
+        // Cancelled while it waited for a slot (claimed ahead): it never starts.
+        tracing::info!("job cancelled before it started");
+        return Some((lease, Outcome::Cancelled, Duration::ZERO));
+    }
     tracing::info!("job started");
     let started = Instant::now();
     shared
@@ -114,6 +188,8 @@ async fn one_attempt(shared: &Shared, job: &Job, stop: &Stop) -> Option<(Job, St
         shared.metrics.lease_lost();
         return None;
     };
+    let took = started.elapsed();
+    shared.pace().ran(took);
     if let Outcome::Failed { failure, .. } = &outcome {
         // The job's log tells its owner why an attempt failed, beside the error field.
         let line = format!(
@@ -128,7 +204,7 @@ async fn one_attempt(shared: &Shared, job: &Job, stop: &Stop) -> Option<(Job, St
             tracing::debug!(error = %e, "failure line not logged");
         }
     }
-    complete(shared, job, &lease, outcome, started.elapsed()).await
+    Some((lease, outcome, took))
 }
 
 /// How long the job waited to start: from when it was due (`run_at`, its submission or its
@@ -284,17 +360,18 @@ fn spill_large_result(value: Value, artifacts: &Artifacts) -> std::io::Result<Va
 /// (a lost lease: another node rescued the job meanwhile, and this late completion is
 /// rightly refused; or any other permanent error); or when shutdown's grace is over.
 ///
-/// The same store call claims the slot's next job (one write per job instead of a
-/// completion plus a claim round of the dispatcher, which is what lets a busy node run
-/// thousands of short jobs a second); it is returned already recorded as running here.
-/// Queues with a concurrency limit are left to the dispatcher, which claims under the
-/// count of their running jobs.
+/// With `claim_next`, the same store call claims the slot's next job (one write per job
+/// instead of a completion plus a claim round of the dispatcher, which is what lets a busy
+/// node on an embedded database run thousands of short jobs a second); it is returned
+/// already recorded as running here. Queues with a concurrency limit are left to the
+/// dispatcher, which claims under the count of their running jobs.
 async fn complete(
     shared: &Shared,
     job: &Job,
     lease: &Lease,
     outcome: Outcome,
     took: Duration,
+    claim_next: bool,
 ) -> Option<(Job, Stop)> {
     let mut pause = Duration::from_millis(50);
     let mut failures = 0u32;
@@ -303,7 +380,7 @@ async fn complete(
         let claiming = shared.claiming.read().await;
         let share = shared.share(Some(job.id)).await;
         let now = shared.clock.now();
-        let next = (!shared.stop_claiming.is_cancelled()).then(|| ClaimRequest {
+        let next = (claim_next && !shared.stop_claiming.is_cancelled()).then(|| ClaimRequest {
             node: shared.config.node_id.clone(),
             types: shared.types.clone(),
             exclude_queues: shared.config.queue_limits.keys().cloned().collect(),
@@ -311,6 +388,8 @@ async fn complete(
             limit: 1,
             now,
             lease: shared.config.lease_duration,
+            per_owner: None,
+            per_owner_exempt: Vec::new(),
         });
         let stored = shared
             .store

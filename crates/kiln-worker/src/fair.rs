@@ -73,6 +73,10 @@ pub(crate) struct Share {
     pub exclude: Vec<UserId>,
     /// The most jobs one claim may take (any of them may be one client's).
     pub limit: usize,
+    /// Owners of held jobs whom the share does not hold back (operators, admins): a claim
+    /// bounded per owner ([`kiln_store::ClaimRequest::per_owner`]) may take any number of
+    /// theirs.
+    pub uncapped: Vec<UserId>,
 }
 
 impl Shared {
@@ -86,9 +90,11 @@ impl Shared {
             }
         }
         let mut exclude = Vec::new();
+        let mut uncapped = Vec::new();
         let mut limit = self.config.owner_slots.unwrap_or(usize::MAX);
         for (owner, n) in counts {
             let Some(cap) = self.cap_of(owner).await else {
+                uncapped.push(owner);
                 continue;
             };
             if n >= cap {
@@ -99,7 +105,12 @@ impl Shared {
         }
         // One order, so equal requests compare equal (PostgreSQL batches those).
         exclude.sort_unstable();
-        Share { exclude, limit }
+        uncapped.sort_unstable();
+        Share {
+            exclude,
+            limit,
+            uncapped,
+        }
     }
 
     /// The owner's role and own limits, cached (`None`: they cannot be read now).

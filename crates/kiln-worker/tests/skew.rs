@@ -89,6 +89,8 @@ async fn ghost(store: &Arc<dyn Store>, owner: UserId) -> Job {
             limit: 1,
             now: SystemClock.now(),
             lease: Duration::ZERO,
+            per_owner: None,
+            per_owner_exempt: Vec::new(),
         })
         .await
         .unwrap();

@@ -362,6 +362,8 @@ fn worker_config(v: &Validated) -> WorkerConfig {
     WorkerConfig {
         node_id: v.node_id.clone(),
         max_concurrency: v.config.max_concurrency,
+        claim_ahead: v.config.claim_ahead(),
+        claim_ahead_wait: v.config.claim_ahead_wait,
         queue_limits: queue_limits(v).collect(),
         lease_duration: v.config.lease,
         heartbeat_interval: v.config.lease / 3,

@@ -120,6 +120,8 @@ impl TestApp {
             limit: 100,
             now,
             lease: std::time::Duration::from_secs(60),
+            per_owner: None,
+            per_owner_exempt: Vec::new(),
         };
         let jobs = self.store().job_claim(&req).await.expect("claim");
         jobs.into_iter()

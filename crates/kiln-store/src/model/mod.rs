@@ -232,6 +232,15 @@ pub struct ClaimRequest {
     /// file, so its clock is the only one), from the database server's clock on PostgreSQL
     /// (nodes' clocks may differ; a lease is never judged by one of them).
     pub lease: std::time::Duration,
+    /// At most this many jobs of one owner in this claim (`None`: any number), except the
+    /// owners in [`ClaimRequest::per_owner_exempt`]: a node's fair share of its slots, held
+    /// in a claim that takes many jobs at once. A backend may look only a bounded way past
+    /// `limit` in the claim order (PostgreSQL: twice as deep), so such a claim can take
+    /// fewer than `limit` while more jobs wait.
+    pub per_owner: Option<u32>,
+    /// Owners [`ClaimRequest::per_owner`] does not hold back (those the share does not
+    /// count: operators and admins).
+    pub per_owner_exempt: Vec<UserId>,
 }
 
 /// What [`crate::Store::lease_renew`] found.

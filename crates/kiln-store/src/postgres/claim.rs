@@ -107,7 +107,10 @@ pub(super) async fn promote_due(
     Ok(rows.len() as u64)
 }
 
-/// Promotes due work, then claims up to `req.limit` queued jobs for `req.node`.
+/// Promotes due work, then claims up to `req.limit` queued jobs for `req.node`, at most
+/// `req.per_owner` of one owner. With that bound it looks twice `req.limit` deep in the
+/// claim order: the rows past an owner's bound are locked with the others (the claim index
+/// is walked once) but left queued, and free again at the commit.
 pub(super) async fn claim(
     tx: &Transaction<'_>,
     signals: &mut Signals,
@@ -121,19 +124,28 @@ pub(super) async fn claim(
     let rows = query(
         tx,
         concat!(
-            "WITH picked AS (
-                 SELECT id FROM jobs
+            "WITH picked AS MATERIALIZED (
+                 SELECT id, owner_id, priority, run_at FROM jobs
                  WHERE state = 'queued' AND type = ANY($1) AND queue <> ALL($2)
                    AND queue NOT IN (SELECT name FROM queue_controls WHERE paused)
                    AND owner_id <> ALL($9)
                  ORDER BY priority DESC, run_at, id
-                 LIMIT $3
+                 LIMIT $12
                  FOR UPDATE SKIP LOCKED
+             ), allowed AS (
+                 SELECT id FROM (
+                     SELECT id, owner_id, priority, run_at, row_number() OVER (
+                         PARTITION BY owner_id ORDER BY priority DESC, run_at, id) AS nth
+                     FROM picked
+                 ) ranked
+                 WHERE nth <= $10 OR owner_id = ANY($11)
+                 ORDER BY priority DESC, run_at, id
+                 LIMIT $3
              ), taken AS (
                  UPDATE jobs j SET state = $7, attempts = j.attempts + 1, started_at = $4,
                      node = $5, lease_expires_at = now() + $6::float8 * interval '1 millisecond', cancel_requested = false, progress = 0,
                      updated_at = $4, event_seq = j.event_seq + 1
-                 FROM picked WHERE j.id = picked.id
+                 FROM allowed WHERE j.id = allowed.id
                  RETURNING j.*
              ), events AS (
                  INSERT INTO job_events (job_id, seq, state, at, attempt, node, message)
@@ -162,6 +174,10 @@ pub(super) async fn claim(
             &running.as_str(),
             &message,
             &req.exclude_owners.iter().map(|o| o.0).collect::<Vec<i64>>(),
+            &i64::from(req.per_owner.unwrap_or(u32::MAX)),
+            &req.per_owner_exempt.iter().map(|o| o.0).collect::<Vec<i64>>(),
+            // With a bound per owner, rows past it are skipped: look twice as deep.
+            &(i64::from(req.limit) * if req.per_owner.is_some() { 2 } else { 1 }),
         ],
     )
     .await?;

@@ -26,8 +26,10 @@ use crate::error::{Result, StoreError, backend};
 use crate::model::{ClaimRequest, FeedEvent, Outcome};
 use crate::signal::Outbox;
 
-/// Batches at the database at once.
-const IN_FLIGHT: usize = 2;
+/// Batches at the database at once: one, so every outcome that ends while a batch is
+/// being written joins the next (a node that claims ahead hands its outcomes over one by
+/// one as its slots finish; with two batches in flight they went almost one per batch).
+const IN_FLIGHT: usize = 1;
 
 /// Outcomes per batch at most.
 const MAX_BATCH: usize = 256;
@@ -322,6 +324,8 @@ async fn claim_for(
                 && r.types == first.types
                 && r.exclude_queues == first.exclude_queues
                 && r.exclude_owners == first.exclude_owners
+                && r.per_owner == first.per_owner
+                && r.per_owner_exempt == first.per_owner_exempt
         };
         let group: Vec<(usize, &ClaimRequest)> = (i..asks.len())
             .filter(|&j| !done[j])

@@ -121,6 +121,8 @@ pub struct PgStore {
     completer: complete::Completer,
     /// Plain submissions, coalesced into one statement per batch.
     inserter: submit::Inserter,
+    /// The stats' run and start times, computed at most once a second.
+    times: retention::Times,
 }
 
 impl PgStore {
@@ -192,6 +194,7 @@ impl PgStore {
             logs,
             completer,
             inserter,
+            times: retention::Times::default(),
         }))
     }
 

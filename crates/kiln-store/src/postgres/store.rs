@@ -381,7 +381,7 @@ impl Store for PgStore {
     }
 
     async fn job_stats(&self) -> Result<Stats> {
-        retention::stats(&self.client().await?).await
+        retention::stats(&self.client().await?, &self.times).await
     }
 
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>> {

@@ -53,6 +53,8 @@ pub async fn claim_sets_running_attempts_started_at_and_lease(store: Arc<dyn Sto
     let job = echo(&store, alice, at(0)).await;
     let req = ClaimRequest {
         lease: Duration::from_secs(59),
+        per_owner: None,
+        per_owner_exempt: Vec::new(),
         ..claim_req("node-a", 5, at(1_000))
     };
     let claimed = store.job_claim(&req).await.unwrap();
@@ -585,4 +587,36 @@ pub async fn claim_skips_the_jobs_of_excluded_owners(store: Arc<dyn Store>) {
     let claimed = store.job_claim(&req(5, Vec::new())).await.unwrap();
     let ids: Vec<JobId> = claimed.iter().map(|j| j.id).collect();
     assert_eq!(ids, mine);
+}
+
+pub async fn claim_takes_at_most_per_owner_of_one_owner_but_any_of_the_exempt(
+    store: Arc<dyn Store>,
+) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    let carol = user(&store, "carol").await;
+    // In claim order: three of Alice's, then three of Carol's, then Bob's.
+    let mut ids = std::collections::HashMap::new();
+    for (i, owner) in [alice, alice, alice, carol, carol, carol, bob, bob]
+        .into_iter()
+        .enumerate()
+    {
+        let job = echo(&store, owner, at(i as i64)).await;
+        ids.entry(owner).or_insert_with(Vec::new).push(job.id);
+    }
+    let req = ClaimRequest {
+        per_owner: Some(2),
+        per_owner_exempt: vec![carol],
+        ..claim_req("n1", 6, at(100))
+    };
+    let claimed = store.job_claim(&req).await.unwrap();
+    let got: Vec<JobId> = claimed.iter().map(|j| j.id).collect();
+    let want: Vec<JobId> = [&ids[&alice][..2], &ids[&carol][..], &ids[&bob][..1]].concat();
+    assert_eq!(
+        got, want,
+        "two of Alice's, all of Carol's, then Bob's up to the limit"
+    );
+    // The one of Alice's left behind is still queued, first in line.
+    let next = store.job_claim(&claim_req("n1", 1, at(101))).await.unwrap();
+    assert_eq!(next[0].id, ids[&alice][2]);
 }

@@ -84,6 +84,8 @@ pub fn claim_req(node: &str, limit: u32, now: Timestamp) -> ClaimRequest {
         limit,
         now,
         lease: std::time::Duration::from_secs(30),
+        per_owner: None,
+        per_owner_exempt: Vec::new(),
     }
 }
 

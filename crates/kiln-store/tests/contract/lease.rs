@@ -231,6 +231,8 @@ pub async fn lease_renew_extends_and_reports_lost_and_cancel_requested(store: Ar
     let claimed = store
         .job_claim(&ClaimRequest {
             lease: Duration::from_secs(1),
+            per_owner: None,
+            per_owner_exempt: Vec::new(),
             ..claim_req("n1", 3, at(10))
         })
         .await
@@ -297,6 +299,8 @@ pub async fn lease_find_expired_and_by_node(store: Arc<dyn Store>) {
             store
                 .job_claim(&ClaimRequest {
                     lease,
+                    per_owner: None,
+                    per_owner_exempt: Vec::new(),
                     ..claim_req(node, 1, at(10))
                 })
                 .await
@@ -427,6 +431,8 @@ pub async fn rescue_of_an_expired_lease_fences_out_the_old_worker(store: Arc<dyn
     let running = store
         .job_claim(&ClaimRequest {
             lease: Duration::ZERO,
+            per_owner: None,
+            per_owner_exempt: Vec::new(),
             ..claim_req("dead-node", 1, at(10))
         })
         .await

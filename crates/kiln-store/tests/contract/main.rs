@@ -64,6 +64,7 @@ macro_rules! contract {
             list::every_sort_orders_and_pages_without_gaps_or_duplicates,
             list::cursor_paging_is_stable_when_jobs_are_inserted_meanwhile,
             claim::claim_skips_the_jobs_of_excluded_owners,
+            claim::claim_takes_at_most_per_owner_of_one_owner_but_any_of_the_exempt,
             claim::claim_order_is_priority_then_run_at_then_id,
             claim::claim_sets_running_attempts_started_at_and_lease,
             claim::claim_skips_future_jobs_excluded_queues_and_unknown_types,

@@ -89,6 +89,8 @@ impl Fixture {
                 limit: 10,
                 now,
                 lease: std::time::Duration::from_secs(300),
+                per_owner: None,
+                per_owner_exempt: Vec::new(),
             })
             .await
             .unwrap();

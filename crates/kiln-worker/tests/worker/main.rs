@@ -418,6 +418,8 @@ async fn claim_as(f: &Fixture, node: &str, lease: Duration) -> Job {
             limit: 1,
             now,
             lease,
+            per_owner: None,
+            per_owner_exempt: Vec::new(),
         })
         .await
         .unwrap();
@@ -487,6 +489,8 @@ async fn at_start_up_the_jobs_of_this_node_s_previous_run_are_rescued() {
             limit: 1,
             now,
             lease: Duration::from_secs(3600),
+            per_owner: None,
+            per_owner_exempt: Vec::new(),
         })
         .await
         .unwrap();
@@ -578,3 +582,8 @@ async fn shutdown_lets_attempts_finish_within_the_grace() {
     );
     drop(f.db);
 }
+
+mod ahead;
+#[path = "../common/flaky.rs"]
+#[allow(dead_code)] // the outage's faults are for the other test binary
+mod flaky;
