@@ -7,7 +7,6 @@
 //! written by another process). Cancel signals are routed to the running attempt here too.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kiln_domain::JobId;
@@ -17,7 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Shared, StopReason, execute};
+use crate::{Shared, StopReason};
 
 /// Pause after a failed claim, so a broken database is not hammered.
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
@@ -96,16 +95,6 @@ async fn cancel(shared: &Shared, id: JobId) {
     }
 }
 
-/// Starts a slot for each claimed job waiting while slots are free.
-fn fill_slots(shared: &Arc<Shared>, executors: &TaskTracker) {
-    let mut waiting = shared.ready().len();
-    while waiting > 0 && shared.busy() < shared.config.max_concurrency {
-        shared.busy.fetch_add(1, Ordering::AcqRel);
-        executors.spawn(execute::run(Arc::clone(shared), executors.clone()));
-        waiting -= 1;
-    }
-}
-
 /// Gives back the jobs claimed ahead that waited too long for a slot; returns when the
 /// oldest of the rest will have.
 async fn release_stale(shared: &Shared) -> Option<Instant> {
@@ -143,7 +132,7 @@ async fn release_stale(shared: &Shared) -> Option<Instant> {
 /// ahead (within per-queue limits and the fair share), and starts them.
 async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
     let config = &shared.config;
-    fill_slots(shared, executors);
+    shared.fill_slots(executors);
     let mut poll = Instant::now() + config.poll_interval;
     if config.claim_ahead > 0
         && let Some(at) = release_stale(shared).await
@@ -216,7 +205,7 @@ async fn claim_round(shared: &Arc<Shared>, executors: &TaskTracker) -> Next {
     for job in claimed {
         shared.claimed(job);
     }
-    fill_slots(shared, executors);
+    shared.fill_slots(executors);
     if filled {
         return Next::Claim;
     }

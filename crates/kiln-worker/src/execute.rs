@@ -103,10 +103,17 @@ async fn turn(
         }
         return next;
     }
-    let (shared, job) = (Arc::clone(shared), job.clone());
+    let (shared, job, tracker) = (Arc::clone(shared), job.clone(), executors.clone());
     executors.spawn(async move {
-        store_outcome(&shared, &job, lease, outcome, took, false, span).await;
+        // The same write claims a job in this one's place, to wait in line for a slot.
+        let next = store_outcome(&shared, &job, lease, outcome, took, true, span).await;
         shared.running().remove(&job.id);
+        if let Some((next, stop)) = next {
+            shared
+                .ready()
+                .push_back((next, stop, std::time::Instant::now()));
+            shared.fill_slots(&tracker);
+        }
         shared.slot_freed.notify_one();
     });
     None

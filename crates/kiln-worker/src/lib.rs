@@ -234,6 +234,16 @@ impl Shared {
         self.ready().pop_front().map(|(job, stop, _)| (job, stop))
     }
 
+    /// Starts a slot for each claimed job waiting while slots are free.
+    fn fill_slots(self: &Arc<Self>, executors: &TaskTracker) {
+        let mut waiting = self.ready().len();
+        while waiting > 0 && self.busy() < self.config.max_concurrency {
+            self.busy.fetch_add(1, Ordering::AcqRel);
+            executors.spawn(execute::run(Arc::clone(self), executors.clone()));
+            waiting -= 1;
+        }
+    }
+
     /// Slots in use.
     fn busy(&self) -> usize {
         self.busy.load(Ordering::Acquire)

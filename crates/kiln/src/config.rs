@@ -86,8 +86,9 @@ pub struct Config {
     pub max_concurrency: usize,
     /// The most jobs a node claims ahead of its free slots, so that short jobs start the
     /// moment a slot is free and many outcomes share one write; it claims that many only
-    /// for jobs shorter than a claim takes. Default: 8 × `MAX_CONCURRENCY` on PostgreSQL,
-    /// 0 on SQLite (each slot stores its outcome and claims its next job in one write).
+    /// for jobs shorter than a claim takes. Default: 16 × `MAX_CONCURRENCY` (at most 4096)
+    /// on PostgreSQL, 0 on SQLite (each slot stores its outcome and claims its next job in
+    /// one write).
     #[arg(long, env = "KILN_CLAIM_AHEAD")]
     pub claim_ahead: Option<usize>,
     /// A job claimed ahead that has waited this long for a slot is given back to the queue.
@@ -465,7 +466,7 @@ impl Config {
     pub fn claim_ahead(&self) -> usize {
         self.claim_ahead
             .unwrap_or(if self.database_url.starts_with("postgres") {
-                4 * self.max_concurrency
+                (16 * self.max_concurrency).min(4096)
             } else {
                 0
             })
