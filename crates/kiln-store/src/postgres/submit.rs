@@ -21,8 +21,10 @@ use crate::error::{Result, StoreError, backend};
 use crate::model::{FeedEvent, stored_job};
 use crate::signal::Outbox;
 
-/// Batches at the database at once.
-const IN_FLIGHT: usize = 4;
+/// Batches at the database at once: two, so submissions that arrive meanwhile gather into
+/// larger batches (fewer commits for the same jobs) than with four; one left the
+/// connections idle between batches (`BENCHMARKS.md`).
+const IN_FLIGHT: usize = 2;
 
 /// Submissions per statement at most.
 const MAX_BATCH: usize = 512;
