@@ -4,36 +4,9 @@
 
 use super::*;
 
-/// An `echo` stand-in that holds the attempt of the payload `"hold"` until the gate opens
-/// (or it is stopped) and echoes anything else at once.
-struct HoldOne(tokio::sync::watch::Receiver<bool>);
-
-#[async_trait]
-impl Kernel for HoldOne {
-    fn job_type(&self) -> JobType {
-        JobType::Echo
-    }
-
-    async fn run(&self, ctx: JobContext) -> Result<Value, KernelError> {
-        if ctx.payload != json!("hold") {
-            return Ok(ctx.payload);
-        }
-        let mut open = self.0.clone();
-        tokio::select! {
-            () = ctx.cancel.cancelled() => Err(KernelError::Cancelled),
-            opened = open.wait_for(|open| *open) => match opened {
-                Ok(_) => Ok(ctx.payload),
-                Err(_) => Err(KernelError::Cancelled),
-            },
-        }
-    }
-}
-
+/// The only slot's gate: the job of the payload `"hold"` waits for it, the others run.
 fn hold_one() -> (tokio::sync::watch::Sender<bool>, Registry) {
-    let (open, gate) = tokio::sync::watch::channel(false);
-    let mut registry = Registry::default();
-    registry.register(Arc::new(HoldOne(gate)));
-    (open, registry)
+    gate_for(Some(json!("hold")))
 }
 
 /// A fixture whose claims each take at least `delay`: the worker then measures claims

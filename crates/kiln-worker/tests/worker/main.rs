@@ -508,8 +508,12 @@ async fn at_start_up_the_jobs_of_this_node_s_previous_run_are_rescued() {
 }
 
 /// An `echo` stand-in that holds its attempt until the gate opens (or it is stopped), so a
-/// test decides when an attempt ends instead of racing a sleep.
-struct Gate(tokio::sync::watch::Receiver<bool>);
+/// test decides when an attempt ends instead of racing a sleep. With `only`, it holds just
+/// the jobs of that payload and echoes the others at once.
+struct Gate {
+    open: tokio::sync::watch::Receiver<bool>,
+    only: Option<Value>,
+}
 
 #[async_trait]
 impl Kernel for Gate {
@@ -518,7 +522,10 @@ impl Kernel for Gate {
     }
 
     async fn run(&self, ctx: JobContext) -> Result<Value, KernelError> {
-        let mut open = self.0.clone();
+        if self.only.as_ref().is_some_and(|only| *only != ctx.payload) {
+            return Ok(ctx.payload);
+        }
+        let mut open = self.open.clone();
         tokio::select! {
             () = ctx.cancel.cancelled() => Err(KernelError::Cancelled),
             opened = open.wait_for(|open| *open) => match opened {
@@ -529,17 +536,18 @@ impl Kernel for Gate {
     }
 }
 
-fn gated() -> (tokio::sync::watch::Sender<bool>, Registry) {
+/// A registry whose `echo` is a [`Gate`] (holding only `only`, if given), and its gate.
+fn gate_for(only: Option<Value>) -> (tokio::sync::watch::Sender<bool>, Registry) {
     let (open, gate) = tokio::sync::watch::channel(false);
     let mut registry = Registry::default();
-    registry.register(Arc::new(Gate(gate)));
+    registry.register(Arc::new(Gate { open: gate, only }));
     (open, registry)
 }
 
 #[tokio::test]
 async fn shutdown_interrupts_attempts_after_the_grace_and_they_run_again() {
     let f = Fixture::new().await;
-    let (_closed, registry) = gated();
+    let (_closed, registry) = gate_for(None);
     let worker = f.start(f.config(), registry).await;
     let id = f.submit_type("echo", json!("held")).await;
     f.wait_state(id, JobState::Running).await;
@@ -548,7 +556,7 @@ async fn shutdown_interrupts_attempts_after_the_grace_and_they_run_again() {
     assert_eq!(job.state, JobState::Failed);
     assert_eq!(job.error.unwrap().code, "interrupted");
     assert!(job.run_at <= SystemClock.now());
-    let (open, registry) = gated();
+    let (open, registry) = gate_for(None);
     open.send_replace(true);
     let worker = f.start(f.config(), registry).await;
     let job = f.wait_state(id, JobState::Succeeded).await;
@@ -559,7 +567,7 @@ async fn shutdown_interrupts_attempts_after_the_grace_and_they_run_again() {
 #[tokio::test]
 async fn shutdown_lets_attempts_finish_within_the_grace() {
     let f = Fixture::new().await;
-    let (open, registry) = gated();
+    let (open, registry) = gate_for(None);
     let worker = f.start(f.config(), registry).await;
     let id = f.submit_type("echo", json!("held")).await;
     f.wait_state(id, JobState::Running).await;
