@@ -234,3 +234,28 @@ fn the_slot_share_gives_each_client_at_least_one_slot() {
         assert!(parse(&[&flag]).validate().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn claiming_ahead_is_on_for_postgresql_and_off_for_sqlite_by_default() {
+    let pg = |args: &[&str]| {
+        let mut all = vec!["--database", "postgres://kiln@db/kiln"];
+        all.extend_from_slice(args);
+        parse(&all)
+    };
+    assert_eq!(
+        parse(&[]).claim_ahead(),
+        0,
+        "SQLite: one write per job instead"
+    );
+    assert_eq!(pg(&[]).claim_ahead(), 64, "16 × the default 4 slots");
+    assert_eq!(pg(&["--max-concurrency", "1024"]).claim_ahead(), 4096);
+    assert_eq!(pg(&["--claim-ahead", "0"]).claim_ahead(), 0);
+    assert_eq!(parse(&["--claim-ahead", "8"]).claim_ahead(), 8);
+    assert_eq!(
+        pg(&["--claim-ahead-wait", "2s"]).claim_ahead_wait,
+        Duration::from_secs(2)
+    );
+    assert_eq!(parse(&[]).claim_ahead_wait, Duration::from_millis(500));
+    assert!(pg(&["--claim-ahead", "5000"]).validate().is_err());
+    assert!(pg(&["--claim-ahead", "4096"]).validate().is_ok());
+}
