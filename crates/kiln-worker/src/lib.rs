@@ -163,7 +163,8 @@ impl Stop {
     }
 }
 
-/// A running attempt, as the dispatcher and the heartbeat see it.
+/// An attempt this node holds (see [`Shared::running`]), as the dispatcher and the
+/// heartbeat see it.
 #[derive(Debug)]
 struct Running {
     lease: Lease,
@@ -491,7 +492,8 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// How many attempts are running now.
+    /// How many attempts this node holds now: running on a slot, claimed ahead and waiting
+    /// for one, or finished with their outcome still being stored.
     pub fn running(&self) -> usize {
         self.shared.running().len()
     }
