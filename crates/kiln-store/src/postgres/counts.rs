@@ -10,8 +10,9 @@
 //! folded): concurrent transactions write different rows, so none waits for another's
 //! commit, and every statement of one transaction writes the same rows (no lock-order
 //! cycle between two transactions). [`fold`] sums the rows of connections that are gone
-//! into shard 0; [`recount`] sets the rows from the table under a short lock when a node
-//! connects.
+//! into shard 0; [`recount`] sets the rows from the table under a short lock: those of
+//! waiting and running jobs when a node connects (from their partial indexes, so a few
+//! milliseconds whatever the table holds), every row after a seed.
 
 use deadpool_postgres::GenericClient;
 use kiln_domain::JobState;
@@ -94,16 +95,44 @@ pub(super) async fn fold(db: &impl GenericClient) -> Result<()> {
     Ok(())
 }
 
-/// Sets the counts from the table. Writers wait meanwhile (`SHARE` lock, taken in one
-/// transaction with the count): one scan of the state index.
-pub(super) async fn recount(db: &mut deadpool_postgres::Object) -> Result<()> {
+/// Which counts [`recount`] sets from the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recount {
+    /// Scheduled, queued, failed and running jobs, from the partial indexes that list them
+    /// (small: the jobs not yet finished). What a node does when it connects: nodes of
+    /// schema versions 8 to 15 kept only the finished counts, so during a rolling upgrade
+    /// the others drift until the last node restarts on the new version.
+    Waiting,
+    /// Every state: a scan of the whole table, for rows written behind the store's back
+    /// (the bench's seed).
+    Everything,
+}
+
+/// Sets the counts `which` names from the table. Writers wait meanwhile (`SHARE` lock,
+/// taken in one transaction with the count).
+pub(super) async fn recount(db: &mut deadpool_postgres::Object, which: Recount) -> Result<()> {
     let tx = db.transaction().await?;
-    tx.batch_execute(
-        "LOCK TABLE jobs IN SHARE MODE;
-         DELETE FROM job_counts;
-         INSERT INTO job_counts (state, shard, n)
-         SELECT state, 0, count(*) FROM jobs GROUP BY state;",
-    )
+    tx.batch_execute(match which {
+        // One `count` per partial index (`jobs_claim`, `jobs_due`, `jobs_lease`), as
+        // `/metrics`' queue depths read them.
+        Recount::Waiting => {
+            "LOCK TABLE jobs IN SHARE MODE;
+             DELETE FROM job_counts WHERE state IN ('scheduled', 'queued', 'running', 'failed');
+             INSERT INTO job_counts (state, shard, n)
+             SELECT 'queued', 0, count(*) FROM jobs WHERE state = 'queued'
+             UNION ALL
+             SELECT state, 0, count(*) FROM jobs WHERE state IN ('scheduled', 'failed')
+             GROUP BY state
+             UNION ALL
+             SELECT 'running', 0, count(*) FROM jobs WHERE state = 'running';"
+        }
+        Recount::Everything => {
+            "LOCK TABLE jobs IN SHARE MODE;
+             DELETE FROM job_counts;
+             INSERT INTO job_counts (state, shard, n)
+             SELECT state, 0, count(*) FROM jobs GROUP BY state;"
+        }
+    })
     .await?;
     tx.commit().await?;
     Ok(())

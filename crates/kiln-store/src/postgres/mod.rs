@@ -103,10 +103,9 @@ const SIGNAL_CAPACITY: usize = 4096;
 pub struct PgStore {
     pool: Pool,
     signals: broadcast::Sender<Signal>,
-    /// Tags this instance's notifications so its listener skips its own echo.
-    origin: String,
     log_limit: usize,
-    /// Payloads for the notifier; it ends once this is dropped and its queue drained.
+    /// Encoded signals for the notifier; it ends once this is dropped and its queue
+    /// drained.
     outbox: tokio::sync::mpsc::UnboundedSender<String>,
     listener: Option<tokio::task::JoinHandle<()>>,
     /// Finished jobs as last read, each checked against the row's `event_seq` before use
@@ -147,8 +146,13 @@ impl PgStore {
             .create_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| backend(format!("cannot build the PostgreSQL pool: {e}")))?;
-        counts::recount(&mut pool.get().await.map_err(map_pool_err)?).await?;
+        counts::recount(
+            &mut pool.get().await.map_err(map_pool_err)?,
+            counts::Recount::Waiting,
+        )
+        .await?;
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
+        // Tags this instance's notifications so its listener skips its own echo.
         let origin = uuid::Uuid::now_v7().simple().to_string();
         let listener = if opts.listen {
             let (ready, listening) = tokio::sync::oneshot::channel();
@@ -170,13 +174,12 @@ impl PgStore {
             None
         };
         let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();
-        notify::spawn_notifier(pool.clone(), queued);
+        notify::spawn_notifier(pool.clone(), origin.clone(), queued);
         let versions = batch::Batcher::start(pool.clone());
         let events = batch::Batcher::start(pool.clone());
         let logs = batch::Batcher::start(pool.clone());
         let publisher = Publisher {
             signals: signals.clone(),
-            origin: origin.clone(),
             outbox: outbox.clone(),
         };
         let completer = complete::Completer::start(pool.clone(), publisher.clone());
@@ -184,7 +187,6 @@ impl PgStore {
         Ok(Arc::new(PgStore {
             pool,
             signals,
-            origin,
             log_limit: opts.log_limit_bytes,
             outbox,
             listener,
@@ -231,7 +233,6 @@ impl PgStore {
     fn publisher(&self) -> Publisher {
         Publisher {
             signals: self.signals.clone(),
-            origin: self.origin.clone(),
             outbox: self.outbox.clone(),
         }
     }
@@ -242,16 +243,15 @@ impl PgStore {
 #[derive(Clone)]
 struct Publisher {
     signals: broadcast::Sender<Signal>,
-    origin: String,
     outbox: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Publisher {
     fn publish(&self, signals: Signals) {
         signals.publish(&self.signals);
-        for payload in signals.payloads(&self.origin) {
+        for signal in signals.encoded() {
             // The notifier only stops after the store is dropped.
-            let _ = self.outbox.send(payload);
+            let _ = self.outbox.send(signal);
         }
     }
 }

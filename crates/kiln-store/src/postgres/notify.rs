@@ -2,13 +2,19 @@
 //! notifier that sends committed writes' signals to other nodes, and the listener that
 //! re-publishes other nodes' notifications to this node's subscribers.
 //!
-//! Channel `kiln_jobs`; payload `<origin>|<signal>` where `<signal>` is `available`,
-//! `cancel:<job uuid>`, `user:<user id>`, `log:<job uuid>:<end>` or
+//! Channel `kiln_jobs`; payload `<origin>|<signal>` or several signals in one payload,
+//! `<origin>|<signal>\n<signal>…` (at most [`PAYLOAD_MAX`] bytes), where `<signal>` is
+//! `available`, `cancel:<job uuid>`, `user:<user id>`, `log:<job uuid>:<end>` or
 //! `changed:<job uuid>:<owner id>:<seq>:<state>:<attempt>:<at unix ms>:<queue>:<type>`
-//! (queue names are `[a-z0-9_-]`; the type comes last, so even a `:` in it would survive,
-//! and the longest payload stays far below `NOTIFY`'s 8,000 bytes). `<origin>` names the
+//! (queue names are `[a-z0-9_-]`, types a fixed set of names; the type comes last, so even
+//! a `:` in it would survive, and no signal holds a newline). `<origin>` names the
 //! [`PgStore`](super::PgStore) that wrote it, so a listener skips its own store's
 //! notifications (those were already published locally, right after the commit).
+//!
+//! Signals share payloads because every state change has one: a notification per signal
+//! cost PostgreSQL a queue entry, and every listener a wake-up, per job and state (9 % of
+//! the submissions one node accepted, `BENCHMARKS.md`); packed, a notification carries
+//! sixty of them.
 //!
 //! The listener holds one dedicated connection (not from the pool: a pooled connection is
 //! shared, and PgBouncer in transaction mode cannot keep a `LISTEN`). When it drops, the
@@ -65,11 +71,9 @@ impl Signals {
         })
     }
 
-    /// The notification payloads of these signals, tagged with `origin`.
-    pub fn payloads(&self, origin: &str) -> Vec<String> {
-        self.deduped()
-            .map(|s| format!("{origin}|{}", encode(s)))
-            .collect()
+    /// These signals encoded for other nodes, one string each (without the origin).
+    pub fn encoded(&self) -> impl Iterator<Item = String> + '_ {
+        self.deduped().map(encode)
     }
 
     /// Publishes the signals to this node's subscribers.
@@ -136,12 +140,39 @@ pub(super) fn decode(payload: &str) -> Option<Signal> {
     Some(Signal::Changed(Arc::new(event)))
 }
 
-/// Most notifications sent in one `pg_notify` statement.
-const NOTIFY_BATCH: usize = 1024;
+/// Most signals taken from the queue for one `pg_notify` statement.
+const NOTIFY_BATCH: usize = 4096;
 
-/// Starts the notifier: it sends committed writes' payloads to other nodes, in the order
-/// they were queued, batching whatever has queued up meanwhile into one statement. It ends
-/// once every sender is gone and the queue is drained.
+/// The longest payload built: `NOTIFY` refuses 8,000 bytes and more.
+const PAYLOAD_MAX: usize = 7_900;
+
+/// `signals` (encoded, in order) packed into as few payloads tagged with `origin` as fit
+/// in [`PAYLOAD_MAX`] bytes each, in order.
+fn pack(origin: &str, signals: &[String]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut current = String::new();
+    for signal in signals {
+        if !current.is_empty() && current.len() + 1 + signal.len() > PAYLOAD_MAX {
+            payloads.push(std::mem::take(&mut current));
+        }
+        if current.is_empty() {
+            current.reserve(PAYLOAD_MAX);
+            current.push_str(origin);
+            current.push('|');
+        } else {
+            current.push('\n');
+        }
+        current.push_str(signal);
+    }
+    if !current.is_empty() {
+        payloads.push(current);
+    }
+    payloads
+}
+
+/// Starts the notifier: it sends committed writes' signals to other nodes, in the order
+/// they were queued, packing whatever has queued up meanwhile into as few notifications as
+/// fit, sent by one statement. It ends once every sender is gone and the queue is drained.
 ///
 /// Why not `NOTIFY` inside each write's transaction: PostgreSQL serialises the commits of
 /// transactions that notified (a database-wide lock held through the commit's WAL flush),
@@ -152,12 +183,13 @@ const NOTIFY_BATCH: usize = 1024;
 /// (claim loops, lease renewal reporting cancels) covers anyway.
 pub(super) fn spawn_notifier(
     pool: deadpool_postgres::Pool,
+    origin: String,
     mut outbox: mpsc::UnboundedReceiver<String>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(NOTIFY_BATCH);
         while outbox.recv_many(&mut batch, NOTIFY_BATCH).await > 0 {
-            if let Err(e) = send(&pool, &batch).await {
+            if let Err(e) = send(&pool, &pack(&origin, &batch)).await {
                 tracing::warn!(error = %e, dropped = batch.len(), "could not notify other nodes");
             }
             batch.clear();
@@ -287,7 +319,7 @@ async fn listen(
     }
 }
 
-/// Publishes one notification's signal locally unless this store sent it.
+/// Publishes one notification's signals locally, in order, unless this store sent them.
 fn republish(signals: &broadcast::Sender<Signal>, origin: &str, payload: &str) {
     let Some((from, body)) = payload.split_once('|') else {
         return;
@@ -295,11 +327,13 @@ fn republish(signals: &broadcast::Sender<Signal>, origin: &str, payload: &str) {
     if from == origin {
         return;
     }
-    match decode(body) {
-        Some(signal) => {
-            let _ = signals.send(signal);
+    for one in body.split('\n') {
+        match decode(one) {
+            Some(signal) => {
+                let _ = signals.send(signal);
+            }
+            None => tracing::debug!(signal = one, "ignored an unknown kiln_jobs signal"),
         }
-        None => tracing::debug!(payload, "ignored an unknown kiln_jobs notification"),
     }
 }
 
@@ -388,6 +422,43 @@ mod tests {
         assert!(rx.try_recv().is_err());
         republish(&tx, "me", "them|available");
         assert_eq!(rx.try_recv().unwrap(), Signal::JobAvailable);
+    }
+
+    #[test]
+    fn packed_payloads_stay_under_the_limit_and_carry_every_signal_in_order() {
+        let sent: Vec<Signal> = (0..500)
+            .map(|n| match n % 3 {
+                0 => Signal::Changed(Arc::new(event(JobState::Succeeded))),
+                1 => Signal::CancelRequested(JobId::new()),
+                _ => Signal::UserChanged(UserId(n)),
+            })
+            .collect();
+        let encoded: Vec<String> = sent.iter().map(encode).collect();
+        let payloads = pack("them", &encoded);
+        assert!(payloads.len() > 1, "500 signals do not fit one payload");
+        assert!(payloads.len() < 20, "{} payloads", payloads.len());
+        assert!(payloads.iter().all(|p| p.len() <= PAYLOAD_MAX));
+        let (tx, mut rx) = broadcast::channel(1024);
+        for payload in &payloads {
+            republish(&tx, "me", payload);
+        }
+        let mut got = Vec::new();
+        while let Ok(s) = rx.try_recv() {
+            got.push(s);
+        }
+        assert_eq!(got, sent);
+        assert!(pack("them", &[]).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_signal_in_a_payload_spoils_only_itself() {
+        let (tx, mut rx) = broadcast::channel(8);
+        republish(&tx, "me", "them|available\nsomething-new\nuser:7");
+        assert_eq!(rx.try_recv().unwrap(), Signal::JobAvailable);
+        assert_eq!(rx.try_recv().unwrap(), Signal::UserChanged(UserId(7)));
+        assert!(rx.try_recv().is_err());
+        republish(&tx, "me", "me|available\nuser:7");
+        assert!(rx.try_recv().is_err(), "its own payload is skipped whole");
     }
 
     #[test]

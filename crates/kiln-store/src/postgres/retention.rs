@@ -1,8 +1,9 @@
 //! Retention (pruning terminal jobs by age and by count) and the numbers behind `/metrics`.
 //!
 //! Only terminal jobs have `finished_at`, so the partial index `jobs_finished` lists exactly
-//! the prunable jobs, oldest first. Deleting a job cascades to its events, log and
-//! idempotency keys; a trigger counts deleted jobs, so `total_submitted` survives pruning.
+//! the prunable jobs, oldest first. Deleting a job cascades to its log and idempotency
+//! keys; a statement trigger deletes its events and counts deleted jobs, so
+//! `total_submitted` survives pruning.
 
 use deadpool_postgres::GenericClient;
 use kiln_domain::{JobId, JobState, Timestamp};

@@ -67,6 +67,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         16,
         include_str!("../../migrations/postgres/0016_count_every_state.sql"),
     ),
+    (
+        17,
+        include_str!("../../migrations/postgres/0017_lighter_job_writes.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -76,7 +76,7 @@ impl PgStore {
                 .await?;
             // The seed writes rows directly: count them as a node does when it connects.
             let mut db = db;
-            super::counts::recount(&mut db).await?;
+            super::counts::recount(&mut db, super::counts::Recount::Everything).await?;
         }
         Ok(done)
     }

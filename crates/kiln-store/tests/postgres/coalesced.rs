@@ -135,7 +135,7 @@ async fn an_outcome_the_database_refuses_does_not_fail_the_others() {
 
 /// Thirty plain submissions at once share multi-row inserts: each is answered with its own
 /// stored job (readable at once, with its `submitted` event), and one the database refuses
-/// (an owner that does not exist) fails alone.
+/// (a NUL in its name, which no text column takes) fails alone, leaving no row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_submissions_are_each_stored_and_a_refused_one_fails_alone() {
     let Some((_db, store, ada)) = setup().await else {
@@ -143,15 +143,11 @@ async fn concurrent_submissions_are_each_stored_and_a_refused_one_fails_alone() 
     };
     let calls = (0..30).map(|i| {
         let store = store.clone();
-        let owner = if i == 11 { UserId(999_999) } else { ada };
-        async move {
-            store
-                .job_insert(
-                    new_job(owner, "echo", json!({"i": i}), at(i)),
-                    InsertOptions::default(),
-                )
-                .await
+        let mut new = new_job(ada, "echo", json!({"i": i}), at(i));
+        if i == 11 {
+            new.name = Some("a NUL \u{0} in the name".into());
         }
+        async move { store.job_insert(new, InsertOptions::default()).await }
     });
     let answers = all(calls).await;
     for (i, answer) in answers.into_iter().enumerate() {
@@ -170,4 +166,12 @@ async fn concurrent_submissions_are_each_stored_and_a_refused_one_fails_alone() 
         assert_eq!(events[0].state, JobState::Queued);
     }
     assert_eq!(store_count(&*store, JobState::Queued).await, 29);
+    let page = store
+        .job_list(&kiln_store::ListQuery {
+            limit: 100,
+            ..kiln_store::ListQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 29, "the refused job left no row");
 }

@@ -30,10 +30,7 @@ async fn nodes_starting_together_migrate_once() {
     for run in runs {
         applied.extend(run.await.unwrap());
     }
-    assert_eq!(
-        applied,
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
-    );
+    assert_eq!(applied, (1..=17).collect::<Vec<u32>>());
 }
 
 /// A plain connection to the test database, for writing rows the store never would.
@@ -43,6 +40,65 @@ async fn raw_client(db: &TempPostgres) -> tokio_postgres::Client {
         .unwrap();
     tokio::spawn(connection);
     client
+}
+
+/// Events per job id, from the table.
+async fn events_of(client: &tokio_postgres::Client) -> std::collections::HashMap<uuid::Uuid, i64> {
+    client
+        .query(
+            "SELECT job_id, count(*) FROM job_events GROUP BY job_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Events have no foreign key to their job (migration 17): the delete trigger removes them
+/// with the jobs a delete or a prune removes, and only those.
+#[tokio::test]
+async fn deleted_and_pruned_jobs_take_their_events_with_them() {
+    let Some((db, store, ada)) = setup().await else {
+        return;
+    };
+    let client = raw_client(&db).await;
+    let deleted = insert(&*store, job(ada, t0())).await.id;
+    let older = insert(&*store, job(ada, t0())).await.id;
+    let newest = insert(&*store, job(ada, at(1))).await.id;
+    // Claimed and finished in that order (same priority and run time: by id).
+    for (n, id) in [deleted, older, newest].into_iter().enumerate() {
+        let ms = 10 * i64::try_from(n).unwrap();
+        let claimed = claim_one(&*store, "n1", at(2 + ms)).await;
+        assert_eq!(claimed.id, id);
+        store
+            .job_complete(
+                &lease_of(&claimed),
+                Outcome::Succeeded(json!(n)),
+                at(3 + ms),
+            )
+            .await
+            .unwrap();
+    }
+    // Submitted, running, succeeded: three events each.
+    let before = events_of(&client).await;
+    assert_eq!(before.len(), 3);
+    assert!(before.values().all(|&n| n == 3), "{before:?}");
+
+    store.job_delete(Some(ada), deleted).await.unwrap();
+    let after = events_of(&client).await;
+    assert!(!after.contains_key(&deleted.0), "{after:?}");
+    assert_eq!(after.len(), 2);
+
+    // Nothing is old enough to go by age; the count keeps only the newest finished job.
+    let gone = store.job_prune(t0(), Some(1)).await.unwrap();
+    assert_eq!(gone.count, 1);
+    let after = events_of(&client).await;
+    assert!(!after.contains_key(&older.0), "{after:?}");
+    assert_eq!(after.get(&newest.0), Some(&3), "{after:?}");
+    assert_eq!(after.len(), 1);
+    assert_eq!(store.event_list(Some(ada), newest).await.unwrap().len(), 3);
 }
 
 #[tokio::test]
