@@ -108,16 +108,18 @@ pub(super) enum Recount {
     Everything,
 }
 
-/// Sets the counts `which` names from the table. Writers wait meanwhile (`SHARE` lock,
-/// taken in one transaction with the count).
+/// Sets the counts `which` names from the table. Writers and other recounts wait
+/// meanwhile: `SHARE ROW EXCLUSIVE` conflicts with both (`SHARE` would let two nodes that
+/// start together both delete and then insert the same rows).
 pub(super) async fn recount(db: &mut deadpool_postgres::Object, which: Recount) -> Result<()> {
     let tx = db.transaction().await?;
+    tx.batch_execute("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+        .await?;
     tx.batch_execute(match which {
         // One `count` per partial index (`jobs_claim`, `jobs_due`, `jobs_lease`), as
         // `/metrics`' queue depths read them.
         Recount::Waiting => {
-            "LOCK TABLE jobs IN SHARE MODE;
-             DELETE FROM job_counts WHERE state IN ('scheduled', 'queued', 'running', 'failed');
+            "DELETE FROM job_counts WHERE state IN ('scheduled', 'queued', 'running', 'failed');
              INSERT INTO job_counts (state, shard, n)
              SELECT 'queued', 0, count(*) FROM jobs WHERE state = 'queued'
              UNION ALL
@@ -127,8 +129,7 @@ pub(super) async fn recount(db: &mut deadpool_postgres::Object, which: Recount) 
              SELECT 'running', 0, count(*) FROM jobs WHERE state = 'running';"
         }
         Recount::Everything => {
-            "LOCK TABLE jobs IN SHARE MODE;
-             DELETE FROM job_counts;
+            "DELETE FROM job_counts;
              INSERT INTO job_counts (state, shard, n)
              SELECT state, 0, count(*) FROM jobs GROUP BY state;"
         }

@@ -33,6 +33,54 @@ async fn nodes_starting_together_migrate_once() {
     assert_eq!(applied, (1..=17).collect::<Vec<u32>>());
 }
 
+/// Two nodes that recount at the same moment take turns: each deletes the counts of
+/// waiting and running jobs and inserts them again, so two at once collided on the same
+/// rows and one refused to start. The test holds `job_counts` until both nodes wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_that_recount_together_take_turns() {
+    let Some(db) = TempPostgres::create().await else {
+        return;
+    };
+    drop(db.store().await);
+    let holder = raw_client(&db).await;
+    let watcher = raw_client(&db).await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE job_counts IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let starts: Vec<_> = (0..2)
+        .map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move { PgStore::connect(&url, PgOptions::default()).await })
+        })
+        .collect();
+    let waiting = async {
+        loop {
+            let n: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n >= 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("both nodes wait for a lock within 30 s");
+    holder.batch_execute("COMMIT").await.unwrap();
+    for start in starts {
+        let store = start.await.unwrap();
+        assert!(store.is_ok(), "{:?}", store.err());
+    }
+}
+
 /// A plain connection to the test database, for writing rows the store never would.
 async fn raw_client(db: &TempPostgres) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
