@@ -14,13 +14,11 @@ use crate::error::Result;
 use crate::keyset::{self, Arg, Dialect};
 use crate::model::{ListQuery, Page, Sort};
 
-/// `$N` placeholders, a set of states as a `text[]`, the cursor key as the sorted column's
-/// own type.
+/// `$N` placeholders, the cursor key as the sorted column's own type.
 struct Postgres;
 
 impl Dialect for Postgres {
     type Param = Box<dyn ToSql + Sync + Send>;
-    const ANY_STATE: &'static str = "state = ANY(?)";
 
     fn placeholder(n: usize) -> String {
         format!("${n}")
@@ -29,12 +27,6 @@ impl Dialect for Postgres {
     fn param(arg: Arg<'_>) -> Self::Param {
         match arg {
             Arg::Int(n) => Box::new(n),
-            Arg::States(states) => Box::new(
-                states
-                    .iter()
-                    .map(|s| s.as_str().to_owned())
-                    .collect::<Vec<_>>(),
-            ),
             Arg::Text(text) => Box::new(text.to_owned()),
             Arg::Time(at) => Box::new(ts(at)),
             Arg::Key(Sort::CreatedAsc | Sort::CreatedDesc, ms) => Box::new(from_millis(ms)),

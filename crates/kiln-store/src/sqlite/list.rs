@@ -16,7 +16,6 @@ struct Sqlite;
 
 impl Dialect for Sqlite {
     type Param = Value;
-    const ANY_STATE: &'static str = "state IN (SELECT value FROM json_each(?))";
 
     fn placeholder(n: usize) -> String {
         format!("?{n}")
@@ -25,10 +24,6 @@ impl Dialect for Sqlite {
     fn param(arg: Arg<'_>) -> Value {
         match arg {
             Arg::Int(n) | Arg::Key(_, n) => Value::Integer(n),
-            Arg::States(states) => {
-                let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-                Value::Text(serde_json::to_string(&names).unwrap_or_else(|_| "[]".to_owned()))
-            }
             Arg::Text(text) => Value::Text(text.to_owned()),
             Arg::Time(at) => Value::Integer(ms(at)),
             Arg::Id(id) => Value::Blob(id_bytes(id).to_vec()),

@@ -7,8 +7,9 @@
 //!
 //! The jobs read are the bench user's own: a small `echo` job and one whose payload, and so
 //! its result, is ~11 KB of JSON, both run to `succeeded` first. The lists are first pages
-//! (20 jobs) of the bench user's jobs and of everybody's (`/admin/jobs`), on whatever table
-//! the run has (`--seed-jobs`, `--seed-users`).
+//! (20 jobs) of the bench user's jobs (20 more `echo` jobs it submits first, so the page is
+//! whole) and of everybody's (`/admin/jobs`), on whatever table the run has (`--seed-jobs`,
+//! `--seed-users`).
 //!
 //! Every answer must be 2xx: any other, or a failed request, counts as an error (shown in
 //! the endpoint's row) and fails the scenario once every endpoint has been measured.
@@ -29,6 +30,10 @@ use super::report::{Endpoint, Report, percentile};
 /// The longest warm-up before each endpoint's window (an eighth of the window when that is
 /// shorter): every connection open and busy, the server's caches and pools warm.
 const WARM_UP: Duration = Duration::from_millis(500);
+
+/// Jobs in a page of the lists read, and `echo` jobs the bench user submits so that its
+/// own list has a whole page.
+const PAGE: usize = 20;
 
 /// Bytes of the large job's payload (and so of its result) as JSON, at least.
 const LARGE_BYTES: usize = 11_000;
@@ -90,7 +95,12 @@ pub async fn read(
     let small = submit_one(client, echo_body()).await?;
     let large_body = json_bytes(&json!({"type": "echo", "payload": large_payload()}));
     let large = submit_one(client, large_body).await?;
-    for id in [&small, &large] {
+    // A whole first page of the bench user's own jobs, newer than the two above.
+    let mut page = Vec::with_capacity(PAGE);
+    for _ in 0..PAGE {
+        page.push(submit_one(client, echo_body()).await?);
+    }
+    for id in [&small, &large].into_iter().chain(&page) {
         wait_state(client, id, "succeeded", deadline).await?;
     }
     report.push("read", "jobs in the table", rows as f64, "jobs");
