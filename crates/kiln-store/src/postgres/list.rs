@@ -1,18 +1,91 @@
 //! `job_list` on PostgreSQL: the statement [`crate::keyset`] builds, in PostgreSQL's
 //! dialect, with finished jobs taken from the store's cache when their row is unchanged.
+//!
+//! Lists that arrive while others are at the database are gathered ([`Lister`]) and sent
+//! together on one connection: their statements are pipelined (written at once, answered
+//! in order), so a batch costs one connection check-out and a few socket reads and writes
+//! on both sides instead of a round trip each. Each list still runs its own statement,
+//! after its request arrived, so it sees every commit its client could have seen.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Pool};
 use kiln_domain::clock::from_millis;
 use kiln_domain::{Job, JobId, RawJson};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::row::{self, job_columns, ts};
 use crate::cache::JobCache;
-use crate::error::Result;
+use crate::error::{Result, backend};
 use crate::keyset::{self, Arg, Dialect};
 use crate::model::{ListQuery, Page, Sort};
+
+/// Batches of lists at the database at once.
+const IN_FLIGHT: usize = 2;
+
+/// Lists per batch at most.
+const MAX_BATCH: usize = 64;
+
+/// One list to read, and where its page goes.
+struct Ask {
+    query: ListQuery,
+    reply: oneshot::Sender<Result<Page>>,
+}
+
+/// The handle lists go through; the task that reads them ends with it.
+pub(super) struct Lister {
+    asks: mpsc::UnboundedSender<Ask>,
+}
+
+impl Lister {
+    /// Starts the task that reads lists on `pool`, with finished jobs from `cache`.
+    pub fn start(pool: Pool, cache: Arc<JobCache>) -> Self {
+        let (asks, inbox) = mpsc::unbounded_channel();
+        tokio::spawn(super::batch::gather(
+            inbox,
+            IN_FLIGHT,
+            MAX_BATCH,
+            move |batch| {
+                let (pool, cache) = (pool.clone(), Arc::clone(&cache));
+                async move { answer(&pool, &cache, batch).await }
+            },
+        ));
+        Self { asks }
+    }
+
+    /// The page `query` asks for.
+    pub async fn list(&self, query: ListQuery) -> Result<Page> {
+        let (reply, answer) = oneshot::channel();
+        self.asks
+            .send(Ask { query, reply })
+            .map_err(|_| backend("the lister has stopped"))?;
+        answer
+            .await
+            .map_err(|_| backend("the lister dropped a list"))?
+    }
+}
+
+/// Reads every list of `batch` on one connection, pipelined, and answers each.
+async fn answer(pool: &Pool, cache: &JobCache, batch: Vec<Ask>) {
+    let db = match pool.get().await {
+        Ok(db) => db,
+        Err(e) => {
+            let e = super::map_pool_err(e);
+            for ask in batch {
+                let _ = ask.reply.send(Err(super::batch::copy_err(&e)));
+            }
+            return;
+        }
+    };
+    let pages =
+        futures_util::future::join_all(batch.iter().map(|ask| list(&db, cache, &ask.query))).await;
+    for (ask, page) in batch.into_iter().zip(pages) {
+        // The asker may have gone away (a dropped request).
+        let _ = ask.reply.send(page);
+    }
+}
 
 /// `$N` placeholders, the cursor key as the sorted column's own type.
 struct Postgres;

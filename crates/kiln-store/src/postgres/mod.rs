@@ -144,7 +144,8 @@ const SIGNAL_CAPACITY: usize = 4096;
 pub struct PgStore {
     pool: Pool,
     /// Connections with generic plans, for reads whose best plan is the same whatever
-    /// their parameters (see the module's documentation).
+    /// their parameters (see the module's documentation); the batched reads and the lister
+    /// hold handles to it.
     lookups: Pool,
     signals: broadcast::Sender<Signal>,
     log_limit: usize,
@@ -154,10 +155,12 @@ pub struct PgStore {
     listener: Option<tokio::task::JoinHandle<()>>,
     /// Finished jobs as last read, each checked against the row's `event_seq` before use
     /// (see `crate::cache`).
-    cache: JobCache,
+    cache: Arc<JobCache>,
     /// Those checks, coalesced into one statement per batch; likewise reads of events and
     /// logs.
     versions: batch::Batcher<batch::Version>,
+    /// Lists, pipelined in batches on the lookup connections.
+    lister: list::Lister,
     events: batch::Batcher<batch::Events>,
     logs: batch::Batcher<batch::Log>,
     /// Completions (and the claims after them), coalesced into one transaction per batch.
@@ -211,6 +214,8 @@ impl PgStore {
         };
         let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();
         notify::spawn_notifier(pool.clone(), origin.clone(), queued);
+        let cache = Arc::new(JobCache::default());
+        let lister = list::Lister::start(lookups.clone(), Arc::clone(&cache));
         let versions = batch::Batcher::start(lookups.clone());
         let events = batch::Batcher::start(lookups.clone());
         let logs = batch::Batcher::start(lookups.clone());
@@ -227,7 +232,8 @@ impl PgStore {
             log_limit: opts.log_limit_bytes,
             outbox,
             listener,
-            cache: JobCache::default(),
+            cache,
+            lister,
             versions,
             events,
             logs,
@@ -246,11 +252,6 @@ impl PgStore {
     /// A pooled connection.
     async fn client(&self) -> Result<Object> {
         self.pool.get().await.map_err(map_pool_err)
-    }
-
-    /// A pooled connection that plans generically ([`PgStore::lookups`]).
-    async fn lookup_client(&self) -> Result<Object> {
-        self.lookups.get().await.map_err(map_pool_err)
     }
 
     /// Commits `tx`, then publishes `signals` here and queues them for other nodes.

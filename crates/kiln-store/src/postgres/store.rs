@@ -12,9 +12,7 @@ use tokio::sync::broadcast;
 
 use super::jobs::Insert;
 use super::notify::Signals;
-use super::{
-    PgStore, claim, counts, feed, jobs, lease, list, log, nodes, queues, retention, users,
-};
+use super::{PgStore, claim, counts, feed, jobs, lease, log, nodes, queues, retention, users};
 use crate::Store;
 use crate::cache::Cached;
 use crate::error::{BoxError, Result, StoreError};
@@ -173,7 +171,7 @@ impl Store for PgStore {
     async fn job_list(&self, query: &ListQuery) -> Result<Page> {
         // Generic plans are right for every list: the states asked for are written into
         // the statement (`keyset::build`), so a rare state's partial index is still used.
-        list::list(&self.lookup_client().await?, &self.cache, query).await
+        self.lister.list(query.clone()).await
     }
 
     async fn job_cancel(
@@ -411,11 +409,12 @@ impl Store for PgStore {
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {
-        let status = self.pool.status();
+        // Both pools, the lookups' included.
+        let (main, lookups) = (self.pool.status(), self.lookups.status());
         Some(PoolStatus {
-            idle: status.available,
-            busy: status.size.saturating_sub(status.available),
-            waiting: status.waiting,
+            idle: main.available + lookups.available,
+            busy: (main.size + lookups.size).saturating_sub(main.available + lookups.available),
+            waiting: main.waiting + lookups.waiting,
         })
     }
 

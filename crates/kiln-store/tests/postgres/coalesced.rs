@@ -175,3 +175,64 @@ async fn concurrent_submissions_are_each_stored_and_a_refused_one_fails_alone() 
         .unwrap();
     assert_eq!(page.items.len(), 29, "the refused job left no row");
 }
+
+/// Forty lists at once, of two owners, by state and not, share pipelined batches: each gets
+/// exactly the page it gets when asked alone, and a job submitted before a list began is in
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_lists_each_get_their_own_page() {
+    let Some((_db, store, ada)) = setup().await else {
+        return;
+    };
+    let bob = add_user(&*store, "bob").await;
+    for i in 0..30 {
+        insert(&*store, job(if i % 3 == 0 { bob } else { ada }, at(i))).await;
+    }
+    let first = claim_one(&*store, "n1", at(40)).await;
+    store
+        .job_complete(&lease_of(&first), Outcome::Succeeded(json!(1)), at(41))
+        .await
+        .unwrap();
+    let query = |n: usize| kiln_store::ListQuery {
+        owner: Some(if n.is_multiple_of(2) { ada } else { bob }),
+        states: match n % 4 {
+            0 | 1 => vec![],
+            2 => vec![JobState::Queued],
+            _ => vec![JobState::Succeeded, JobState::Queued],
+        },
+        limit: u32::try_from(5 + n % 7).unwrap(),
+        ..kiln_store::ListQuery::default()
+    };
+    let ids = |page: &kiln_store::Page| page.items.iter().map(|j| j.id).collect::<Vec<JobId>>();
+    let mut alone = Vec::new();
+    for n in 0..40 {
+        alone.push(ids(&store.job_list(&query(n)).await.unwrap()));
+    }
+    let calls = (0..40).map(|n| {
+        let store = store.clone();
+        let q = query(n);
+        async move { store.job_list(&q).await }
+    });
+    let together = all(calls).await;
+    for (n, page) in together.iter().enumerate() {
+        let page = page.as_ref().unwrap();
+        assert_eq!(ids(page), alone[n], "list {n}");
+        assert!(!page.items.is_empty(), "list {n}");
+    }
+
+    // A submission answered before the lists start is in every list of its owner.
+    let newest = insert(&*store, job(bob, at(100))).await;
+    let calls = (0..8).map(|_| {
+        let store = store.clone();
+        let q = kiln_store::ListQuery {
+            owner: Some(bob),
+            limit: 1,
+            sort: kiln_store::Sort::CreatedDesc,
+            ..kiln_store::ListQuery::default()
+        };
+        async move { store.job_list(&q).await }
+    });
+    for page in all(calls).await {
+        assert_eq!(ids(&page.unwrap()), vec![newest.id]);
+    }
+}
