@@ -163,6 +163,45 @@ pub(super) fn copy_err(e: &StoreError) -> StoreError {
     }
 }
 
+/// A question for a gathering task ([`Gathered`]), and where its answer goes.
+pub(super) struct Asked<Q, A> {
+    pub question: Q,
+    pub reply: oneshot::Sender<Result<A>>,
+}
+
+/// The handle of a task that gathers questions into batches ([`gather`]) and answers each;
+/// the task ends with the handle.
+pub(super) struct Gathered<Q, A> {
+    asks: mpsc::UnboundedSender<Asked<Q, A>>,
+    /// What the task is, for the errors it causes.
+    name: &'static str,
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Gathered<Q, A> {
+    /// Starts the task: batches of at most `max` questions, `in_flight` of them handled at
+    /// once by `handle`, which answers every question of its batch.
+    pub fn start<F, Fut>(name: &'static str, in_flight: usize, max: usize, handle: F) -> Self
+    where
+        F: FnMut(Vec<Asked<Q, A>>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (asks, inbox) = mpsc::unbounded_channel();
+        tokio::spawn(gather(inbox, in_flight, max, handle));
+        Self { asks, name }
+    }
+
+    /// Asks `question`; its answer once its batch is handled.
+    pub async fn ask(&self, question: Q) -> Result<A> {
+        let (reply, answer) = oneshot::channel();
+        self.asks
+            .send(Asked { question, reply })
+            .map_err(|_| backend(format!("the {} has stopped", self.name)))?;
+        answer
+            .await
+            .map_err(|_| backend(format!("the {} dropped a request", self.name)))?
+    }
+}
+
 /// Natural batching: takes what `inbox` holds (up to `max`) as one batch as soon as fewer
 /// than `in_flight` batches are being `handle`d, each on a task of its own; whatever
 /// arrives meanwhile joins the next batch. Ends when every sender is gone.

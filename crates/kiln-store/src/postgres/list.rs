@@ -13,12 +13,12 @@ use std::sync::Arc;
 use deadpool_postgres::{GenericClient, Pool};
 use kiln_domain::clock::from_millis;
 use kiln_domain::{Job, JobId, RawJson};
-use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
+use super::batch::{Asked, Gathered};
 use super::row::{self, job_columns, ts};
 use crate::cache::JobCache;
-use crate::error::{Result, backend};
+use crate::error::Result;
 use crate::keyset::{self, Arg, Dialect};
 use crate::model::{ListQuery, Page, Sort};
 
@@ -28,47 +28,31 @@ const IN_FLIGHT: usize = 2;
 /// Lists per batch at most.
 const MAX_BATCH: usize = 64;
 
-/// One list to read, and where its page goes.
-struct Ask {
-    query: ListQuery,
-    reply: oneshot::Sender<Result<Page>>,
-}
-
 /// The handle lists go through; the task that reads them ends with it.
-pub(super) struct Lister {
-    asks: mpsc::UnboundedSender<Ask>,
-}
+pub(super) struct Lister(Gathered<ListQuery, Page>);
 
 impl Lister {
     /// Starts the task that reads lists on `pool`, with finished jobs from `cache`.
     pub fn start(pool: Pool, cache: Arc<JobCache>) -> Self {
-        let (asks, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(super::batch::gather(
-            inbox,
+        Self(Gathered::start(
+            "lister",
             IN_FLIGHT,
             MAX_BATCH,
             move |batch| {
                 let (pool, cache) = (pool.clone(), Arc::clone(&cache));
                 async move { answer(&pool, &cache, batch).await }
             },
-        ));
-        Self { asks }
+        ))
     }
 
     /// The page `query` asks for.
     pub async fn list(&self, query: ListQuery) -> Result<Page> {
-        let (reply, answer) = oneshot::channel();
-        self.asks
-            .send(Ask { query, reply })
-            .map_err(|_| backend("the lister has stopped"))?;
-        answer
-            .await
-            .map_err(|_| backend("the lister dropped a list"))?
+        self.0.ask(query).await
     }
 }
 
 /// Reads every list of `batch` on one connection, pipelined, and answers each.
-async fn answer(pool: &Pool, cache: &JobCache, batch: Vec<Ask>) {
+async fn answer(pool: &Pool, cache: &JobCache, batch: Vec<Asked<ListQuery, Page>>) {
     let db = match pool.get().await {
         Ok(db) => db,
         Err(e) => {
@@ -80,7 +64,8 @@ async fn answer(pool: &Pool, cache: &JobCache, batch: Vec<Ask>) {
         }
     };
     let pages =
-        futures_util::future::join_all(batch.iter().map(|ask| list(&db, cache, &ask.query))).await;
+        futures_util::future::join_all(batch.iter().map(|ask| list(&db, cache, &ask.question)))
+            .await;
     for (ask, page) in batch.into_iter().zip(pages) {
         // The asker may have gone away (a dropped request).
         let _ = ask.reply.send(page);

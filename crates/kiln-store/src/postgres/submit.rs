@@ -11,13 +11,13 @@
 
 use deadpool_postgres::Pool;
 use kiln_domain::{Job, NewJob};
-use tokio::sync::{mpsc, oneshot};
 
+use super::batch::{Asked, Gathered};
 use super::counts::counted_inserts;
 use super::notify::Signals;
 use super::row::{self, int};
 use super::{Publisher, map_pool_err};
-use crate::error::{Result, StoreError, backend};
+use crate::error::{Result, StoreError};
 use crate::model::{FeedEvent, stored_job};
 use crate::signal::Outbox;
 
@@ -51,50 +51,34 @@ const INSERT_MANY: &str = concat!(
     counted_inserts!()
 );
 
-/// One job to store, and where its answer goes.
-struct Ask {
-    job: Job,
-    reply: oneshot::Sender<Result<Job>>,
-}
-
 /// The handle the store submits through; the task that writes ends with it.
-pub(super) struct Inserter {
-    asks: mpsc::UnboundedSender<Ask>,
-}
+pub(super) struct Inserter(Gathered<Job, Job>);
 
 impl Inserter {
     /// Starts the task that writes, on `pool`; committed submissions are published through
     /// `publisher`.
     pub fn start(pool: Pool, publisher: Publisher) -> Self {
-        let (asks, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(super::batch::gather(
-            inbox,
+        Self(Gathered::start(
+            "inserter",
             IN_FLIGHT,
             MAX_BATCH,
             move |batch| {
                 let (pool, publisher) = (pool.clone(), publisher.clone());
                 async move { answer(&pool, &publisher, batch).await }
             },
-        ));
-        Self { asks }
+        ))
     }
 
     /// Stores `new` with its `submitted` event; the stored job once committed.
     pub async fn insert(&self, new: NewJob) -> Result<Job> {
-        let job = stored_job(new)?;
-        let (reply, answer) = oneshot::channel();
-        self.asks
-            .send(Ask { job, reply })
-            .map_err(|_| backend("the inserter has stopped"))?;
-        answer
-            .await
-            .map_err(|_| backend("the inserter dropped a submission"))?
+        self.0.ask(stored_job(new)?).await
     }
 }
 
 /// Writes `batch` and answers each submission.
-async fn answer(pool: &Pool, publisher: &Publisher, batch: Vec<Ask>) {
-    let (jobs, replies): (Vec<Job>, Vec<_>) = batch.into_iter().map(|a| (a.job, a.reply)).unzip();
+async fn answer(pool: &Pool, publisher: &Publisher, batch: Vec<Asked<Job, Job>>) {
+    let (jobs, replies): (Vec<Job>, Vec<_>) =
+        batch.into_iter().map(|a| (a.question, a.reply)).unzip();
     match write(pool, &jobs).await {
         Ok(()) => {
             publisher.publish(signals_of(&jobs));
