@@ -289,11 +289,7 @@ impl Moto {
             eprintln!("SKIPPED: the S3 storage contract: {why}");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = std::process::Command::new(exe)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
@@ -304,14 +300,8 @@ impl Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
-        // Up once it answers; at most a minute (a cold Python start on a busy machine).
-        for _ in 0..600 {
-            if http(port, "GET / HTTP/1.1").is_some() {
-                return Some(moto);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("moto_server did not answer on port {port} within 60 s");
+        wait_for(port, "moto_server").await;
+        Some(moto)
     }
 
     /// A new, empty bucket.
@@ -320,6 +310,28 @@ impl Moto {
         let status = http(port, &format!("PUT /{name} HTTP/1.1")).unwrap();
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     }
+}
+
+/// A loopback port nothing listens on (the OS's pick, released).
+#[cfg(feature = "cloud")]
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `port` answers HTTP: at most a minute (a cold start on a busy machine).
+#[cfg(feature = "cloud")]
+async fn wait_for(port: u16, what: &str) {
+    for _ in 0..600 {
+        if http(port, "GET / HTTP/1.1").is_some() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not answer on port {port} within 60 s");
 }
 
 #[cfg(feature = "cloud")]
