@@ -23,6 +23,8 @@ pub(crate) struct Server {
     log: std::sync::mpsc::Receiver<String>,
     /// Its JSON log entries up to the "serving" line.
     startup: Vec<Value>,
+    /// Every entry after it read so far (see [`Server::log_until`]).
+    history: std::sync::Mutex<Vec<Value>>,
 }
 
 impl Server {
@@ -101,13 +103,21 @@ impl Server {
             addr,
             log,
             startup,
+            history: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// The JSON log entries written so far, waiting up to `LONG` for one matching `want`.
+    /// The JSON log entries after the "serving" line up to the first matching `want`,
+    /// waiting up to `LONG` for it. Entries an earlier call read count too: a line may be
+    /// written before the one an earlier call waited for (a job can finish before its
+    /// request's line is written).
     fn log_until(&self, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut history = self.history.lock().unwrap();
+        if let Some(at) = history.iter().position(&want) {
+            return history[..=at].to_vec();
+        }
         let deadline = std::time::Instant::now() + LONG;
-        let mut seen = Vec::new();
+        let before = history.len();
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             let Ok(line) = self.log.recv_timeout(left) else {
                 break;
@@ -115,11 +125,12 @@ impl Server {
             let entry: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
             let found = want(&entry);
-            seen.push(entry);
+            history.push(entry);
             if found {
-                return seen;
+                return history.clone();
             }
         }
+        let seen = &history[before..];
         panic!("no such log entry within {LONG:?}; seen: {seen:#?}");
     }
 
