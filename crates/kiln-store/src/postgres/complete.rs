@@ -239,7 +239,18 @@ async fn complete_many(
     let mut progress = Vec::with_capacity(n);
     let mut at = Vec::with_capacity(n);
     let mut running = Vec::with_capacity(n);
-    for ((lease, done, _), _) in asks.iter().zip(&first).filter(|(_, first)| **first) {
+    // In job id order, as lease renewals take them (`super::lease`): two statements that
+    // lock rows of the same jobs lock them in one order, so they wait for each other
+    // instead of deadlocking (outcomes in completion order against a renewal deadlocked
+    // under load, each deadlock costing a second, and leases ran out meanwhile).
+    let mut ordered: Vec<_> = asks
+        .iter()
+        .zip(&first)
+        .filter(|(_, first)| **first)
+        .map(|(ask, _)| ask)
+        .collect();
+    ordered.sort_unstable_by_key(|(lease, _, _)| lease.job_id.0);
+    for (lease, done, _) in ordered {
         ids.push(lease.job_id.0);
         attempts.push(int(lease.attempt));
         nodes.push(lease.node.as_str());

@@ -57,10 +57,14 @@ pub(super) async fn renew(
     lease: std::time::Duration,
 ) -> Result<Renewal> {
     // Only the node holding a lease renews it, so renewals of one job do not race; were two
-    // to deadlock anyway, PostgreSQL aborts one and the caller sees `Transient`.
-    let ids: Vec<uuid::Uuid> = leases.iter().map(|l| l.job_id.0).collect();
-    let attempts: Vec<i32> = leases.iter().map(|l| int(l.attempt)).collect();
-    let nodes: Vec<&str> = leases.iter().map(|l| l.node.as_str()).collect();
+    // statements to deadlock anyway, PostgreSQL aborts one and the caller sees `Transient`.
+    // In job id order, as the batched completion takes them (`super::complete`), so the
+    // two lock shared rows in one order.
+    let mut sorted: Vec<&Lease> = leases.iter().collect();
+    sorted.sort_unstable_by_key(|l| l.job_id.0);
+    let ids: Vec<uuid::Uuid> = sorted.iter().map(|l| l.job_id.0).collect();
+    let attempts: Vec<i32> = sorted.iter().map(|l| int(l.attempt)).collect();
+    let nodes: Vec<&str> = sorted.iter().map(|l| l.node.as_str()).collect();
     // `state` is compared with a column, not a literal, as in the batched completion
     // (`super::complete`): each job is looked up by its primary key.
     let running: Vec<&str> = vec![JobState::Running.as_str(); leases.len()];

@@ -316,7 +316,16 @@ impl Store for PgStore {
         if leases.is_empty() {
             return Ok(Renewal::default());
         }
-        lease::renew(&self.client().await?, leases, lease).await
+        // Each job looked up by its primary key in the array's (id) order, whatever the
+        // table's size: a hash join on a small table would lock rows in the heap's order
+        // and could deadlock with a batched completion, which locks them in id order.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+            .await?;
+        let renewal = lease::renew(&tx, leases, lease).await?;
+        tx.commit().await?;
+        Ok(renewal)
     }
 
     async fn lease_find(&self, filter: LeaseFilter) -> Result<Vec<Lease>> {
