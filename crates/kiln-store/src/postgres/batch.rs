@@ -114,44 +114,30 @@ impl Lookup for Log {
     }
 }
 
-/// One question: `L`'s read of job `id`, if `owner` may see it.
-struct Ask<T> {
-    id: JobId,
-    owner: Option<UserId>,
-    reply: oneshot::Sender<Result<Option<T>>>,
-}
+/// A question of a [`Batcher`]: a job id and the owner who must own it (`None`: anyone).
+type Question = (JobId, Option<UserId>);
 
 /// The handle the store asks through; the task that answers ends with it.
-pub(super) struct Batcher<L: Lookup> {
-    asks: mpsc::UnboundedSender<Ask<L::Out>>,
-}
+pub(super) struct Batcher<L: Lookup>(Gathered<Question, Option<L::Out>>);
 
 impl<L: Lookup> Batcher<L> {
     /// Starts the task that answers, on `pool`.
     pub fn start(pool: Pool) -> Self {
-        let (asks, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(run::<L>(pool, inbox));
-        Self { asks }
+        Self(Gathered::start(
+            "batched reader",
+            IN_FLIGHT,
+            MAX_BATCH,
+            move |batch| {
+                let pool = pool.clone();
+                async move { answer::<L>(&pool, batch).await }
+            },
+        ))
     }
 
     /// `L`'s read of job `id`; `None` when there is no such job or `owner` may not see it.
     pub async fn get(&self, owner: Option<UserId>, id: JobId) -> Result<Option<L::Out>> {
-        let (reply, answer) = oneshot::channel();
-        self.asks
-            .send(Ask { id, owner, reply })
-            .map_err(|_| backend("a batched reader has stopped"))?;
-        answer
-            .await
-            .map_err(|_| backend("a batched reader dropped a question"))?
+        self.0.ask((id, owner)).await
     }
-}
-
-async fn run<L: Lookup>(pool: Pool, inbox: mpsc::UnboundedReceiver<Ask<L::Out>>) {
-    gather(inbox, IN_FLIGHT, MAX_BATCH, move |batch| {
-        let pool = pool.clone();
-        async move { answer::<L>(&pool, batch).await }
-    })
-    .await;
 }
 
 /// The error of a batch, for each of its callers: transient stays transient (worth a
@@ -237,8 +223,8 @@ pub(super) async fn gather<T, F, Fut>(
 }
 
 /// Reads `batch`'s jobs in one statement and answers each question.
-async fn answer<L: Lookup>(pool: &Pool, batch: Vec<Ask<L::Out>>) {
-    let ids: Vec<uuid::Uuid> = batch.iter().map(|a| a.id.0).collect();
+async fn answer<L: Lookup>(pool: &Pool, batch: Vec<Asked<Question, Option<L::Out>>>) {
+    let ids: Vec<uuid::Uuid> = batch.iter().map(|a| a.question.0.0).collect();
     let found = async {
         let client = pool.get().await.map_err(map_pool_err)?;
         let rows = row::query(&client, L::SQL, &[&ids]).await?;
@@ -255,9 +241,10 @@ async fn answer<L: Lookup>(pool: &Pool, batch: Vec<Ask<L::Out>>) {
         }
     };
     for ask in batch {
+        let (id, asker) = ask.question;
         let answer = found
-            .get(&ask.id.0)
-            .filter(|(owner, _)| ask.owner.is_none_or(|o| o.0 == *owner))
+            .get(&id.0)
+            .filter(|(owner, _)| asker.is_none_or(|o| o.0 == *owner))
             .map(|(_, out)| out.clone());
         // The asker may have gone away (a dropped request).
         let _ = ask.reply.send(Ok(answer));

@@ -13,9 +13,9 @@
 //!   reads events, logs and versions of many jobs in one statement.
 //! - Reads whose best plan does not depend on their parameters (the batched reads, and
 //!   pages of jobs, whose states are written into the statement) run on a second, smaller
-//!   pool whose connections
-//!   use generic plans (`plan_cache_mode = force_generic_plan`): left to choose, PostgreSQL
-//!   planned them again at every call, 15–30 µs of planning for 4–7 µs of execution.
+//!   pool whose connections use generic plans (`plan_cache_mode = force_generic_plan`):
+//!   left to choose, PostgreSQL planned them again at every call, 15–30 µs of planning for
+//!   4–7 µs of execution.
 //! - Every state change bumps the job row's `event_seq` and appends the event row with that
 //!   number in the same transaction: the row lock orders a job's events without reading
 //!   `max(seq)`.
@@ -159,10 +159,10 @@ pub struct PgStore {
     /// Those checks, coalesced into one statement per batch; likewise reads of events and
     /// logs.
     versions: batch::Batcher<batch::Version>,
-    /// Lists, pipelined in batches on the lookup connections.
-    lister: list::Lister,
     events: batch::Batcher<batch::Events>,
     logs: batch::Batcher<batch::Log>,
+    /// Lists, pipelined in batches on the lookup connections.
+    lister: list::Lister,
     /// Completions (and the claims after them), coalesced into one transaction per batch.
     completer: complete::Completer,
     /// Plain submissions, coalesced into one statement per batch.
