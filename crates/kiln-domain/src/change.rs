@@ -202,6 +202,44 @@ pub fn release(job: &mut Job, now: Timestamp) -> Result<Change, IllegalTransitio
     })
 }
 
+/// [`Event::Defer`]: the running attempt hands its job back to run again at `until`
+/// (`scheduled`), because something outside the job stops it for now (`why` says what,
+/// in the event row). Like a release, the attempt is not spent; a job whose owner asked
+/// to cancel it meanwhile is `cancelled` instead.
+pub fn defer(
+    job: &mut Job,
+    until: Timestamp,
+    why: &str,
+    now: Timestamp,
+) -> Result<Change, IllegalTransition> {
+    let from = job.state;
+    let node = job.node.clone();
+    let event = if job.cancel_requested {
+        Event::Abort
+    } else {
+        Event::Defer
+    };
+    let step = transition(from, event)?;
+    let Step::To(state) = step else {
+        return Err(IllegalTransition { from, event });
+    };
+    enter(job, state, now);
+    let message = if state == JobState::Scheduled {
+        job.max_attempts = job.max_attempts.saturating_add(1);
+        job.started_at = None;
+        job.progress = 0.0;
+        job.run_at = truncate_ms(until.max(now));
+        format!("deferred: {why}")
+    } else {
+        format!("cancelled while deferred: {why}")
+    };
+    Ok(Change {
+        from,
+        step,
+        note: Some(Note { node, message }),
+    })
+}
+
 /// An `external` job's owner reports its state: legal when [`crate::state::report`] finds
 /// the event that leads exactly there.
 pub fn report(job: &mut Job, report: Report, now: Timestamp) -> Result<Change, ReportRefused> {

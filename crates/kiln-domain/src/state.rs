@@ -114,11 +114,15 @@ pub enum Event {
     /// stopping, or the job waited too long behind others): queued again, the attempt not
     /// spent (`max_attempts` grows with `attempts`).
     Release,
+    /// A running attempt could not do its work for a reason outside the job (an upstream
+    /// service's circuit breaker is open): the job is `scheduled` again for later, the
+    /// attempt not spent (`max_attempts` grows with `attempts`, as with a release).
+    Defer,
 }
 
 impl Event {
     /// One of each kind of event (both values of `Fail::retry`), for exhaustive tests.
-    pub const ALL: [Event; 9] = [
+    pub const ALL: [Event; 10] = [
         Event::Due,
         Event::Claim,
         Event::Succeed,
@@ -128,6 +132,7 @@ impl Event {
         Event::Abort,
         Event::Retry,
         Event::Release,
+        Event::Defer,
     ];
 
     /// A short snake_case name for messages and problem details.
@@ -141,6 +146,7 @@ impl Event {
             Event::Abort => "abort",
             Event::Retry => "retry",
             Event::Release => "release",
+            Event::Defer => "defer",
         }
     }
 }
@@ -183,6 +189,7 @@ pub fn transition(from: JobState, event: Event) -> Result<Step, IllegalTransitio
         (Running, Event::Abort) => Step::To(Cancelled),
         (Failed | Dead, Event::Retry) => Step::To(Queued),
         (Running, Event::Release) => Step::To(Queued),
+        (Running, Event::Defer) => Step::To(Scheduled),
         _ => return Err(IllegalTransition { from, event }),
     };
     Ok(step)

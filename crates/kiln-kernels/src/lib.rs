@@ -3,7 +3,8 @@
 //! # Layout
 //! - this file: [`Kernel`], [`JobContext`] (cancel token, progress and log sinks),
 //!   [`KernelError`] and the [`Registry`] that maps each executed [`JobType`] to its kernel.
-//! - [`echo`], [`sleep`], [`primes`], [`matrix`], [`csv_aggregate`]: the built-in kernels.
+//! - [`echo`], [`sleep`], [`primes`], [`matrix`], [`csv_aggregate`], [`pdf`]: the built-in
+//!   kernels (`pdf_analyze` without a model; the node registers it with one when configured).
 //! - [`command`]: real Linux processes from an allow-list (not in [`Registry::default`]; the
 //!   node registers it always, and with an empty allow-list it refuses every job).
 //! - [`cpu`]: the CPU pool compute kernels run on, and their cancel/progress [`cpu::Check`].
@@ -20,6 +21,7 @@ pub mod echo;
 pub mod input;
 pub mod matrix;
 pub mod npy;
+pub mod pdf;
 pub mod primes;
 pub mod sleep;
 
@@ -58,6 +60,29 @@ pub enum KernelError {
         /// The cause.
         source: BoxError,
     },
+    /// Another attempt may succeed, but not before `after` (an upstream's `Retry-After`):
+    /// the retry waits the longer of this and the type's backoff.
+    #[error("{code}: {source}")]
+    RetryAfter {
+        /// Stable snake_case code.
+        code: &'static str,
+        /// The cause.
+        source: BoxError,
+        /// The least delay before the next attempt.
+        after: std::time::Duration,
+    },
+    /// Not the job's failure: something outside it stops the work for now (an upstream's
+    /// circuit breaker is open). The job is scheduled again `after` from now and the
+    /// attempt is not counted.
+    #[error("{code}: {source}")]
+    Deferred {
+        /// Stable snake_case code.
+        code: &'static str,
+        /// The cause.
+        source: BoxError,
+        /// When to run the job again, from now.
+        after: std::time::Duration,
+    },
     /// The cancel token fired and the kernel stopped.
     #[error("cancelled")]
     Cancelled,
@@ -67,7 +92,9 @@ impl KernelError {
     /// The failure users see. `Cancelled` has none (the job becomes `cancelled`).
     pub fn to_failure(&self) -> Option<Failure> {
         match self {
-            KernelError::Retryable { code, source } => {
+            KernelError::Retryable { code, source }
+            | KernelError::RetryAfter { code, source, .. }
+            | KernelError::Deferred { code, source, .. } => {
                 Some(Failure::retryable(*code, source.to_string()))
             }
             KernelError::Permanent { code, source } => {
@@ -256,6 +283,7 @@ impl Default for Registry {
         registry.register(Arc::new(primes::Primes));
         registry.register(Arc::new(matrix::MatrixMultiply));
         registry.register(Arc::new(csv_aggregate::CsvAggregate));
+        registry.register(Arc::new(pdf::PdfAnalyze::default()));
         registry
     }
 }

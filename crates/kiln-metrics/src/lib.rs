@@ -115,6 +115,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -188,6 +193,7 @@ pub struct Metrics {
     pool_waiting: Gauge,
     followers: Gauge,
     task_restarts: Counter,
+    model_circuit: Family<ModelLabels, Gauge>,
     /// Background tasks of this node that died and are waiting to be started again.
     tasks_down: Mutex<Vec<&'static str>>,
 }
@@ -233,10 +239,16 @@ impl Metrics {
             pool_waiting: Gauge::default(),
             followers: Gauge::default(),
             task_restarts: Counter::default(),
+            model_circuit: Family::default(),
             tasks_down: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
         let r = &mut registry;
+        r.register(
+            "kiln_model_circuit_state",
+            "The circuit breaker of each model this node calls: 0 closed, 1 half-open (one probe out), 2 open (calls refused)",
+            m.model_circuit.clone(),
+        );
         r.register(
             "kiln_jobs_submitted",
             "Jobs accepted by this node's API, by type",
@@ -434,6 +446,14 @@ impl Metrics {
     /// An attempt lost its lease.
     pub fn lease_lost(&self) {
         self.lease_losses.inc();
+    }
+
+    /// The circuit breaker of `model` is now `state` (0 closed, 1 half-open, 2 open).
+    pub fn model_circuit(&self, model: &str, state: i64) {
+        let model = self.name(model);
+        self.model_circuit
+            .get_or_create(&ModelLabels { model })
+            .set(state);
     }
 
     /// A cancel was accepted.

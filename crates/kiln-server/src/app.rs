@@ -23,7 +23,7 @@ use crate::middleware::{
     shutdown_gate, time_limit,
 };
 use crate::openapi;
-use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops};
+use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops, pdf};
 use crate::state::AppState;
 
 /// The whole HTTP API with `state` applied.
@@ -114,6 +114,10 @@ fn api(upload_limit: u64) -> Router<AppState> {
                 .get(files::list),
         )
         .route("/files/{id}", get(files::get).delete(files::delete))
+        .route(
+            "/pdf-processing",
+            post(pdf::process).layer(DefaultBodyLimit::max(upload_body)),
+        )
         .route("/files/{id}/content", get(files::content))
         .route("/job-types", get(ops::job_types))
         .route(

@@ -24,7 +24,7 @@ use utoipa_swagger_ui::Config;
 
 use crate::extract::Path;
 use crate::problem::ApiError;
-use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops};
+use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops, pdf};
 
 /// Where the document is served (`app::router`); Swagger UI loads it from here.
 const OPENAPI_PATH: &str = "/openapi.json";
@@ -77,6 +77,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         files::get,
         files::delete,
         files::content,
+        pdf::process,
         ops::job_types,
         admin::list_users,
         admin::create_user,
@@ -247,6 +248,43 @@ impl PartialSchema for UploadForm {
 impl ToSchema for UploadForm {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("UploadForm")
+    }
+}
+
+/// The multipart body of `POST /api/v1/pdf-processing` (a schema only: axum reads the
+/// stream).
+pub struct PdfForm;
+
+impl PartialSchema for PdfForm {
+    fn schema() -> RefOr<Schema> {
+        let text = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "file",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/pdf")
+                    .description(Some("The PDF (judged by its content, not its name)")),
+            )
+            .required("file")
+            .property("prompt", text("What to ask the model about the document"))
+            .property("priority", text("-100..=100, higher first"))
+            .property("queue", text("Queue name (default `default`)"))
+            .property("run_at", text("Run at this instant (RFC 3339)"))
+            .property("delay_ms", text("Run after this many milliseconds"))
+            .property("name", text("Optional name to filter by"))
+            .into()
+    }
+}
+
+impl ToSchema for PdfForm {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("PdfForm")
     }
 }
 

@@ -7,11 +7,12 @@
 //! `Idempotent-Replayed: true`; with another request it is a 409.
 
 use axum::http::HeaderMap;
+use futures_util::StreamExt;
 use kiln_api::SubmitJob;
 use kiln_domain::job::Submission;
-use kiln_domain::job_type::CommandPayload;
+use kiln_domain::job_type::{CommandPayload, PdfPayload};
 use kiln_domain::{JobType, NewJob, User};
-use kiln_objects::{FileId, ObjectsError};
+use kiln_objects::{FileId, Objects, ObjectsError};
 use kiln_store::{Idempotency, InsertOptions};
 use sha2::{Digest, Sha256};
 
@@ -94,6 +95,20 @@ pub async fn check_inputs(state: &AppState, job: &NewJob) -> Result<(), ApiError
     for file_id in files {
         let missing = || ApiError::invalid(FIELD, format!("you have no file {file_id}"));
         let id = FileId::parse(&file_id).map_err(|_| missing())?;
+        if job.job_type == JobType::PdfAnalyze {
+            // A PDF by its content: the first bytes, not the name or the declared type.
+            let head = match file_head(objects, job, id).await {
+                Err(ObjectsError::NotFound) => return Err(missing()),
+                other => other?,
+            };
+            if !PdfPayload::is_pdf(&head) {
+                return Err(ApiError::invalid(
+                    FIELD,
+                    format!("file {file_id} is not a PDF (it does not start with `%PDF-`)"),
+                ));
+            }
+            continue;
+        }
         match objects.file_meta(job.owner, id).await {
             Ok(_) => {}
             Err(ObjectsError::NotFound) => return Err(missing()),
@@ -101,6 +116,20 @@ pub async fn check_inputs(state: &AppState, job: &NewJob) -> Result<(), ApiError
         }
     }
     Ok(())
+}
+
+/// The first [`PdfPayload::HEADER_WITHIN`] bytes of the job owner's file `id` (fewer if it
+/// is shorter); the rest of the stream is dropped unread.
+async fn file_head(objects: &Objects, job: &NewJob, id: FileId) -> Result<Vec<u8>, ObjectsError> {
+    let (_, mut stream) = objects.file_get(job.owner, id).await?;
+    let mut head = Vec::with_capacity(PdfPayload::HEADER_WITHIN);
+    while head.len() < PdfPayload::HEADER_WITHIN {
+        match stream.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk?),
+            None => break,
+        }
+    }
+    Ok(head)
 }
 
 fn idempotency(headers: &HeaderMap, body: &SubmitJob) -> Result<Option<Idempotency>, ApiError> {

@@ -91,6 +91,9 @@ pub(crate) fn warn_if_slow(what: &str, took: std::time::Duration) {
 }
 pub use model::*;
 
+/// How long the model's answers are kept for retried jobs ([`Store::answer_get`]).
+pub const ANSWERS_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
 /// Durable storage of users, tokens, jobs, their events and logs.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -214,6 +217,17 @@ pub trait Store: Send + Sync + 'static {
     /// cancel is pending ([`kiln_domain::change::release`]). `LeaseLost` unless the job
     /// still runs under `lease`.
     async fn job_release(&self, lease: &Lease, now: Timestamp) -> Result<Job>;
+    /// Hands back the attempt `lease` holds, which could not do its work for a reason
+    /// outside the job (`why`, for the event row): `scheduled` for `until` without spending
+    /// the attempt, or `cancelled` if a cancel is pending ([`kiln_domain::change::defer`]).
+    /// `LeaseLost` unless the job still runs under `lease`.
+    async fn job_defer(
+        &self,
+        lease: &Lease,
+        until: Timestamp,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<Job>;
     /// Hard-deletes a terminal job with its events, logs and idempotency keys; `Conflict` if
     /// it is not terminal.
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()>;
@@ -319,6 +333,26 @@ pub trait Store: Send + Sync + 'static {
     async fn node_deregister(&self, id: &str, instance: uuid::Uuid) -> Result<()>;
     /// Every registered node, by id, with the attempts each runs now.
     async fn node_list(&self, now: Timestamp) -> Result<Vec<NodeInfo>>;
+
+    // ---- shared rate limits ------------------------------------------------------------
+
+    /// Takes `cost` from `bucket`, refilled for the time since its last take: `None` when
+    /// taken, or how long until it could be (nothing taken). A cost above the capacity
+    /// takes a full bucket. PostgreSQL judges by its own clock (one bucket for every node),
+    /// SQLite by `now`.
+    async fn rate_take(
+        &self,
+        bucket: &RateBucket,
+        cost: f64,
+        now: Timestamp,
+    ) -> Result<Option<std::time::Duration>>;
+    /// The model's answer kept under `key` (what was asked: file hash, prompt, model), if
+    /// any younger than [`ANSWERS_KEPT`].
+    async fn answer_get(&self, key: &str, now: Timestamp) -> Result<Option<serde_json::Value>>;
+    /// Keeps the model's `answer` under `key` (replacing one kept before), and forgets
+    /// answers older than [`ANSWERS_KEPT`].
+    async fn answer_put(&self, key: &str, answer: &serde_json::Value, now: Timestamp)
+    -> Result<()>;
 
     // ---- maintenance -------------------------------------------------------------------
 

@@ -191,9 +191,13 @@ async fn one_attempt(
     shared
         .metrics
         .job_started(job.job_type.as_str(), queue_wait(job));
-    let Some(outcome) = attempt(shared, job, &lease, stop).await else {
-        shared.metrics.lease_lost();
-        return None;
+    let outcome = match attempt(shared, job, &lease, stop).await {
+        Attempted::Ended(outcome) => outcome,
+        Attempted::Deferred => return None,
+        Attempted::Lost => {
+            shared.metrics.lease_lost();
+            return None;
+        }
     };
     let took = started.elapsed();
     shared.pace().ran(took);
@@ -222,12 +226,29 @@ fn queue_wait(job: &Job) -> Duration {
         .unwrap_or_default()
 }
 
-/// Runs the kernel; `None` when the attempt must not write its outcome (lease lost).
-async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Option<Outcome> {
+/// How an attempt's run ended, before its outcome is stored.
+enum Attempted {
+    /// With this outcome, to store.
+    Ended(Outcome),
+    /// The kernel handed the job back for later ([`KernelError::Deferred`]); that is
+    /// stored already (or the lease will lapse and the job be rescued).
+    Deferred,
+    /// The lease was lost: the attempt must not write anything.
+    Lost,
+}
+
+impl From<Option<Outcome>> for Attempted {
+    fn from(outcome: Option<Outcome>) -> Self {
+        outcome.map_or(Attempted::Lost, Attempted::Ended)
+    }
+}
+
+/// Runs the kernel.
+async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Attempted {
     let Some(kernel) = shared.registry.get(job.job_type) else {
         // Claims name only the registry's types, so this is a configuration bug.
         let failure = Failure::permanent("no_kernel", "this node has no kernel for the type");
-        return Some(shared.failed(job, failure, shared.clock.now()));
+        return Attempted::Ended(shared.failed(job, failure, shared.clock.now()));
     };
     let timeout = shared.catalogue.get(job.job_type).policy.timeout();
     let abort_after = ABORT_AFTER + kernel.stop_grace();
@@ -235,7 +256,9 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
     let progress = Progress::default();
     let artifacts = match artifact::prepare(shared, job).await {
         Ok(artifacts) => artifacts,
-        Err(failure) => return Some(shared.failed(job, failure, shared.clock.now())),
+        Err(failure) => {
+            return Attempted::Ended(shared.failed(job, failure, shared.clock.now()));
+        }
     };
     let ctx = JobContext {
         artifacts: artifacts.clone(),
@@ -291,8 +314,58 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Opti
         }
     };
     flush_log(shared, job, &mut log_rx).await;
+    if let (
+        None,
+        Ok(Err(KernelError::Deferred {
+            code,
+            source,
+            after,
+        })),
+    ) = (stop.reason(), &result)
+    {
+        let why = format!("{code}: {source}");
+        return defer(shared, job, lease, &artifacts, *after, &why).await;
+    }
     let outcome = decide(shared, job, &artifacts, stop.reason(), result, timeout);
-    artifact::publish(shared, job, &artifacts, outcome, timeout_at).await
+    artifact::publish(shared, job, &artifacts, outcome, timeout_at)
+        .await
+        .into()
+}
+
+/// Hands the job back to run again `after` from now, its attempt not spent, and drops what
+/// the attempt wrote. A store that refuses (it is out, or the lease was lost) leaves the job
+/// to the lease: it lapses and the job is rescued like any other.
+async fn defer(
+    shared: &Shared,
+    job: &Job,
+    lease: &Lease,
+    artifacts: &Artifacts,
+    after: Duration,
+    why: &str,
+) -> Attempted {
+    if let Err(e) = artifacts.reset() {
+        tracing::debug!(error = %e, "a deferred attempt's scratch files were not removed");
+    }
+    let now = shared.clock.now();
+    let until = kiln_domain::clock::later(now, after);
+    match shared.store.job_defer(lease, until, why, now).await {
+        Ok(done) => {
+            tracing::info!(state = %done.state, run_at = %done.run_at, reason = why, "job deferred");
+            let line = format!(
+                "attempt {} deferred until {}: {why}\n",
+                lease.attempt, done.run_at
+            );
+            if let Err(e) = shared.store.log_append(job.id, &line, now).await {
+                tracing::debug!(error = %e, "deferral line not logged");
+            }
+            Attempted::Deferred
+        }
+        Err(StoreError::LeaseLost) => Attempted::Lost,
+        Err(e) => {
+            tracing::warn!(error = %e, "the deferral was not stored; the lease will lapse and the job be rescued");
+            Attempted::Deferred
+        }
+    }
 }
 
 /// What the attempt's result means, given why (if at all) it was asked to stop.
@@ -318,6 +391,24 @@ fn decide(
             });
         }
         Ok(Ok(_)) => None,
+        Ok(Err(KernelError::RetryAfter {
+            code,
+            source,
+            after,
+        })) if reason.is_none() => {
+            let failure = Failure::retryable(code, source.to_string());
+            return Some(match shared.failed(job, failure, now) {
+                // The retry waits for the upstream's own delay when that is longer.
+                Outcome::Failed {
+                    failure,
+                    retry_at: Some(at),
+                } => Outcome::Failed {
+                    failure,
+                    retry_at: Some(at.max(kiln_domain::clock::later(now, after))),
+                },
+                other => other,
+            });
+        }
         Ok(Err(e)) => Some(e.to_failure()),
         Err(join) if join.is_panic() => Some(Some(Failure::permanent(
             "kernel_panic",

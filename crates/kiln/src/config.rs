@@ -231,6 +231,9 @@ pub struct Config {
     /// timeout and shutdown.
     #[arg(long, env = "KILN_COMMAND_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub command_grace: Duration,
+    /// The model `pdf_analyze` asks (`KILN_GEMINI_*`).
+    #[command(flatten)]
+    pub gemini: gemini::GeminiArgs,
     /// Serve HTTPS with this certificate chain (PEM, the server's certificate first);
     /// needs `--tls-key`. Re-read on SIGHUP, with the key and the client CA.
     #[arg(long, env = "KILN_TLS_CERT")]
@@ -375,6 +378,7 @@ impl Config {
                 "KILN_OBJECT_STORE `{url}` needs a kiln built with `--features cloud`"
             ));
         }
+        self.gemini.check(&mut problems);
         if self.upload_limit == 0 {
             problems.push("KILN_UPLOAD_LIMIT must be at least 1 byte".to_owned());
         }
@@ -589,5 +593,6 @@ pub(crate) fn host_name() -> String {
         .unwrap_or_else(|| "kiln".to_owned())
 }
 
+pub mod gemini;
 #[cfg(test)]
 mod tests;

@@ -136,7 +136,10 @@ pub async fn start_with_clock(
             ..worker_config(v)
         },
         Arc::clone(&store),
-        registry(v),
+        registry(
+            v,
+            model::pdf_kernel(&v.config.gemini, &store, &clock, &metrics)?,
+        ),
         Arc::clone(&catalogue),
         Arc::clone(&clock),
     )
@@ -323,11 +326,12 @@ async fn register(
     }
 }
 
-/// Every built-in kernel, and `command` with the node's allow-list. `command` is registered
-/// even without one, so a job submitted while a list was set ends `dead` with a clear
-/// error instead of waiting for ever.
-fn registry(v: &Validated) -> Registry {
+/// Every built-in kernel, `pdf_analyze` as configured, and `command` with the node's
+/// allow-list. `command` is registered even without one, so a job submitted while a list
+/// was set ends `dead` with a clear error instead of waiting for ever.
+fn registry(v: &Validated, pdf: kiln_kernels::pdf::PdfAnalyze) -> Registry {
     let mut registry = Registry::default();
+    registry.register(Arc::new(pdf));
     let mut config = CommandConfig::new(Arc::clone(&v.command_allow));
     config.grace = v.config.command_grace;
     config.scratch = data_dir(&v.config.database_url, "command-scratch", &v.node_id);
@@ -582,6 +586,7 @@ async fn shutdown_signal() {
     }
 }
 
+mod model;
 mod store;
 #[cfg(test)]
 mod tests;

@@ -132,6 +132,38 @@ fn release_queues_the_job_again_without_spending_its_attempt() {
 }
 
 #[test]
+fn defer_schedules_the_job_later_without_spending_its_attempt() {
+    let mut running = job(JobType::PdfAnalyze, JobState::Running);
+    let change = defer(
+        &mut running,
+        at(70),
+        "model_unavailable: circuit open",
+        at(10),
+    )
+    .unwrap();
+    assert_eq!(change.step, Step::To(JobState::Scheduled));
+    assert_eq!(
+        change.note,
+        note(Some("n1"), "deferred: model_unavailable: circuit open")
+    );
+    assert_eq!((running.attempts, running.max_attempts), (1, 4));
+    assert_eq!((running.run_at, running.started_at), (at(70), None));
+    assert_eq!((running.node, running.finished_at), (None, None));
+    // Never earlier than now.
+    let mut late = job(JobType::PdfAnalyze, JobState::Running);
+    defer(&mut late, at(5), "x", at(10)).unwrap();
+    assert_eq!(late.run_at, at(10));
+    // A cancel requested meanwhile ends it.
+    let mut asked = job(JobType::PdfAnalyze, JobState::Running);
+    asked.cancel_requested = true;
+    let change = defer(&mut asked, at(70), "x", at(10)).unwrap();
+    assert_eq!(change.step, Step::To(JobState::Cancelled));
+    assert_eq!(asked.max_attempts, 3);
+    let mut queued = job(JobType::PdfAnalyze, JobState::Queued);
+    assert!(defer(&mut queued, at(70), "x", at(10)).is_err());
+}
+
+#[test]
 fn reports_move_only_external_jobs() {
     let report_of = |state| Report {
         state,

@@ -39,11 +39,13 @@ pub enum JobType {
     CsvAggregate,
     /// Runs an allowed Linux program in a process group of its own (operators only).
     Command,
+    /// Extracts an uploaded PDF's text and, when configured, has a Gemini model analyse it.
+    PdfAnalyze,
 }
 
 impl JobType {
     /// Every type, in catalogue order.
-    pub const ALL: [JobType; 7] = [
+    pub const ALL: [JobType; 8] = [
         JobType::Echo,
         JobType::Sleep,
         JobType::External,
@@ -51,6 +53,7 @@ impl JobType {
         JobType::MatrixMultiply,
         JobType::CsvAggregate,
         JobType::Command,
+        JobType::PdfAnalyze,
     ];
 
     /// The snake_case name, as in a submission's `type`, in JSON and in the database.
@@ -63,6 +66,7 @@ impl JobType {
             JobType::MatrixMultiply => "matrix_multiply",
             JobType::CsvAggregate => "csv_aggregate",
             JobType::Command => "command",
+            JobType::PdfAnalyze => "pdf_analyze",
         }
     }
 
@@ -81,6 +85,7 @@ impl JobType {
             JobType::MatrixMultiply => parse_payload::<MatrixPayload>(payload).map(drop),
             JobType::CsvAggregate => CsvPayload::parse(payload).map(drop),
             JobType::Command => CommandPayload::parse(payload).map(drop),
+            JobType::PdfAnalyze => PdfPayload::parse(payload).map(drop),
         }
     }
 
@@ -162,6 +167,18 @@ impl JobType {
                 "Runs a program from the server's allow-list in a process group of its own, with resource limits and a clean environment; stdout and stderr are the job's log (operators only).",
                 CommandPayload::schema(),
             ),
+            JobType::PdfAnalyze => (
+                "Extracts an uploaded PDF's text locally (pages, characters, words, frequent terms, language; the text per page as the artifact `text.json`) and, when the server has a Gemini API key, asks the model to analyse it.",
+                json!({
+                    "type": "object",
+                    "required": ["file_id"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "file_id": {"type": "string", "format": "uuid", "description": "a PDF of the submitter, from POST /api/v1/files or /api/v1/pdf-processing"},
+                        "prompt": {"type": "string", "minLength": 1, "maxLength": PdfPayload::MAX_PROMPT, "description": "what to ask the model about the document (default: a summary, its topics and language)"},
+                    },
+                }),
+            ),
         }
     }
 
@@ -175,6 +192,7 @@ impl JobType {
                 .map(str::to_owned)
                 .into_iter()
                 .collect()),
+            JobType::PdfAnalyze => Ok(vec![PdfPayload::parse(payload)?.file_id]),
             _ => Ok(Vec::new()),
         }
     }
@@ -213,6 +231,16 @@ impl JobType {
                 max_attempts: 2,
                 timeout_ms: 300_000,
                 backoff,
+            },
+            // The model's API answers 429 and 5xx at busy times: more attempts, a longer
+            // first backoff; the extraction itself is bounded well inside the timeout.
+            JobType::PdfAnalyze => Policy {
+                max_attempts: 5,
+                timeout_ms: 600_000,
+                backoff: Backoff {
+                    base_ms: 5_000,
+                    cap_ms: 300_000,
+                },
             },
             // A program's side effects are its own: no retry unless an operator turns it
             // on per program. A payload's `timeout_ms` may shorten the day-long limit.

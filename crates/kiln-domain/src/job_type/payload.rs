@@ -226,6 +226,56 @@ impl Bounded for CsvFilePayload {
     }
 }
 
+/// Payload of `pdf_analyze`: an uploaded PDF of the submitter's and an optional question for
+/// the model.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PdfPayload {
+    /// The file's id (a UUID from `POST /api/v1/files` or `/api/v1/pdf-processing`); it must
+    /// belong to the submitter and be a PDF.
+    pub file_id: String,
+    /// What to ask the model about the document (a default analysis when absent).
+    #[serde(default)]
+    pub prompt: Option<String>,
+}
+
+impl PdfPayload {
+    /// The longest prompt accepted, in bytes.
+    pub const MAX_PROMPT: usize = 8 * 1024;
+    /// How far into a file its `%PDF-` header may start (readers accept leading junk).
+    pub const HEADER_WITHIN: usize = 1024;
+
+    /// Parses and checks a payload; the error names the offending field.
+    pub fn parse(payload: &Value) -> Result<Self, Invalid> {
+        parse_payload(payload)
+    }
+
+    /// Whether `head`, the first bytes of a file, is a PDF: `%PDF-` within the first
+    /// [`Self::HEADER_WITHIN`] bytes, judged by content, never by name or declared type.
+    pub fn is_pdf(head: &[u8]) -> bool {
+        let head = &head[..head.len().min(Self::HEADER_WITHIN)];
+        head.windows(5).any(|w| w == b"%PDF-")
+    }
+}
+
+impl Bounded for PdfPayload {
+    fn check(&self) -> Result<(), Invalid> {
+        if uuid::Uuid::parse_str(&self.file_id).is_err() {
+            return Err(Invalid::new(
+                "payload.file_id",
+                "must be a file id (a UUID) from POST /api/v1/files",
+            ));
+        }
+        match &self.prompt {
+            Some(p) if p.trim().is_empty() || p.len() > Self::MAX_PROMPT => Err(Invalid::new(
+                "payload.prompt",
+                "must be 1-8192 bytes and not only white space",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub(super) trait Bounded {
     fn check(&self) -> Result<(), Invalid>;
 }

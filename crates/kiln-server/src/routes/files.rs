@@ -47,25 +47,7 @@ pub async fn upload(
     me: CurrentUser,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let objects = objects(&state)?;
-    let limit = state.config().upload_limit;
-    check_headers(req.headers(), limit)?;
-    // Held until the upload is stored or refused: slow uploads cannot pile up without end.
-    let Some(_permit) = state.upload_permit() else {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "uploads_busy",
-            format!(
-                "{} uploads are in progress, the most this server takes at once; try again shortly",
-                state.config().max_uploads
-            ),
-        );
-        e.retry_after = Some(1);
-        return Err(e);
-    };
-    let mut multipart = Multipart::from_request(req, &state)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text()))?;
+    let (upload, mut multipart) = Upload::begin(&state, &me, req).await?;
     // The `file` field, skipping any other fields before it.
     let field = loop {
         match multipart.next_field().await.map_err(ApiError::multipart)? {
@@ -77,44 +59,12 @@ pub async fn upload(
             }
         }
     };
-    let file = NewFile {
-        name: field.file_name().unwrap_or(FIELD).to_owned(),
-        content_type: field
-            .content_type()
-            .unwrap_or("application/octet-stream")
-            .chars()
-            .take(255)
-            .collect(),
-        created_at: state.now(),
-    };
-    // The user's storage quota: what is left of it bounds this upload too.
-    let room = match state.limits_of(&me.user).await?.storage {
-        Some(quota) => {
-            let used = state.storage_used(objects, me.user.id).await?;
-            Some((quota, used, quota.saturating_sub(used)))
-        }
-        None => None,
-    };
-    let quota_bound = room.is_some_and(|(_, _, left)| left < limit);
-    let limit = room.map_or(limit, |(_, _, left)| left.min(limit));
-    let meta = match objects.file_put(me.user.id, file, field, limit).await {
+    let file = new_file(&state, &field);
+    let meta = match upload.put(me.user.id, file, field).await {
         Ok(meta) => meta,
         Err(e) => {
-            // Read (and drop) the rest of the body, bounded by the route's limit, so the
-            // client sees the error rather than a reset connection.
-            while let Ok(Some(_)) = multipart.next_field().await {}
-            return Err(match (e, room) {
-                (ObjectsError::TooLarge { .. }, Some((quota, used, _))) if quota_bound => {
-                    ApiError::new(
-                        StatusCode::INSUFFICIENT_STORAGE,
-                        "storage_quota",
-                        format!(
-                            "your files and your jobs' artifacts take {used} of the {quota} bytes you may keep; delete some to upload this one"
-                        ),
-                    )
-                }
-                (e, _) => e.into(),
-            });
+            drain(&mut multipart).await;
+            return Err(upload.refused(e));
         }
     };
     let location = format!("/api/v1/files/{}", meta.id);
@@ -123,6 +73,122 @@ pub async fn upload(
         resp.headers_mut().insert(LOCATION, value);
     }
     Ok(resp)
+}
+
+/// An upload a route has agreed to take: the store, a permit among the uploads this server
+/// takes at once (held until the upload is stored or refused, so slow uploads cannot pile
+/// up without end), and the bytes the caller may still store. Shared by `POST /files` and
+/// `POST /pdf-processing`.
+pub(crate) struct Upload {
+    objects: Objects,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The most bytes this upload may have: the upload limit, or less of the quota.
+    limit: u64,
+    /// The caller's storage quota and what they use, when the quota (not the upload
+    /// limit) bounds this upload.
+    quota_bound: Option<(u64, u64)>,
+}
+
+impl Upload {
+    /// Checks the request's headers, takes a permit and reads the caller's storage room;
+    /// returns the upload and the request's multipart fields.
+    pub(crate) async fn begin(
+        state: &AppState,
+        me: &CurrentUser,
+        req: Request,
+    ) -> Result<(Self, Multipart), ApiError> {
+        let objects = objects(state)?.clone();
+        let limit = state.config().upload_limit;
+        check_headers(req.headers(), limit)?;
+        let Some(permit) = state.upload_permit() else {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "uploads_busy",
+                format!(
+                    "{} uploads are in progress, the most this server takes at once; try again shortly",
+                    state.config().max_uploads
+                ),
+            );
+            e.retry_after = Some(1);
+            return Err(e);
+        };
+        let multipart = Multipart::from_request(req, state).await.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_multipart", e.body_text())
+        })?;
+        // The user's storage quota: what is left of it bounds this upload too.
+        let room = match state.limits_of(&me.user).await?.storage {
+            Some(quota) => {
+                let used = state.storage_used(&objects, me.user.id).await?;
+                Some((quota, used, quota.saturating_sub(used)))
+            }
+            None => None,
+        };
+        let quota_bound = room
+            .filter(|&(_, _, left)| left < limit)
+            .map(|(quota, used, _)| (quota, used));
+        let upload = Self {
+            objects,
+            _permit: permit,
+            limit: room.map_or(limit, |(_, _, left)| left.min(limit)),
+            quota_bound,
+        };
+        Ok((upload, multipart))
+    }
+
+    /// Streams `body` into a new file of `owner`; nothing is kept when it fails.
+    pub(crate) async fn put<S, E>(
+        &self,
+        owner: kiln_domain::UserId,
+        file: NewFile,
+        body: S,
+    ) -> Result<FileMeta, ObjectsError>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Send,
+        E: Into<kiln_objects::BoxError>,
+    {
+        self.objects.file_put(owner, file, body, self.limit).await
+    }
+
+    /// The store, to delete the file again when what follows the upload is refused.
+    pub(crate) fn objects(&self) -> &Objects {
+        &self.objects
+    }
+
+    /// The problem a failed [`Upload::put`] answers: over the quota when it was the
+    /// quota, not the upload limit, that bounded it.
+    pub(crate) fn refused(&self, e: ObjectsError) -> ApiError {
+        match (e, self.quota_bound) {
+            (ObjectsError::TooLarge { .. }, Some((quota, used))) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_quota",
+                format!(
+                    "your files and your jobs' artifacts take {used} of the {quota} bytes you may keep; delete some to upload this one"
+                ),
+            ),
+            (e, _) => e.into(),
+        }
+    }
+}
+
+/// The new file a multipart field declares: its name and type (the type as declared; it
+/// is only ever served back with `nosniff`).
+pub(crate) fn new_file(state: &AppState, field: &axum::extract::multipart::Field<'_>) -> NewFile {
+    NewFile {
+        name: field.file_name().unwrap_or(FIELD).to_owned(),
+        content_type: field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .chars()
+            .take(255)
+            .collect(),
+        created_at: state.now(),
+    }
+}
+
+/// Reads (and drops) the rest of a refused multipart body, bounded by the route's limit,
+/// so the client sees the error rather than a reset connection.
+pub(crate) async fn drain(multipart: &mut Multipart) {
+    while let Ok(Some(_)) = multipart.next_field().await {}
 }
 
 /// `GET /files`: the caller's files, newest first.

@@ -7,13 +7,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiln_api::{EventView, JobView, Page, PatchJob, StatusView, SubmitJob};
 use kiln_domain::job::{MAX_INLINE_RESULT, RESULT_ARTIFACT, spilled_result};
-use kiln_domain::{Failure, JobId, JobState, RawJson};
-use kiln_store::{Inserted, Report};
+use kiln_domain::{Failure, JobId, JobState, NewJob, RawJson};
+use kiln_store::{InsertOptions, Inserted, Report};
 use serde_json::Value;
 
 use crate::auth::CurrentUser;
 use crate::cancel::Actor;
 use crate::extract::{Json, Path, Query};
+use crate::limits::Effective;
 use crate::list::ListParams;
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -48,6 +49,16 @@ pub async fn create(
     headers: HeaderMap,
     Json(body): Json<SubmitJob>,
 ) -> Result<Response, ApiError> {
+    let limits = admit(&state, &me).await?;
+    let (job, mut opts) = submit::prepare(&state, &me.user, &headers, body)?;
+    opts.owner_max_active = limits.max_active;
+    submit::check_inputs(&state, &job).await?;
+    accept(&state, job, opts).await
+}
+
+/// The caller's limits, once their submission rate lets this submission in (429 with
+/// `Retry-After` otherwise).
+pub(crate) async fn admit(state: &AppState, me: &CurrentUser) -> Result<Effective, ApiError> {
     let limits = state.limits_of(&me.user).await?;
     if let Err(wait) = state.take_submission(&me.user, limits.submit) {
         let mut e = ApiError::new(
@@ -58,9 +69,16 @@ pub async fn create(
         e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
         return Err(e);
     }
-    let (job, mut opts) = submit::prepare(&state, &me.user, &headers, body)?;
-    opts.owner_max_active = limits.max_active;
-    submit::check_inputs(&state, &job).await?;
+    Ok(limits)
+}
+
+/// Stores a validated job: 202 with the job and its `Location` (and
+/// `idempotent-replayed: true` when an earlier submission with the same key answers).
+pub(crate) async fn accept(
+    state: &AppState,
+    job: NewJob,
+    opts: InsertOptions,
+) -> Result<Response, ApiError> {
     let inserted = state.store().job_insert(job, opts).await?;
     let replayed = matches!(inserted, Inserted::Existing(_));
     let job = match inserted {

@@ -8,3 +8,4 @@ pub mod files;
 pub mod jobs;
 pub mod logs;
 pub mod ops;
+pub mod pdf;

@@ -13,6 +13,28 @@ pub use users::*;
 pub(crate) mod nodes;
 mod users;
 
+/// A token bucket kept in the store ([`crate::Store::rate_take`]): full at `capacity`,
+/// refilled at `per_second` up to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateBucket {
+    /// Its name, shared by every node that takes from it.
+    pub name: String,
+    /// The most it holds (the burst).
+    pub capacity: f64,
+    /// Refill per second.
+    pub per_second: f64,
+}
+
+impl RateBucket {
+    /// How long until `cost` is in a bucket at `level`.
+    pub fn wait(&self, level: f64, cost: f64) -> std::time::Duration {
+        let missing = (cost.min(self.capacity) - level).max(0.0);
+        std::time::Duration::from_secs_f64(
+            (missing / self.per_second.max(f64::MIN_POSITIVE)).min(86_400.0),
+        )
+    }
+}
+
 /// [`kiln_domain::change::release`] of the attempt `lease` holds, for every backend:
 /// `LeaseLost` unless the job still runs under that lease.
 pub(crate) fn release(
@@ -20,13 +42,32 @@ pub(crate) fn release(
     lease: &kiln_domain::Lease,
     now: Timestamp,
 ) -> crate::Result<kiln_domain::change::Change> {
+    held(job, lease)?;
+    Ok(kiln_domain::change::release(job, now)?)
+}
+
+/// [`kiln_domain::change::defer`] of the attempt `lease` holds, for every backend:
+/// `LeaseLost` unless the job still runs under that lease.
+pub(crate) fn defer(
+    job: &mut Job,
+    lease: &kiln_domain::Lease,
+    until: Timestamp,
+    why: &str,
+    now: Timestamp,
+) -> crate::Result<kiln_domain::change::Change> {
+    held(job, lease)?;
+    Ok(kiln_domain::change::defer(job, until, why, now)?)
+}
+
+fn held(job: &Job, lease: &kiln_domain::Lease) -> crate::Result<()> {
     let held = job.state == JobState::Running
         && job.attempts == lease.attempt
         && job.node.as_deref() == Some(lease.node.as_str());
-    if !held {
-        return Err(crate::StoreError::LeaseLost);
+    if held {
+        Ok(())
+    } else {
+        Err(crate::StoreError::LeaseLost)
     }
-    Ok(kiln_domain::change::release(job, now)?)
 }
 
 /// An `Idempotency-Key` and the hash of the request it came with.

@@ -6,7 +6,7 @@ use deadpool_postgres::GenericClient;
 use super::row::{self, big, int, query, query_one, query_opt};
 use crate::error::Result;
 use crate::model::nodes::{holder, other_store};
-use crate::model::{NODE_KEPT, NodeInfo, NodeStart};
+use crate::model::{NODE_KEPT, NodeInfo, NodeStart, RateBucket};
 
 /// `true` where a row's last heartbeat is within its ttl.
 const LIVE: &str = "heartbeat_at + ttl_ms::float8 * interval '1 millisecond' > now()";
@@ -144,4 +144,78 @@ pub(super) async fn list(db: &impl GenericClient) -> Result<Vec<NodeInfo>> {
             })
         })
         .collect()
+}
+
+/// See [`crate::Store::rate_take`]: one upsert refills the bucket by the server's clock and
+/// takes the cost when the level allows; only a refused take reads the level again to say
+/// how long to wait.
+pub(super) async fn rate_take(
+    db: &impl GenericClient,
+    bucket: &RateBucket,
+    cost: f64,
+) -> Result<Option<std::time::Duration>> {
+    let cost = cost.clamp(0.0, bucket.capacity);
+    const REFILLED: &str =
+        "least($2::float8, b.level + extract(epoch FROM now() - b.at)::float8 * $3::float8)";
+    let taken = query_opt(
+        db,
+        &format!(
+            "INSERT INTO rate_buckets AS b (name, level, at) VALUES ($1, $2::float8 - $4::float8, now())
+             ON CONFLICT (name) DO UPDATE SET level = {REFILLED} - $4::float8, at = now()
+             WHERE {REFILLED} >= $4::float8
+             RETURNING level"
+        ),
+        &[&bucket.name, &bucket.capacity, &bucket.per_second, &cost],
+    )
+    .await?;
+    if taken.is_some() {
+        return Ok(None);
+    }
+    let level = query_opt(
+        db,
+        &format!("SELECT {REFILLED} FROM rate_buckets b WHERE name = $1"),
+        &[&bucket.name, &bucket.capacity, &bucket.per_second],
+    )
+    .await?
+    .map(|r| row::get::<f64>(&r, 0))
+    .transpose()?
+    .unwrap_or(bucket.capacity);
+    Ok(Some(bucket.wait(level, cost)))
+}
+
+/// See [`crate::Store::answer_get`].
+pub(super) async fn answer_get(
+    db: &impl GenericClient,
+    key: &str,
+) -> Result<Option<serde_json::Value>> {
+    query_opt(
+        db,
+        "SELECT answer FROM model_answers
+         WHERE key = $1 AND created_at > now() - $2::float8 * interval '1 millisecond'",
+        &[&key, &super::lease::millis(crate::ANSWERS_KEPT)],
+    )
+    .await?
+    .map(|r| row::get(&r, 0))
+    .transpose()
+}
+
+/// See [`crate::Store::answer_put`].
+pub(super) async fn answer_put(
+    db: &impl GenericClient,
+    key: &str,
+    answer: &serde_json::Value,
+) -> Result<()> {
+    db.execute(
+        "DELETE FROM model_answers
+         WHERE created_at < now() - $1::float8 * interval '1 millisecond'",
+        &[&super::lease::millis(crate::ANSWERS_KEPT)],
+    )
+    .await?;
+    db.execute(
+        "INSERT INTO model_answers (key, answer, created_at) VALUES ($1, $2, now())
+         ON CONFLICT (key) DO UPDATE SET answer = excluded.answer, created_at = now()",
+        &[&key, answer],
+    )
+    .await?;
+    Ok(())
 }

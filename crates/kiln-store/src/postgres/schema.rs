@@ -71,6 +71,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         17,
         include_str!("../../migrations/postgres/0017_lighter_job_writes.sql"),
     ),
+    (
+        18,
+        include_str!("../../migrations/postgres/0018_model_calls.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations (`kilnmigr` in ASCII).

@@ -226,6 +226,19 @@ impl Store for PgStore {
         Ok(job)
     }
 
+    async fn job_defer(
+        &self,
+        lease: &Lease,
+        until: Timestamp,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<Job> {
+        let defer = |job: &mut Job| crate::model::defer(job, lease, until, why, now);
+        let id = lease.job_id;
+        let (job, _) = in_tx!(self, |tx, sig| jobs::change(&tx, sig, None, id, defer))?;
+        Ok(job)
+    }
+
     async fn job_delete(&self, owner: Option<UserId>, id: JobId) -> Result<()> {
         in_tx!(self, |tx, _sig| jobs::delete(&tx, owner, id))
     }
@@ -351,6 +364,28 @@ impl Store for PgStore {
 
     async fn node_list(&self, _now: Timestamp) -> Result<Vec<NodeInfo>> {
         nodes::list(&self.client().await?).await
+    }
+
+    async fn rate_take(
+        &self,
+        bucket: &RateBucket,
+        cost: f64,
+        _now: Timestamp,
+    ) -> Result<Option<std::time::Duration>> {
+        nodes::rate_take(&self.client().await?, bucket, cost).await
+    }
+
+    async fn answer_get(&self, key: &str, _now: Timestamp) -> Result<Option<serde_json::Value>> {
+        nodes::answer_get(&self.client().await?, key).await
+    }
+
+    async fn answer_put(
+        &self,
+        key: &str,
+        answer: &serde_json::Value,
+        _now: Timestamp,
+    ) -> Result<()> {
+        nodes::answer_put(&self.client().await?, key, answer).await
     }
 
     async fn job_promote_due(&self, now: Timestamp) -> Result<u64> {

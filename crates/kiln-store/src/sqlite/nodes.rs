@@ -8,7 +8,7 @@ use super::row::{self, ms};
 use super::writer::Tx;
 use crate::error::Result;
 use crate::model::nodes::{holder, other_store};
-use crate::model::{NODE_KEPT, NodeInfo, NodeStart};
+use crate::model::{NODE_KEPT, NodeInfo, NodeStart, RateBucket};
 
 fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -127,4 +127,69 @@ pub(super) fn list(db: &Connection, now: Timestamp) -> Result<Vec<NodeInfo>> {
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// See [`crate::Store::rate_take`], by the caller's clock (Unix milliseconds in `at`).
+pub(super) fn rate_take(
+    tx: &mut Tx<'_>,
+    bucket: &RateBucket,
+    cost: f64,
+    now: Timestamp,
+) -> Result<Option<std::time::Duration>> {
+    let cost = cost.clamp(0.0, bucket.capacity);
+    let now = ms(now);
+    let level: Option<(f64, i64)> = tx
+        .db
+        .prepare_cached("SELECT level, at FROM rate_buckets WHERE name = ?1")?
+        .query_row([&bucket.name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let level = match level {
+        Some((level, at)) => {
+            let secs = (now.saturating_sub(at)).max(0) as f64 / 1000.0;
+            (level + secs * bucket.per_second).min(bucket.capacity)
+        }
+        None => bucket.capacity,
+    };
+    if level < cost {
+        return Ok(Some(bucket.wait(level, cost)));
+    }
+    tx.db
+        .prepare_cached(
+            "INSERT INTO rate_buckets (name, level, at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET level = excluded.level, at = excluded.at",
+        )?
+        .execute(rusqlite::params![bucket.name, level - cost, now])?;
+    Ok(None)
+}
+
+/// See [`crate::Store::answer_get`]. (On the writer: answers are rare, and it keeps the
+/// reader pool's statements to the hot reads.)
+pub(super) fn answer_get(
+    tx: &mut Tx<'_>,
+    key: &str,
+    now: Timestamp,
+) -> Result<Option<serde_json::Value>> {
+    let oldest = ms(now).saturating_sub(millis(crate::ANSWERS_KEPT));
+    let text: Option<String> = tx
+        .db
+        .prepare_cached("SELECT answer FROM model_answers WHERE key = ?1 AND created_at > ?2")?
+        .query_row(rusqlite::params![key, oldest], |r| r.get(0))
+        .optional()?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// See [`crate::Store::answer_put`].
+pub(super) fn answer_put(tx: &mut Tx<'_>, key: &str, answer: &str, now: Timestamp) -> Result<()> {
+    let now = ms(now);
+    tx.db
+        .prepare_cached("DELETE FROM model_answers WHERE created_at < ?1")?
+        .execute([now.saturating_sub(millis(crate::ANSWERS_KEPT))])?;
+    tx.db
+        .prepare_cached(
+            "INSERT INTO model_answers (key, answer, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET answer = excluded.answer,
+                                             created_at = excluded.created_at",
+        )?
+        .execute(rusqlite::params![key, answer, now])?;
+    Ok(())
 }

@@ -65,6 +65,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("../../migrations/sqlite/0013_artifact_bytes.sql"),
     ),
     (14, include_str!("../../migrations/sqlite/0014_nodes.sql")),
+    (
+        15,
+        include_str!("../../migrations/sqlite/0015_model_calls.sql"),
+    ),
 ];
 
 /// How long a connection waits for another process's lock before reporting busy. Only a

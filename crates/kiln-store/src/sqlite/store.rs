@@ -216,6 +216,23 @@ impl Store for SqliteStore {
         Ok(job)
     }
 
+    async fn job_defer(
+        &self,
+        lease: &Lease,
+        until: Timestamp,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<Job> {
+        let lease = lease.clone();
+        let id = lease.job_id;
+        let why = why.to_owned();
+        let defer = move |job: &mut Job| crate::model::defer(job, &lease, until, &why, now);
+        let (job, _) = self
+            .write(move |tx| jobs::change(tx, None, id, defer))
+            .await?;
+        Ok(job)
+    }
+
     async fn job_report(
         &self,
         owner: Option<UserId>,
@@ -346,6 +363,33 @@ impl Store for SqliteStore {
     async fn node_deregister(&self, id: &str, instance: uuid::Uuid) -> Result<()> {
         let id = id.to_owned();
         self.write(move |tx| nodes::deregister(tx, &id, instance))
+            .await
+    }
+
+    async fn rate_take(
+        &self,
+        bucket: &RateBucket,
+        cost: f64,
+        now: Timestamp,
+    ) -> Result<Option<std::time::Duration>> {
+        let bucket = bucket.clone();
+        self.write(move |tx| nodes::rate_take(tx, &bucket, cost, now))
+            .await
+    }
+
+    async fn answer_get(&self, key: &str, now: Timestamp) -> Result<Option<serde_json::Value>> {
+        let key = key.to_owned();
+        self.write(move |tx| nodes::answer_get(tx, &key, now)).await
+    }
+
+    async fn answer_put(
+        &self,
+        key: &str,
+        answer: &serde_json::Value,
+        now: Timestamp,
+    ) -> Result<()> {
+        let (key, answer) = (key.to_owned(), answer.to_string());
+        self.write(move |tx| nodes::answer_put(tx, &key, &answer, now))
             .await
     }
 

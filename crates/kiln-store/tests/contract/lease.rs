@@ -527,3 +527,58 @@ pub async fn release_queues_an_unstarted_attempt_again_in_its_place(store: Arc<d
     assert_eq!(cancelled.finished_at, Some(at(41)));
     assert_eq!(get(&store, again.id).await.state, JobState::Queued);
 }
+
+/// A deferred attempt: `scheduled` for later with its attempt not spent, claimed again only
+/// once due; a cancel requested meanwhile ends it; a stale lease defers nothing.
+pub async fn defer_schedules_an_attempt_again_without_spending_it(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let job = echo(&store, alice, at(0)).await;
+    let a = claim_one(&store, "n1", at(10)).await;
+    assert_eq!(a.id, job.id);
+    let wrong = Lease {
+        node: "n2".to_owned(),
+        ..lease_of(&a)
+    };
+    assert_lease_lost(store.job_defer(&wrong, at(5_000), "x", at(20)).await);
+
+    let deferred = store
+        .job_defer(&lease_of(&a), at(5_000), "model_unavailable: open", at(20))
+        .await
+        .unwrap();
+    assert_eq!(deferred.state, JobState::Scheduled);
+    assert_eq!(deferred.run_at, at(5_000));
+    assert_eq!(
+        (deferred.attempts, deferred.max_attempts),
+        (1, a.max_attempts + 1)
+    );
+    let events = store.event_list(None, a.id).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.state, last.message.as_deref()),
+        (
+            JobState::Scheduled,
+            Some("deferred: model_unavailable: open")
+        )
+    );
+    assert!(
+        store
+            .job_claim(&claim_req("n1", 1, at(4_000)))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before it is due"
+    );
+    let again = claim_one(&store, "n1", at(5_000)).await;
+    assert_eq!((again.id, again.attempts), (a.id, 2));
+
+    // Asked to cancel while running: a deferral ends it.
+    store
+        .job_cancel(Some(alice), a.id, at(5_001))
+        .await
+        .unwrap();
+    let ended = store
+        .job_defer(&lease_of(&again), at(9_000), "x", at(5_002))
+        .await
+        .unwrap();
+    assert_eq!(ended.state, JobState::Cancelled);
+}

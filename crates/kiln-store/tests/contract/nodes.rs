@@ -147,3 +147,61 @@ pub async fn nodes_are_listed_with_their_running_jobs_and_leave_cleanly(store: A
     // Its id is free at once.
     register(&store, &node("node-a", DAY)).await;
 }
+
+/// Shared token buckets: takes within the capacity pass, the next one is refused with the
+/// time until it would pass, buckets are independent, and a cost above the capacity takes
+/// a full bucket. Refill rates are far from the test's pace (one token a day, or a million
+/// a second), so the checks hold by any clock.
+pub async fn rate_buckets_take_within_their_capacity(store: Arc<dyn Store>) {
+    let slow = kiln_store::RateBucket {
+        name: "model:requests".to_owned(),
+        capacity: 3.0,
+        per_second: 1.0 / 86_400.0,
+    };
+    for n in 0..3 {
+        let took = store.rate_take(&slow, 1.0, at(10 + n)).await.unwrap();
+        assert_eq!(took, None, "take {n} is within the capacity");
+    }
+    let wait = store.rate_take(&slow, 1.0, at(20)).await.unwrap();
+    let wait = wait.expect("the fourth take is refused");
+    assert!(
+        wait > Duration::from_secs(3_600),
+        "a day per token: {wait:?}"
+    );
+
+    let other = kiln_store::RateBucket {
+        name: "model:tokens".to_owned(),
+        ..slow.clone()
+    };
+    assert_eq!(store.rate_take(&other, 100.0, at(30)).await.unwrap(), None);
+    assert!(
+        store
+            .rate_take(&other, 1.0, at(31))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let fast = kiln_store::RateBucket {
+        name: "fast".to_owned(),
+        capacity: 2.0,
+        per_second: 1e9,
+    };
+    for n in 0..5 {
+        let took = store.rate_take(&fast, 2.0, at(40 + n * 10)).await.unwrap();
+        assert_eq!(took, None, "take {n}: refilled at once");
+    }
+}
+
+/// The model's answers: kept by key, replaced by a later put, independent per key.
+pub async fn model_answers_are_kept_by_key(store: Arc<dyn Store>) {
+    let now = chrono::Utc::now();
+    assert_eq!(store.answer_get("k1", now).await.unwrap(), None);
+    let first = serde_json::json!({"summary": "one", "topics": ["a"]});
+    store.answer_put("k1", &first, now).await.unwrap();
+    assert_eq!(store.answer_get("k1", now).await.unwrap(), Some(first));
+    assert_eq!(store.answer_get("k2", now).await.unwrap(), None);
+    let second = serde_json::json!({"summary": "two"});
+    store.answer_put("k1", &second, now).await.unwrap();
+    assert_eq!(store.answer_get("k1", now).await.unwrap(), Some(second));
+}

@@ -307,6 +307,38 @@ impl Store for Flaky {
         self.outage()?;
         self.inner.job_release(lease, now).await
     }
+    async fn job_defer(
+        &self,
+        lease: &Lease,
+        until: Timestamp,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<Job> {
+        self.outage()?;
+        self.inner.job_defer(lease, until, why, now).await
+    }
+
+    async fn rate_take(
+        &self,
+        bucket: &kiln_store::RateBucket,
+        cost: f64,
+        now: Timestamp,
+    ) -> Result<Option<Duration>> {
+        self.inner.rate_take(bucket, cost, now).await
+    }
+
+    async fn answer_get(&self, key: &str, now: Timestamp) -> Result<Option<serde_json::Value>> {
+        self.inner.answer_get(key, now).await
+    }
+
+    async fn answer_put(
+        &self,
+        key: &str,
+        answer: &serde_json::Value,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.inner.answer_put(key, answer, now).await
+    }
 
     fn subscribe(&self) -> broadcast::Receiver<Signal> {
         self.inner.subscribe()

@@ -15,6 +15,7 @@ mod lifecycle;
 mod metrics;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod pdf;
 mod process;
 mod queues;
 mod retry;
