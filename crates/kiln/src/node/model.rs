@@ -25,6 +25,9 @@ pub(super) fn pdf_kernel(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<PdfAnalyze> {
     let Some(key) = &args.api_key else {
+        // Closed (nothing refuses a call), so the series exists on every node and the
+        // dashboards and alerts that read it never see a gap.
+        metrics.model_circuit(&args.model, 0);
         tracing::info!("pdf_analyze jobs extract only: no KILN_GEMINI_API_KEY");
         return Ok(PdfAnalyze::new(None));
     };

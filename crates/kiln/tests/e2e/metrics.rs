@@ -161,7 +161,7 @@ async fn the_dashboard_and_the_alerts_query_only_series_a_node_serves() {
         .filter_map(|line| line.trim().strip_prefix("expr:"))
         .map(str::to_owned)
         .collect();
-    assert_eq!(rules.len(), 6, "{alerts}");
+    assert_eq!(rules.len(), 7, "{alerts}");
     let mut wanted: Vec<String> = queries
         .iter()
         .chain(&rules)

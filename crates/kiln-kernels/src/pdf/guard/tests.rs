@@ -145,3 +145,44 @@ async fn tokens_are_budgeted_and_a_long_wait_is_refused() {
     let OverBudget(wait) = over.expect_err("longer than the five seconds it may wait");
     assert!(wait > Duration::from_secs(5), "{wait:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_jobs_share_one_budget() {
+    let buckets: Arc<dyn Buckets> = Arc::new(LocalBuckets::default());
+    let limiter = Limiter::new("m", 60, 1_000_000, buckets, Duration::from_secs(600));
+    let started = Instant::now();
+    // Eight "slots" take 80 requests between them: 60 at once, then one a second in all,
+    // not one a second each.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                let cancel = CancellationToken::new();
+                let mut times = Vec::new();
+                for _ in 0..10 {
+                    limiter
+                        .acquire(1.0, &cancel)
+                        .await
+                        .expect("store")
+                        .expect("within the wait");
+                    times.push(started.elapsed());
+                }
+                times
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for task in tasks {
+        times.extend(task.await.expect("task"));
+    }
+    times.sort();
+    assert_eq!(times.len(), 80);
+    assert!(times[59] < Duration::from_millis(10), "{:?}", times[59]);
+    assert!(times[79] >= Duration::from_secs(20), "{:?}", times[79]);
+    assert!(times[79] < Duration::from_secs(22), "{:?}", times[79]);
+    for pair in times[60..].windows(2) {
+        // Never two takes within much less than a second once the burst is spent (the
+        // waiters wake ~5 ms past each refill, in any order).
+        assert!(pair[1] - pair[0] >= Duration::from_millis(900), "{pair:?}");
+    }
+}
