@@ -261,6 +261,10 @@ impl Gemini {
                 _ => CallError::Rejected { status, message },
             });
         }
+        // The upload's start answers with headers only.
+        if bytes.is_empty() {
+            return Ok((parts.headers, Value::Null));
+        }
         let value = serde_json::from_slice(&bytes).map_err(|e| {
             CallError::Unavailable(format!("the answer is not JSON ({status}): {e}"))
         })?;

@@ -475,3 +475,34 @@ async fn scrape(app: &TestApp) -> String {
     assert_eq!(resp.status, StatusCode::OK);
     resp.text()
 }
+
+#[tokio::test]
+async fn a_pdf_over_the_inline_limit_goes_through_the_file_api() {
+    let fake = FakeGemini::start(KEY).await;
+    fake.set_default(Reply::Answer(ANSWER.to_owned()));
+    let app = with_model(&fake, &["--gemini-inline-limit", "1KiB"]).await;
+    let alice = app.user("alice", "client").await;
+    let pdf = sample::text_pdf(4, 200, 8);
+    assert!(pdf.len() > 1024);
+    let id = process_ok(&app, &alice, &pdf).await;
+    let done = app.wait_state(&alice, &id, "succeeded", LONG).await;
+    assert_eq!(
+        done["result"]["model"]["uploaded"], true,
+        "{}",
+        done["result"]
+    );
+    let requests = fake.requests();
+    let upload = requests
+        .iter()
+        .find(|r| r.query.as_deref().is_some_and(|q| q.contains("upload_id")))
+        .expect("the bytes were uploaded");
+    assert_eq!(upload.body, pdf, "the PDF itself, unchanged");
+    let call = requests
+        .iter()
+        .find(|r| r.path.ends_with(":generateContent"))
+        .and_then(|r| r.json.clone())
+        .expect("a generateContent call");
+    let part = &call["contents"][0]["parts"][0];
+    assert!(part.get("inlineData").is_none(), "{part}");
+    assert!(part["fileData"]["fileUri"].as_str().is_some(), "{part}");
+}
