@@ -304,6 +304,59 @@ fn classify(e: CallError, model: &str) -> KernelError {
 mod tests {
     use super::*;
 
+    /// `pdf` uploaded by an owner into objects under `dir`; a context for a `pdf_analyze`
+    /// of it.
+    async fn context(dir: &tempfile::TempDir, pdf: Vec<u8>) -> JobContext {
+        let owner = kiln_domain::UserId(7);
+        let objects = kiln_objects::Objects::local(&dir.path().join("objects")).expect("objects");
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(pdf))]);
+        let file = kiln_objects::NewFile {
+            name: "doc.pdf".into(),
+            content_type: "application/pdf".into(),
+            created_at: chrono::Utc::now(),
+        };
+        let meta = objects
+            .file_put(owner, file, body, 1 << 30)
+            .await
+            .expect("stored");
+        let (mut ctx, _log) = crate::test_context(json!({"file_id": meta.id.to_string()}));
+        ctx.inputs = Some(crate::Inputs::new(
+            objects,
+            owner,
+            dir.path().join("scratch"),
+        ));
+        ctx.artifacts = crate::Artifacts::new(&dir.path().join("artifacts"), ctx.job_id);
+        ctx
+    }
+
+    #[tokio::test]
+    async fn a_cancel_stops_the_extraction_within_a_page() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ctx = context(&dir, sample::text_pdf(6_000, 300, 3)).await;
+        let (cancel, progress) = (ctx.cancel.clone(), ctx.progress.clone());
+        let run = tokio::spawn(async move { PdfAnalyze::default().run(ctx).await });
+        crate::tests::wait_for_progress(&progress).await;
+        cancel.cancel();
+        let result = run.await.expect("joined");
+        assert!(matches!(result, Err(KernelError::Cancelled)), "{result:?}");
+        assert!(progress.get() < 1.0, "stopped before the end");
+    }
+
+    #[tokio::test]
+    async fn without_a_model_the_result_is_the_local_analysis() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ctx = context(&dir, sample::text_pdf(3, 80, 4)).await;
+        let artifacts = ctx.artifacts.clone();
+        let result = PdfAnalyze::default().run(ctx).await.expect("analysed");
+        assert_eq!(result["pages"], 3);
+        assert_eq!(result["model"]["called"], false);
+        let text: Value = serde_json::from_slice(
+            &std::fs::read(artifacts.dir().join(TEXT_ARTIFACT)).expect("text.json"),
+        )
+        .expect("json");
+        assert_eq!(text["pages"].as_array().map(Vec::len), Some(3));
+    }
+
     #[test]
     fn answer_keys_differ_by_file_prompt_and_model() {
         let base = answer_key("abc", "Summarise", "m1");
