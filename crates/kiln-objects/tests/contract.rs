@@ -2,9 +2,10 @@
 //! pruning, deletes, missing objects, a 100 MB multipart upload) on every backend Kiln
 //! stores objects in: memory, a local directory, PostgreSQL (the default object store of
 //! a PostgreSQL deployment) and, with the `cloud` feature, S3 (a `moto_server` the test
-//! starts). The PostgreSQL run is skipped loudly without a server (a failure with
-//! `KILN_REQUIRE_POSTGRES=1`), the S3 run without `moto_server` (with
-//! `KILN_REQUIRE_CLOUD=1`).
+//! starts) and GCS (a `fake-gcs-server` the test starts, behind an adapter for the XML
+//! API's uploads it lacks: `emulators`). The PostgreSQL run is skipped loudly without a
+//! server (a failure with `KILN_REQUIRE_POSTGRES=1`), the S3 and GCS runs without their
+//! servers (with `KILN_REQUIRE_CLOUD=1`).
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap should fail loudly
 
@@ -17,6 +18,9 @@ use kiln_objects::{NewFile, Objects, ObjectsError};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use sha2::{Digest, Sha256};
+
+#[cfg(feature = "cloud")]
+mod emulators;
 
 const ALICE: UserId = UserId(1);
 const BOB: UserId = UserId(2);
@@ -265,105 +269,10 @@ async fn postgres() {
     run_contract(db.store().await.objects()).await;
 }
 
-/// An S3 server of the test's own: `moto_server` (PyPI's `moto[server]`) from the Python
-/// environment `KILN_PY_VENV` names (`.ci/run` installs it there), on a free loopback port,
-/// killed when the test ends. `None`, said loudly, when it is not installed, unless
-/// `KILN_REQUIRE_CLOUD=1` (CI), which makes that a failure.
-#[cfg(feature = "cloud")]
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-#[cfg(feature = "cloud")]
-impl Moto {
-    async fn start() -> Option<Moto> {
-        let venv = std::env::var("KILN_PY_VENV").unwrap_or_default();
-        let exe = std::path::Path::new(&venv).join("bin/moto_server");
-        if venv.is_empty() || !exe.exists() {
-            let why = format!("no moto_server under KILN_PY_VENV ({venv:?})");
-            assert!(
-                std::env::var("KILN_REQUIRE_CLOUD").as_deref() != Ok("1"),
-                "{why}, and KILN_REQUIRE_CLOUD=1"
-            );
-            eprintln!("SKIPPED: the S3 storage contract: {why}");
-            return None;
-        }
-        let port = free_port();
-        let child = std::process::Command::new(exe)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        wait_for(port, "moto_server").await;
-        Some(moto)
-    }
-
-    /// A new, empty bucket.
-    fn bucket(&self, name: &str) {
-        let port = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
-        let status = http(port, &format!("PUT /{name} HTTP/1.1")).unwrap();
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    }
-}
-
-/// A loopback port nothing listens on (the OS's pick, released).
-#[cfg(feature = "cloud")]
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until `port` answers HTTP: at most a minute (a cold start on a busy machine).
-#[cfg(feature = "cloud")]
-async fn wait_for(port: u16, what: &str) {
-    for _ in 0..600 {
-        if http(port, "GET / HTTP/1.1").is_some() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not answer on port {port} within 60 s");
-}
-
-#[cfg(feature = "cloud")]
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One bodiless request on a fresh connection; the status line, or `None` when nothing
-/// answers. Written by hand: two requests do not warrant an HTTP client crate.
-#[cfg(feature = "cloud")]
-fn http(port: u16, request_line: &str) -> Option<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        conn,
-        "{request_line}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut status = String::new();
-    BufReader::new(conn).read_line(&mut status).ok()?;
-    (!status.is_empty()).then(|| status.trim_end().to_owned())
-}
-
 #[cfg(feature = "cloud")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3() {
-    let Some(moto) = Moto::start().await else {
+    let Some(moto) = emulators::Moto::start().await else {
         return;
     };
     moto.bucket("kiln-contract");
@@ -387,6 +296,41 @@ async fn s3() {
             ("aws_region", "us-east-1"),
             ("aws_access_key_id", "test"),
             ("aws_secret_access_key", "test"),
+        ],
+    )
+    .unwrap();
+    let meta = objects
+        .file_put(ALICE, new_file("a.csv"), body(b"a\n1\n", 3), 64)
+        .await
+        .unwrap();
+    let (_, bytes) = objects.file_get(ALICE, meta.id).await.unwrap();
+    assert_eq!(read_all(bytes).await, b"a\n1\n");
+}
+
+#[cfg(feature = "cloud")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs() {
+    let Some(gcs) = emulators::FakeGcs::start().await else {
+        return;
+    };
+    gcs.bucket("kiln-contract").await;
+    // An emulator's service account: its endpoint, no OAuth (object_store's way to reach
+    // one); plain HTTP allowed.
+    let store = object_store::gcp::GoogleCloudStorageBuilder::new()
+        .with_bucket_name("kiln-contract")
+        .with_service_account_key(gcs.service_account_key())
+        .with_client_options(object_store::ClientOptions::new().with_allow_http(true))
+        .build()
+        .unwrap();
+    run_contract(Arc::new(store)).await;
+
+    // The URL form a deployment configures reaches the same bucket.
+    let key = gcs.service_account_key();
+    let objects = kiln_objects::Objects::from_url(
+        "gs://kiln-contract/under/a/prefix",
+        [
+            ("google_service_account_key", key.as_str()),
+            ("allow_http", "true"),
         ],
     )
     .unwrap();
