@@ -5,7 +5,9 @@
 //! page by default); `-- <path>` extracts that file instead. Prints one line of JSON: pages,
 //! the seconds and pages per second of extraction alone (generation and reading the file
 //! excluded), and the statistics. Under `/usr/bin/time -v` its "Maximum resident set size"
-//! is the peak memory of the whole run. Uses the service's allocator (mimalloc).
+//! is the peak memory of the whole run. Uses the service's allocator (mimalloc). With
+//! `KILN_PDF_OUT=<path>` the generated document is also written there (to submit it to a
+//! server).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -45,6 +47,12 @@ fn main() -> ExitCode {
             }
         },
     };
+    if let Some(out) = std::env::var_os("KILN_PDF_OUT")
+        && let Err(e) = std::fs::write(&out, &bytes)
+    {
+        eprintln!("{}: {e}", out.to_string_lossy());
+        return ExitCode::FAILURE;
+    }
     let started = Instant::now();
     let result = extract(&bytes, &Limits::default(), &mut |_, _| true);
     let seconds = started.elapsed().as_secs_f64();
