@@ -506,3 +506,26 @@ async fn a_pdf_over_the_inline_limit_goes_through_the_file_api() {
     assert!(part.get("inlineData").is_none(), "{part}");
     assert!(part["fileData"]["fileUri"].as_str().is_some(), "{part}");
 }
+
+#[tokio::test]
+async fn a_pdf_over_the_upload_limit_is_refused_and_not_kept() {
+    let app = TestApp::spawn_with(Opts {
+        flags: vec!["--upload-limit".into(), "4KiB".into()],
+        ..Opts::default()
+    })
+    .await;
+    let alice = app.user("alice", "client").await;
+    let pdf = sample::text_pdf(20, 200, 9);
+    assert!(pdf.len() > 4 * 1024);
+    let resp = process(&app, &alice, &pdf, &[("name", "too big")]).await;
+    assert_eq!(
+        resp.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        resp.text()
+    );
+    assert!(files(&app, &alice).await.is_empty(), "nothing kept");
+    let small = sample::text_pdf(1, 20, 9);
+    assert!(small.len() < 4 * 1024);
+    process_ok(&app, &alice, &small).await;
+}
