@@ -217,7 +217,7 @@ mod tests {
         let conn = open_writer(&SqlitePath::Memory, Synchronous::Normal).unwrap();
         assert_eq!(
             migrate(&conn).unwrap(),
-            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
         );
         assert_eq!(migrate(&conn).unwrap(), Vec::<u32>::new());
         let versions: i64 = conn

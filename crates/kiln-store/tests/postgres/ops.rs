@@ -30,7 +30,7 @@ async fn nodes_starting_together_migrate_once() {
     for run in runs {
         applied.extend(run.await.unwrap());
     }
-    assert_eq!(applied, (1..=17).collect::<Vec<u32>>());
+    assert_eq!(applied, (1..=18).collect::<Vec<u32>>());
 }
 
 /// Two nodes that recount at the same moment take turns: each deletes the counts of
