@@ -21,6 +21,9 @@ use tracing::Instrument;
 
 use crate::{Shared, Stop, StopReason, artifact};
 
+mod defer;
+use defer::{Attempted, defer};
+
 /// How long a kernel may take to honour its cancel token before its task is aborted
 /// (plus the kernel's own [`kiln_kernels::Kernel::stop_grace`]).
 const ABORT_AFTER: Duration = Duration::from_secs(2);
@@ -226,23 +229,6 @@ fn queue_wait(job: &Job) -> Duration {
         .unwrap_or_default()
 }
 
-/// How an attempt's run ended, before its outcome is stored.
-enum Attempted {
-    /// With this outcome, to store.
-    Ended(Outcome),
-    /// The kernel handed the job back for later ([`KernelError::Deferred`]); that is
-    /// stored already (or the lease will lapse and the job be rescued).
-    Deferred,
-    /// The lease was lost: the attempt must not write anything.
-    Lost,
-}
-
-impl From<Option<Outcome>> for Attempted {
-    fn from(outcome: Option<Outcome>) -> Self {
-        outcome.map_or(Attempted::Lost, Attempted::Ended)
-    }
-}
-
 /// Runs the kernel.
 async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Attempted {
     let Some(kernel) = shared.registry.get(job.job_type) else {
@@ -330,42 +316,6 @@ async fn attempt(shared: &Shared, job: &Job, lease: &Lease, stop: &Stop) -> Atte
     artifact::publish(shared, job, &artifacts, outcome, timeout_at)
         .await
         .into()
-}
-
-/// Hands the job back to run again `after` from now, its attempt not spent, and drops what
-/// the attempt wrote. A store that refuses (it is out, or the lease was lost) leaves the job
-/// to the lease: it lapses and the job is rescued like any other.
-async fn defer(
-    shared: &Shared,
-    job: &Job,
-    lease: &Lease,
-    artifacts: &Artifacts,
-    after: Duration,
-    why: &str,
-) -> Attempted {
-    if let Err(e) = artifacts.reset() {
-        tracing::debug!(error = %e, "a deferred attempt's scratch files were not removed");
-    }
-    let now = shared.clock.now();
-    let until = kiln_domain::clock::later(now, after);
-    match shared.store.job_defer(lease, until, why, now).await {
-        Ok(done) => {
-            tracing::info!(state = %done.state, run_at = %done.run_at, reason = why, "job deferred");
-            let line = format!(
-                "attempt {} deferred until {}: {why}\n",
-                lease.attempt, done.run_at
-            );
-            if let Err(e) = shared.store.log_append(job.id, &line, now).await {
-                tracing::debug!(error = %e, "deferral line not logged");
-            }
-            Attempted::Deferred
-        }
-        Err(StoreError::LeaseLost) => Attempted::Lost,
-        Err(e) => {
-            tracing::warn!(error = %e, "the deferral was not stored; the lease will lapse and the job be rescued");
-            Attempted::Deferred
-        }
-    }
 }
 
 /// What the attempt's result means, given why (if at all) it was asked to stop.
