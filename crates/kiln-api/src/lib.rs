@@ -238,6 +238,15 @@ pub struct EventView {
     pub message: Option<String>,
 }
 
+/// How many of the caller's jobs are in each state (`GET /jobs/counts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobCounts {
+    /// All of their jobs.
+    pub total: u64,
+    /// Per state, every state named (0 when none).
+    pub by_state: std::collections::BTreeMap<String, u64>,
+}
+
 /// A page of a list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {

@@ -22,9 +22,9 @@ use crate::middleware::{
     REQUEST_ID, clean_request_id, fallback, observe, panic_response, security_headers,
     shutdown_gate, time_limit,
 };
-use crate::openapi;
-use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops, pdf};
+use crate::routes::{admin, artifacts, auth, counts, events, files, jobs, logs, ops, pdf};
 use crate::state::AppState;
+use crate::{dashboard, openapi};
 
 /// The whole HTTP API with `state` applied.
 pub fn router(state: AppState) -> Router {
@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .route("/docs/{file}", get(openapi::docs_file))
+        .merge(dashboard::routes())
         .fallback(fallback);
     with_layers(routes, state)
 }
@@ -94,6 +95,7 @@ fn api(upload_limit: u64) -> Router<AppState> {
         .route("/tokens", get(auth::list_tokens).post(auth::create_token))
         .route("/tokens/{id}", axum::routing::delete(auth::delete_token))
         .route("/jobs", get(jobs::list).post(jobs::create))
+        .route("/jobs/counts", get(counts::counts))
         .route(
             "/jobs/{id}",
             get(jobs::get).patch(jobs::report).delete(jobs::delete),
@@ -151,8 +153,11 @@ fn api(upload_limit: u64) -> Router<AppState> {
 
 /// CORS for the allowed origins; `None` (no CORS headers) when there are none.
 ///
-/// `*` among them allows any origin: tokens travel in the `Authorization` header, never in
-/// cookies, so no browser sends one on its own (tower-http's list would panic on `*`).
+/// `*` among them allows any origin: API tokens travel in the `Authorization` header, which
+/// no browser sends on its own, and the dashboard's session cookie is never allowed across
+/// origins (no `Access-Control-Allow-Credentials`, so a browser withholds the answer to a
+/// credentialed cross-origin request; its writes also need the CSRF token). tower-http's
+/// list would panic on `*`.
 fn cors(origins: &[String]) -> Option<CorsLayer> {
     let any = origins.iter().any(|o| o.trim() == "*");
     let origins: Vec<HeaderValue> = origins

@@ -5,6 +5,7 @@
 //! - `app`: [`router()`], the routes and their tower layers.
 //! - `state`: [`AppState`] (store, catalogue, clock, config, token cache, shutdown flag).
 //! - `config`: the [`ServerConfig`].
+//! - `dashboard`: the web dashboard at `/` (page shells, embedded assets, the sign-in form).
 //! - `problem`: [`ApiError`], the one error type, rendered as RFC 9457; every store,
 //!   domain and object-store error is mapped there and nowhere else.
 //! - `extract`: `Json`/`Path`/`Query` whose rejections are problems too.
@@ -31,6 +32,7 @@ mod bootstrap;
 mod cancel;
 mod conditional;
 mod config;
+mod dashboard;
 mod extract;
 mod follow;
 pub mod limits;

@@ -91,11 +91,13 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
 
 /// Adds the standard security headers to every response that does not set its own: no
 /// MIME sniffing, no framing by other sites (clickjacking), no `Referer` sent from Kiln's
-/// pages; and `Cache-Control: no-store` on the answer to an authenticated request, so no
+/// pages; and `Cache-Control: no-store` on the answer to an authenticated request (bearer
+/// token or the dashboard's cookie), so no
 /// cache keeps what a token unlocked (job reads set their own `private, no-cache`: a
 /// browser may keep them, revalidated by `ETag`, and no shared cache may).
 pub async fn security_headers(req: Request, next: Next) -> Response {
-    let authenticated = req.headers().contains_key(AUTHORIZATION);
+    let authenticated = req.headers().contains_key(AUTHORIZATION)
+        || crate::auth::cookie::session_token(req.headers()).is_some();
     let mut resp = next.run(req).await;
     let headers = resp.headers_mut();
     if authenticated {

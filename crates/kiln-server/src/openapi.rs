@@ -24,7 +24,7 @@ use utoipa_swagger_ui::Config;
 
 use crate::extract::Path;
 use crate::problem::ApiError;
-use crate::routes::{admin, artifacts, auth, events, files, jobs, logs, ops, pdf};
+use crate::routes::{admin, artifacts, auth, counts, events, files, jobs, logs, ops, pdf};
 
 /// Where the document is served (`app::router`); Swagger UI loads it from here.
 const OPENAPI_PATH: &str = "/openapi.json";
@@ -59,6 +59,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         auth::delete_token,
         jobs::create,
         jobs::list,
+        counts::counts,
         jobs::get,
         jobs::report,
         jobs::delete,

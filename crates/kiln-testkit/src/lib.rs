@@ -6,9 +6,11 @@
 //! - [`db`]: a SQLite store on a WAL file in a fresh temp dir.
 //! - [`pg`]: a fresh PostgreSQL database per test, dropped afterwards (or a loud skip).
 //! - [`factory`]: valid jobs and users in one line.
+//! - [`browser`]: headless Chromium over WebDriver (chromedriver), for the dashboard.
 //! - [`gemini`]: a fake of Google's Gemini REST API (`generateContent` and the File API).
 #![warn(missing_docs)]
 
+pub mod browser;
 pub mod cluster;
 pub mod db;
 pub mod factory;

@@ -16,6 +16,7 @@ use kiln_store::TokenInfo;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use super::cookie;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -109,10 +110,21 @@ impl TokenCache {
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct CurrentUser {
-    /// The user the bearer token belongs to (enabled, token not expired).
+    /// The user the token belongs to (enabled, token not expired).
     pub user: User,
-    /// SHA-256 of the bearer token they used.
+    /// SHA-256 of the token they used.
     pub token_hash: [u8; 32],
+    /// How the token came: `Authorization: Bearer`, or the dashboard's session cookie.
+    pub via: Via,
+}
+
+/// Where a request's token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The `Authorization: Bearer` header (API clients, the CLI).
+    Bearer,
+    /// The dashboard's `__Host-kiln_session` cookie (see [`super::cookie`]).
+    Cookie,
 }
 
 impl CurrentUser {
@@ -130,7 +142,16 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
+        let (token, via) = match cookie::session_token(&parts.headers) {
+            // A bearer token wins: an API client's request is never judged by a cookie.
+            Some(session) if !parts.headers.contains_key(AUTHORIZATION) => {
+                if cookie::is_unsafe(&parts.method) {
+                    cookie::check_csrf(parts, session)?;
+                }
+                (session, Via::Cookie)
+            }
+            _ => (bearer(parts)?, Via::Bearer),
+        };
         let hash = digest(token);
         let now = state.now();
         if let Some(entry) = state.tokens().get(&hash) {
@@ -138,13 +159,15 @@ impl FromRequestParts<AppState> for CurrentUser {
                 return Ok(Self {
                     user: entry.user,
                     token_hash: hash,
+                    via,
                 });
             }
             state.tokens().forget_hash(&hash);
         }
         let (user, info) = match &state.config().oidc {
-            // Kiln's own tokens start `kiln_`; anything else is taken for a JWT.
-            Some(oidc) if !token.starts_with("kiln_") => {
+            // Kiln's own tokens start `kiln_`; anything else is taken for a JWT. A cookie
+            // only ever holds a Kiln session token.
+            Some(oidc) if !token.starts_with("kiln_") && via == Via::Bearer => {
                 super::sign_in::oidc_user(state, oidc, token, now).await?
             }
             _ => state
@@ -157,6 +180,7 @@ impl FromRequestParts<AppState> for CurrentUser {
         Ok(Self {
             user,
             token_hash: hash,
+            via,
         })
     }
 }

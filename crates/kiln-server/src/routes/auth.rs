@@ -3,8 +3,9 @@
 use std::sync::LazyLock;
 
 use axum::extract::State;
-use axum::http::header::CACHE_CONTROL;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::header::{CACHE_CONTROL, SET_COOKIE};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use chrono::TimeDelta;
 use kiln_api::{
     CreateToken, DEFAULT_TOKEN_DAYS, LoginRequest, LoginResponse, MAX_TOKEN_DAYS, TokenView,
@@ -14,7 +15,7 @@ use kiln_domain::User;
 use kiln_store::{NewToken, TokenKind};
 
 use crate::auth::throttle::Refused;
-use crate::auth::{CurrentUser, password, token};
+use crate::auth::{CurrentUser, Via, cookie, password, token};
 use crate::extract::{Json, Path};
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -87,7 +88,7 @@ pub async fn login(
     Json(body): Json<LoginRequest>,
 ) -> Result<([(HeaderName, &'static str); 1], Json<LoginResponse>), ApiError> {
     let user = authenticate(&state, body, address).await?;
-    Ok((NO_STORE, Json(session(&state, user).await?)))
+    Ok((NO_STORE, Json(session(&state, user, "login").await?)))
 }
 
 /// A response that carries a secret (a token): no cache may keep it.
@@ -95,7 +96,7 @@ const NO_STORE: [(HeaderName, &str); 1] = [(CACHE_CONTROL, "no-store")];
 
 /// The user whose name and password these are; 429 while the name is throttled, 503 while
 /// every hashing slot is busy (see [`crate::auth::throttle`]).
-async fn authenticate(
+pub(crate) async fn authenticate(
     state: &AppState,
     body: LoginRequest,
     address: Option<std::net::IpAddr>,
@@ -126,7 +127,7 @@ async fn authenticate(
 }
 
 /// The problem for a login stopped before its password was checked.
-fn refused(why: Refused) -> ApiError {
+pub(crate) fn refused(why: Refused) -> ApiError {
     let (status, code, detail, wait) = match why {
         Refused::Throttled(wait) => (
             StatusCode::TOO_MANY_REQUESTS,
@@ -152,8 +153,12 @@ fn refused(why: Refused) -> ApiError {
     e
 }
 
-/// A new session token for `user`, valid for `session_ttl`.
-async fn session(state: &AppState, user: User) -> Result<LoginResponse, ApiError> {
+/// A new session token for `user` named `name`, valid for `session_ttl`.
+pub(crate) async fn session(
+    state: &AppState,
+    user: User,
+    name: &str,
+) -> Result<LoginResponse, ApiError> {
     let now = state.now();
     let expires_at = kiln_domain::clock::later(now, state.config().session_ttl);
     let secret = token::generate();
@@ -161,7 +166,7 @@ async fn session(state: &AppState, user: User) -> Result<LoginResponse, ApiError
         user: user.id,
         hash: token::digest(&secret).to_vec(),
         kind: TokenKind::Session,
-        name: "login".to_owned(),
+        name: name.to_owned(),
         expires_at: Some(expires_at),
     };
     state.store().token_insert(new, now).await?;
@@ -172,7 +177,8 @@ async fn session(state: &AppState, user: User) -> Result<LoginResponse, ApiError
     })
 }
 
-/// `POST /auth/logout`: the token used for this request stops working.
+/// `POST /auth/logout`: the token used for this request stops working (and the dashboard's
+/// cookie is removed when it was the credential).
 #[utoipa::path(
     post,
     path = "/api/v1/auth/logout",
@@ -181,13 +187,16 @@ async fn session(state: &AppState, user: User) -> Result<LoginResponse, ApiError
     security(("bearer" = [])),
     responses((status = 204, description = "The token no longer works"))
 )]
-pub async fn logout(
-    State(state): State<AppState>,
-    me: CurrentUser,
-) -> Result<StatusCode, ApiError> {
+pub async fn logout(State(state): State<AppState>, me: CurrentUser) -> Result<Response, ApiError> {
     state.store().token_delete_hash(&me.token_hash).await?;
     state.tokens().forget_hash(&me.token_hash);
-    Ok(StatusCode::NO_CONTENT)
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if me.via == Via::Cookie
+        && let Ok(value) = HeaderValue::from_str(&cookie::clear_session())
+    {
+        resp.headers_mut().insert(SET_COOKIE, value);
+    }
+    Ok(resp)
 }
 
 /// `GET /me`: the caller.

@@ -7,8 +7,14 @@
 //! `Last-Event-ID` first gets every event it missed, from that history, then the live
 //! ones; a stream that falls behind the live signals catches up the same way, so no event
 //! is lost either way. Comments every 15 s keep an idle stream open.
+//!
+//! Changes made at the same moment commit (and signal) in any order, so an event may
+//! arrive after a later-stamped one was sent: a live event is skipped only if this stream
+//! already sent it (it remembers the last [`REMEMBERED`]) or the client's `Last-Event-ID`
+//! covers it, never because an event with a later time went first, and a catch-up reads
+//! the history again from [`REORDER`] before the last event sent.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -17,7 +23,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt, stream};
-use kiln_domain::{JobState, Role, UserId};
+use kiln_domain::{JobId, JobState, Role, UserId};
 use kiln_store::{FeedCursor, FeedEvent, Signal};
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -32,6 +38,12 @@ use crate::state::AppState;
 
 /// Events read from the history per query while catching up.
 const PAGE: u32 = 500;
+/// How far before the last event sent a catch-up reads the history again: longer than any
+/// change takes from its timestamp to its commit.
+const REORDER: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+/// Events a stream remembers having sent, to skip a repeat (a live signal of an event the
+/// history gave, or the history read again after [`REORDER`]).
+const REMEMBERED: usize = 4096;
 
 /// Query of `GET /events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -140,8 +152,10 @@ pub async fn events(
         filter,
         signals,
         cursor: resume,
+        resumed: resume,
         floor,
         pending: VecDeque::new(),
+        sent: Sent::default(),
     };
     feed.catch_up().await?;
     let sse = Sse::new(feed.into_stream().map(move |e| {
@@ -170,11 +184,42 @@ struct Feed {
     state: AppState,
     filter: Filter,
     signals: broadcast::Receiver<Signal>,
-    /// The last event sent (or resumed from).
+    /// The latest event sent (or resumed from).
     cursor: Option<FeedCursor>,
+    /// The client's `Last-Event-ID`: it has every event up to there.
+    resumed: Option<FeedCursor>,
     /// Where to catch up from while `cursor` is `None`.
     floor: FeedCursor,
     pending: VecDeque<Arc<FeedEvent>>,
+    sent: Sent,
+}
+
+/// The events a stream sent lately, by job and number.
+#[derive(Default)]
+struct Sent {
+    keys: HashSet<(JobId, i64)>,
+    order: VecDeque<(JobId, i64)>,
+}
+
+impl Sent {
+    fn contains(&self, e: &FeedEvent) -> bool {
+        self.keys.contains(&(e.job_id, e.seq))
+    }
+
+    /// Notes `e` as sent; `false` if it was already.
+    fn insert(&mut self, e: &FeedEvent) -> bool {
+        let key = (e.job_id, e.seq);
+        if !self.keys.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > REMEMBERED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.keys.remove(&old);
+        }
+        true
+    }
 }
 
 impl Feed {
@@ -182,7 +227,10 @@ impl Feed {
         stream::unfold(self, |mut feed| async move {
             loop {
                 if let Some(event) = feed.pending.pop_front() {
-                    feed.cursor = Some(event.cursor());
+                    if !feed.sent.insert(&event) {
+                        continue;
+                    }
+                    feed.cursor = feed.cursor.max(Some(event.cursor()));
                     return Some((event, feed));
                 }
                 if !feed.next().await {
@@ -194,8 +242,15 @@ impl Feed {
 
     /// Queues the history after `cursor`, a page at a time, until it is read to the end.
     async fn catch_up(&mut self) -> Result<(), ApiError> {
-        let Some(mut after) = self.cursor else {
+        let Some(latest) = self.cursor else {
             return Ok(());
+        };
+        // On the client's own `Last-Event-ID`, from there; later, from a little before the
+        // latest event sent (see the module docs), skipping what was sent.
+        let mut after = if self.resumed == Some(latest) {
+            latest
+        } else {
+            FeedCursor::before(latest.at - REORDER).max(self.resumed.unwrap_or(self.floor))
         };
         loop {
             let page = self
@@ -207,17 +262,15 @@ impl Feed {
             if let Some(last) = page.last() {
                 after = last.cursor();
             }
-            self.pending.extend(
-                page.into_iter()
-                    .filter(|e| self.filter.matches(e))
-                    .map(Arc::new),
-            );
+            let new = page
+                .into_iter()
+                .filter(|e| self.filter.matches(e) && !self.sent.contains(e));
+            self.pending.extend(new.map(Arc::new));
             if !full {
                 break;
             }
         }
-        // Live events already in the history are skipped by their cursor.
-        self.cursor = Some(after);
+        self.cursor = Some(after.max(latest));
         Ok(())
     }
 
@@ -229,8 +282,8 @@ impl Feed {
         };
         match signal {
             Ok(Signal::Changed(event)) => {
-                let seen = self.cursor.as_ref().is_some_and(|c| event.cursor() <= *c);
-                if !seen && self.filter.matches(&event) {
+                let had = self.resumed.is_some_and(|r| event.cursor() <= r);
+                if !had && !self.sent.contains(&event) && self.filter.matches(&event) {
                     self.pending.push_back(event);
                 }
                 true

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod artifacts;
 pub mod auth;
+pub mod counts;
 pub mod events;
 pub mod files;
 pub mod jobs;

@@ -14,6 +14,7 @@ const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
 /// The router's source: what [`routes_in_source`] reads the route table from.
 const APP_RS: &str = include_str!("../../src/app.rs");
+const DASHBOARD_RS: &str = include_str!("../../src/dashboard/mod.rs");
 
 /// The document as served.
 async fn document(app: &TestApp) -> Value {
@@ -115,7 +116,21 @@ fn routes_of(body: &str, prefix: &str, out: &mut BTreeSet<(String, String)>) {
 /// not understand (a path that is not a literal, another `nest`, `merge` or `route_service`),
 /// so a route cannot hide from it.
 fn routes_in_source() -> BTreeSet<(String, String)> {
-    let router = fn_body(APP_RS, "pub fn router(");
+    // The dashboard's pages (`dashboard::routes()`) are HTML for browsers, not API
+    // operations: they are left out of the document, and none may live under `/api/`.
+    let router = fn_body(APP_RS, "pub fn router(").replace(".merge(dashboard::routes())", "");
+    let router = router.as_str();
+    let dashboard = fn_body(DASHBOARD_RS, "pub fn routes(");
+    let mut pages = BTreeSet::new();
+    routes_of(dashboard, "", &mut pages);
+    assert!(
+        pages.contains(&("GET".to_owned(), "/".to_owned())),
+        "{pages:?}"
+    );
+    assert!(
+        pages.iter().all(|(_, path)| !path.starts_with("/api/")),
+        "{pages:?}"
+    );
     let api = fn_body(APP_RS, "fn api(");
     for body in [router, api] {
         for hidden in [".merge(", ".route_service(", ".nest_service("] {

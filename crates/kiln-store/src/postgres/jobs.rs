@@ -9,7 +9,7 @@
 
 use deadpool_postgres::{GenericClient, Transaction};
 use kiln_domain::change::{Change, Note};
-use kiln_domain::{Failure, Job, JobId, NewJob, RawJson, Step, UserId};
+use kiln_domain::{Failure, Job, JobId, JobState, NewJob, RawJson, Step, UserId};
 use tokio_postgres::types::Json;
 
 use super::notify::Signals;
@@ -426,6 +426,26 @@ pub(super) async fn owner_artifact_bytes(db: &impl GenericClient, owner: UserId)
     )
     .await?;
     Ok(u64::try_from(row::get::<i64>(&r, 0)?).unwrap_or(0))
+}
+
+/// How many of `owner`'s jobs are in each state (index `jobs_owner_created`).
+pub(super) async fn owner_counts(
+    db: &impl GenericClient,
+    owner: UserId,
+) -> Result<Vec<(JobState, u64)>> {
+    let rows = super::row::query(
+        db,
+        "SELECT state, count(*) FROM jobs WHERE owner_id = $1 GROUP BY state",
+        &[&owner.0],
+    )
+    .await?;
+    let mut counts = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let n = u64::try_from(row::get::<i64>(r, 1)?).unwrap_or(0);
+        counts.push((row::state(r, 0)?, n));
+    }
+    counts.sort_by_key(|(state, _)| JobState::ALL.iter().position(|s| s == state));
+    Ok(counts)
 }
 
 pub(super) async fn delete(tx: &Transaction<'_>, owner: Option<UserId>, id: JobId) -> Result<()> {

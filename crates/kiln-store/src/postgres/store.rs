@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Step, Timestamp, User, UserId, change};
+use kiln_domain::{
+    Job, JobId, JobState, Lease, NewJob, RawJson, Step, Timestamp, User, UserId, change,
+};
 use tokio::sync::broadcast;
 
 use super::jobs::Insert;
@@ -249,6 +251,10 @@ impl Store for PgStore {
 
     async fn owner_artifact_bytes(&self, owner: UserId) -> Result<u64> {
         jobs::owner_artifact_bytes(&self.client().await?, owner).await
+    }
+
+    async fn owner_counts(&self, owner: UserId) -> Result<Vec<(JobState, u64)>> {
+        jobs::owner_counts(&self.client().await?, owner).await
     }
 
     async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {

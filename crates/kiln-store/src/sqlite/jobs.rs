@@ -244,6 +244,23 @@ pub(super) fn owner_artifact_bytes(db: &Connection, owner: UserId) -> Result<u64
     Ok(u64::try_from(sum).unwrap_or(0))
 }
 
+/// How many of `owner`'s jobs are in each state (index `jobs_owner_created`).
+pub(super) fn owner_counts(db: &Connection, owner: UserId) -> Result<Vec<(JobState, u64)>> {
+    let mut stmt = db.prepare_cached(
+        "SELECT state, count(*) FROM jobs INDEXED BY jobs_owner_created
+         WHERE owner_id = ?1 GROUP BY state",
+    )?;
+    let rows = stmt.query_map([owner.0], |r| {
+        Ok((
+            row::state(r, 0)?,
+            u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+        ))
+    })?;
+    let mut counts = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    counts.sort_by_key(|(state, _)| JobState::ALL.iter().position(|s| s == state));
+    Ok(counts)
+}
+
 pub(super) fn delete(tx: &mut Tx<'_>, owner: Option<UserId>, id: JobId) -> Result<()> {
     let state = tx
         .db

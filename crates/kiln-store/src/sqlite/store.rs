@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_domain::{Job, JobId, Lease, NewJob, RawJson, Step, Timestamp, User, UserId, change};
+use kiln_domain::{
+    Job, JobId, JobState, Lease, NewJob, RawJson, Step, Timestamp, User, UserId, change,
+};
 use tokio::sync::broadcast;
 
 use super::{SqliteStore, claim, event, jobs, lease, list, log, nodes, queues, retention, users};
@@ -254,6 +256,10 @@ impl Store for SqliteStore {
     async fn job_artifacts_set(&self, owner: Option<UserId>, id: JobId, bytes: u64) -> Result<()> {
         self.write(move |tx| jobs::artifacts_set(tx, owner, id, bytes))
             .await
+    }
+
+    async fn owner_counts(&self, owner: UserId) -> Result<Vec<(JobState, u64)>> {
+        self.read(move |db| jobs::owner_counts(db, owner)).await
     }
 
     async fn owner_artifact_bytes(&self, owner: UserId) -> Result<u64> {

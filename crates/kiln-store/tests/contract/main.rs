@@ -88,6 +88,7 @@ macro_rules! contract {
             lease::release_queues_an_unstarted_attempt_again_in_its_place,
             lease::defer_schedules_an_attempt_again_without_spending_it,
             storage::artifact_bytes_add_up_per_owner_and_go_with_the_job,
+            storage::owner_counts_are_per_state_and_per_owner,
             nodes::a_live_node_id_is_refused_and_a_dead_one_taken_over,
             nodes::every_live_node_shares_one_object_store,
             nodes::nodes_are_listed_with_their_running_jobs_and_leave_cleanly,

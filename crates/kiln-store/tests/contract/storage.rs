@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kiln_domain::JobId;
+use kiln_domain::{JobId, JobState};
 use kiln_store::Store;
 
 use crate::helpers::*;
@@ -32,4 +32,27 @@ pub async fn artifact_bytes_add_up_per_owner_and_go_with_the_job(store: Arc<dyn 
     store.job_cancel(None, a2.id, at(3)).await.unwrap();
     store.job_delete(Some(alice), a2.id).await.unwrap();
     assert_eq!(store.owner_artifact_bytes(alice).await.unwrap(), 10);
+}
+
+pub async fn owner_counts_are_per_state_and_per_owner(store: Arc<dyn Store>) {
+    let alice = user(&store, "alice").await;
+    let bob = user(&store, "bob").await;
+    assert!(store.owner_counts(alice).await.unwrap().is_empty());
+    let a1 = echo(&store, alice, at(0)).await;
+    echo(&store, alice, at(1)).await;
+    echo(&store, bob, at(2)).await;
+    store.job_cancel(None, a1.id, at(3)).await.unwrap();
+    assert_eq!(
+        store.owner_counts(alice).await.unwrap(),
+        vec![(JobState::Queued, 1), (JobState::Cancelled, 1)]
+    );
+    assert_eq!(
+        store.owner_counts(bob).await.unwrap(),
+        vec![(JobState::Queued, 1)]
+    );
+    store.job_delete(Some(alice), a1.id).await.unwrap();
+    assert_eq!(
+        store.owner_counts(alice).await.unwrap(),
+        vec![(JobState::Queued, 1)]
+    );
 }

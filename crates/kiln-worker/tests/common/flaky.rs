@@ -176,6 +176,9 @@ impl Store for Flaky {
     async fn owner_artifact_bytes(&self, owner: UserId) -> Result<u64> {
         self.inner.owner_artifact_bytes(owner).await
     }
+    async fn owner_counts(&self, owner: UserId) -> Result<Vec<(kiln_domain::JobState, u64)>> {
+        self.inner.owner_counts(owner).await
+    }
     async fn event_list(&self, owner: Option<UserId>, id: JobId) -> Result<Vec<JobEvent>> {
         self.inner.event_list(owner, id).await
     }

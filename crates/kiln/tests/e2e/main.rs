@@ -10,6 +10,7 @@ mod cli;
 mod command;
 mod compute;
 mod connections;
+mod dashboard;
 mod helpers;
 mod lifecycle;
 mod metrics;

@@ -345,3 +345,56 @@ async fn the_events_stream_refuses_what_it_must() {
     assert_eq!(resp.status, StatusCode::BAD_REQUEST);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_at_once_all_reach_the_stream_whatever_order_they_commit_in() {
+    let app = TestApp::spawn().await;
+    // Jobs at `dead`, made by hand (external jobs report their own outcome).
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let body = json!({"type": "external", "payload": {"name": format!("x{n}")}});
+        let id = app.submit_ok(&app.admin, body).await;
+        for report in [
+            json!({"state": "running"}),
+            json!({"state": "dead", "error": "no"}),
+        ] {
+            let path = format!("/api/v1/jobs/{id}");
+            let resp = app
+                .client
+                .send_json(Method::PATCH, Some(&app.admin), &path, &report)
+                .await;
+            assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+        }
+        ids.push(id);
+    }
+    let mut reader = SseReader::new(events(&app, &app.admin, "?state=queued", None).await);
+    // Every retry at once: their events commit and signal in whatever order they finish.
+    let retries = ids.iter().map(|id| {
+        app.client
+            .request(Method::POST, &format!("/api/v1/jobs/{id}/retry"))
+            .bearer(Some(&app.admin))
+            .send()
+    });
+    for resp in futures_util::future::join_all(retries).await {
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let all = async {
+        while seen.len() < ids.len() {
+            let e = reader.next().await.expect("the stream stays open");
+            let data: Value = serde_json::from_str(&e.data).unwrap();
+            assert_eq!(data["state"], "queued");
+            let id = data["id"].as_str().unwrap().to_owned();
+            assert!(seen.insert(id), "sent twice: {data}");
+        }
+    };
+    // (Heartbeats keep the stream busy, so a lost event shows only as this time running out.)
+    let done = tokio::time::timeout(LONG, all).await;
+    assert!(
+        done.is_ok(),
+        "{} of {} events arrived",
+        seen.len(),
+        ids.len()
+    );
+    app.stop().await;
+}

@@ -1,0 +1,213 @@
+// "My jobs": the caller's jobs with filters, sort and keyset paging over GET /api/v1/jobs,
+// counts per state, live changes from GET /api/v1/events (a row changes state in place; a
+// new job appears at the top of a newest-first list), and bulk cancel, retry and delete.
+'use strict';
+
+(() => {
+  const { api, el, badge, time, confirm } = kiln;
+  const PAGE = 50;
+  const form = document.getElementById('filters');
+  const tbody = document.querySelector('#jobs tbody');
+  const more = document.getElementById('more');
+  const empty = document.getElementById('empty');
+  const status = document.getElementById('status');
+  const selectAll = document.getElementById('select-all');
+  const rows = new Map(); // job id → { tr, job }
+  const selected = new Set();
+  let cursor = null;
+  let generation = 0; // a newer load makes an older one's answer moot
+
+  /** The filters as the list's query parameters. */
+  function filters() {
+    const p = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) {
+      if (!v) continue;
+      p.set(k, k.startsWith('created_') ? new Date(v).toISOString() : v);
+    }
+    return p;
+  }
+
+  /** Whether a job seen live belongs in the list as filtered. */
+  function matches(job) {
+    const f = filters();
+    const want = (k, v) => !f.has(k) || f.get(k) === v;
+    if (!want('state', job.state) || !want('type', job.type) || !want('queue', job.queue)) return false;
+    if (f.has('name') && f.get('name') !== job.name) return false;
+    const created = Date.parse(job.created_at);
+    if (f.has('created_after') && !(created > Date.parse(f.get('created_after')))) return false;
+    if (f.has('created_before') && !(created < Date.parse(f.get('created_before')))) return false;
+    return true;
+  }
+
+  function label(job) {
+    return job.name || job.id.slice(0, 8) + '…' + job.id.slice(-4);
+  }
+
+  function progressCell(job) {
+    const pct = Math.round((job.progress || 0) * 100);
+    return el('progress', { max: '100', value: String(pct), 'aria-label': pct + '% done' });
+  }
+
+  function row(job) {
+    const box = el('input', { type: 'checkbox', 'aria-label': 'Select ' + label(job) });
+    box.checked = selected.has(job.id);
+    box.addEventListener('change', () => {
+      if (box.checked) selected.add(job.id); else selected.delete(job.id);
+      updateBulk();
+    });
+    const tr = el('tr', { dataset: { id: job.id, state: job.state } },
+      el('td', {}, box),
+      el('td', {}, el('a', { href: '/jobs/' + job.id, text: label(job) })),
+      el('td', { text: job.type }),
+      el('td', { class: 'state-cell' }, badge(job.state)),
+      el('td', { class: 'wide', text: job.queue }),
+      el('td', { class: 'wide progress-cell' }, progressCell(job)),
+      el('td', {}, time(job.created_at)));
+    rows.set(job.id, { tr, job });
+    return tr;
+  }
+
+  /** Shows `job`'s new state (and progress) in its row. */
+  function patch(entry, job) {
+    entry.job = job;
+    entry.tr.dataset.state = job.state;
+    entry.tr.querySelector('.state-cell').replaceChildren(badge(job.state));
+    entry.tr.querySelector('.progress-cell').replaceChildren(progressCell(job));
+  }
+
+  async function load(reset) {
+    const mine = ++generation;
+    const p = filters();
+    p.set('limit', String(PAGE));
+    if (!reset && cursor) p.set('cursor', cursor);
+    let page;
+    try {
+      page = await api('GET', '/api/v1/jobs?' + p.toString());
+    } catch (e) {
+      status.textContent = 'Could not list the jobs: ' + e.message;
+      return;
+    }
+    if (mine !== generation) return;
+    if (reset) {
+      tbody.replaceChildren();
+      rows.clear();
+      selected.clear();
+    }
+    const fragment = document.createDocumentFragment();
+    for (const job of page.items) if (!rows.has(job.id)) fragment.append(row(job));
+    tbody.append(fragment);
+    cursor = page.next_cursor || null;
+    more.hidden = !cursor;
+    empty.hidden = rows.size > 0;
+    status.textContent = rows.size + ' jobs shown';
+    updateBulk();
+  }
+
+  let countsTimer = null;
+  async function counts() {
+    countsTimer = null;
+    let c;
+    try { c = await api('GET', '/api/v1/jobs/counts'); } catch (_) { return; }
+    const list = document.getElementById('counts');
+    const items = [el('li', {}, 'all', el('b', { text: String(c.total) }))];
+    for (const [state, n] of Object.entries(c.by_state)) {
+      if (n > 0) items.push(el('li', { dataset: { state } }, badge(state), el('b', { text: String(n) })));
+    }
+    list.replaceChildren(...items);
+  }
+  function countsSoon() {
+    if (countsTimer === null) countsTimer = setTimeout(counts, 1000);
+  }
+
+  function updateBulk() {
+    for (const id of selected) if (!rows.has(id)) selected.delete(id);
+    const jobs = [...selected].map((id) => rows.get(id).job);
+    document.getElementById('selected').textContent = jobs.length + ' selected';
+    const any = (pred) => jobs.some(pred);
+    document.getElementById('bulk-cancel').disabled = !any((j) => ['scheduled', 'queued', 'running', 'failed'].includes(j.state));
+    document.getElementById('bulk-retry').disabled = !any((j) => ['failed', 'dead'].includes(j.state));
+    document.getElementById('bulk-delete').disabled = !any((j) => ['succeeded', 'dead', 'cancelled'].includes(j.state));
+    selectAll.checked = rows.size > 0 && jobs.length === rows.size;
+  }
+
+  /** Runs `action` on every selected job it applies to, and says how it went. */
+  async function bulk(verb, states, call) {
+    const jobs = [...selected].map((id) => rows.get(id).job).filter((j) => states.includes(j.state));
+    if (jobs.length === 0) return;
+    const ok = await confirm(verb + ' ' + jobs.length + (jobs.length === 1 ? ' job?' : ' jobs?'), verb);
+    if (!ok) return;
+    const results = await Promise.allSettled(jobs.map(call));
+    const failed = results.filter((r) => r.status === 'rejected');
+    status.textContent = verb + ': ' + (jobs.length - failed.length) + ' done' +
+      (failed.length ? ', ' + failed.length + ' refused (' + failed[0].reason.message + ')' : '');
+    selected.clear();
+    for (const { tr } of rows.values()) tr.querySelector('input[type="checkbox"]').checked = false;
+    jobs.forEach((j, i) => {
+      const r = results[i];
+      if (r.status !== 'fulfilled' || !rows.has(j.id)) return;
+      if (verb === 'Delete') {
+        rows.get(j.id).tr.remove();
+        rows.delete(j.id);
+      } else if (r.value && r.value.id === j.id) {
+        patch(rows.get(j.id), r.value); // the job as the action left it
+      }
+    });
+    updateBulk();
+    countsSoon();
+  }
+
+  async function refresh(id) {
+    let job;
+    try { job = await api('GET', '/api/v1/jobs/' + id); } catch (_) { return; }
+    const entry = rows.get(id);
+    if (entry) patch(entry, job);
+    else if (matches(job) && (filters().get('sort') || '-created_at') === '-created_at') {
+      tbody.prepend(row(job));
+      empty.hidden = true;
+    }
+    updateBulk();
+  }
+
+  function live() {
+    const source = new EventSource('/api/v1/events');
+    source.addEventListener('message', (m) => {
+      let ev;
+      try { ev = JSON.parse(m.data); } catch (_) { return; }
+      const entry = rows.get(ev.id);
+      if (entry) {
+        // The state changes at once; the rest of the job (progress, result) follows.
+        patch(entry, Object.assign({}, entry.job, { state: ev.state, attempts: ev.attempt,
+          progress: ev.state === 'succeeded' ? 1 : entry.job.progress }));
+        updateBulk();
+        if (ev.state !== 'running') refresh(ev.id);
+      } else if (!document.hidden) {
+        refresh(ev.id);
+      }
+      countsSoon();
+    });
+  }
+
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    load(true);
+  });
+  more.addEventListener('click', () => load(false));
+  selectAll.addEventListener('change', () => {
+    for (const [id, { tr }] of rows) {
+      tr.querySelector('input[type="checkbox"]').checked = selectAll.checked;
+      if (selectAll.checked) selected.add(id); else selected.delete(id);
+    }
+    updateBulk();
+  });
+  const post = (path) => (j) => api('POST', '/api/v1/jobs/' + j.id + path);
+  document.getElementById('bulk-cancel').addEventListener('click',
+    () => bulk('Cancel', ['scheduled', 'queued', 'running', 'failed'], post('/cancel')));
+  document.getElementById('bulk-retry').addEventListener('click',
+    () => bulk('Retry', ['failed', 'dead'], post('/retry')));
+  document.getElementById('bulk-delete').addEventListener('click',
+    () => bulk('Delete', ['succeeded', 'dead', 'cancelled'], (j) => api('DELETE', '/api/v1/jobs/' + j.id)));
+
+  live();
+  load(true);
+  counts();
+})();

@@ -1,0 +1,165 @@
+//! The page shells: the layout every page shares, and each page's frame. The data inside
+//! (rows, counts, timelines) is drawn by the page's script from `/api/v1`.
+
+use kiln_domain::Role;
+use maud::{DOCTYPE, Markup, html};
+
+use super::{Viewer, assets};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::response::Html;
+
+/// The signed-in part of a page: who it is for and the CSRF token its scripts send.
+pub struct Shell<'a> {
+    pub username: &'a str,
+    pub role: Role,
+    pub csrf: &'a str,
+}
+
+impl<'a> From<&'a Viewer> for Shell<'a> {
+    fn from(v: &'a Viewer) -> Self {
+        Self {
+            username: &v.me.user.username,
+            role: v.me.user.role,
+            csrf: &v.csrf,
+        }
+    }
+}
+
+/// A whole page: `title`, the navigation for `shell`'s user (none when signed out), the
+/// shared script and stylesheet and the page's own `script`, and `main`'s content.
+pub fn layout(title: &str, shell: Option<&Shell<'_>>, script: &str, main: Markup) -> Html<String> {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(shell) = shell {
+                    meta name="csrf-token" content=(shell.csrf);
+                }
+                title { (title) " · Kiln" }
+                link rel="icon" type="image/svg+xml" href=(assets::url("icon.svg"));
+                link rel="stylesheet" href=(assets::url("app.css"));
+                script src=(assets::url("app.js")) defer {}
+                script src=(assets::url(script)) defer {}
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header.top {
+                    a.brand href="/" { "Kiln" }
+                    @if let Some(shell) = shell {
+                        nav aria-label="Main" {
+                            ul {
+                                li { a href="/" { "My jobs" } }
+                            }
+                        }
+                        div.who {
+                            span { (shell.username) " (" (shell.role) ")" }
+                            button #logout type="button" { "Sign out" }
+                        }
+                    }
+                }
+                main #main tabindex="-1" { (main) }
+            }
+        }
+    };
+    Html(page.into_string())
+}
+
+/// `GET /`: the signed-in user's jobs.
+pub async fn jobs(State(state): State<AppState>, viewer: Viewer) -> Html<String> {
+    let types: Vec<String> = state
+        .catalogue()
+        .iter()
+        .map(|t| t.name.to_owned())
+        .collect();
+    let states = kiln_domain::JobState::ALL;
+    let main = html! {
+        h1 { "My jobs" }
+        section aria-labelledby="counts-title" {
+            h2.sr-only #counts-title { "Jobs per state" }
+            ul.counts #counts {}
+        }
+        form.filters #filters {
+            div {
+                label for="f-state" { "State" }
+                select #f-state name="state" {
+                    option value="" { "Any" }
+                    @for s in states { option value=(s.as_str()) { (s.as_str()) } }
+                }
+            }
+            div {
+                label for="f-type" { "Type" }
+                select #f-type name="type" {
+                    option value="" { "Any" }
+                    @for t in &types { option value=(t) { (t) } }
+                }
+            }
+            div {
+                label for="f-queue" { "Queue" }
+                input #f-queue name="queue" type="text" maxlength="64";
+            }
+            div {
+                label for="f-name" { "Name" }
+                input #f-name name="name" type="text" maxlength="200";
+            }
+            div {
+                label for="f-after" { "Created after" }
+                input #f-after name="created_after" type="datetime-local";
+            }
+            div {
+                label for="f-before" { "Created before" }
+                input #f-before name="created_before" type="datetime-local";
+            }
+            div {
+                label for="f-sort" { "Sort" }
+                select #f-sort name="sort" {
+                    option value="-created_at" { "Newest first" }
+                    option value="created_at" { "Oldest first" }
+                    option value="-priority" { "Highest priority" }
+                    option value="priority" { "Lowest priority" }
+                }
+            }
+            div.actions { button type="submit" { "Apply" } }
+        }
+        div.bulk role="group" aria-label="Selected jobs" {
+            span #selected aria-live="polite" { "0 selected" }
+            button #bulk-cancel type="button" disabled { "Cancel" }
+            button #bulk-retry type="button" disabled { "Retry" }
+            button.danger #bulk-delete type="button" disabled { "Delete" }
+        }
+        div.table-wrap {
+            table #jobs {
+                caption.sr-only { "Your jobs" }
+                thead {
+                    tr {
+                        th scope="col" {
+                            input #select-all type="checkbox" aria-label="Select every job shown";
+                        }
+                        th scope="col" { "Job" }
+                        th scope="col" { "Type" }
+                        th scope="col" { "State" }
+                        th scope="col" class="wide" { "Queue" }
+                        th scope="col" class="wide" { "Progress" }
+                        th scope="col" { "Created" }
+                    }
+                }
+                tbody {}
+            }
+        }
+        p #empty hidden { "No jobs match these filters." }
+        p { button #more type="button" hidden { "Show more" } }
+        p.status #status role="status" aria-live="polite" {}
+        dialog #confirm aria-labelledby="confirm-text" {
+            form method="dialog" {
+                p #confirm-text {}
+                div.actions {
+                    button value="cancel" type="submit" { "Keep them" }
+                    button.danger #confirm-ok value="ok" type="submit" { "Yes" }
+                }
+            }
+        }
+    };
+    layout("My jobs", Some(&Shell::from(&viewer)), "jobs.js", main)
+}

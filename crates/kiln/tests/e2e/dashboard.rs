@@ -1,0 +1,525 @@
+//! The web dashboard in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`), driven over WebDriver: sign-in, the session cookie and its CSRF
+//! rules, the jobs page's live updates and bulk actions, accessibility (axe-core) and
+//! screenshots at desktop and phone width in `target/screenshots/`.
+
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use kiln_testkit::browser::{Browser, Width};
+use kiln_testkit::{Client, TestResponse};
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_PASSWORD, TestApp};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// axe-core's script, installed by `.ci/run` with `npm ci` beside these tests.
+fn axe_source() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/axe/node_modules/axe-core/axe.min.js"
+    );
+    std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!("{path}: {e}; install it with `npm ci --prefix crates/kiln/tests/axe`")
+    })
+}
+
+/// Fails on any accessibility violation of the page as it is now.
+async fn assert_accessible(browser: &Browser, page: &str) {
+    let violations = browser.axe(&axe_source()).await;
+    assert!(
+        violations.is_empty(),
+        "{page}: axe found {}",
+        serde_json::to_string_pretty(&violations).unwrap()
+    );
+}
+
+/// Fails on any console error or CSP violation logged since the last look.
+async fn assert_quiet_console(browser: &Browser, page: &str) {
+    let bad: Vec<Value> = browser
+        .log()
+        .await
+        .into_iter()
+        .filter(|e| e["level"] == "SEVERE" || e["source"] == "security")
+        .collect();
+    assert!(bad.is_empty(), "{page}: the console says {bad:?}");
+}
+
+/// A browser at `width` signed in as `username` through the login form.
+async fn signed_in(app: &TestApp, width: Width, username: &str, password: &str) -> Browser {
+    let browser = Browser::start(width).await;
+    sign_in(&browser, app, username, password).await;
+    browser
+}
+
+async fn sign_in(browser: &Browser, app: &TestApp, username: &str, password: &str) {
+    browser.goto(&format!("http://{}/", app.addr())).await;
+    browser
+        .wait_for(
+            "the login page",
+            WAIT,
+            "return location.pathname === '/login'",
+        )
+        .await;
+    let name = browser.find("#username").await;
+    browser.type_into(&name, username).await;
+    let pass = browser.find("#password").await;
+    browser.type_into(&pass, password).await;
+    browser
+        .click(&browser.find("form button[type=submit]").await)
+        .await;
+    browser
+        .wait_for(
+            "the jobs page",
+            WAIT,
+            "return location.pathname === '/' && document.querySelector('h1')?.textContent === 'My jobs'",
+        )
+        .await;
+}
+
+/// The ids of the rows the jobs page shows, with their states.
+async fn rows(browser: &Browser) -> Vec<(String, String)> {
+    let v = browser
+        .execute(
+            "return [...document.querySelectorAll('#jobs tbody tr')].map(r => [r.dataset.id, r.dataset.state])",
+            json!([]),
+        )
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test]
+async fn signing_in_leads_to_my_jobs_at_desktop_and_phone_width() {
+    let app = TestApp::spawn().await;
+    app.submit_ok(
+        &app.admin,
+        json!({"type": "echo", "payload": {"x": 1}, "name": "hello"}),
+    )
+    .await;
+    for width in [Width::Desktop, Width::Phone] {
+        let browser = Browser::start(width).await;
+        browser.goto(&format!("http://{}/", app.addr())).await;
+        browser
+            .wait_for(
+                "a redirect to the login page",
+                WAIT,
+                "return location.pathname === '/login'",
+            )
+            .await;
+        assert_accessible(&browser, "login").await;
+        browser.screenshot(&format!("login-{}", width.name())).await;
+
+        // A wrong password: back on the form, told so, no cookie.
+        browser
+            .type_into(&browser.find("#username").await, "admin")
+            .await;
+        browser
+            .type_into(&browser.find("#password").await, "wrong")
+            .await;
+        browser
+            .click(&browser.find("form button[type=submit]").await)
+            .await;
+        let alert = browser.find("p.error[role=alert]:not([hidden])").await;
+        assert_eq!(browser.text(&alert).await, "Wrong username or password.");
+        assert!(browser.cookies().await.is_empty());
+
+        sign_in(&browser, &app, "admin", ADMIN_PASSWORD).await;
+        let cookies = browser.cookies().await;
+        assert_eq!(cookies.len(), 1, "{cookies:?}");
+        let c = &cookies[0];
+        assert_eq!(c["name"], "__Host-kiln_session");
+        assert_eq!(c["httpOnly"], true);
+        assert_eq!(c["secure"], true);
+        assert_eq!(c["sameSite"], "Strict");
+        assert_eq!(c["path"], "/");
+        // No script can read it, and nothing of it is in the URL or storage.
+        let seen = browser
+            .execute(
+                "return [document.cookie, location.href, JSON.stringify(localStorage), JSON.stringify(sessionStorage)].join(' ')",
+                json!([]),
+            )
+            .await;
+        assert!(!seen.as_str().unwrap().contains("kiln_"), "{seen}");
+
+        browser
+            .wait_for(
+                "the job's row and the counts",
+                WAIT,
+                "return document.querySelectorAll('#jobs tbody tr').length === 1 && document.querySelector('#counts li')",
+            )
+            .await;
+        let row = browser.text(&browser.find("#jobs tbody tr").await).await;
+        assert!(row.contains("hello") && row.contains("echo"), "{row}");
+        assert_accessible(&browser, "my jobs").await;
+        browser.screenshot(&format!("jobs-{}", width.name())).await;
+        assert_quiet_console(&browser, "my jobs").await;
+
+        // Signing out ends the session: the next visit is the login page again.
+        browser.click(&browser.find("#logout").await).await;
+        browser
+            .wait_for(
+                "the login page",
+                WAIT,
+                "return location.pathname === '/login'",
+            )
+            .await;
+        browser.goto(&format!("http://{}/", app.addr())).await;
+        browser
+            .wait_for(
+                "the login page",
+                WAIT,
+                "return location.pathname === '/login'",
+            )
+            .await;
+        browser.close().await;
+    }
+    app.stop().await;
+}
+
+/// `POST /login` as a browser's form would send it, from `origin`.
+async fn form_login(client: &Client, origin: &str, password: &str) -> TestResponse {
+    client
+        .request(Method::POST, "/login")
+        .header("origin", origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .raw(format!("username=admin&password={password}"))
+        .send()
+        .await
+}
+
+#[tokio::test]
+async fn a_cookie_session_writes_only_with_our_origin_and_its_csrf_token() {
+    let app = TestApp::spawn().await;
+    let ours = format!("http://{}", app.addr());
+
+    // The login page is a page: its CSP allows nothing inline and nothing from elsewhere.
+    let page = app.client.get(None, "/login").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+
+    // From another site: refused, no session.
+    let resp = form_login(&app.client, "http://evil.test", ADMIN_PASSWORD).await;
+    assert_eq!(resp.status, StatusCode::SEE_OTHER);
+    assert_eq!(resp.header("location"), Some("/login?error=csrf_failed"));
+    assert!(resp.header("set-cookie").is_none());
+    let resp = form_login(&app.client, &ours, "wrong-password").await;
+    assert_eq!(resp.header("location"), Some("/login?error=unauthorized"));
+    assert!(resp.header("set-cookie").is_none());
+
+    let resp = form_login(&app.client, &ours, ADMIN_PASSWORD).await;
+    assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.text());
+    assert_eq!(resp.header("location"), Some("/"));
+    let set = resp.header("set-cookie").unwrap().to_owned();
+    for flag in [
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=86400",
+    ] {
+        assert!(set.contains(flag), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let token = cookie.split_once('=').unwrap().1.to_owned();
+
+    // Reads need only the cookie; the page carries the CSRF token for writes.
+    let me = app
+        .client
+        .request(Method::GET, "/api/v1/me")
+        .header("cookie", &cookie)
+        .send()
+        .await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text());
+    assert_eq!(me.json()["username"], "admin");
+    assert_eq!(me.header("cache-control"), Some("no-store"));
+    let page = app
+        .client
+        .request(Method::GET, "/")
+        .header("cookie", &cookie)
+        .send()
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = page.text();
+    let csrf = html
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(csrf.len(), 64);
+    assert!(
+        !html.contains(&token),
+        "the session token is never in a page"
+    );
+
+    let submit = |origin: Option<&str>, csrf: Option<&str>| {
+        let mut req = app
+            .client
+            .request(Method::POST, "/api/v1/jobs")
+            .header("cookie", &cookie)
+            .json(&json!({"type": "echo", "payload": {}}));
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        if let Some(csrf) = csrf {
+            req = req.header("x-kiln-csrf", csrf);
+        }
+        req.send()
+    };
+    for (origin, token) in [
+        (None, Some(csrf.as_str())),
+        (Some(ours.as_str()), None),
+        (Some(ours.as_str()), Some("0".repeat(64).as_str())),
+        (Some("http://evil.test"), Some(csrf.as_str())),
+    ] {
+        let resp = submit(origin, token).await;
+        assert_eq!(resp.status, StatusCode::FORBIDDEN, "{origin:?} {token:?}");
+        assert_eq!(resp.json()["code"], "csrf_failed");
+    }
+    let listed = app.client.get(Some(&app.admin), "/api/v1/jobs").await;
+    assert!(
+        listed.json()["items"].as_array().unwrap().is_empty(),
+        "nothing was written"
+    );
+    let resp = submit(Some(&ours), Some(&csrf)).await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text());
+
+    // A bearer token is judged alone: a stray cookie does not make it need a CSRF token.
+    let resp = app
+        .client
+        .request(Method::POST, "/api/v1/jobs")
+        .bearer(Some(&app.admin))
+        .header("cookie", "__Host-kiln_session=kiln_forged")
+        .json(&json!({"type": "echo", "payload": {}}))
+        .send()
+        .await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text());
+
+    // The counts of the caller's own jobs.
+    let counts = app
+        .client
+        .request(Method::GET, "/api/v1/jobs/counts")
+        .header("cookie", &cookie)
+        .send()
+        .await;
+    assert_eq!(counts.status, StatusCode::OK);
+    let counts = counts.json();
+    assert_eq!(counts["total"], 2, "{counts}");
+    assert_eq!(counts["by_state"].as_object().unwrap().len(), 7);
+
+    // Signing out with the cookie ends the session and removes the cookie.
+    let out = app
+        .client
+        .request(Method::POST, "/api/v1/auth/logout")
+        .header("cookie", &cookie)
+        .header("origin", &ours)
+        .header("x-kiln-csrf", &csrf)
+        .send()
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let me = app
+        .client
+        .request(Method::GET, "/api/v1/me")
+        .header("cookie", &cookie)
+        .send()
+        .await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    let page = app
+        .client
+        .request(Method::GET, "/")
+        .header("cookie", &cookie)
+        .send()
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.header("location"), Some("/login"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn assets_are_hashed_cached_for_good_and_gzipped() {
+    let app = TestApp::spawn().await;
+    let page = app.client.get(None, "/login").await.text();
+    let css = page
+        .split("href=\"/assets/app.")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(|rest| format!("/assets/app.{rest}"))
+        .unwrap();
+    let resp = app
+        .client
+        .request(Method::GET, &css)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.header("content-encoding"), Some("gzip"));
+    assert_eq!(resp.header("content-type"), Some("text/css; charset=utf-8"));
+    assert_eq!(
+        resp.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    let plain = app.client.get(None, &css).await;
+    assert!(plain.header("content-encoding").is_none());
+    assert!(plain.text().contains(":root"));
+    // Only the hashed name exists.
+    let resp = app.client.get(None, "/assets/app.css").await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/problem+json")
+    );
+    let icon = app.client.get(None, "/favicon.ico").await;
+    assert_eq!(icon.status, StatusCode::OK);
+    assert_eq!(icon.header("content-type"), Some("image/svg+xml"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_change_state_in_place_and_new_ones_appear_without_a_reload() {
+    let app = TestApp::spawn().await;
+    let browser = signed_in(&app, Width::Desktop, "admin", ADMIN_PASSWORD).await;
+    browser
+        .execute("window.kilnNoReload = true; return true", json!([]))
+        .await;
+    let id = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "sleep", "payload": {"ms": 1500}}),
+        )
+        .await;
+    let script = format!(
+        "const r = document.querySelector('#jobs tbody tr[data-id=\"{id}\"]'); return r && r.dataset.state"
+    );
+    let seen = browser.wait_for("the new job's row", WAIT, &script).await;
+    assert!(["queued", "running", "succeeded"].contains(&seen.as_str().unwrap()));
+    let done = format!(
+        "return document.querySelector('#jobs tbody tr[data-id=\"{id}\"]')?.dataset.state === 'succeeded'"
+    );
+    browser
+        .wait_for("the row to show succeeded", WAIT, &done)
+        .await;
+    let same_page = browser
+        .execute("return window.kilnNoReload === true", json!([]))
+        .await;
+    assert_eq!(same_page, true, "the page was never reloaded");
+    browser
+        .wait_for(
+            "the counts to show it",
+            WAIT,
+            "return document.querySelector('#counts li[data-state=\"succeeded\"] b')?.textContent === '1'",
+        )
+        .await;
+    assert_quiet_console(&browser, "live jobs").await;
+    browser.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dead_jobs_are_retried_and_a_running_one_cancelled_in_bulk() {
+    let app = TestApp::spawn().await;
+    let mut dead = Vec::new();
+    for n in 0..3 {
+        let id = app
+            .submit_ok(
+                &app.admin,
+                json!({"type": "external", "payload": {"name": format!("export-{n}")}}),
+            )
+            .await;
+        for report in [
+            json!({"state": "running"}),
+            json!({"state": "dead", "error": "the export failed"}),
+        ] {
+            let resp = app
+                .client
+                .send_json(
+                    Method::PATCH,
+                    Some(&app.admin),
+                    &format!("/api/v1/jobs/{id}"),
+                    &report,
+                )
+                .await;
+            assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+        }
+        dead.push(id);
+    }
+    let running = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "sleep", "payload": {"ms": 600_000}}),
+        )
+        .await;
+    app.wait_state(&app.admin, &running, "running", WAIT).await;
+
+    let browser = signed_in(&app, Width::Desktop, "admin", ADMIN_PASSWORD).await;
+    browser
+        .wait_for(
+            "four rows",
+            WAIT,
+            "return document.querySelectorAll('#jobs tbody tr').length === 4",
+        )
+        .await;
+    // Filter to the dead ones, select them all, retry, confirm.
+    browser
+        .execute(
+            "document.getElementById('f-state').value = 'dead'; return true",
+            json!([]),
+        )
+        .await;
+    browser
+        .click(&browser.find("#filters button[type=submit]").await)
+        .await;
+    browser
+        .wait_for("three dead rows", WAIT, "return document.querySelectorAll('#jobs tbody tr[data-state=dead]').length === 3 && document.querySelectorAll('#jobs tbody tr').length === 3")
+        .await;
+    browser.click(&browser.find("#select-all").await).await;
+    let retry = browser.find("#bulk-retry").await;
+    browser.click(&retry).await;
+    let question = browser.text(&browser.find("#confirm-text").await).await;
+    assert_eq!(question, "Retry 3 jobs?");
+    browser.screenshot("jobs-confirm-desktop").await;
+    browser.click(&browser.find("#confirm-ok").await).await;
+    for id in &dead {
+        app.wait_state(&app.admin, id, "queued", WAIT).await;
+    }
+    browser
+        .wait_for(
+            "the rows to leave dead",
+            WAIT,
+            "return document.querySelectorAll('#jobs tbody tr[data-state=dead]').length === 0",
+        )
+        .await;
+
+    // Back to every job; cancel the running one.
+    browser
+        .execute(
+            "document.getElementById('f-state').value = ''; return true",
+            json!([]),
+        )
+        .await;
+    browser
+        .click(&browser.find("#filters button[type=submit]").await)
+        .await;
+    let row = format!("#jobs tbody tr[data-id=\"{running}\"] input[type=checkbox]");
+    browser.click(&browser.find(&row).await).await;
+    browser.click(&browser.find("#bulk-cancel").await).await;
+    browser.click(&browser.find("#confirm-ok").await).await;
+    app.wait_state(&app.admin, &running, "cancelled", WAIT)
+        .await;
+    let cancelled = format!(
+        "return document.querySelector('#jobs tbody tr[data-id=\"{running}\"]')?.dataset.state === 'cancelled'"
+    );
+    browser
+        .wait_for("the row to show cancelled", WAIT, &cancelled)
+        .await;
+    assert_eq!(rows(&browser).await.len(), 4);
+    assert_quiet_console(&browser, "bulk actions").await;
+    browser.close().await;
+    app.stop().await;
+}
