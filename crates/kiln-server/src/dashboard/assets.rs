@@ -32,33 +32,29 @@ struct Asset {
     gzip: Option<Vec<u8>>,
 }
 
+const CSS: &str = "text/css; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const SVG: &str = "image/svg+xml";
+
+/// `(name, media type, bytes)` of the file `assets/<name>`.
+macro_rules! file {
+    ($name:literal, $type:expr) => {
+        (
+            $name,
+            $type,
+            include_bytes!(concat!("../../assets/", $name)),
+        )
+    };
+}
+
 /// The files, by their own names.
 const FILES: &[(&str, &str, &[u8])] = &[
-    (
-        "app.css",
-        "text/css; charset=utf-8",
-        include_bytes!("../../assets/app.css"),
-    ),
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/app.js"),
-    ),
-    (
-        "login.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/login.js"),
-    ),
-    (
-        "jobs.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/jobs.js"),
-    ),
-    (
-        "icon.svg",
-        "image/svg+xml",
-        include_bytes!("../../assets/icon.svg"),
-    ),
+    file!("app.css", CSS),
+    file!("app.js", JS),
+    file!("login.js", JS),
+    file!("jobs.js", JS),
+    file!("job.js", JS),
+    file!("icon.svg", SVG),
 ];
 
 static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| FILES.iter().map(load).collect());
@@ -156,6 +152,24 @@ fn respond(asset: &Asset, headers: &HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_file_of_the_assets_directory_is_embedded() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .expect("the assets directory")
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = FILES.iter().map(|f| f.0.to_owned()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+    }
 
     #[test]
     fn every_file_has_a_hashed_name_and_its_url() {

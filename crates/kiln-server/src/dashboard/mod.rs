@@ -32,6 +32,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(pages::jobs))
+        .route("/jobs/{id}", get(pages::job))
         .route(
             "/login",
             get(login::page)

@@ -6,7 +6,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::{Viewer, assets};
 use crate::state::AppState;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::Html;
 
 /// The signed-in part of a page: who it is for and the CSRF token its scripts send.
@@ -44,7 +44,7 @@ pub fn layout(title: &str, shell: Option<&Shell<'_>>, script: &str, main: Markup
                 script src=(assets::url("app.js")) defer {}
                 script src=(assets::url(script)) defer {}
             }
-            body {
+            body data-role=[shell.map(|s| s.role.to_string())] {
                 a.skip href="#main" { "Skip to content" }
                 header.top {
                     a.brand href="/" { "Kiln" }
@@ -151,15 +151,90 @@ pub async fn jobs(State(state): State<AppState>, viewer: Viewer) -> Html<String>
         p #empty hidden { "No jobs match these filters." }
         p { button #more type="button" hidden { "Show more" } }
         p.status #status role="status" aria-live="polite" {}
+        (confirm_dialog())
+    };
+    layout("My jobs", Some(&Shell::from(&viewer)), "jobs.js", main)
+}
+
+/// `GET /jobs/{id}`: one job. The page is the same for any id; its script asks the API,
+/// which answers only the job's owner (an operator sees anyone's through the admin routes).
+pub async fn job(viewer: Viewer, Path(id): Path<String>) -> Html<String> {
+    let main = html! {
+        div #job data-job-id=(id) {
+            h1 #job-title { "Job" }
+            p.error #job-missing hidden role="alert" {
+                "No such job: it does not exist, or it is not yours."
+            }
+            div #job-body hidden {
+                div.actions role="group" aria-label="Job actions" {
+                    button #job-cancel type="button" hidden { "Cancel" }
+                    button #job-retry type="button" hidden { "Retry" }
+                    button.danger #job-delete type="button" hidden { "Delete" }
+                }
+                p {
+                    span #job-state {}
+                    " "
+                    label.inline for="job-progress" { "Progress" }
+                    " "
+                    progress #job-progress max="100" value="0" {}
+                    " "
+                    span #job-progress-text {}
+                }
+                section aria-labelledby="facts-title" {
+                    h2 #facts-title { "Details" }
+                    dl.facts #job-facts {}
+                }
+                section #job-error-section hidden aria-labelledby="error-title" {
+                    h2 #error-title { "Error" }
+                    pre #job-error {}
+                }
+                section aria-labelledby="payload-title" {
+                    h2 #payload-title { "Payload" }
+                    pre #job-payload tabindex="0" {}
+                }
+                section #job-result-section hidden aria-labelledby="result-title" {
+                    h2 #result-title { "Result" }
+                    pre #job-result tabindex="0" {}
+                    p #job-result-more hidden {
+                        "Shortened here: " a #job-result-link { "the whole result" }
+                    }
+                }
+                section #job-artifacts-section hidden aria-labelledby="artifacts-title" {
+                    h2 #artifacts-title { "Artifacts" }
+                    ul #job-artifacts {}
+                }
+                section #job-timeline-section aria-labelledby="timeline-title" {
+                    h2 #timeline-title { "Timeline" }
+                    ol.timeline #job-timeline {}
+                }
+                section #job-log-section aria-labelledby="log-title" {
+                    h2 #log-title { "Log" }
+                    div.actions {
+                        button #log-pause type="button" aria-pressed="false" { "Pause" }
+                        a.button #log-download download { "Download" }
+                        span #log-status aria-live="polite" {}
+                    }
+                    pre.log #job-log tabindex="0" aria-label="The job's log" {}
+                }
+            }
+        }
+        p.status #status role="status" aria-live="polite" {}
+        (confirm_dialog())
+    };
+    layout("Job", Some(&Shell::from(&viewer)), "job.js", main)
+}
+
+/// The dialog a page asks "are you sure?" with (`kiln.confirm` in `app.js`).
+fn confirm_dialog() -> Markup {
+    html! {
         dialog #confirm aria-labelledby="confirm-text" {
             form method="dialog" {
                 p #confirm-text {}
                 div.actions {
-                    button value="cancel" type="submit" { "Keep them" }
+                    button value="cancel" type="submit" { "Go back" }
                     button.danger #confirm-ok value="ok" type="submit" { "Yes" }
                 }
             }
         }
-    };
-    layout("My jobs", Some(&Shell::from(&viewer)), "jobs.js", main)
+    }
 }
