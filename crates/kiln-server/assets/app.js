@@ -13,7 +13,9 @@ const kiln = (() => {
     const headers = { Accept: 'application/json' };
     if (method !== 'GET') headers['X-Kiln-Csrf'] = csrf;
     const init = { method, headers, credentials: 'same-origin' };
-    if (body !== undefined) {
+    if (body instanceof FormData) {
+      init.body = body; // multipart: the browser writes the boundary
+    } else if (body !== undefined) {
       headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);
     }

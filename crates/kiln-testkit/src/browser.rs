@@ -210,6 +210,12 @@ impl Browser {
             .await;
     }
 
+    /// Empties an input or textarea.
+    pub async fn clear(&self, el: &Element) {
+        let path = self.at(&format!("/element/{}/clear", el.0));
+        self.call(Method::POST, &path, Some(json!({}))).await;
+    }
+
     /// The element's rendered text.
     pub async fn text(&self, el: &Element) -> String {
         let path = self.at(&format!("/element/{}/text", el.0));

@@ -54,6 +54,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     file!("login.js", JS),
     file!("jobs.js", JS),
     file!("job.js", JS),
+    file!("submit.js", JS),
     file!("icon.svg", SVG),
 ];
 

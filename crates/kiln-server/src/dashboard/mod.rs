@@ -10,6 +10,7 @@
 mod assets;
 mod login;
 mod pages;
+mod submit;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request};
@@ -33,6 +34,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(pages::jobs))
         .route("/jobs/{id}", get(pages::job))
+        .route("/submit", get(submit::page))
         .route(
             "/login",
             get(login::page)

@@ -52,6 +52,7 @@ pub fn layout(title: &str, shell: Option<&Shell<'_>>, script: &str, main: Markup
                         nav aria-label="Main" {
                             ul {
                                 li { a href="/" { "My jobs" } }
+                                li { a href="/submit" { "Submit" } }
                             }
                         }
                         div.who {
