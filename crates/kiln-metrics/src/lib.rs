@@ -13,13 +13,15 @@
 //! [`Metrics::set_queue_depths`] and [`Metrics::set_pool`] just before encoding.
 //!
 //! [`trace`] holds the W3C trace context of spans and the hook an OpenTelemetry exporter
-//! installs.
+//! installs; [`series`] the last hour of the worker's attempts, minute by minute, that
+//! [`Metrics::series`] reads for the operator dashboard.
 
+pub mod series;
 pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -196,6 +198,8 @@ pub struct Metrics {
     model_circuit: Family<ModelLabels, Gauge>,
     /// Background tasks of this node that died and are waiting to be started again.
     tasks_down: Mutex<Vec<&'static str>>,
+    /// The last hour of attempts started and ended here, per minute.
+    series: series::Series,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -241,6 +245,7 @@ impl Metrics {
             task_restarts: Counter::default(),
             model_circuit: Family::default(),
             tasks_down: Mutex::new(Vec::new()),
+            series: series::Series::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -394,6 +399,7 @@ impl Metrics {
         self.queue_wait
             .get_or_create(&TypeLabels { r#type })
             .observe(waited.as_secs_f64());
+        self.series.record_start(current_minute(), waited);
     }
 
     /// An attempt of `job_type` ended with `outcome` after running for `ran`.
@@ -408,6 +414,13 @@ impl Metrics {
         self.run_duration
             .get_or_create(&TypeLabels { r#type })
             .observe(ran.as_secs_f64());
+        self.series.record_end(current_minute(), outcome);
+    }
+
+    /// The attempts started and ended on this node in each minute of the last hour (by the
+    /// wall clock), oldest first, the current minute last: [`series::MINUTES`] entries.
+    pub fn series(&self) -> Vec<series::Minute> {
+        self.series.snapshot(current_minute())
     }
 
     /// Background task `name` died: `/readyz` fails until [`Metrics::task_up`].
@@ -559,6 +572,16 @@ impl Scrape<'_> {
     /// The metrics themselves (for [`Metrics::set_pool`]).
     pub fn metrics(&self) -> &Metrics {
         self.0
+    }
+}
+
+/// The wall clock's minute since the Unix epoch (negative before it).
+fn current_minute() -> i64 {
+    const NANOS: u128 = 60_000_000_000;
+    let minutes = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+    match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => minutes(since.as_nanos() / NANOS),
+        Err(e) => -minutes(e.duration().as_nanos().div_ceil(NANOS)),
     }
 }
 

@@ -57,3 +57,30 @@ fn text_has_the_families_with_base_units_and_totals() {
         assert!(known.contains(line), "{line:?} missing from:\n{known}");
     }
 }
+
+#[test]
+fn starts_and_ends_go_into_the_series_of_the_current_minute() {
+    let m = Metrics::new("test");
+    m.job_started("echo", Duration::from_millis(3));
+    m.job_started("echo", Duration::from_millis(4));
+    m.job_ended("echo", Outcome::Succeeded, Duration::from_millis(40));
+    m.job_ended("echo", Outcome::Retried, Duration::from_millis(40));
+    let series = m.series();
+    assert_eq!(series.len(), series::MINUTES);
+    assert!(series.windows(2).all(|w| w[1].minute == w[0].minute + 1));
+    // The minute may have turned between the records and the read: the last two.
+    let last = &series[series::MINUTES - 2..];
+    let sum = |f: fn(&series::Minute) -> u64| last.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|m| m.started), 2);
+    assert_eq!(sum(|m| m.succeeded), 1);
+    assert_eq!(sum(|m| m.failed), 1);
+    assert_eq!(sum(|m| m.dead + m.cancelled), 0);
+    assert!(last.iter().any(|m| m.start_latency.is_some()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    let newest = series[series::MINUTES - 1].minute;
+    assert!(newest.abs_diff(now as i64) <= 1, "{newest} vs {now}");
+}

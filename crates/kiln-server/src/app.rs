@@ -22,7 +22,7 @@ use crate::middleware::{
     REQUEST_ID, clean_request_id, fallback, observe, panic_response, security_headers,
     shutdown_gate, time_limit,
 };
-use crate::routes::{admin, artifacts, auth, counts, events, files, jobs, logs, ops, pdf};
+use crate::routes::{admin, artifacts, auth, counts, events, files, jobs, logs, ops, pdf, series};
 use crate::state::AppState;
 use crate::{dashboard, openapi};
 
@@ -147,6 +147,7 @@ fn api(upload_limit: u64) -> Router<AppState> {
         )
         .route("/admin/queues", get(admin::list_queues))
         .route("/admin/nodes", get(admin::list_nodes))
+        .route("/admin/series", get(series::series))
         .route("/admin/queues/{queue}/pause", post(admin::pause_queue))
         .route("/admin/queues/{queue}/resume", post(admin::resume_queue))
 }

@@ -24,7 +24,7 @@ use utoipa_swagger_ui::Config;
 
 use crate::extract::Path;
 use crate::problem::ApiError;
-use crate::routes::{admin, artifacts, auth, counts, events, files, jobs, logs, ops, pdf};
+use crate::routes::{admin, artifacts, auth, counts, events, files, jobs, logs, ops, pdf, series};
 
 /// Where the document is served (`app::router`); Swagger UI loads it from here.
 const OPENAPI_PATH: &str = "/openapi.json";
@@ -96,6 +96,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         admin::pause_queue,
         admin::resume_queue,
         admin::list_nodes,
+        series::series,
     ),
     components(schemas(Problem)),
     modifiers(&Contract),
@@ -103,7 +104,7 @@ const PROBLEM_JSON: &str = "application/problem+json";
         (name = "auth", description = "Sessions, the caller and their API tokens"),
         (name = "jobs", description = "The caller's jobs: submit, read, follow, cancel, retry"),
         (name = "files", description = "Uploaded input files"),
-        (name = "admin", description = "Users (admin); everyone's jobs, the queues and the nodes (operator)"),
+        (name = "admin", description = "Users (admin); everyone's jobs, the queues, the nodes and this node's last hour (operator)"),
         (name = "ops", description = "Health, readiness, metrics, job types and this description"),
     )
 )]

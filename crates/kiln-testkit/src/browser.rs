@@ -210,6 +210,14 @@ impl Browser {
             .await;
     }
 
+    /// Runs a Chrome DevTools Protocol command (`Network.clearBrowserCache`, …) through
+    /// chromedriver and returns its result.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        let body = json!({"cmd": cmd, "params": params});
+        self.call(Method::POST, &self.at("/goog/cdp/execute"), Some(body))
+            .await
+    }
+
     /// Empties an input or textarea.
     pub async fn clear(&self, el: &Element) {
         let path = self.at(&format!("/element/{}/clear", el.0));

@@ -484,6 +484,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         command_allow: Arc::clone(&v.command_allow),
         queue_limits: queue_limits(v).collect(),
         oidc: v.oidc.clone().map(|c| Arc::new(Oidc::new(c))),
+        node_id: Some(v.node_id.clone()),
         ..ServerConfig::default()
     }
 }

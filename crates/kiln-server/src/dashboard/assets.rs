@@ -55,6 +55,8 @@ const FILES: &[(&str, &str, &[u8])] = &[
     file!("jobs.js", JS),
     file!("job.js", JS),
     file!("submit.js", JS),
+    file!("ops.js", JS),
+    file!("users.js", JS),
     file!("icon.svg", SVG),
 ];
 

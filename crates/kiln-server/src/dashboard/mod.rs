@@ -9,6 +9,7 @@
 
 mod assets;
 mod login;
+mod ops;
 mod pages;
 mod submit;
 
@@ -35,6 +36,9 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(pages::jobs))
         .route("/jobs/{id}", get(pages::job))
         .route("/submit", get(submit::page))
+        .route("/ops/jobs", get(pages::all_jobs))
+        .route("/ops", get(ops::page))
+        .route("/admin/users", get(ops::users))
         .route(
             "/login",
             get(login::page)

@@ -7,7 +7,7 @@ use maud::{DOCTYPE, Markup, html};
 use super::{Viewer, assets};
 use crate::state::AppState;
 use axum::extract::{Path, State};
-use axum::response::Html;
+use axum::response::{Html, IntoResponse, Redirect, Response};
 
 /// The signed-in part of a page: who it is for and the CSRF token its scripts send.
 pub struct Shell<'a> {
@@ -53,6 +53,13 @@ pub fn layout(title: &str, shell: Option<&Shell<'_>>, script: &str, main: Markup
                             ul {
                                 li { a href="/" { "My jobs" } }
                                 li { a href="/submit" { "Submit" } }
+                                @if shell.role >= Role::Operator {
+                                    li { a href="/ops/jobs" { "All jobs" } }
+                                    li { a href="/ops" { "Operations" } }
+                                }
+                                @if shell.role >= Role::Admin {
+                                    li { a href="/admin/users" { "Users" } }
+                                }
                             }
                         }
                         div.who {
@@ -70,6 +77,20 @@ pub fn layout(title: &str, shell: Option<&Shell<'_>>, script: &str, main: Markup
 
 /// `GET /`: the signed-in user's jobs.
 pub async fn jobs(State(state): State<AppState>, viewer: Viewer) -> Html<String> {
+    job_list(&state, &viewer, false)
+}
+
+/// `GET /ops/jobs`: every user's jobs (operators and admins; others go to their own).
+pub async fn all_jobs(State(state): State<AppState>, viewer: Viewer) -> Response {
+    if viewer.me.user.role < Role::Operator {
+        return Redirect::to("/").into_response();
+    }
+    job_list(&state, &viewer, true).into_response()
+}
+
+/// The jobs page: the viewer's own jobs, or (`all`) everyone's through the admin routes.
+fn job_list(state: &AppState, viewer: &Viewer, all: bool) -> Html<String> {
+    let title = if all { "All jobs" } else { "My jobs" };
     let types: Vec<String> = state
         .catalogue()
         .iter()
@@ -77,7 +98,7 @@ pub async fn jobs(State(state): State<AppState>, viewer: Viewer) -> Html<String>
         .collect();
     let states = kiln_domain::JobState::ALL;
     let main = html! {
-        h1 { "My jobs" }
+        h1 { (title) }
         section aria-labelledby="counts-title" {
             h2.sr-only #counts-title { "Jobs per state" }
             ul.counts #counts {}
@@ -100,6 +121,12 @@ pub async fn jobs(State(state): State<AppState>, viewer: Viewer) -> Html<String>
             div {
                 label for="f-queue" { "Queue" }
                 input #f-queue name="queue" type="text" maxlength="64";
+            }
+            @if all {
+                div {
+                    label for="f-owner" { "Owner (name or id)" }
+                    input #f-owner name="owner" type="text" maxlength="64";
+                }
             }
             div {
                 label for="f-name" { "Name" }
@@ -131,8 +158,8 @@ pub async fn jobs(State(state): State<AppState>, viewer: Viewer) -> Html<String>
             button.danger #bulk-delete type="button" disabled { "Delete" }
         }
         div.table-wrap {
-            table #jobs {
-                caption.sr-only { "Your jobs" }
+            table #jobs data-scope=(if all { "all" } else { "mine" }) {
+                caption.sr-only { (title) }
                 thead {
                     tr {
                         th scope="col" {
@@ -154,7 +181,7 @@ pub async fn jobs(State(state): State<AppState>, viewer: Viewer) -> Html<String>
         p.status #status role="status" aria-live="polite" {}
         (confirm_dialog())
     };
-    layout("My jobs", Some(&Shell::from(&viewer)), "jobs.js", main)
+    layout(title, Some(&Shell::from(viewer)), "jobs.js", main)
 }
 
 /// `GET /jobs/{id}`: one job. The page is the same for any id; its script asks the API,
@@ -226,7 +253,7 @@ pub async fn job(viewer: Viewer, Path(id): Path<String>) -> Html<String> {
 }
 
 /// The dialog a page asks "are you sure?" with (`kiln.confirm` in `app.js`).
-fn confirm_dialog() -> Markup {
+pub(super) fn confirm_dialog() -> Markup {
     html! {
         dialog #confirm aria-labelledby="confirm-text" {
             form method="dialog" {

@@ -10,3 +10,4 @@ pub mod jobs;
 pub mod logs;
 pub mod ops;
 pub mod pdf;
+pub mod series;

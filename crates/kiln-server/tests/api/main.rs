@@ -20,3 +20,4 @@ mod ops;
 mod reads;
 mod security;
 mod security_inputs;
+mod series;

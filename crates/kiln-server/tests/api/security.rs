@@ -258,6 +258,12 @@ async fn every_route_answers_each_caller_exactly_as_the_rules_say() {
         ),
         row(
             Method::GET,
+            "/api/v1/admin/series".to_owned(),
+            200,
+            Staff::Operators,
+        ),
+        row(
+            Method::GET,
             "/api/v1/admin/users".to_owned(),
             200,
             Staff::Admins,

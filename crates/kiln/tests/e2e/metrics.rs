@@ -242,3 +242,82 @@ fn promtool_accepts_the_configuration_and_the_alerts_fire_as_tested() {
         );
     }
 }
+
+/// The sum of `key` over `minutes`.
+fn total(minutes: &[serde_json::Value], key: &str) -> u64 {
+    minutes.iter().map(|m| m[key].as_u64().unwrap()).sum()
+}
+
+/// `GET /admin/series` counts the attempts this node's worker ran in the current minute.
+/// An `external` job is not run by a worker: its reports (here `running`, then `dead`) are
+/// not in any node's series.
+#[tokio::test]
+async fn the_series_counts_the_jobs_the_worker_ran() {
+    let app = TestApp::spawn().await;
+    for n in 0..3 {
+        let id = app
+            .submit_ok(&app.admin, json!({"type": "echo", "payload": n}))
+            .await;
+        app.wait_state(&app.admin, &id, "succeeded", LONG).await;
+    }
+    let external = app
+        .submit_ok(
+            &app.admin,
+            json!({"type": "external", "payload": {"name": "x"}}),
+        )
+        .await;
+    for report in [
+        json!({"state": "running"}),
+        json!({"state": "dead", "error": "x"}),
+    ] {
+        let resp = app
+            .client
+            .send_json(
+                hyper::Method::PATCH,
+                Some(&app.admin),
+                &format!("/api/v1/jobs/{external}"),
+                &report,
+            )
+            .await;
+        assert_eq!(resp.status.as_u16(), 200, "{}", resp.text());
+    }
+    assert_eq!(app.job(&app.admin, &external).await["state"], "dead");
+
+    let client = app.user("carol", "client").await;
+    let denied = app.client.get(Some(&client), "/api/v1/admin/series").await;
+    assert_eq!(denied.status.as_u16(), 403, "{}", denied.text());
+
+    // The worker counts an attempt right after the store has it, so wait for the count.
+    // The minute may turn during the test: the jobs are in the last two.
+    let body = wait_until("the three echo jobs to be counted", LONG, || async {
+        let resp = app
+            .client
+            .get(Some(&app.admin), "/api/v1/admin/series")
+            .await;
+        assert_eq!(resp.status.as_u16(), 200, "{}", resp.text());
+        let body = resp.json();
+        let minutes = body["minutes"].as_array().unwrap();
+        if total(&minutes[58..], "succeeded") >= 3 {
+            Ok(body)
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+    assert_eq!(body["node"], "test-node", "{body}");
+    let minutes = body["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60, "{body}");
+    let last = &minutes[58..];
+    assert_eq!(total(last, "started"), 3, "{body}");
+    assert_eq!(total(last, "succeeded"), 3, "{body}");
+    assert!(
+        last.iter()
+            .any(|m| m["start_latency_ms"]["p50"].as_f64().is_some()),
+        "{body}"
+    );
+    // Nothing else in the hour: in particular the external job's `dead` is not counted.
+    assert_eq!(total(minutes, "started"), 3, "{body}");
+    assert_eq!(total(minutes, "dead"), 0, "{body}");
+    assert_eq!(total(minutes, "failed") + total(minutes, "cancelled"), 0);
+    app.stop().await;
+}
