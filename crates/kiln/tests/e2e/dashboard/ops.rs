@@ -123,6 +123,15 @@ pub(super) async fn an_admin_creates_a_user_changes_their_role_and_disables_them
         .await;
     assert!(said.as_str().unwrap().contains("username"), "{said}");
     browser.close().await;
+    // At a phone's width too.
+    let phone = signed_in(&app, Width::Phone, "admin", ADMIN_PASSWORD).await;
+    phone
+        .goto(&format!("http://{}/admin/users", app.addr()))
+        .await;
+    phone.find("#users tr[data-user=dora]").await;
+    assert_accessible(&phone, "users at phone width").await;
+    phone.screenshot("users-phone").await;
+    phone.close().await;
     app.stop().await;
 }
 
@@ -184,6 +193,18 @@ pub(super) async fn operators_see_everyones_jobs_and_clients_no_operator_pages()
         "{last}"
     );
     assert_accessible(&browser, "all jobs").await;
+    browser.screenshot("all-jobs-desktop").await;
+    let phone = signed_in(&app, Width::Phone, "admin", ADMIN_PASSWORD).await;
+    phone.goto(&format!("http://{}/ops/jobs", app.addr())).await;
+    phone
+        .wait_for(
+            "the rows",
+            WAIT,
+            "return document.querySelectorAll('#jobs tbody tr').length === 2",
+        )
+        .await;
+    phone.screenshot("all-jobs-phone").await;
+    phone.close().await;
     assert_quiet_console(&browser, "all jobs").await;
     browser.close().await;
 
