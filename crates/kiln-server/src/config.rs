@@ -61,6 +61,8 @@ pub struct ServerConfig {
     /// OpenID Connect bearer tokens (Entra ID) accepted beside Kiln's own; `None`: only
     /// Kiln tokens.
     pub oidc: Option<std::sync::Arc<crate::auth::oidc::Oidc>>,
+    /// The API is served over HTTPS (the dashboard's sign-in callback URL says `https`).
+    pub https: bool,
     /// This node's id (`KILN_NODE_ID`), named by `GET /admin/series`; `None`: not named.
     pub node_id: Option<String>,
 }
@@ -88,6 +90,7 @@ impl Default for ServerConfig {
             submit_rate: None,
             storage_quota: None,
             oidc: None,
+            https: false,
             node_id: None,
         }
     }

@@ -125,21 +125,9 @@ pub struct Config {
     /// Origins allowed by CORS (comma-separated); none by default.
     #[arg(long, env = "KILN_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
-    /// Accept OpenID Connect bearer tokens (JWTs) from this issuer beside Kiln's own tokens:
-    /// its identifier exactly as tokens carry it in `iss` (Microsoft Entra ID:
-    /// `https://login.microsoftonline.com/<tenant-id>/v2.0`). Its keys are found through
-    /// `<issuer>/.well-known/openid-configuration`.
-    #[arg(long, env = "KILN_OIDC_ISSUER")]
-    pub oidc_issuer: Option<String>,
-    /// The audience (`aud`) those tokens must be for (Entra: the app's client id or
-    /// Application ID URI).
-    #[arg(long, env = "KILN_OIDC_AUDIENCE")]
-    pub oidc_audience: Option<String>,
-    /// The claim that lists a person's roles (Entra app roles: `roles`); its values
-    /// `Kiln.Admin`/`Kiln.Operator` (or `admin`/`operator`) set their Kiln role at each
-    /// sign-in. Without it a new person is a client and admins manage roles in Kiln.
-    #[arg(long, env = "KILN_OIDC_ROLES_CLAIM")]
-    pub oidc_roles_claim: Option<String>,
+    /// OpenID Connect: bearer JWTs from a provider, and the dashboard's sign-in through it.
+    #[command(flatten)]
+    pub oidc: oidc::OidcArgs,
     /// This node's id in leases (default: the host name). Must be stable across restarts.
     #[arg(long, env = "KILN_NODE_ID")]
     pub node_id: Option<String>,
@@ -436,20 +424,7 @@ impl Config {
                 ));
             }
         }
-        let oidc = match (&self.oidc_issuer, &self.oidc_audience) {
-            (Some(issuer), audience) => kiln_server::auth::oidc::OidcConfig::new(
-                issuer,
-                audience.as_deref().unwrap_or_default(),
-                self.oidc_roles_claim.as_deref(),
-            )
-            .map_err(|e| problems.push(e))
-            .ok(),
-            (None, Some(_)) => {
-                problems.push("KILN_OIDC_AUDIENCE needs KILN_OIDC_ISSUER".to_owned());
-                None
-            }
-            (None, None) => None,
-        };
+        let oidc = self.oidc.check(&mut problems);
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -594,5 +569,6 @@ pub(crate) fn host_name() -> String {
 }
 
 pub mod gemini;
+pub mod oidc;
 #[cfg(test)]
 mod tests;

@@ -485,6 +485,7 @@ fn server_config(v: &Validated) -> ServerConfig {
         queue_limits: queue_limits(v).collect(),
         oidc: v.oidc.clone().map(|c| Arc::new(Oidc::new(c))),
         node_id: Some(v.node_id.clone()),
+        https: v.tls.is_some(),
         ..ServerConfig::default()
     }
 }

@@ -28,13 +28,18 @@ pub const CSRF_HEADER: &str = "x-kiln-csrf";
 
 /// The session token in the request's cookies, if any.
 pub fn session_token(headers: &HeaderMap) -> Option<&str> {
+    get(headers, SESSION_COOKIE)
+}
+
+/// The value of the cookie `name` the request carries, if any (and not empty).
+pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim())
         .filter(|value| !value.is_empty())
 }

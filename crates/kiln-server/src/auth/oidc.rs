@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::http::{StatusCode, Uri};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -60,6 +60,11 @@ pub struct OidcConfig {
     /// The claim holding the person's roles (Entra app roles: `roles`); `None`: roles are
     /// managed in Kiln and a new user is a client.
     pub roles_claim: Option<String>,
+    /// The dashboard's client id at the provider: the dashboard offers signing in through
+    /// it (its ID tokens are for this audience).
+    pub client_id: Option<String>,
+    /// The client secret sent when redeeming a code, for a confidential client.
+    pub client_secret: Option<String>,
 }
 
 impl OidcConfig {
@@ -77,12 +82,21 @@ impl OidcConfig {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             roles_claim: roles_claim.map(str::to_owned),
+            client_id: None,
+            client_secret: None,
         })
+    }
+
+    /// These settings with the dashboard's client id (and secret).
+    pub fn with_client(mut self, client_id: Option<String>, client_secret: Option<String>) -> Self {
+        self.client_id = client_id;
+        self.client_secret = client_secret;
+        self
     }
 }
 
 /// `https://…`, or `http://` to a loopback host; a host is required.
-fn check_url(url: &str) -> Result<Uri, String> {
+pub(super) fn check_url(url: &str) -> Result<Uri, String> {
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
@@ -129,7 +143,7 @@ impl From<OidcError> for ApiError {
     }
 }
 
-fn invalid(detail: impl Into<String>) -> OidcError {
+pub(super) fn invalid(detail: impl Into<String>) -> OidcError {
     OidcError::Invalid(detail.into())
 }
 
@@ -183,7 +197,9 @@ struct Fetched {
 /// The verifier: configuration, the provider's keys and an HTTP client to fetch them.
 pub struct Oidc {
     config: OidcConfig,
-    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    pub(super) http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The provider's sign-in endpoints, once discovered.
+    pub(super) endpoints: tokio::sync::OnceCell<super::oidc_code::Endpoints>,
     keys: RwLock<Keys>,
     /// Held while fetching (one fetch at a time); when the last one ran and how it ended.
     fetched: tokio::sync::Mutex<Fetched>,
@@ -232,6 +248,7 @@ impl Oidc {
             http: Client::builder(TokioExecutor::new()).build(connector),
             keys: RwLock::default(),
             fetched: tokio::sync::Mutex::default(),
+            endpoints: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -242,6 +259,18 @@ impl Oidc {
 
     /// Checks `token` at `now`; the exact reason when it is refused.
     pub async fn verify(&self, token: &str, now: Timestamp) -> Result<Verified, OidcError> {
+        let claims = self.decode(token, &self.config.audience, now).await?;
+        self.accept(claims, now)
+    }
+
+    /// The claims of `token` once its signature, issuer and `audience` are checked (its
+    /// times are checked by [`Oidc::accept`]).
+    pub(super) async fn decode(
+        &self,
+        token: &str,
+        audience: &str,
+        now: Timestamp,
+    ) -> Result<Map<String, Value>, OidcError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(invalid("the bearer token is too long"));
         }
@@ -256,7 +285,7 @@ impl Oidc {
         let key = self.key(header.kid.as_deref(), header.alg, now).await?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
+        validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         // Times are judged below by the server's clock, the one everything else uses.
         validation.validate_exp = false;
@@ -264,11 +293,15 @@ impl Oidc {
         validation.leeway = 0;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)
             .map_err(|e| invalid(refusal(&e)))?;
-        self.accept(data.claims, now)
+        Ok(data.claims)
     }
 
     /// Checks the times and reads the person from verified claims.
-    fn accept(&self, claims: Map<String, Value>, now: Timestamp) -> Result<Verified, OidcError> {
+    pub(super) fn accept(
+        &self,
+        claims: Map<String, Value>,
+        now: Timestamp,
+    ) -> Result<Verified, OidcError> {
         let skew = CLOCK_SKEW.as_secs() as i64;
         let at = |name: &str| claims.get(name).and_then(Value::as_i64);
         let exp = at("exp").ok_or_else(|| invalid("the token's `exp` is not a number"))?;
@@ -412,7 +445,7 @@ impl Oidc {
     }
 
     /// GET `url` (https, or http to loopback): the body of a 200 answer.
-    async fn get(&self, url: &str) -> Result<Bytes, String> {
+    pub(super) async fn get(&self, url: &str) -> Result<Bytes, String> {
         let uri = check_url(url)?;
         let fetch = async {
             let answer = self

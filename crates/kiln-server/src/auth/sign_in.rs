@@ -22,10 +22,31 @@ pub(crate) async fn oidc_user(
     now: Timestamp,
 ) -> Result<(User, TokenInfo), ApiError> {
     let verified = oidc.verify(token, now).await?;
+    let user = person(state, &verified, now).await?;
+    let info = TokenInfo {
+        // Stored tokens have ids from 1; 0 never matches a `DELETE /tokens/{id}`.
+        id: 0,
+        user: user.id,
+        kind: TokenKind::Session,
+        name: "oidc".to_owned(),
+        created_at: now,
+        expires_at: Some(verified.expires_at),
+    };
+    Ok((user, info))
+}
+
+/// The Kiln user of the person the provider `verified`: found by their identity, made on
+/// first sight, with the role its roles claim gives (when one is configured); refused if
+/// disabled.
+pub(crate) async fn person(
+    state: &AppState,
+    verified: &Verified,
+    now: Timestamp,
+) -> Result<User, ApiError> {
     let store = state.store();
     let mut user = match store.user_by_identity(&verified.identity).await? {
         Some(user) => user,
-        None => provision(store, &verified, now).await?,
+        None => provision(store, verified, now).await?,
     };
     if user.disabled {
         return Err(ApiError::unauthorized("this user is disabled"));
@@ -42,16 +63,7 @@ pub(crate) async fn oidc_user(
         state.tokens().forget_user(user.id);
         tracing::info!(user = %user.username, %role, "role set by the identity provider's roles claim");
     }
-    let info = TokenInfo {
-        // Stored tokens have ids from 1; 0 never matches a `DELETE /tokens/{id}`.
-        id: 0,
-        user: user.id,
-        kind: TokenKind::Session,
-        name: "oidc".to_owned(),
-        created_at: now,
-        expires_at: Some(verified.expires_at),
-    };
-    Ok((user, info))
+    Ok(user)
 }
 
 /// Creates the user of a person seen for the first time: named after their token's name,

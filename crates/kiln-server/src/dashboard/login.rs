@@ -42,12 +42,17 @@ fn message(code: &str) -> &'static str {
         "csrf_failed" => {
             "The sign-in did not come from this server's own page: reload it and try again."
         }
+        "provider_refused" => "Microsoft did not sign you in: try again, or ask an admin.",
+        "provider_unavailable" => "Microsoft's sign-in cannot be reached: try again shortly.",
+        "user_disabled" => "Your Kiln user is disabled: ask an admin.",
+        "sign_in_expired" => "That sign-in took too long or did not start here: try again.",
         _ => "Signing in failed: try again.",
     }
 }
 
 /// `GET /login`.
-pub async fn page(Query(query): Query<LoginQuery>) -> Html<String> {
+pub async fn page(State(state): State<AppState>, Query(query): Query<LoginQuery>) -> Html<String> {
+    let microsoft = super::microsoft::provider(&state).is_some();
     let error = query.error.as_deref().map(message);
     let body = html! {
         section.login aria-labelledby="login-title" {
@@ -64,7 +69,11 @@ pub async fn page(Query(query): Query<LoginQuery>) -> Html<String> {
                 input #username name="username" type="text" autocomplete="username" required autofocus;
                 label for="password" { "Password" }
                 input #password name="password" type="password" autocomplete="current-password" required;
-                button type="submit" { "Sign in" }
+                button.primary type="submit" { "Sign in" }
+            }
+            @if microsoft {
+                p.or { "or" }
+                p { a.button #microsoft href="/login/microsoft" { "Sign in with Microsoft" } }
             }
         }
     };

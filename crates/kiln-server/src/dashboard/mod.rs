@@ -9,6 +9,7 @@
 
 mod assets;
 mod login;
+mod microsoft;
 mod ops;
 mod pages;
 mod submit;
@@ -47,6 +48,8 @@ pub fn routes() -> Router<AppState> {
                     crate::routes::auth::LOGIN_BODY_LIMIT,
                 )),
         )
+        .route("/login/microsoft", get(microsoft::start))
+        .route("/login/microsoft/callback", get(microsoft::callback))
         .route("/assets/{file}", get(assets::serve))
         .route("/favicon.ico", get(assets::favicon))
         .layer(from_fn(page_headers))

@@ -204,8 +204,37 @@ fn openid_connect_needs_an_https_issuer_and_an_audience() {
     .oidc
     .unwrap();
     assert_eq!(ok.roles_claim.as_deref(), Some("roles"));
+    assert_eq!(
+        ok.client_id, None,
+        "no dashboard sign-in without a client id"
+    );
+    let with_client = parse(&[
+        "--oidc-issuer",
+        "https://login.example/t",
+        "--oidc-audience",
+        "api://kiln",
+        "--oidc-client-id",
+        "c1",
+        "--oidc-client-secret",
+        "s3",
+    ])
+    .validate()
+    .unwrap()
+    .oidc
+    .unwrap();
+    assert_eq!(with_client.client_id.as_deref(), Some("c1"));
+    assert_eq!(with_client.client_secret.as_deref(), Some("s3"));
     for bad in [
         &["--oidc-audience", "api://kiln"][..],
+        &["--oidc-client-id", "c1"][..],
+        &[
+            "--oidc-issuer",
+            "https://login.example/t",
+            "--oidc-audience",
+            "a",
+            "--oidc-client-secret",
+            "s",
+        ][..],
         &["--oidc-issuer", "https://login.example/t"][..],
         &[
             "--oidc-issuer",

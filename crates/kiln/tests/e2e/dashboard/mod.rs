@@ -13,6 +13,7 @@
 mod bench;
 mod job;
 mod jobs;
+mod microsoft;
 mod ops;
 mod session;
 mod submit;
