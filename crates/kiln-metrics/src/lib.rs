@@ -21,7 +21,7 @@ pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -399,7 +399,7 @@ impl Metrics {
         self.queue_wait
             .get_or_create(&TypeLabels { r#type })
             .observe(waited.as_secs_f64());
-        self.series.record_start(current_minute(), waited);
+        self.series.record_start(series::current_minute(), waited);
     }
 
     /// An attempt of `job_type` ended with `outcome` after running for `ran`.
@@ -414,13 +414,13 @@ impl Metrics {
         self.run_duration
             .get_or_create(&TypeLabels { r#type })
             .observe(ran.as_secs_f64());
-        self.series.record_end(current_minute(), outcome);
+        self.series.record_end(series::current_minute(), outcome);
     }
 
     /// The attempts started and ended on this node in each minute of the last hour (by the
     /// wall clock), oldest first, the current minute last: [`series::MINUTES`] entries.
     pub fn series(&self) -> Vec<series::Minute> {
-        self.series.snapshot(current_minute())
+        self.series.snapshot(series::current_minute())
     }
 
     /// Background task `name` died: `/readyz` fails until [`Metrics::task_up`].
@@ -572,16 +572,6 @@ impl Scrape<'_> {
     /// The metrics themselves (for [`Metrics::set_pool`]).
     pub fn metrics(&self) -> &Metrics {
         self.0
-    }
-}
-
-/// The wall clock's minute since the Unix epoch (negative before it).
-fn current_minute() -> i64 {
-    const NANOS: u128 = 60_000_000_000;
-    let minutes = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
-    match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(since) => minutes(since.as_nanos() / NANOS),
-        Err(e) => -minutes(e.duration().as_nanos().div_ceil(NANOS)),
     }
 }
 

@@ -216,6 +216,16 @@ impl Series {
     }
 }
 
+/// The wall clock's minute since the Unix epoch (negative before it).
+pub(crate) fn current_minute() -> i64 {
+    const NANOS: u128 = 60_000_000_000;
+    let minutes = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+    match std::time::SystemTime::now().duration_since(std::time::SystemTime::UNIX_EPOCH) {
+        Ok(since) => minutes(since.as_nanos() / NANOS),
+        Err(e) => -minutes(e.duration().as_nanos().div_ceil(NANOS)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
