@@ -163,6 +163,17 @@ impl TestApp {
         resp.json()["id"].as_str().expect("an id").to_owned()
     }
 
+    /// `PATCH /api/v1/jobs/{id}` with `report` (an `external` job's owner reporting its
+    /// state), asserting 200.
+    pub async fn report(&self, token: &str, id: &str, report: Value) {
+        let path = format!("/api/v1/jobs/{id}");
+        let resp = self
+            .client
+            .send_json(Method::PATCH, Some(token), &path, &report)
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    }
+
     pub async fn job(&self, token: &str, id: &str) -> Value {
         let resp = self
             .client

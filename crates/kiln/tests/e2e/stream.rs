@@ -358,12 +358,7 @@ async fn changes_made_at_once_all_reach_the_stream_whatever_order_they_commit_in
             json!({"state": "running"}),
             json!({"state": "dead", "error": "no"}),
         ] {
-            let path = format!("/api/v1/jobs/{id}");
-            let resp = app
-                .client
-                .send_json(Method::PATCH, Some(&app.admin), &path, &report)
-                .await;
-            assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+            app.report(&app.admin, &id, report).await;
         }
         ids.push(id);
     }

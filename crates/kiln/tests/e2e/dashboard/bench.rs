@@ -4,7 +4,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper::{Method, StatusCode};
 use kiln_testkit::browser::Width;
 use serde_json::json;
 
@@ -108,16 +107,8 @@ async fn bench_state_change_to_dom_and_cold_load() {
     let mut latencies = Vec::new();
     for id in &ids {
         let sent = now_ms();
-        let resp = app
-            .client
-            .send_json(
-                Method::PATCH,
-                Some(&app.admin),
-                &format!("/api/v1/jobs/{id}"),
-                &json!({"state": "running"}),
-            )
+        app.report(&app.admin, id, json!({"state": "running"}))
             .await;
-        assert_eq!(resp.status, StatusCode::OK);
         let seen = browser
             .wait_for(
                 "the row",

@@ -1,6 +1,5 @@
 //! "My jobs": rows that change in place, bulk retry and cancel.
 
-use hyper::{Method, StatusCode};
 use kiln_testkit::browser::Width;
 use serde_json::json;
 
@@ -62,16 +61,7 @@ pub(super) async fn dead_jobs_are_retried_and_a_running_one_cancelled_in_bulk() 
             json!({"state": "running"}),
             json!({"state": "dead", "error": "the export failed"}),
         ] {
-            let resp = app
-                .client
-                .send_json(
-                    Method::PATCH,
-                    Some(&app.admin),
-                    &format!("/api/v1/jobs/{id}"),
-                    &report,
-                )
-                .await;
-            assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+            app.report(&app.admin, &id, report).await;
         }
         dead.push(id);
     }

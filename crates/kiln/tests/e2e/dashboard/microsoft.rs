@@ -180,13 +180,7 @@ async fn signing_in_with_microsoft_makes_a_session_through_pkce() {
     assert_accessible(&browser, "login with Microsoft").await;
     browser.screenshot("login-microsoft-desktop").await;
     browser.click(&button).await;
-    browser
-        .wait_for(
-            "the jobs page",
-            WAIT,
-            "return location.pathname === '/' && document.querySelector('h1')?.textContent === 'My jobs'",
-        )
-        .await;
+    on_my_jobs(&browser).await;
     let who = browser.text(&browser.find(".who span").await).await;
     assert!(who.contains("maria") && who.contains("(operator)"), "{who}");
     let cookies = browser.cookies().await;

@@ -78,13 +78,7 @@ pub(super) async fn signed_in(
 
 pub(super) async fn sign_in(browser: &Browser, app: &TestApp, username: &str, password: &str) {
     browser.goto(&format!("http://{}/", app.addr())).await;
-    browser
-        .wait_for(
-            "the login page",
-            WAIT,
-            "return location.pathname === '/login'",
-        )
-        .await;
+    on_login(browser).await;
     let name = browser.find("#username").await;
     browser.type_into(&name, username).await;
     let pass = browser.find("#password").await;
@@ -92,13 +86,7 @@ pub(super) async fn sign_in(browser: &Browser, app: &TestApp, username: &str, pa
     browser
         .click(&browser.find("form button[type=submit]").await)
         .await;
-    browser
-        .wait_for(
-            "the jobs page",
-            WAIT,
-            "return location.pathname === '/' && document.querySelector('h1')?.textContent === 'My jobs'",
-        )
-        .await;
+    on_my_jobs(browser).await;
 }
 
 /// The ids of the rows the jobs page shows, with their states.
@@ -128,4 +116,26 @@ pub(super) async fn fill(browser: &Browser, css: &str, text: &str) {
     let field = browser.find(css).await;
     browser.clear(&field).await;
     browser.type_into(&field, text).await;
+}
+
+/// Waits until the browser shows the sign-in page.
+pub(super) async fn on_login(browser: &Browser) {
+    browser
+        .wait_for(
+            "the login page",
+            WAIT,
+            "return location.pathname === '/login'",
+        )
+        .await;
+}
+
+/// Waits until the browser shows the signed-in user's own jobs.
+pub(super) async fn on_my_jobs(browser: &Browser) {
+    browser
+        .wait_for(
+            "the jobs page",
+            WAIT,
+            "return location.pathname === '/' && document.querySelector('h1')?.textContent === 'My jobs'",
+        )
+        .await;
 }

@@ -215,9 +215,7 @@ pub(super) async fn operators_see_everyones_jobs_and_clients_no_operator_pages()
     assert_eq!(links, "/ /submit", "{links}");
     for page in ["/ops", "/ops/jobs", "/admin/users"] {
         browser.goto(&format!("http://{}{page}", app.addr())).await;
-        browser
-            .wait_for("the own jobs page", WAIT, "return location.pathname === '/' && document.querySelector('h1')?.textContent === 'My jobs'")
-            .await;
+        on_my_jobs(&browser).await;
     }
     browser.close().await;
     app.stop().await;

@@ -76,21 +76,9 @@ pub(super) async fn signing_in_leads_to_my_jobs_at_desktop_and_phone_width() {
 
         // Signing out ends the session: the next visit is the login page again.
         browser.click(&browser.find("#logout").await).await;
-        browser
-            .wait_for(
-                "the login page",
-                WAIT,
-                "return location.pathname === '/login'",
-            )
-            .await;
+        on_login(&browser).await;
         browser.goto(&format!("http://{}/", app.addr())).await;
-        browser
-            .wait_for(
-                "the login page",
-                WAIT,
-                "return location.pathname === '/login'",
-            )
-            .await;
+        on_login(&browser).await;
         browser.close().await;
     }
     app.stop().await;
@@ -148,21 +136,11 @@ pub(super) async fn a_cookie_session_writes_only_with_our_origin_and_its_csrf_to
     let token = cookie.split_once('=').unwrap().1.to_owned();
 
     // Reads need only the cookie; the page carries the CSRF token for writes.
-    let me = app
-        .client
-        .request(Method::GET, "/api/v1/me")
-        .header("cookie", &cookie)
-        .send()
-        .await;
+    let me = cookie_get(&app, "/api/v1/me", &cookie).await;
     assert_eq!(me.status, StatusCode::OK, "{}", me.text());
     assert_eq!(me.json()["username"], "admin");
     assert_eq!(me.header("cache-control"), Some("no-store"));
-    let page = app
-        .client
-        .request(Method::GET, "/")
-        .header("cookie", &cookie)
-        .send()
-        .await;
+    let page = cookie_get(&app, "/", &cookie).await;
     assert_eq!(page.status, StatusCode::OK);
     let html = page.text();
     let csrf = html
@@ -221,12 +199,7 @@ pub(super) async fn a_cookie_session_writes_only_with_our_origin_and_its_csrf_to
     assert_eq!(resp.status, StatusCode::ACCEPTED, "{}", resp.text());
 
     // The counts of the caller's own jobs.
-    let counts = app
-        .client
-        .request(Method::GET, "/api/v1/jobs/counts")
-        .header("cookie", &cookie)
-        .send()
-        .await;
+    let counts = cookie_get(&app, "/api/v1/jobs/counts", &cookie).await;
     assert_eq!(counts.status, StatusCode::OK);
     let counts = counts.json();
     assert_eq!(counts["total"], 2, "{counts}");
@@ -243,19 +216,9 @@ pub(super) async fn a_cookie_session_writes_only_with_our_origin_and_its_csrf_to
         .await;
     assert_eq!(out.status, StatusCode::NO_CONTENT);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
-    let me = app
-        .client
-        .request(Method::GET, "/api/v1/me")
-        .header("cookie", &cookie)
-        .send()
-        .await;
+    let me = cookie_get(&app, "/api/v1/me", &cookie).await;
     assert_eq!(me.status, StatusCode::UNAUTHORIZED);
-    let page = app
-        .client
-        .request(Method::GET, "/")
-        .header("cookie", &cookie)
-        .send()
-        .await;
+    let page = cookie_get(&app, "/", &cookie).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.header("location"), Some("/login"));
     app.stop().await;
@@ -298,4 +261,13 @@ pub(super) async fn assets_are_hashed_cached_for_good_and_gzipped() {
     assert_eq!(icon.status, StatusCode::OK);
     assert_eq!(icon.header("content-type"), Some("image/svg+xml"));
     app.stop().await;
+}
+
+/// `GET path` with only the session cookie.
+async fn cookie_get(app: &TestApp, path: &str, cookie: &str) -> TestResponse {
+    app.client
+        .request(Method::GET, path)
+        .header("cookie", cookie)
+        .send()
+        .await
 }
