@@ -55,17 +55,7 @@ async fn main() {
         "moto" => {
             let moto = emulators::Moto::start().await.expect("moto_server");
             moto.bucket("kiln-bench");
-            let objects = Objects::from_url(
-                "s3://kiln-bench",
-                [
-                    ("aws_endpoint", moto.endpoint.as_str()),
-                    ("aws_allow_http", "true"),
-                    ("aws_region", "us-east-1"),
-                    ("aws_access_key_id", "test"),
-                    ("aws_secret_access_key", "test"),
-                ],
-            )
-            .unwrap();
+            let objects = Objects::from_url("s3://kiln-bench", moto.options()).unwrap();
             _server = Some(Box::new(moto));
             objects
         }

@@ -288,17 +288,9 @@ async fn s3() {
     run_contract(Arc::new(store)).await;
 
     // The URL form a deployment configures reaches the same bucket.
-    let objects = kiln_objects::Objects::from_url(
-        "s3://kiln-contract/under/a/prefix",
-        [
-            ("aws_endpoint", moto.endpoint.as_str()),
-            ("aws_allow_http", "true"),
-            ("aws_region", "us-east-1"),
-            ("aws_access_key_id", "test"),
-            ("aws_secret_access_key", "test"),
-        ],
-    )
-    .unwrap();
+    let objects =
+        kiln_objects::Objects::from_url("s3://kiln-contract/under/a/prefix", moto.options())
+            .unwrap();
     round_trip(&objects).await;
 }
 

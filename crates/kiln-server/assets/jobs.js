@@ -31,18 +31,6 @@
     return p;
   }
 
-  /** Whether a job seen live belongs in the list as filtered. */
-  function matches(job) {
-    const f = filters();
-    const want = (k, v) => !f.has(k) || f.get(k) === v;
-    if (!want('state', job.state) || !want('type', job.type) || !want('queue', job.queue)) return false;
-    if (f.has('name') && f.get('name') !== job.name) return false;
-    const created = Date.parse(job.created_at);
-    if (f.has('created_after') && !(created > Date.parse(f.get('created_after')))) return false;
-    if (f.has('created_before') && !(created < Date.parse(f.get('created_before')))) return false;
-    return true;
-  }
-
   function label(job) {
     return job.name || job.id.slice(0, 8) + '…' + job.id.slice(-4);
   }
@@ -135,7 +123,7 @@
     list.replaceChildren(...items);
   }
   function countsSoon() {
-    if (countsTimer === null) countsTimer = setTimeout(counts, 1000);
+    if (countsTimer === null) countsTimer = setTimeout(counts, 2000);
   }
 
   function updateBulk() {
@@ -175,16 +163,26 @@
     countsSoon();
   }
 
-  async function refresh(id) {
-    let job;
-    try { job = await api('GET', jobsPath + '/' + id); } catch (_) { return; }
-    const entry = rows.get(id);
-    if (entry) patch(entry, job);
-    else if (matches(job) && (filters().get('sort') || '-created_at') === '-created_at') {
-      tbody.prepend(row(job));
-      empty.hidden = true;
-    }
+  // Jobs new to this page: one list request for whatever was created after the newest row
+  // shown, with the page's own filters (the server applies them), at most every half
+  // second however many events arrive.
+  let newTimer = null;
+  async function fetchNew() {
+    newTimer = null;
+    const p = filters();
+    if ((p.get('sort') || '-created_at') !== '-created_at') return;
+    let newest = null;
+    for (const { job } of rows.values()) if (newest === null || job.created_at > newest) newest = job.created_at;
+    if (newest !== null && !(p.has('created_after') && p.get('created_after') > newest)) p.set('created_after', newest);
+    p.set('limit', String(PAGE));
+    let page;
+    try { page = await api('GET', jobsPath + '?' + p.toString()); } catch (_) { return; }
+    for (const job of [...page.items].reverse()) if (!rows.has(job.id)) tbody.prepend(row(job));
+    empty.hidden = rows.size > 0;
     updateBulk();
+  }
+  function newSoon() {
+    if (newTimer === null) newTimer = setTimeout(fetchNew, 500);
   }
 
   function live() {
@@ -194,13 +192,12 @@
       try { ev = JSON.parse(m.data); } catch (_) { return; }
       const entry = rows.get(ev.id);
       if (entry) {
-        // The state changes at once; the rest of the job (progress, result) follows.
+        // The event says all a row shows that changes (no request per event).
         patch(entry, Object.assign({}, entry.job, { state: ev.state, attempts: ev.attempt,
           progress: ev.state === 'succeeded' ? 1 : entry.job.progress }));
         updateBulk();
-        if (ev.state !== 'running') refresh(ev.id);
       } else if (!document.hidden) {
-        refresh(ev.id);
+        newSoon();
       }
       countsSoon();
     });

@@ -86,6 +86,17 @@ impl Moto {
         let status = http(port, &format!("PUT /{name} HTTP/1.1")).unwrap();
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     }
+
+    /// The `s3://` options that reach this server (any key works).
+    pub fn options(&self) -> [(&'static str, &str); 5] {
+        [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+        ]
+    }
 }
 
 impl Drop for Moto {

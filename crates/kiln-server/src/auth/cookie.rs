@@ -12,7 +12,7 @@
 //!
 //! Bearer tokens (`Authorization`) are unaffected and take precedence.
 
-use axum::http::header::{COOKIE, HOST, ORIGIN};
+use axum::http::header::{COOKIE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use sha2::{Digest, Sha256};
@@ -87,11 +87,22 @@ pub fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
     let Some((_scheme, authority)) = origin.split_once("://") else {
         return false;
     };
-    let host = headers
+    request_host(headers, uri).is_some_and(|host| host.eq_ignore_ascii_case(authority))
+}
+
+/// The host (and port) the request was sent to: its `Host` header, or the URI's authority.
+pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
         .get(HOST)
         .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()));
-    host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+/// Adds the cookie `value` (a whole `Set-Cookie` value) to `resp`.
+pub fn append(resp: &mut axum::response::Response, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        resp.headers_mut().append(SET_COOKIE, value);
+    }
 }
 
 fn csrf_failed(detail: &'static str) -> ApiError {

@@ -7,8 +7,7 @@
 //! a reload never re-sends the password), whose page says what went wrong.
 
 use axum::extract::{Query, State};
-use axum::http::header::SET_COOKIE;
-use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use kiln_api::LoginRequest;
 use maud::html;
@@ -107,8 +106,6 @@ pub async fn submit(
     };
     let max_age = state.config().session_ttl.as_secs();
     let mut resp = Redirect::to("/").into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie::set_session(&login.token, max_age)) {
-        resp.headers_mut().insert(SET_COOKIE, value);
-    }
+    cookie::append(&mut resp, &cookie::set_session(&login.token, max_age));
     resp
 }

@@ -11,7 +11,7 @@
 //! `SameSite=Strict` cookie; a navigation from our own page carries it.
 
 use axum::extract::{Query, State};
-use axum::http::header::{HOST, LOCATION, SET_COOKIE};
+use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, html};
@@ -46,9 +46,7 @@ fn back(code: &str) -> Response {
 }
 
 fn with_cookie(mut resp: Response, value: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        resp.headers_mut().append(SET_COOKIE, value);
-    }
+    cookie::append(&mut resp, value);
     resp
 }
 
@@ -70,10 +68,7 @@ pub async fn start(State(state): State<AppState>, headers: HeaderMap, uri: Uri) 
         return ApiError::not_found("signing in through an identity provider is not configured")
             .into_response();
     };
-    let host = headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()));
+    let host = cookie::request_host(&headers, &uri);
     let Some(host) = host.filter(|h| !h.is_empty() && !h.contains(['/', '?', '#', '@'])) else {
         return ApiError::invalid("Host", "the request names no host to come back to")
             .into_response();

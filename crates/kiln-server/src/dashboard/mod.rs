@@ -77,6 +77,14 @@ pub struct Viewer {
     pub csrf: String,
 }
 
+impl Viewer {
+    /// A redirect to the viewer's own jobs when they lack `role` (a page for operators or
+    /// admins); `None` when they have it.
+    pub fn lacks(&self, role: kiln_domain::Role) -> Option<Response> {
+        (self.me.user.role < role).then(|| Redirect::to("/").into_response())
+    }
+}
+
 impl FromRequestParts<AppState> for Viewer {
     type Rejection = Response;
 

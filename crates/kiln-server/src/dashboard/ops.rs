@@ -3,7 +3,7 @@
 //! sends anyone without the role back to their own jobs; the API routes behind them check
 //! the role again.
 
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use kiln_domain::Role;
 use maud::html;
 
@@ -12,8 +12,8 @@ use super::pages::{Shell, confirm_dialog, layout};
 
 /// `GET /ops`.
 pub async fn page(viewer: Viewer) -> Response {
-    if viewer.me.user.role < Role::Operator {
-        return Redirect::to("/").into_response();
+    if let Some(away) = viewer.lacks(Role::Operator) {
+        return away;
     }
     let main = html! {
         h1 { "Operations" }
@@ -73,8 +73,8 @@ pub async fn page(viewer: Viewer) -> Response {
 
 /// `GET /admin/users`.
 pub async fn users(viewer: Viewer) -> Response {
-    if viewer.me.user.role < Role::Admin {
-        return Redirect::to("/").into_response();
+    if let Some(away) = viewer.lacks(Role::Admin) {
+        return away;
     }
     let roles = [Role::Client, Role::Operator, Role::Admin];
     let main = html! {

@@ -7,7 +7,7 @@ use maud::{DOCTYPE, Markup, html};
 use super::{Viewer, assets};
 use crate::state::AppState;
 use axum::extract::{Path, State};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 
 /// The signed-in part of a page: who it is for and the CSRF token its scripts send.
 pub struct Shell<'a> {
@@ -82,8 +82,8 @@ pub async fn jobs(State(state): State<AppState>, viewer: Viewer) -> Html<String>
 
 /// `GET /ops/jobs`: every user's jobs (operators and admins; others go to their own).
 pub async fn all_jobs(State(state): State<AppState>, viewer: Viewer) -> Response {
-    if viewer.me.user.role < Role::Operator {
-        return Redirect::to("/").into_response();
+    if let Some(away) = viewer.lacks(Role::Operator) {
+        return away;
     }
     job_list(&state, &viewer, true).into_response()
 }

@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use axum::extract::State;
-use axum::http::header::{CACHE_CONTROL, SET_COOKIE};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::header::CACHE_CONTROL;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::TimeDelta;
 use kiln_api::{
@@ -191,10 +191,8 @@ pub async fn logout(State(state): State<AppState>, me: CurrentUser) -> Result<Re
     state.store().token_delete_hash(&me.token_hash).await?;
     state.tokens().forget_hash(&me.token_hash);
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    if me.via == Via::Cookie
-        && let Ok(value) = HeaderValue::from_str(&cookie::clear_session())
-    {
-        resp.headers_mut().insert(SET_COOKIE, value);
+    if me.via == Via::Cookie {
+        cookie::append(&mut resp, &cookie::clear_session());
     }
     Ok(resp)
 }
