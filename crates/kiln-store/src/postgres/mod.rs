@@ -46,6 +46,7 @@ mod log;
 mod nodes;
 mod notify;
 mod objects;
+mod peers;
 mod queues;
 mod retention;
 mod row;
@@ -153,6 +154,8 @@ pub struct PgStore {
     /// drained.
     outbox: tokio::sync::mpsc::UnboundedSender<String>,
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// Whether other stores listen (this store's signals are sent only then).
+    peers: Arc<peers::Peers>,
     /// Finished jobs as last read, each checked against the row's `event_seq` before use
     /// (see `crate::cache`).
     cache: Arc<JobCache>,
@@ -193,9 +196,19 @@ impl PgStore {
         let (signals, _) = broadcast::channel(SIGNAL_CAPACITY);
         // Tags this instance's notifications so its listener skips its own echo.
         let origin = uuid::Uuid::now_v7().simple().to_string();
+        // A store that does not listen cannot hear newcomers, so it always notifies.
+        let peers = Arc::new(peers::Peers::new(true));
         let listener = if opts.listen {
             let (ready, listening) = tokio::sync::oneshot::channel();
-            let task = notify::spawn_listener(target, signals.clone(), origin.clone(), ready);
+            let task = notify::spawn_listener(
+                target,
+                notify::Listening {
+                    signals: signals.clone(),
+                    origin: origin.clone(),
+                    peers: Arc::clone(&peers),
+                },
+                ready,
+            );
             // Hand the store out only once other nodes' signals can reach it.
             match listening.await {
                 Ok(Ok(())) => {}
@@ -213,7 +226,7 @@ impl PgStore {
             None
         };
         let (outbox, queued) = tokio::sync::mpsc::unbounded_channel();
-        notify::spawn_notifier(pool.clone(), origin.clone(), queued);
+        notify::spawn_notifier(pool.clone(), origin.clone(), queued, Arc::clone(&peers));
         let cache = Arc::new(JobCache::default());
         let lister = list::Lister::start(lookups.clone(), Arc::clone(&cache));
         let versions = batch::Batcher::start(lookups.clone());
@@ -222,6 +235,7 @@ impl PgStore {
         let publisher = Publisher {
             signals: signals.clone(),
             outbox: outbox.clone(),
+            peers: Arc::clone(&peers),
         };
         let completer = complete::Completer::start(pool.clone(), publisher.clone());
         let inserter = submit::Inserter::start(pool.clone(), publisher);
@@ -232,6 +246,7 @@ impl PgStore {
             log_limit: opts.log_limit_bytes,
             outbox,
             listener,
+            peers,
             cache,
             lister,
             versions,
@@ -277,7 +292,20 @@ impl PgStore {
         Publisher {
             signals: self.signals.clone(),
             outbox: self.outbox.clone(),
+            peers: Arc::clone(&self.peers),
         }
+    }
+
+    /// Notifications this store has sent to other nodes (payloads; each carries many
+    /// signals): none while no other store listens (see `peers.rs`).
+    pub fn notifications_sent(&self) -> u64 {
+        self.peers.sent_total()
+    }
+
+    /// Whether this store sends its signals to other nodes: while another store listens on
+    /// the database, or always when this one does not listen.
+    pub fn notifies_others(&self) -> bool {
+        self.peers.any()
     }
 }
 
@@ -287,11 +315,16 @@ impl PgStore {
 struct Publisher {
     signals: broadcast::Sender<Signal>,
     outbox: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Checked after the write committed: see `peers.rs`.
+    peers: Arc<peers::Peers>,
 }
 
 impl Publisher {
     fn publish(&self, signals: Signals) {
         signals.publish(&self.signals);
+        if !self.peers.any() {
+            return;
+        }
         for signal in signals.encoded() {
             // The notifier only stops after the store is dropped.
             let _ = self.outbox.send(signal);

@@ -30,6 +30,7 @@ use kiln_domain::UserId;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::AsyncMessage;
 
+use super::peers::{self, Greeting, Peers};
 use crate::error::Result;
 use crate::model::{FeedEvent, Signal};
 use crate::signal::Outbox;
@@ -185,12 +186,17 @@ pub(super) fn spawn_notifier(
     pool: deadpool_postgres::Pool,
     origin: String,
     mut outbox: mpsc::UnboundedReceiver<String>,
+    peers: Arc<Peers>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(NOTIFY_BATCH);
         while outbox.recv_many(&mut batch, NOTIFY_BATCH).await > 0 {
-            if let Err(e) = send(&pool, &pack(&origin, &batch)).await {
-                tracing::warn!(error = %e, dropped = batch.len(), "could not notify other nodes");
+            let payloads = pack(&origin, &batch);
+            match send(&pool, &payloads).await {
+                Ok(()) => peers.sent(payloads.len()),
+                Err(e) => {
+                    tracing::warn!(error = %e, dropped = batch.len(), "could not notify other nodes");
+                }
             }
             batch.clear();
         }
@@ -210,12 +216,20 @@ async fn send(pool: &deadpool_postgres::Pool, payloads: &[String]) -> Result<()>
 /// Where the first connection attempt reports whether its `LISTEN` is in place.
 pub(super) type Ready = oneshot::Sender<std::result::Result<(), tokio_postgres::Error>>;
 
+/// What a listener shares with its store: where other nodes' signals go, the store's
+/// origin tag, and what it knows of the other listeners.
+pub(super) struct Listening {
+    pub signals: broadcast::Sender<Signal>,
+    pub origin: String,
+    pub peers: Arc<Peers>,
+}
+
 /// Starts the listener task; aborting it closes its connection. `ready` hears the outcome
-/// of the first attempt, so a new store listens before it is handed out.
+/// of the first attempt, so a new store listens (and the other stores know it, see
+/// [`super::peers`]) before it is handed out.
 pub(super) fn spawn_listener(
     mut target: super::tls::Target,
-    signals: broadcast::Sender<Signal>,
-    origin: String,
+    listening: Listening,
     ready: Ready,
 ) -> tokio::task::JoinHandle<()> {
     // Named, so an operator can tell it apart in `pg_stat_activity`.
@@ -225,16 +239,7 @@ pub(super) fn spawn_listener(
         let mut ready = Some(ready);
         loop {
             let reconnect = ready.is_none();
-            match listen(
-                &target,
-                &signals,
-                &origin,
-                &mut ready,
-                reconnect,
-                &mut backoff,
-            )
-            .await
-            {
+            match listen(&target, &listening, &mut ready, reconnect, &mut backoff).await {
                 Ok(()) => tracing::warn!("the PostgreSQL listener connection closed"),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "the PostgreSQL listener failed");
@@ -256,8 +261,7 @@ pub const LISTENER_NAME: &str = "kiln-listener";
 /// successful `LISTEN` resets the backoff.
 async fn listen(
     target: &super::tls::Target,
-    signals: &broadcast::Sender<Signal>,
-    origin: &str,
+    listening: &Listening,
     ready: &mut Option<Ready>,
     reconnect: bool,
     backoff: &mut Duration,
@@ -282,25 +286,32 @@ async fn listen(
     let _abort = AbortOnDrop(driver.abort_handle());
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     *backoff = BACKOFF_MIN;
+    greet(&client, &mut inbox, listening).await?;
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));
     }
     if reconnect {
         tracing::info!("the PostgreSQL listener reconnected");
-        let _ = signals.send(Signal::JobAvailable);
+        let _ = listening.signals.send(Signal::JobAvailable);
     }
     // A connection cut without a reset (a dead NAT entry, a vanished host) would leave the
     // listener waiting forever: a periodic ping notices and reconnects.
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    let mut recount = tokio::time::interval(peers::RECOUNT_EVERY);
+    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recount.tick().await;
     loop {
         tokio::select! {
             message = inbox.recv() => match message {
-                Some(AsyncMessage::Notification(n)) => republish(signals, origin, n.payload()),
+                Some(AsyncMessage::Notification(n)) => {
+                    heard(&client, listening, n.payload()).await?;
+                }
                 Some(_) => {}
                 None => break,
             },
+            _ = recount.tick() => count_others(&client, &listening.peers).await.map(drop)?,
             _ = ping.tick() => {
                 match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
                     Ok(Ok(_)) => {}
@@ -319,15 +330,115 @@ async fn listen(
     }
 }
 
-/// Publishes one notification's signals locally, in order, unless this store sent them.
-fn republish(signals: &broadcast::Sender<Signal>, origin: &str, payload: &str) {
-    let Some((from, body)) = payload.split_once('|') else {
-        return;
-    };
-    if from == origin {
-        return;
+/// Counts the other listeners of this database and tells `peers`; the count.
+async fn count_others(
+    client: &tokio_postgres::Client,
+    peers: &Peers,
+) -> std::result::Result<i64, tokio_postgres::Error> {
+    let mark = peers.mark();
+    let others: i64 = client
+        .query_one(peers::COUNT_OTHERS, &[&LISTENER_NAME])
+        .await?
+        .get(0);
+    peers.counted(mark, others);
+    Ok(others)
+}
+
+/// A newly connected listener makes itself known: when others listen, it says `hello` and
+/// waits until each has answered (they notify this store's writes from then on), handling
+/// whatever else arrives meanwhile.
+async fn greet(
+    client: &tokio_postgres::Client,
+    inbox: &mut mpsc::UnboundedReceiver<AsyncMessage>,
+    listening: &Listening,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let others = count_others(client, &listening.peers).await?;
+    if others == 0 {
+        return Ok(());
     }
+    say(client, &listening.origin, peers::HELLO).await?;
+    let deadline = tokio::time::Instant::now() + peers::HELLO_WAIT;
+    let mut answered = std::collections::HashSet::new();
+    while (answered.len() as i64) < others {
+        match tokio::time::timeout_at(deadline, inbox.recv()).await {
+            Ok(Some(AsyncMessage::Notification(n))) => {
+                if let Some(from) = heard(client, listening, n.payload()).await? {
+                    answered.insert(from);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                tracing::info!(
+                    others,
+                    answered = answered.len(),
+                    "not every other listener answered; going on"
+                );
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends `body` from this store on the listener's own connection.
+async fn say(
+    client: &tokio_postgres::Client,
+    origin: &str,
+    body: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &format!("{origin}|{body}")],
+        )
+        .await
+        .map(drop)
+}
+
+/// Handles one notification: another store's signals are published here (another store
+/// spoke, so `peers` learns there is one), a `hello` answered; the origin of an answer to
+/// this store's own `hello`, if it is one.
+async fn heard(
+    client: &tokio_postgres::Client,
+    listening: &Listening,
+    payload: &str,
+) -> std::result::Result<Option<String>, tokio_postgres::Error> {
+    let Some((from, greetings)) = republish(&listening.signals, &listening.origin, payload) else {
+        return Ok(None);
+    };
+    // Set before answering: see `super::peers`.
+    listening.peers.heard();
+    let mut answer = None;
+    for greeting in greetings {
+        match greeting {
+            Greeting::Hello => {
+                say(client, &listening.origin, &format!("{}{from}", peers::ACK)).await?;
+            }
+            Greeting::Ack(to) if to == listening.origin => answer = Some(from.to_owned()),
+            Greeting::Ack(_) => {}
+        }
+    }
+    Ok(answer)
+}
+
+/// Publishes one notification's signals locally, in order, unless this store sent them;
+/// the sender and the greetings among them (see [`super::peers`]).
+fn republish<'a>(
+    signals: &broadcast::Sender<Signal>,
+    origin: &str,
+    payload: &'a str,
+) -> Option<(&'a str, Vec<Greeting<'a>>)> {
+    let (from, body) = payload.split_once('|')?;
+    if from == origin {
+        return None;
+    }
+    let mut greetings = Vec::new();
     for one in body.split('\n') {
+        if let Some(greeting) = Greeting::parse(one) {
+            greetings.push(greeting);
+            continue;
+        }
         match decode(one) {
             Some(signal) => {
                 let _ = signals.send(signal);
@@ -335,6 +446,7 @@ fn republish(signals: &broadcast::Sender<Signal>, origin: &str, payload: &str) {
             None => tracing::debug!(signal = one, "ignored an unknown kiln_jobs signal"),
         }
     }
+    Some((from, greetings))
 }
 
 /// Aborts the connection driver when the listener's connection is given up.
@@ -448,6 +560,17 @@ mod tests {
         }
         assert_eq!(got, sent);
         assert!(pack("them", &[]).is_empty());
+    }
+
+    #[test]
+    fn greetings_are_returned_with_their_sender_and_not_published() {
+        let (tx, mut rx) = broadcast::channel(8);
+        let (from, greetings) = republish(&tx, "me", "them|hello\navailable\nack:me").unwrap();
+        assert_eq!(from, "them");
+        assert_eq!(greetings, [Greeting::Hello, Greeting::Ack("me")]);
+        assert_eq!(rx.try_recv().unwrap(), Signal::JobAvailable);
+        assert!(rx.try_recv().is_err());
+        assert!(republish(&tx, "me", "me|hello").is_none());
     }
 
     #[test]

@@ -95,6 +95,7 @@ mod client;
 mod coalesced;
 mod counts;
 mod ops;
+mod peers;
 mod seed;
 mod tls;
 mod worker;
