@@ -9,8 +9,6 @@
 
 use deadpool_postgres::{GenericClient, Transaction};
 use kiln_domain::{Event, Job, JobId, JobState, Step, Timestamp, UserId, transition};
-use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
 
 use super::notify::Signals;
 use super::row::{self, EVENT_SEQ, job_columns, query, ts};
@@ -62,14 +60,8 @@ pub(super) async fn promote_due(
     now: Timestamp,
     max: i64,
 ) -> Result<u64> {
-    let rows = promote(tx, now, max).await?;
-    promoted(&rows, signals, now)
-}
-
-/// The statement of [`promote_due`]: the rows it moved.
-async fn promote(tx: &Transaction<'_>, now: Timestamp, max: i64) -> Result<Vec<Row>> {
     let queued = target(&[JobState::Scheduled, JobState::Failed], Event::Due)?;
-    query(
+    let rows = query(
         tx,
         concat!(
             "WITH due AS (
@@ -99,13 +91,8 @@ async fn promote(tx: &Transaction<'_>, now: Timestamp, max: i64) -> Result<Vec<R
         ),
         &[&ts(now), &max, &queued.as_str()],
     )
-    .await
-}
-
-/// The signals of the jobs [`promote`] moved at `now`; how many it moved.
-fn promoted(rows: &[Row], signals: &mut Signals, now: Timestamp) -> Result<u64> {
-    let queued = target(&[JobState::Scheduled, JobState::Failed], Event::Due)?;
-    for r in rows {
+    .await?;
+    for r in &rows {
         signals.changed(FeedEvent {
             job_id: JobId(row::get(r, 0)?),
             owner: UserId(row::get(r, 1)?),
@@ -129,42 +116,12 @@ pub(super) async fn claim(
     signals: &mut Signals,
     req: &ClaimRequest,
 ) -> Result<Vec<Job>> {
+    promote_due(tx, signals, req.now, PROMOTE_CHUNK).await?;
     let running = target(&[JobState::Queued], Event::Claim)?;
     let message = format!("claimed by {}", req.node);
-    let owners_out: Vec<i64> = req.exclude_owners.iter().map(|o| o.0).collect();
-    let owners_exempt: Vec<i64> = req.per_owner_exempt.iter().map(|o| o.0).collect();
-    let (limit, now, lease_ms) = (
-        i64::from(req.limit),
-        ts(req.now),
-        super::lease::millis(req.lease),
-    );
-    let per_owner = i64::from(req.per_owner.unwrap_or(u32::MAX));
-    // With a bound per owner, rows past it are skipped: look twice as deep.
-    let depth = limit * if req.per_owner.is_some() { 2 } else { 1 };
-    let running = running.as_str();
-    let params: [&(dyn ToSql + Sync); 12] = [
-        &req.types,
-        &req.exclude_queues,
-        &limit,
-        &now,
-        &req.node,
-        &lease_ms,
-        &running,
-        &message,
-        &owners_out,
-        &per_owner,
-        &owners_exempt,
-        &depth,
-    ];
-    // The promotion, the claim plan's settings (the claim index, in its order, whatever
-    // the statistics say: see CLAIM_PLAN) and the claim go out together and run in that
-    // order: one round trip instead of three.
-    let promote = promote(tx, req.now, PROMOTE_CHUNK);
-    let plan = tx.batch_execute(CLAIM_PLAN);
-    let (moved, (), rows) = futures_util::try_join!(
-        promote,
-        async { Ok(plan.await?) },
-        query(
+    // The claim index, in its order, whatever the statistics say (see CLAIM_PLAN).
+    tx.batch_execute(CLAIM_PLAN).await?;
+    let rows = query(
         tx,
         concat!(
             "WITH picked AS MATERIALIZED (
@@ -207,10 +164,23 @@ pub(super) async fn claim(
             job_columns!(),
             ", event_seq FROM taken"
         ),
-        &params,
-        ),
-    )?;
-    promoted(&moved, signals, req.now)?;
+        &[
+            &req.types,
+            &req.exclude_queues,
+            &i64::from(req.limit),
+            &ts(req.now),
+            &req.node,
+            &super::lease::millis(req.lease),
+            &running.as_str(),
+            &message,
+            &req.exclude_owners.iter().map(|o| o.0).collect::<Vec<i64>>(),
+            &i64::from(req.per_owner.unwrap_or(u32::MAX)),
+            &req.per_owner_exempt.iter().map(|o| o.0).collect::<Vec<i64>>(),
+            // With a bound per owner, rows past it are skipped: look twice as deep.
+            &(i64::from(req.limit) * if req.per_owner.is_some() { 2 } else { 1 }),
+        ],
+    )
+    .await?;
     let mut claimed = Vec::with_capacity(rows.len());
     for r in &rows {
         let job = row::job(r)?;

@@ -188,15 +188,12 @@ async fn write(pool: &Pool, asks: &[(Lease, Completion, Option<ClaimRequest>)]) 
     // One plan for every batch: each outcome's job looked up by its primary key (see
     // COMPLETE_MANY). PostgreSQL's custom plans chose it, but planning each batch afresh
     // cost more than running it; its generic plan alone would hash-join the whole table.
-    // The settings go out with the statement, which runs after them: one round trip.
-    let plan = tx.batch_execute(
+    tx.batch_execute(
         "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_hashjoin = off; \
          SET LOCAL enable_mergejoin = off; SET LOCAL jit = off",
-    );
-    let ((), completed) = futures_util::try_join!(
-        async { Ok(plan.await?) },
-        complete_many(&tx, &mut signals, asks)
-    )?;
+    )
+    .await?;
+    let completed = complete_many(&tx, &mut signals, asks).await?;
     if asks.iter().all(|(_, _, next)| next.is_none()) {
         tx.commit().await?;
         return Ok((
