@@ -286,7 +286,7 @@ async fn listen(
     let _abort = AbortOnDrop(driver.abort_handle());
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     *backoff = BACKOFF_MIN;
-    greet(&client, &mut inbox, listening).await?;
+    peers::greet(&client, &mut inbox, listening).await?;
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));
     }
@@ -306,12 +306,12 @@ async fn listen(
         tokio::select! {
             message = inbox.recv() => match message {
                 Some(AsyncMessage::Notification(n)) => {
-                    heard(&client, listening, n.payload()).await?;
+                    peers::heard(&client, listening, n.payload()).await?;
                 }
                 Some(_) => {}
                 None => break,
             },
-            _ = recount.tick() => count_others(&client, &listening.peers).await.map(drop)?,
+            _ = recount.tick() => peers::count_others(&client, &listening.peers).await.map(drop)?,
             _ = ping.tick() => {
                 match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
                     Ok(Ok(_)) => {}
@@ -330,101 +330,9 @@ async fn listen(
     }
 }
 
-/// Counts the other listeners of this database and tells `peers`; the count.
-async fn count_others(
-    client: &tokio_postgres::Client,
-    peers: &Peers,
-) -> std::result::Result<i64, tokio_postgres::Error> {
-    let mark = peers.mark();
-    let others: i64 = client
-        .query_one(peers::COUNT_OTHERS, &[&LISTENER_NAME])
-        .await?
-        .get(0);
-    peers.counted(mark, others);
-    Ok(others)
-}
-
-/// A newly connected listener makes itself known: when others listen, it says `hello` and
-/// waits until each has answered (they notify this store's writes from then on), handling
-/// whatever else arrives meanwhile.
-async fn greet(
-    client: &tokio_postgres::Client,
-    inbox: &mut mpsc::UnboundedReceiver<AsyncMessage>,
-    listening: &Listening,
-) -> std::result::Result<(), tokio_postgres::Error> {
-    let others = count_others(client, &listening.peers).await?;
-    if others == 0 {
-        return Ok(());
-    }
-    say(client, &listening.origin, peers::HELLO).await?;
-    let deadline = tokio::time::Instant::now() + peers::HELLO_WAIT;
-    let mut answered = std::collections::HashSet::new();
-    while (answered.len() as i64) < others {
-        match tokio::time::timeout_at(deadline, inbox.recv()).await {
-            Ok(Some(AsyncMessage::Notification(n))) => {
-                if let Some(from) = heard(client, listening, n.payload()).await? {
-                    answered.insert(from);
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(_) => {
-                tracing::info!(
-                    others,
-                    answered = answered.len(),
-                    "not every other listener answered; going on"
-                );
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Sends `body` from this store on the listener's own connection.
-async fn say(
-    client: &tokio_postgres::Client,
-    origin: &str,
-    body: &str,
-) -> std::result::Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "SELECT pg_notify($1, $2)",
-            &[&CHANNEL, &format!("{origin}|{body}")],
-        )
-        .await
-        .map(drop)
-}
-
-/// Handles one notification: another store's signals are published here (another store
-/// spoke, so `peers` learns there is one), a `hello` answered; the origin of an answer to
-/// this store's own `hello`, if it is one.
-async fn heard(
-    client: &tokio_postgres::Client,
-    listening: &Listening,
-    payload: &str,
-) -> std::result::Result<Option<String>, tokio_postgres::Error> {
-    let Some((from, greetings)) = republish(&listening.signals, &listening.origin, payload) else {
-        return Ok(None);
-    };
-    // Set before answering: see `super::peers`.
-    listening.peers.heard();
-    let mut answer = None;
-    for greeting in greetings {
-        match greeting {
-            Greeting::Hello => {
-                say(client, &listening.origin, &format!("{}{from}", peers::ACK)).await?;
-            }
-            Greeting::Ack(to) if to == listening.origin => answer = Some(from.to_owned()),
-            Greeting::Ack(_) => {}
-        }
-    }
-    Ok(answer)
-}
-
 /// Publishes one notification's signals locally, in order, unless this store sent them;
 /// the sender and the greetings among them (see [`super::peers`]).
-fn republish<'a>(
+pub(super) fn republish<'a>(
     signals: &broadcast::Sender<Signal>,
     origin: &str,
     payload: &'a str,

@@ -25,6 +25,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+
+use super::notify::{CHANNEL, LISTENER_NAME, Listening, republish};
+
 /// How often a listener counts the other listeners.
 pub(super) const RECOUNT_EVERY: Duration = Duration::from_secs(1);
 
@@ -122,6 +127,98 @@ impl<'a> Greeting<'a> {
         }
         body.strip_prefix(ACK).map(Greeting::Ack)
     }
+}
+
+/// Counts the other listeners of this database and tells `peers`; the count.
+pub(super) async fn count_others(
+    client: &tokio_postgres::Client,
+    peers: &Peers,
+) -> std::result::Result<i64, tokio_postgres::Error> {
+    let mark = peers.mark();
+    let others: i64 = client
+        .query_one(COUNT_OTHERS, &[&LISTENER_NAME])
+        .await?
+        .get(0);
+    peers.counted(mark, others);
+    Ok(others)
+}
+
+/// A newly connected listener makes itself known: when others listen, it says `hello` and
+/// waits until each has answered (they notify this store's writes from then on), handling
+/// whatever else arrives meanwhile.
+pub(super) async fn greet(
+    client: &tokio_postgres::Client,
+    inbox: &mut mpsc::UnboundedReceiver<AsyncMessage>,
+    listening: &Listening,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let others = count_others(client, &listening.peers).await?;
+    if others == 0 {
+        return Ok(());
+    }
+    say(client, &listening.origin, HELLO).await?;
+    let deadline = tokio::time::Instant::now() + HELLO_WAIT;
+    let mut answered = std::collections::HashSet::new();
+    while (answered.len() as i64) < others {
+        match tokio::time::timeout_at(deadline, inbox.recv()).await {
+            Ok(Some(AsyncMessage::Notification(n))) => {
+                if let Some(from) = heard(client, listening, n.payload()).await? {
+                    answered.insert(from);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                tracing::info!(
+                    others,
+                    answered = answered.len(),
+                    "not every other listener answered; going on"
+                );
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends `body` from this store on the listener's own connection.
+async fn say(
+    client: &tokio_postgres::Client,
+    origin: &str,
+    body: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &format!("{origin}|{body}")],
+        )
+        .await
+        .map(drop)
+}
+
+/// Handles one notification: another store's signals are published here (another store
+/// spoke, so `peers` learns there is one), a `hello` answered; the origin of an answer to
+/// this store's own `hello`, if it is one.
+pub(super) async fn heard(
+    client: &tokio_postgres::Client,
+    listening: &Listening,
+    payload: &str,
+) -> std::result::Result<Option<String>, tokio_postgres::Error> {
+    let Some((from, greetings)) = republish(&listening.signals, &listening.origin, payload) else {
+        return Ok(None);
+    };
+    // Set before answering: see the module documentation.
+    listening.peers.heard();
+    let mut answer = None;
+    for greeting in greetings {
+        match greeting {
+            Greeting::Hello => {
+                say(client, &listening.origin, &format!("{}{from}", ACK)).await?;
+            }
+            Greeting::Ack(to) if to == listening.origin => answer = Some(from.to_owned()),
+            Greeting::Ack(_) => {}
+        }
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]
