@@ -202,7 +202,7 @@ impl PgStore {
         // Tags this instance's notifications so its listener skips its own echo.
         let origin = uuid::Uuid::now_v7().simple().to_string();
         // A store that does not listen cannot hear newcomers, so it always notifies.
-        let peers = Arc::new(peers::Peers::new(true));
+        let peers = Arc::new(peers::Peers::new());
         let listener = if opts.listen {
             let (ready, listening) = tokio::sync::oneshot::channel();
             let task = notify::spawn_listener(
